@@ -1,0 +1,64 @@
+"""Prompts simulated from reference labels, and Dice: measuring a model on your own data.
+
+3D protocols (propagation from reference boxes):
+  A: a box on the organ's middle slice, plus its slice range;
+  B: a box on the middle slice only, so propagation must stop by itself;
+  C: boxes on three slices (a quarter, half, three quarters through), plus the range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .prompts import box_from_mask
+from .propagate import ObjectPrompts, SlicePrompt
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def slice_box(mask2d: np.ndarray) -> np.ndarray:
+    """Box [x0, y0, x1, y1] around a slice's reference mask, on pixel centres, as the
+    LiteMedSAM and SAM-Med2D evaluations take it (min and max indices)."""
+    box = box_from_mask(mask2d)
+    return box - np.array([0, 0, 1, 1], np.float32)
+
+
+def protocol_objects(
+    labels: np.ndarray, axis: int, protocol: str, names: dict[int, str] | None = None
+) -> list[ObjectPrompts]:
+    """ObjectPrompts for every label present, following protocol A, B or C."""
+    ids = [int(i) for i in np.unique(labels) if i != 0]
+    if names:
+        ids = [i for i in ids if i in names]
+    objects = []
+    for oid in ids:
+        present = np.flatnonzero(np.any(labels == oid, axis=tuple(a for a in range(3) if a != axis)))
+        lo, hi = int(present[0]), int(present[-1])
+        if protocol == "C":
+            picks = sorted({present[len(present) // 4], present[len(present) // 2],
+                            present[(3 * len(present)) // 4]})
+        else:
+            picks = [present[len(present) // 2]]
+        slices = {
+            int(i): SlicePrompt(box=slice_box(np.take(labels, i, axis=axis) == oid)) for i in picks
+        }
+        rng = None if protocol == "B" else (lo, hi)
+        objects.append(ObjectPrompts(oid, slices, rng, (names or {}).get(oid, "")))
+    return objects
+
+
+def simulated_prompt_2d(mask: np.ndarray, kind: str, rng: np.random.Generator) -> dict:
+    """SAM-Med2D's 2D evaluation prompts from a reference mask: a box, or 1/3/5 points
+    sampled inside it (fixed seed for repeatability)."""
+    if kind == "box":
+        return {"box": slice_box(mask)}
+    count = {"point1": 1, "point3": 3, "point5": 5}[kind]
+    rows, cols = np.nonzero(mask)
+    pick = rng.choice(len(rows), size=min(count, len(rows)), replace=False)
+    points = np.stack([cols[pick] + 0.5, rows[pick] + 0.5], axis=1).astype(np.float32)
+    return {"point_coords": points, "point_labels": np.ones(len(points), np.int64)}

@@ -1,0 +1,100 @@
+"""Medical intensities to the 8-bit RGB images the models were trained on.
+
+A preset gives an intensity range [lo, hi] that maps linearly onto 0..255. For a volume the
+range is computed once for the whole volume (`intensity_range(volume, preset)`) and then
+applied to every slice, so neighbouring slices look alike to the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ImageError
+
+# (width, level) in Hounsfield units.
+CT_WINDOWS = {
+    "abdomen": (400.0, 40.0),
+    "lung": (1500.0, -600.0),
+    "bone": (1800.0, 400.0),
+    "brain": (80.0, 40.0),
+}
+PRESETS = ("auto", *CT_WINDOWS, "percentile", "minmax", "none")
+
+
+def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
+    """`auto`: none for 8-bit data, the abdomen window for data that looks like CT in HU
+    (integers reaching below -500, where air lies), else percentiles (the MR default)."""
+    if preset not in PRESETS:
+        raise ImageError(f"intensity preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    if preset != "auto":
+        return preset
+    if data.dtype == np.uint8:
+        return "none"
+    finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+    if finite.size and np.issubdtype(data.dtype, np.integer) and finite.min() <= -500:
+        return "abdomen"
+    return "percentile"
+
+
+def intensity_range(data: np.ndarray, preset: str = "auto") -> tuple[float, float]:
+    """The [lo, hi] that `preset` maps to 0..255 for this image or whole volume."""
+    data = np.asarray(data)
+    preset = resolve_preset(data, preset)
+    if preset in CT_WINDOWS:
+        width, level = CT_WINDOWS[preset]
+        return level - width / 2, level + width / 2
+    if preset == "none":
+        return 0.0, 255.0
+    finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
+    if finite.size == 0:
+        raise ImageError("image has no finite values (all NaN or inf)")
+    if preset == "percentile":
+        # A strided sample keeps this fast on large volumes; percentiles barely move.
+        sample = finite.ravel()[:: max(1, finite.size // 2_000_000)]
+        lo, hi = np.percentile(sample, [0.5, 99.5])
+    else:
+        lo, hi = finite.min(), finite.max()
+    return float(lo), float(hi)
+
+
+def to_uint8(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linear map of [lo, hi] onto 0..255 with clipping; NaN and -inf give 0, +inf 255."""
+    data = np.asarray(data)
+    if data.dtype == np.uint8 and lo == 0.0 and hi == 255.0:
+        return data
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = (data.astype(np.float32) - np.float32(lo)) * np.float32(scale)
+    out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) 8-bit image -> (H, W, 3)."""
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] in (1, 3, 4):
+        return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
+    raise ImageError(
+        f"image of shape {image.shape}: expected (H, W) grayscale or (H, W, 3) RGB"
+    )
+
+
+def prepare_rgb(
+    image: np.ndarray,
+    preset: str = "auto",
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Any 2D medical image to (H, W, 3) uint8. `value_range` (from `intensity_range` of the
+    whole volume) overrides the preset's own computation on this one image."""
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ImageError(
+            f"image of shape {image.shape}: expected (H, W) or (H, W, 3); "
+            "pass one slice of a volume, not the volume"
+        )
+    if min(image.shape[:2]) < 2:
+        raise ImageError(f"image of shape {image.shape}: too small to segment")
+    if image.dtype == bool or image.dtype.kind not in "uif":
+        raise ImageError(f"image of dtype {image.dtype}: expected integer or float intensities")
+    lo, hi = value_range if value_range is not None else intensity_range(image, preset)
+    return to_rgb(to_uint8(image, lo, hi))

@@ -1,0 +1,256 @@
+"""Volumes and images with their geometry, read and written without losing it.
+
+A volume's array is indexed by voxel (i, j, k), the order nibabel gives for NIfTI; ITK
+formats (NRRD, MHA/MHD, DICOM series), whose NumPy view is (k, j, i), are transposed to the
+same order. `affine` maps (i, j, k, 1) to RAS+ millimetres for every format, so a label
+volume written with the source's affine lands exactly on the source.
+
+Writes go to a temporary file in the target folder and are renamed into place: an
+interrupted write never leaves a partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VolumeIOError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A 3D array in voxel (i, j, k) order and the affine from voxels to RAS+ mm."""
+
+    array: np.ndarray
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    header: object | None = None  # the NIfTI header, kept to preserve qform/sform codes
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def suffix_of(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """NIfTI, NRRD, MHA/MHD, or a folder of one DICOM series, as a `Volume`."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeIOError(f"volume {path}: file not found")
+    suffix = suffix_of(path)
+    if path.is_dir():
+        return _read_dicom_series(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path)
+    if suffix in ITK_SUFFIXES + DICOM_SUFFIXES:
+        return _read_itk(path)
+    raise VolumeIOError(
+        f"volume {path}: unsupported format {suffix or '(none)'}; expected .nii, .nii.gz, "
+        ".nrrd, .mha, .mhd or a DICOM series folder"
+    )
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
+        raise VolumeIOError(f"volume {path}: unreadable NIfTI ({_first_line(exc)})") from None
+    data = np.squeeze(data) if data.ndim > 3 else data
+    return Volume(np.asarray(data), np.asarray(img.affine, dtype=np.float64), img.header)
+
+
+def _itk_to_volume(image, source: Path) -> Volume:
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise VolumeIOError(f"volume {source}: multi-component (vector/RGB) voxels not supported")
+    dim = image.GetDimension()
+    array = np.transpose(array, tuple(reversed(range(array.ndim))))
+    spacing = np.array(image.GetSpacing())
+    direction = np.array(image.GetDirection()).reshape(dim, dim)
+    origin = np.array(image.GetOrigin())
+    if dim == 2:
+        spacing, origin = np.append(spacing, 1.0), np.append(origin, 0.0)
+        direction = np.block([[direction, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
+    affine[:3, 3] = LPS_TO_RAS @ origin
+    return Volume(array, affine)
+
+
+def _read_itk(path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VolumeIOError(f"volume {path}: unreadable ({_itk_reason(exc)})") from None
+    return _itk_to_volume(image, path)
+
+
+def _read_dicom_series(folder: Path) -> Volume:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise VolumeIOError(f"volume {folder}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise VolumeIOError(
+            f"volume {folder}: {len(series)} DICOM series in one folder; expected one"
+        )
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeIOError(f"volume {folder}: unreadable DICOM ({_itk_reason(exc)})") from None
+    return _itk_to_volume(image, folder)
+
+
+def write_volume(path: str | os.PathLike, array: np.ndarray, like: Volume) -> Path:
+    """Write `array` (voxel order, same shape as `like`) with `like`'s geometry, atomically."""
+    path = Path(path)
+    if array.shape != like.array.shape:
+        raise VolumeIOError(
+            f"labels of shape {array.shape} do not match the volume's {like.array.shape}"
+        )
+    suffix = suffix_of(path)
+    if suffix not in NIFTI_SUFFIXES + ITK_SUFFIXES:
+        raise VolumeIOError(
+            f"output {path}: unsupported format {suffix or '(none)'}; expected .nii.gz, .nii, "
+            ".nrrd or .mha"
+        )
+    if suffix in NIFTI_SUFFIXES:
+        import nibabel as nib
+
+        header = like.header.copy() if like.header is not None else None
+        img = nib.Nifti1Image(array, like.affine, header)
+        img.set_data_dtype(array.dtype)
+        if header is not None:
+            # Keep the source's codes; scaling would turn labels into floats.
+            img.header.set_slope_inter(1, 0)
+        return _atomic(path, lambda tmp: nib.save(img, tmp))
+    return _atomic(path, lambda tmp: _write_itk(tmp, array, like.affine))
+
+
+def _write_itk(path: str, array: np.ndarray, affine: np.ndarray) -> None:
+    import SimpleITK as sitk
+
+    dim = array.ndim
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array)))
+    lin = LPS_TO_RAS @ affine[:3, :3]  # RAS->LPS is its own inverse
+    spacing = np.linalg.norm(lin, axis=0)
+    direction = lin / spacing
+    origin = LPS_TO_RAS @ affine[:3, 3]
+    image.SetSpacing([float(s) for s in spacing[:dim]])
+    image.SetOrigin([float(o) for o in origin[:dim]])
+    image.SetDirection([float(d) for d in direction[:dim, :dim].ravel()])
+    sitk.WriteImage(image, path, useCompression=True)
+
+
+def _atomic(path: Path, write) -> Path:
+    """Run write(tmp) on a temporary file next to `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix_of(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise VolumeIOError(f"output {path}: could not write ({_first_line(exc)})") from None
+        raise
+    return path
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """A 2D image (PNG, JPEG, TIFF, BMP, single DICOM or 2D NIfTI) as (H, W) or (H, W, 3)."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeIOError(f"image {path}: file not found")
+    suffix = suffix_of(path)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            array = tifffile.imread(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise VolumeIOError(f"image {path}: unreadable TIFF ({_first_line(exc)})") from None
+    elif suffix in IMAGE_SUFFIXES:
+        import imageio.v3 as iio
+
+        try:
+            array = iio.imread(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise VolumeIOError(f"image {path}: unreadable ({_first_line(exc)})") from None
+    elif suffix in DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES:
+        array = read_volume(path).array
+        array = np.squeeze(array)
+        if array.ndim == 2:
+            array = array.T  # voxel (i, j) -> rows j, columns i, as the file shows it
+    else:
+        raise VolumeIOError(
+            f"image {path}: unsupported format {suffix or '(none)'}; expected PNG, JPEG, TIFF, "
+            "DICOM or NIfTI"
+        )
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+        raise VolumeIOError(
+            f"image {path}: shape {array.shape} is not a 2D image; use --slice for volumes"
+        )
+    return array
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
+    """A 2D mask as PNG (0/255), TIFF (0/1) or NIfTI (0/1), atomically."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    mask = np.asarray(mask).astype(np.uint8)
+    if suffix == ".png":
+        import imageio.v3 as iio
+
+        return _atomic(path, lambda tmp: iio.imwrite(tmp, mask * 255, extension=".png"))
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return _atomic(path, lambda tmp: tifffile.imwrite(tmp, mask))
+    if suffix in NIFTI_SUFFIXES:
+        return write_volume(path, mask.T[:, :, None], Volume(mask.T[:, :, None]))
+    raise VolumeIOError(
+        f"output {path}: unsupported mask format {suffix or '(none)'}; expected .png, .tif, "
+        ".tiff, .nii or .nii.gz"
+    )
+
+
+def _itk_reason(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Description" in line or "Could not" in line or "Unable" in line:
+            return line.split("Description:")[-1].strip()[:160]
+    return lines[-1][:160] if lines else type(exc).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

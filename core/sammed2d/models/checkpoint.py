@@ -1,0 +1,99 @@
+"""Reading checkpoint files without trusting them.
+
+Checkpoints are untrusted input: a pickle can run any code it names. We load with
+`weights_only=True` and allow exactly the extra globals of the official SAM-Med2D layout: the Adam optimizer it
+carries next to its weights, mapped to an inert stand-in that keeps nothing, and the
+defaultdict holding that optimizer's state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+
+class _DiscardedOptimizer:
+    """Stands in for `torch.optim.adam.Adam` while unpickling; its state is dropped unread."""
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def _plain_dict(default_factory=None) -> dict:
+    """Stands in for `collections.defaultdict`, which holds the optimizer's state."""
+    return {}
+
+
+_OFFICIAL_EXTRA_GLOBALS = [
+    (_DiscardedOptimizer, "torch.optim.adam.Adam"),
+    (_plain_dict, "collections.defaultdict"),
+    dict,  # the defaultdict's factory
+]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights in `path`, as a flat {name: tensor} dict on the CPU.
+
+    Accepts a bare state dict, or a dict holding it under `model` or `state_dict` (the
+    official SAM-Med2D layout). Raises CheckpointError with a one-line reason otherwise.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: not a file")
+    try:
+        with torch.serialization.safe_globals(_OFFICIAL_EXTRA_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"checkpoint {path}: refused to unpickle {found.group(1)}; a weights file needs "
+                "only tensors and plain containers"
+            ) from None
+        raise CheckpointError(f"checkpoint {path}: unreadable pickle ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt "
+            f"({_first_line(exc)})"
+        ) from None
+    state = _state_dict_of(obj)
+    if state is None:
+        raise CheckpointError(
+            f"checkpoint {path}: expected a state dict (name -> tensor), found {type(obj).__name__}"
+        )
+    if all(k.startswith("module.") for k in state):
+        # Saved from DataParallel: the same weights under a prefix.
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _state_dict_of(obj) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                return _state_dict_of(obj[key])
+        if obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+            return dict(obj)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

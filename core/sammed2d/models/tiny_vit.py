@@ -1,0 +1,202 @@
+"""The TinyViT image encoder of MobileSAM / LiteMedSAM, for 256 x 256 input.
+
+Parameter names follow `lite_medsam.pth`. Input: (B, 3, 256, 256) in [0, 1]; output:
+(B, 256, 64, 64) embeddings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import sam_neck
+
+
+class Conv2dBN(nn.Sequential):
+    """Conv (no bias) then BatchNorm; the children are named `c` and `bn` as in the checkpoint."""
+
+    def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1):
+        super().__init__()
+        self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(b))
+
+
+class MBConv(nn.Module):
+    def __init__(self, dim: int, expand_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * expand_ratio)
+        self.conv1 = Conv2dBN(dim, hidden)
+        self.conv2 = Conv2dBN(hidden, hidden, ks=3, pad=1, groups=hidden)
+        self.conv3 = Conv2dBN(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.conv1(x))
+        y = F.gelu(self.conv2(y))
+        return F.gelu(self.conv3(y) + x)
+
+
+class PatchMerging(nn.Module):
+    """Takes (B, C, H, W) or (B, H*W, C) at `resolution`, returns (B, H'*W', out_dim)."""
+
+    def __init__(self, resolution: int, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        # LiteMedSAM keeps the last stage at 64 x 64: the 320-wide merge does not stride.
+        stride = 1 if out_dim in (320, 448, 576) else 2
+        self.conv1 = Conv2dBN(dim, out_dim)
+        self.conv2 = Conv2dBN(out_dim, out_dim, ks=3, stride=stride, pad=1, groups=out_dim)
+        self.conv3 = Conv2dBN(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            b = x.shape[0]
+            x = x.view(b, self.resolution, self.resolution, -1).permute(0, 3, 1, 2)
+        x = F.gelu(self.conv1(x))
+        x = F.gelu(self.conv2(x))
+        return self.conv3(x).flatten(2).transpose(1, 2)
+
+
+class WindowAttention(nn.Module):
+    """LeViT-style attention with a learned bias per (|dy|, |dx|) offset inside a window."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = dim // num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
+        yy, xx = torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+        yy, xx = yy.flatten(), xx.flatten()
+        # The reference numbers offsets in order of first appearance, which is |dy| * ws + |dx|.
+        idx = (yy[:, None] - yy[None, :]).abs() * window_size + (xx[:, None] - xx[None, :]).abs()
+        self.register_buffer("attention_bias_idxs", idx, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.key_dim)
+        q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class TinyViTBlock(nn.Module):
+    def __init__(self, dim: int, resolution: int, num_heads: int, window_size: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.window_size = window_size
+        self.attn = WindowAttention(dim, num_heads, window_size)
+        self.local_conv = Conv2dBN(dim, dim, ks=3, pad=1, groups=dim)
+        self.mlp = MLP(dim, 4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = w = self.resolution
+        ws = self.window_size
+        if h == ws and w == ws:
+            attn = self.attn(x)
+        else:
+            grid = x.view(b, h, w, c)
+            pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+            if pad_b or pad_r:
+                grid = F.pad(grid, (0, 0, 0, pad_r, 0, pad_b))
+            hp, wp = h + pad_b, w + pad_r
+            nh, nw = hp // ws, wp // ws
+            windows = grid.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(-1, ws * ws, c)
+            attn = self.attn(windows)
+            attn = attn.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, hp, wp, c)
+            attn = attn[:, :h, :w].reshape(b, n, c)
+        x = x + attn
+        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        return x + self.mlp(x)
+
+
+class ConvStage(nn.Module):
+    def __init__(self, dim: int, resolution: int, depth: int, out_dim: int, expand_ratio: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
+        self.downsample = PatchMerging(resolution, dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.downsample(x)
+
+
+class AttentionStage(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        resolution: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        out_dim: int | None,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TinyViTBlock(dim, resolution, num_heads, window_size) for _ in range(depth)
+        )
+        self.downsample = None if out_dim is None else PatchMerging(resolution, dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class TinyViTEncoder(nn.Module):
+    """LiteMedSAM's encoder (embed dims 64/128/160/320, depths 2/2/6/2 by default)."""
+
+    def __init__(
+        self,
+        img_size: int = 256,
+        embed_dims: tuple[int, ...] = (64, 128, 160, 320),
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (2, 4, 5, 10),
+        window_sizes: tuple[int, ...] = (7, 7, 14, 7),
+        expand_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.patch_embed = nn.Module()
+        # LiteMedSAM replaced MobileSAM's strided stem with 1x1 convs: the grid stays 256 wide.
+        self.patch_embed.seq = nn.Sequential(
+            Conv2dBN(3, embed_dims[0] // 2), nn.GELU(), Conv2dBN(embed_dims[0] // 2, embed_dims[0])
+        )
+        resolutions = [img_size, img_size // 2, img_size // 4, img_size // 4]
+        self.out_grid = img_size // 4
+        layers = [
+            ConvStage(embed_dims[0], resolutions[0], depths[0], embed_dims[1], expand_ratio)
+        ]
+        for i in range(1, len(depths)):
+            out_dim = embed_dims[i + 1] if i + 1 < len(depths) else None
+            layers.append(
+                AttentionStage(
+                    embed_dims[i], resolutions[i], depths[i], num_heads[i], window_sizes[i], out_dim
+                )
+            )
+        self.layers = nn.ModuleList(layers)
+        self.neck = sam_neck(embed_dims[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed.seq(x)
+        for layer in self.layers:
+            x = layer(x)
+        b, _, c = x.shape
+        x = x.view(b, self.out_grid, self.out_grid, c).permute(0, 3, 1, 2)
+        return self.neck(x)

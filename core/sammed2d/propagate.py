@@ -1,0 +1,369 @@
+"""Segment structures through a volume from prompts on one or a few slices.
+
+From every annotated slice the mask is carried outward, one slice at a time: the previous
+mask gives the next slice's prompt (its box grown by a margin, optionally its logits as a
+mask prompt and its innermost point). Between two annotated slices the gap is filled from
+both ends. A walk stops when the mask vanishes, the model's predicted IoU or the overlap
+with the previous slice falls below a threshold, or the object's slice range ends.
+
+Slices are shown to the model in the radiological orientation derived from the affine
+(see `orientation`), and prompts and masks are mapped back exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .cache import EmbeddingCache
+from .errors import Cancelled, ImageError, PromptError
+from .intensity import intensity_range, to_rgb, to_uint8
+from .models import SamModel
+from .orientation import SliceView, radiological_view
+from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
+from .prompts import box_from_mask, check_boxes, check_points, interior_point
+
+
+@dataclass
+class SlicePrompt:
+    """Prompts on one slice, in that slice's raw (x, y) pixels: x indexes its later axis."""
+
+    box: np.ndarray | None = None
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    mask: np.ndarray | None = None  # a finished 2D mask for this slice (taken as given)
+
+
+@dataclass
+class ObjectPrompts:
+    id: int
+    slices: dict[int, SlicePrompt]
+    range: tuple[int, int] | None = None  # inclusive; None: until the object stops by itself
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    """Defaults chosen by measurement on a real abdominal CT (see benchmarks/propagation.py)."""
+
+    box_margin: float = 3.0  # pixels at 256 px per longest side, as LiteMedSAM's 3D protocol
+    mask_prompt: bool = False  # also feed the previous slice's logits as a mask prompt
+    point_prompt: bool = False  # also try the previous mask's innermost point
+    min_area: int = 1  # pixels; a smaller mask counts as vanished
+    iou_threshold: float = 0.5  # stop when the predicted IoU falls below this
+    overlap_threshold: float = 0.3  # stop when IoU with the previous slice's mask falls below
+    multimask: bool = False  # let the decoder propose three masks and keep the best
+
+
+@dataclass
+class PropagationResult:
+    labels: np.ndarray  # same shape as the volume, one id per object
+    scores: dict[int, np.ndarray]  # per object: predicted IoU per slice, NaN where none
+    reached: dict[int, tuple[int, int] | None]  # per object: first and last slice with a mask
+    cancelled: bool = False
+    seconds: dict[int, float] = field(default_factory=dict)
+
+
+class VolumeSlices:
+    """The slices of a volume along one axis, as the model sees them, embedded on demand."""
+
+    def __init__(
+        self,
+        model: SamModel,
+        volume: np.ndarray,
+        axis: int,
+        view: SliceView,
+        value_range: tuple[float, float],
+        cache: EmbeddingCache | None,
+        batch_size: int = 1,
+    ) -> None:
+        self.model, self.volume, self.axis, self.view = model, volume, axis, view
+        self.value_range = value_range
+        self.cache = cache if cache is not None else EmbeddingCache(max_bytes=2 << 30)
+        self.batch_size = max(1, batch_size)
+        self._embeddings: dict[int, ImageEmbedding] = {}
+        self.count = volume.shape[axis]
+
+    def raw(self, index: int) -> np.ndarray:
+        return np.take(self.volume, index, axis=self.axis)
+
+    @property
+    def raw_shape(self) -> tuple[int, int]:
+        return tuple(s for a, s in enumerate(self.volume.shape) if a != self.axis)
+
+    def rgb(self, index: int) -> np.ndarray:
+        return to_rgb(to_uint8(self.view.to_view(self.raw(index)), *self.value_range))
+
+    def embedding(self, index: int, step: int = 1) -> ImageEmbedding:
+        """Embedding of slice `index`; on a miss also embeds the next slices in direction `step`."""
+        if index not in self._embeddings:
+            batch = [index]
+            nxt = index + step
+            while len(batch) < self.batch_size and 0 <= nxt < self.count:
+                if nxt not in self._embeddings:
+                    batch.append(nxt)
+                nxt += step
+            done = embed_slices(self.model, [self.rgb(i) for i in batch], len(batch), self.cache)
+            self._embeddings.update(zip(batch, done))
+        return self._embeddings[index]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+class _Walker:
+    """Carries one object's masks from slice to slice."""
+
+    def __init__(self, slices: VolumeSlices, settings: PropagationSettings) -> None:
+        self.slices, self.settings = slices, settings
+        shape = slices.view.view_shape(slices.raw_shape)
+        self.view_shape = shape
+        self.margin = settings.box_margin * max(shape) / 256.0
+
+    def _best(self, low_res: torch.Tensor, iou: torch.Tensor, emb: ImageEmbedding):
+        k = int(iou.argmax())
+        row, col = divmod(k, iou.shape[1])
+        logits = emb.geometry.logits_to_original(low_res[row : row + 1, col : col + 1])[0, 0]
+        return (logits > 0).numpy(), float(iou[row, col]), low_res[row : row + 1, col : col + 1][0]
+
+    def from_prompt(self, index: int, prompt: SlicePrompt):
+        """Mask of an annotated slice from the user's prompts (raw coordinates)."""
+        raw_shape = self.slices.raw_shape
+        if prompt.mask is not None:
+            mask = np.asarray(prompt.mask, bool)
+            if mask.shape != raw_shape:
+                raise PromptError(
+                    f"mask on slice {index} has shape {mask.shape}, expected {raw_shape}"
+                )
+            return self.slices.view.to_view(mask), 1.0, None
+        size = raw_shape
+        coords, labels = check_points(prompt.points, prompt.labels, size)
+        boxes = check_boxes(prompt.box, size)
+        if coords is None and boxes is None:
+            raise PromptError(f"slice {index}: prompt has no box, points or mask")
+        view = self.slices.view
+        if coords is not None:
+            coords = view.points_to_view(coords, raw_shape)[None]
+            labels = labels[None]
+        if boxes is not None:
+            boxes = view.box_to_view(boxes[0], raw_shape)[None]
+        emb = self.slices.embedding(index)
+        low_res, iou = decode(
+            self.slices.model, emb, coords, labels, boxes, None,
+            multimask_output=coords is not None and boxes is None,
+        )
+        return self._best(low_res, iou, emb)
+
+    def step(self, index: int, prev_mask: np.ndarray, prev_low_res, direction: int):
+        """Mask on slice `index` from the previous slice's mask; None where it should stop."""
+        s = self.settings
+        emb = self.slices.embedding(index, direction)
+        box = box_from_mask(prev_mask, self.margin)
+        candidates = []
+        mask_in = prev_low_res[None].numpy() if (s.mask_prompt and prev_low_res is not None) else None
+        candidates.append(
+            decode(self.slices.model, emb, None, None, box[None], mask_in, s.multimask)
+        )
+        if s.point_prompt:
+            point = interior_point(prev_mask)
+            candidates.append(
+                decode(
+                    self.slices.model, emb, point[None, None], np.ones((1, 1), np.int64),
+                    box[None], mask_in, s.multimask,
+                )
+            )
+        best = max(
+            (self._best(low, iou, emb) for low, iou in candidates), key=lambda r: r[1]
+        )
+        mask, score, low = best
+        if mask.sum() < s.min_area or score < s.iou_threshold:
+            return None
+        if _iou(mask, prev_mask) < s.overlap_threshold:
+            return None
+        return mask, score, low
+
+
+def propagate(
+    volume: np.ndarray,
+    objects: list[ObjectPrompts],
+    model: SamModel,
+    axis: int = 2,
+    affine: np.ndarray | None = None,
+    preset: str = "auto",
+    value_range: tuple[float, float] | None = None,
+    orientation: str = "radiological",
+    settings: PropagationSettings | None = None,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 1,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> PropagationResult:
+    """Segment each object through `volume` along `axis` from its prompts.
+
+    `volume` is in voxel order with `affine` (voxel -> RAS mm, used only to orient slices
+    radiologically; `orientation="array"` keeps raw slices). Returns a label volume of the
+    same shape (objects' ids; where objects overlap the higher predicted IoU wins), per-slice
+    scores, the slice range each object reached, and whether the run was cancelled (then
+    the labels hold exactly the slices finished before).
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ImageError(f"volume of shape {volume.shape}: propagation needs a 3D volume")
+    if not -3 <= axis < 3:
+        raise ImageError(f"slice axis {axis}: expected 0, 1 or 2 for a 3D volume")
+    axis %= 3
+    if not objects:
+        raise PromptError("no objects to propagate")
+    n = volume.shape[axis]
+    ids = [o.id for o in objects]
+    if len(set(ids)) != len(ids) or any(i <= 0 for i in ids):
+        raise PromptError(f"object ids {ids}: expected distinct positive integers")
+    for obj in objects:
+        if not obj.slices:
+            raise PromptError(f"object {obj.id}: no annotated slice")
+        for index in obj.slices:
+            if not 0 <= index < n:
+                raise PromptError(
+                    f"object {obj.id}: prompt on slice {index}, outside the volume's 0..{n - 1} "
+                    f"along axis {axis}"
+                )
+        if obj.range is not None:
+            lo, hi = obj.range
+            if not (0 <= lo <= hi < n):
+                raise PromptError(f"object {obj.id}: range {list(obj.range)} outside 0..{n - 1}")
+            if any(not lo <= i <= hi for i in obj.slices):
+                raise PromptError(f"object {obj.id}: annotated slice outside its range")
+    settings = settings or PropagationSettings()
+    if value_range is None:
+        value_range = intensity_range(volume, preset)
+    view = radiological_view(affine, axis) if orientation == "radiological" else SliceView()
+    slices = VolumeSlices(model, volume, axis, view, value_range, cache, batch_size)
+    walker = _Walker(slices, settings)
+
+    spans = [(o.range or (0, n - 1)) for o in objects]
+    total = sum(hi - lo + 1 for lo, hi in spans)
+    done = 0
+    results: dict[int, dict[int, tuple[np.ndarray, float]]] = {o.id: {} for o in objects}
+    seconds: dict[int, float] = {}
+    cancelled = False
+
+    def tick(count: int = 1) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(min(done, total), total)
+
+    def check_stop() -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled("propagation cancelled")
+
+    if progress is not None:
+        progress(0, total)
+    try:
+        for obj, (lo, hi) in zip(objects, spans):
+            start = time.perf_counter()
+            out = results[obj.id]
+            seeds = {}
+            for index in sorted(obj.slices):
+                check_stop()
+                mask, score, low = walker.from_prompt(index, obj.slices[index])
+                seeds[index] = (mask, low)
+                out[index] = (mask, score)
+                tick()
+            # Walks: outward from the first and last seeds, and from both ends of each gap.
+            ordered = sorted(seeds)
+            walks = [(ordered[0], -1, lo)]
+            for a, b in zip(ordered[:-1], ordered[1:]):
+                mid = (a + b) // 2
+                walks += [(a, 1, mid), (b, -1, mid + 1)]
+            walks.append((ordered[-1], 1, hi))
+            for seed, direction, limit in walks:
+                mask, low = seeds[seed]
+                index = seed + direction
+                while (index - limit) * direction <= 0 and 0 <= index < n:
+                    check_stop()
+                    if not mask.any():
+                        break
+                    stepped = walker.step(index, mask, low, direction)
+                    if stepped is None:
+                        break
+                    mask, score, low = stepped
+                    out[index] = (mask, score)
+                    tick()
+                    index += direction
+            seconds[obj.id] = time.perf_counter() - start
+            done = sum(hi2 - lo2 + 1 for lo2, hi2 in spans[: objects.index(obj) + 1])
+            tick(0)
+    except Cancelled:
+        cancelled = True
+
+    return _compose(volume.shape, axis, view, objects, results, seconds, cancelled)
+
+
+def _compose(shape, axis, view, objects, results, seconds, cancelled) -> PropagationResult:
+    n = shape[axis]
+    dtype = np.uint8 if max(o.id for o in objects) < 256 else np.uint16
+    labels = np.zeros(shape, dtype=dtype)
+    best = np.full(shape, -np.inf, dtype=np.float32)
+    scores, reached = {}, {}
+    for obj in objects:
+        per = np.full(n, np.nan, dtype=np.float32)
+        hits = []
+        for index, (mask_view, score) in results[obj.id].items():
+            raw = view.from_view(mask_view)
+            if not raw.any():
+                continue
+            per[index] = score
+            hits.append(index)
+            sl = [slice(None)] * 3
+            sl[axis] = index
+            sl = tuple(sl)
+            win = raw & (score > best[sl])
+            labels[sl][win] = obj.id
+            best[sl][win] = score
+        scores[obj.id] = per
+        reached[obj.id] = (min(hits), max(hits)) if hits else None
+    return PropagationResult(labels, scores, reached, cancelled, seconds)
+
+
+def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
+    """Parse the PROMPTS.json layout: {"axis": 2, "objects": [{"id", "name", "range", "slices"}]}."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("objects"), list):
+        raise PromptError('prompts: expected {"axis": A, "objects": [...]}')
+    axis = data.get("axis", 2)
+    if not isinstance(axis, int):
+        raise PromptError(f"prompts: axis {axis!r} is not an integer")
+    objects = []
+    for n, item in enumerate(data["objects"]):
+        if not isinstance(item, Mapping) or "slices" not in item:
+            raise PromptError(f"prompts: object {n} needs an id and slices")
+        try:
+            oid = int(item.get("id", n + 1))
+            rng = item.get("range")
+            rng = None if rng is None else (int(rng[0]), int(rng[1]))
+            slices = {}
+            for key, sp in item["slices"].items():
+                points = sp.get("points")
+                labels = sp.get("labels")
+                if points is not None and labels is None:
+                    labels = [1] * len(points)
+                slices[int(key)] = SlicePrompt(
+                    box=None if sp.get("box") is None else np.asarray(sp["box"], np.float64),
+                    points=None if points is None else np.asarray(points, np.float64),
+                    labels=None if labels is None else np.asarray(labels),
+                )
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            raise PromptError(f"prompts: object {n} is malformed ({exc})") from None
+        objects.append(ObjectPrompts(oid, slices, rng, str(item.get("name", ""))))
+    return axis, objects
