@@ -38,13 +38,19 @@ def main(argv=None) -> int:
     parser.add_argument("--orientation", default="radiological", choices=["radiological", "array"])
     parser.add_argument("--window", default="abdomen")
     for f in fields(PropagationSettings):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+        kind = type(f.default)
+        if kind is tuple:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float, nargs="+")
+        elif kind is bool:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v == "on")
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args(argv)
     if not (args.data / "ct.nii.gz").exists():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
     overrides = {
-        f.name: getattr(args, f.name)
+        f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v
         for f in fields(PropagationSettings)
         if getattr(args, f.name) is not None
     }

@@ -50,11 +50,13 @@ class ObjectPrompts:
 class PropagationSettings:
     """Defaults chosen by measurement on a real abdominal CT (see benchmarks/propagation.py)."""
 
-    box_margin: float = 3.0  # pixels at 256 px per longest side, as LiteMedSAM's 3D protocol
+    # Growth of the previous mask's box, in pixels at 256 px per longest side. Several
+    # margins are tried in one decoder call and the best predicted IoU is kept.
+    box_margins: tuple[float, ...] = (5.0,)
     mask_prompt: bool = False  # also feed the previous slice's logits as a mask prompt
     point_prompt: bool = False  # also try the previous mask's innermost point
     min_area: int = 1  # pixels; a smaller mask counts as vanished
-    iou_threshold: float = 0.5  # stop when the predicted IoU falls below this
+    iou_threshold: float = 0.7  # stop when the predicted IoU falls below this
     overlap_threshold: float = 0.3  # stop when IoU with the previous slice's mask falls below
     multimask: bool = False  # let the decoder propose three masks and keep the best
 
@@ -129,7 +131,7 @@ class _Walker:
         self.slices, self.settings = slices, settings
         shape = slices.view.view_shape(slices.raw_shape)
         self.view_shape = shape
-        self.margin = settings.box_margin * max(shape) / 256.0
+        self.pixels_per_unit = max(shape) / 256.0
 
     def _best(self, low_res: torch.Tensor, iou: torch.Tensor, emb: ImageEmbedding):
         k = int(iou.argmax())
@@ -169,20 +171,19 @@ class _Walker:
         """Mask on slice `index` from the previous slice's mask; None where it should stop."""
         s = self.settings
         emb = self.slices.embedding(index, direction)
-        box = box_from_mask(prev_mask, self.margin)
-        candidates = []
-        mask_in = prev_low_res[None].numpy() if (s.mask_prompt and prev_low_res is not None) else None
-        candidates.append(
-            decode(self.slices.model, emb, None, None, box[None], mask_in, s.multimask)
+        boxes = np.stack(
+            [box_from_mask(prev_mask, m * self.pixels_per_unit) for m in s.box_margins]
         )
+        k = len(boxes)
+        mask_in = None
+        if s.mask_prompt and prev_low_res is not None:
+            mask_in = np.repeat(prev_low_res[None].numpy(), k, axis=0)
+        model = self.slices.model
+        candidates = [decode(model, emb, None, None, boxes, mask_in, s.multimask)]
         if s.point_prompt:
-            point = interior_point(prev_mask)
-            candidates.append(
-                decode(
-                    self.slices.model, emb, point[None, None], np.ones((1, 1), np.int64),
-                    box[None], mask_in, s.multimask,
-                )
-            )
+            point = np.repeat(interior_point(prev_mask)[None, None], k, axis=0)
+            labels = np.ones((k, 1), np.int64)
+            candidates.append(decode(model, emb, point, labels, boxes, mask_in, s.multimask))
         best = max(
             (self._best(low, iou, emb) for low, iou in candidates), key=lambda r: r[1]
         )
