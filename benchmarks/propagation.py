@@ -19,7 +19,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
-
 from sammed2d import EmbeddingCache, load_model
 from sammed2d.evaluation import dice, protocol_objects
 from sammed2d.io import read_volume
@@ -65,13 +64,22 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         objects = protocol_objects(gt, axis=2, protocol=protocol, names=names)
         result = propagate(
-            ct.array, objects, model, axis=2, affine=ct.affine, preset=args.window,
-            orientation=args.orientation, settings=settings, cache=cache,
+            ct.array,
+            objects,
+            model,
+            axis=2,
+            affine=ct.affine,
+            preset=args.window,
+            orientation=args.orientation,
+            settings=settings,
+            cache=cache,
         )
         scores = {oid: dice(result.labels == oid, gt == oid) for oid in names}
         line = "  ".join(f"{names[k]} {v:.3f}" for k, v in scores.items())
         mean = float(np.mean(list(scores.values())))
-        print(f"protocol {protocol}: {line}  mean {mean:.3f}  ({time.perf_counter() - start:.1f} s)")
+        print(
+            f"protocol {protocol}: {line}  mean {mean:.3f}  ({time.perf_counter() - start:.1f} s)"
+        )
     return 0
 
 

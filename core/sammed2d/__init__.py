@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .errors import SamMed2DError  # noqa: E402
 from .cache import EmbeddingCache  # noqa: E402
+from .errors import SamMed2DError  # noqa: E402
 from .models import SPECS, build_model, load_model  # noqa: E402
 from .predictor import Predictor, embed_slices  # noqa: E402
 

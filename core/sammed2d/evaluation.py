@@ -37,11 +37,18 @@ def protocol_objects(
         ids = [i for i in ids if i in names]
     objects = []
     for oid in ids:
-        present = np.flatnonzero(np.any(labels == oid, axis=tuple(a for a in range(3) if a != axis)))
+        present = np.flatnonzero(
+            np.any(labels == oid, axis=tuple(a for a in range(3) if a != axis))
+        )
         lo, hi = int(present[0]), int(present[-1])
         if protocol == "C":
-            picks = sorted({present[len(present) // 4], present[len(present) // 2],
-                            present[(3 * len(present)) // 4]})
+            picks = sorted(
+                {
+                    present[len(present) // 4],
+                    present[len(present) // 2],
+                    present[(3 * len(present)) // 4],
+                }
+            )
         else:
             picks = [present[len(present) // 2]]
         slices = {

@@ -74,9 +74,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
         return np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim == 3 and image.shape[2] in (1, 3, 4):
         return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
-    raise ImageError(
-        f"image of shape {image.shape}: expected (H, W) grayscale or (H, W, 3) RGB"
-    )
+    raise ImageError(f"image of shape {image.shape}: expected (H, W) grayscale or (H, W, 3) RGB")
 
 
 def prepare_rgb(

@@ -146,8 +146,8 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, like: Volume) -> Pa
         if header is not None:
             # Keep the source's codes; scaling would turn labels into floats.
             img.header.set_slope_inter(1, 0)
-        return _atomic(path, lambda tmp: nib.save(img, tmp))
-    return _atomic(path, lambda tmp: _write_itk(tmp, array, like.affine))
+        return atomic_write(path, lambda tmp: nib.save(img, tmp))
+    return atomic_write(path, lambda tmp: _write_itk(tmp, array, like.affine))
 
 
 def _write_itk(path: str, array: np.ndarray, affine: np.ndarray) -> None:
@@ -165,7 +165,7 @@ def _write_itk(path: str, array: np.ndarray, affine: np.ndarray) -> None:
     sitk.WriteImage(image, path, useCompression=True)
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
     """Run write(tmp) on a temporary file next to `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix_of(path)
@@ -230,11 +230,11 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     if suffix == ".png":
         import imageio.v3 as iio
 
-        return _atomic(path, lambda tmp: iio.imwrite(tmp, mask * 255, extension=".png"))
+        return atomic_write(path, lambda tmp: iio.imwrite(tmp, mask * 255, extension=".png"))
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        return _atomic(path, lambda tmp: tifffile.imwrite(tmp, mask))
+        return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, mask))
     if suffix in NIFTI_SUFFIXES:
         return write_volume(path, mask.T[:, :, None], Volume(mask.T[:, :, None]))
     raise VolumeIOError(

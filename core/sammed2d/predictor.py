@@ -204,9 +204,7 @@ class Predictor:
             if coords.shape[0] != k:
                 raise PromptError(f"{coords.shape[0]} point sets for {k} boxes: expected one each")
         masks_in = self._check_mask_input(mask_input, k)
-        low_res, iou = decode(
-            self.model, image, coords, labels, boxes, masks_in, multimask_output
-        )
+        low_res, iou = decode(self.model, image, coords, labels, boxes, masks_in, multimask_output)
         if multimask_output and not return_all_masks:
             best = iou.argmax(dim=1)
             rows = torch.arange(low_res.shape[0])

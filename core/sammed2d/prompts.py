@@ -35,7 +35,9 @@ def check_points(
         bad = labels[~np.isin(labels, (0, 1))].ravel()[0]
         raise PromptError(f"point label {bad}: expected 1 (foreground) or 0 (background)")
     h, w = image_size
-    outside = (coords[..., 0] < 0) | (coords[..., 0] > w) | (coords[..., 1] < 0) | (coords[..., 1] > h)
+    outside = (
+        (coords[..., 0] < 0) | (coords[..., 0] > w) | (coords[..., 1] < 0) | (coords[..., 1] > h)
+    )
     if outside.any():
         x, y = coords[outside][0]
         raise PromptError(f"point ({x:g}, {y:g}) lies outside the {w} x {h} image")
@@ -79,7 +81,7 @@ def clip_box(box, image_size: tuple[int, int]) -> np.ndarray:
 
 
 def box_from_mask(mask: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
-    """Tight [x0, y0, x1, y1] around a mask (pixel edges), grown by `margin` pixels; None if empty."""
+    """Tight [x0, y0, x1, y1] around a mask (pixel edges) grown by `margin` px; None if empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None

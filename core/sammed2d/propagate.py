@@ -162,7 +162,12 @@ class _Walker:
             boxes = view.box_to_view(boxes[0], raw_shape)[None]
         emb = self.slices.embedding(index)
         low_res, iou = decode(
-            self.slices.model, emb, coords, labels, boxes, None,
+            self.slices.model,
+            emb,
+            coords,
+            labels,
+            boxes,
+            None,
             multimask_output=coords is not None and boxes is None,
         )
         return self._best(low_res, iou, emb)
@@ -184,9 +189,7 @@ class _Walker:
             point = np.repeat(interior_point(prev_mask)[None, None], k, axis=0)
             labels = np.ones((k, 1), np.int64)
             candidates.append(decode(model, emb, point, labels, boxes, mask_in, s.multimask))
-        best = max(
-            (self._best(low, iou, emb) for low, iou in candidates), key=lambda r: r[1]
-        )
+        best = max((self._best(low, iou, emb) for low, iou in candidates), key=lambda r: r[1])
         mask, score, low = best
         if mask.sum() < s.min_area or score < s.iou_threshold:
             return None
@@ -312,6 +315,41 @@ def propagate(
     return _compose(volume.shape, axis, view, objects, results, seconds, cancelled)
 
 
+def segment_slice(
+    volume: np.ndarray,
+    index: int,
+    prompt: SlicePrompt,
+    model: SamModel,
+    axis: int = 2,
+    affine: np.ndarray | None = None,
+    preset: str = "auto",
+    value_range: tuple[float, float] | None = None,
+    orientation: str = "radiological",
+    cache: EmbeddingCache | None = None,
+) -> tuple[np.ndarray, float]:
+    """One slice of a volume from prompts in its raw (x, y) pixels: (mask, predicted IoU).
+
+    The slice is windowed with the whole volume's intensity range and shown to the model in
+    the same orientation that `propagate` uses, so a slice and its propagation agree.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ImageError(f"volume of shape {volume.shape}: expected a 3D volume")
+    if not -3 <= axis < 3:
+        raise ImageError(f"slice axis {axis}: expected 0, 1 or 2 for a 3D volume")
+    axis %= 3
+    if not 0 <= index < volume.shape[axis]:
+        raise PromptError(
+            f"slice {index} is outside the volume's 0..{volume.shape[axis] - 1} along axis {axis}"
+        )
+    if value_range is None:
+        value_range = intensity_range(volume, preset)
+    view = radiological_view(affine, axis) if orientation == "radiological" else SliceView()
+    slices = VolumeSlices(model, volume, axis, view, value_range, cache)
+    mask, score, _ = _Walker(slices, PropagationSettings()).from_prompt(index, prompt)
+    return view.from_view(mask), score
+
+
 def _compose(shape, axis, view, objects, results, seconds, cancelled) -> PropagationResult:
     n = shape[axis]
     dtype = np.uint8 if max(o.id for o in objects) < 256 else np.uint16
@@ -339,7 +377,7 @@ def _compose(shape, axis, view, objects, results, seconds, cancelled) -> Propaga
 
 
 def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
-    """Parse the PROMPTS.json layout: {"axis": 2, "objects": [{"id", "name", "range", "slices"}]}."""
+    """Parse PROMPTS.json: {"axis": 2, "objects": [{"id", "name", "range", "slices"}]}."""
     if not isinstance(data, Mapping) or not isinstance(data.get("objects"), list):
         raise PromptError('prompts: expected {"axis": A, "objects": [...]}')
     axis = data.get("axis", 2)

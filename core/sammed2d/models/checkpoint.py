@@ -1,9 +1,9 @@
 """Reading checkpoint files without trusting them.
 
 Checkpoints are untrusted input: a pickle can run any code it names. We load with
-`weights_only=True` and allow exactly the extra globals of the official SAM-Med2D layout: the Adam optimizer it
-carries next to its weights, mapped to an inert stand-in that keeps nothing, and the
-defaultdict holding that optimizer's state.
+`weights_only=True` and allow exactly the extra globals of the official SAM-Med2D layout:
+the Adam optimizer it carries next to its weights and the defaultdict holding that
+optimizer's state, each mapped to an inert stand-in that keeps nothing.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"checkpoint {path}: refused to unpickle {found.group(1)}; a weights file needs "
                 "only tensors and plain containers"
             ) from None
-        raise CheckpointError(f"checkpoint {path}: unreadable pickle ({_first_line(exc)})") from None
+        raise CheckpointError(
+            f"checkpoint {path}: unreadable pickle ({_first_line(exc)})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
             f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt "

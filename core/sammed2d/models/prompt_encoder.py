@@ -114,7 +114,9 @@ class PromptEncoder(nn.Module):
         sparse = torch.empty((bs, 0, self.embed_dim), device=device)
         if points is not None:
             coords, labels = points
-            sparse = torch.cat([sparse, self._embed_points(coords, labels, pad=boxes is None)], dim=1)
+            sparse = torch.cat(
+                [sparse, self._embed_points(coords, labels, pad=boxes is None)], dim=1
+            )
         if boxes is not None:
             sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
         if masks is not None:

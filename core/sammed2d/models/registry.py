@@ -39,8 +39,14 @@ SPECS: dict[str, ModelSpec] = {
         "SAM-Med2D ViT-B with adapters (OpenGVLab), 256 input",
         256,
         "sammed2d",
-        dict(kind="vit", embed_dim=768, depth=12, num_heads=12, global_attn=(2, 5, 8, 11),
-             adapters=True),
+        dict(
+            kind="vit",
+            embed_dim=768,
+            depth=12,
+            num_heads=12,
+            global_attn=(2, 5, 8, 11),
+            adapters=True,
+        ),
         "sam-med2d_b.pth",
         "https://github.com/OpenGVLab/SAM-Med2D#-download",
     ),
@@ -156,13 +162,18 @@ def architecture_of(state: dict[str, torch.Tensor], source: str) -> tuple[ModelS
     depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
     head_dim = int(state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
     global_attn = tuple(
-        i for i in range(depth)
+        i
+        for i in range(depth)
         if state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] == 2 * grid - 1
     )
     adapters = "image_encoder.blocks.0.Adapter.norm.weight" in state
     found = dict(
-        kind="vit", embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim,
-        global_attn=global_attn, adapters=adapters,
+        kind="vit",
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=embed_dim // head_dim,
+        global_attn=global_attn,
+        adapters=adapters,
     )
     input_size = grid * 16
     if adapters:
@@ -173,9 +184,7 @@ def architecture_of(state: dict[str, torch.Tensor], source: str) -> tuple[ModelS
         by_width = {768: "sam-vit-b", 1024: "sam-vit-l", 1280: "sam-vit-h"}
         spec = SPECS.get(by_width.get(embed_dim, ""), SPECS["sam-vit-b"])
     if input_size != spec.input_size:
-        spec = ModelSpec(
-            spec.name, spec.description, input_size, spec.preprocessing, spec.encoder
-        )
+        spec = ModelSpec(spec.name, spec.description, input_size, spec.preprocessing, spec.encoder)
     overrides = {k: v for k, v in found.items() if spec.encoder.get(k) != v}
     return spec, overrides
 
@@ -223,7 +232,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise CheckpointError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+        raise CheckpointError(
+            f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"device {device!r}: CUDA is not available on this machine")
     if dev.type == "mps" and not torch.backends.mps.is_available():

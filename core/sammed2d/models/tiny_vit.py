@@ -180,9 +180,7 @@ class TinyViTEncoder(nn.Module):
         )
         resolutions = [img_size, img_size // 2, img_size // 4, img_size // 4]
         self.out_grid = img_size // 4
-        layers = [
-            ConvStage(embed_dims[0], resolutions[0], depths[0], embed_dims[1], expand_ratio)
-        ]
+        layers = [ConvStage(embed_dims[0], resolutions[0], depths[0], embed_dims[1], expand_ratio)]
         for i in range(1, len(depths)):
             out_dim = embed_dims[i + 1] if i + 1 < len(depths) else None
             layers.append(

@@ -38,7 +38,7 @@ class Attention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Attention from an already projected (B, H, W, 3C) qkv grid to (B, H, W, C), before `proj`."""
+        """Attention from a projected (B, H, W, 3C) qkv grid to (B, H, W, C), before `proj`."""
         b, h, w, c3 = qkv.shape
         c = c3 // 3
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)

@@ -1,0 +1,281 @@
+"""The `sammed2d` command line.
+
+Every error a user can cause ends in one line on stderr and exit code 2, with no partial
+output file (outputs are written to a temporary file and renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import SamMed2DError
+from .intensity import PRESETS
+
+EXIT_USAGE = 2
+
+
+def _progress_bar(desc: str):
+    """A tqdm bar that stays quiet when stderr is not a terminal; returns (callback, close)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, total=0, unit="slice", disable=not sys.stderr.isatty(), leave=False)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+@contextmanager
+def _bar(desc: str):
+    update, close = _progress_bar(desc)
+    try:
+        yield update
+    finally:
+        close()
+
+
+def _model(args):
+    from .models import load_model
+
+    return load_model(args.model, device=args.device)
+
+
+def _cache(args):
+    from .cache import EmbeddingCache
+
+    return EmbeddingCache(folder=args.cache) if getattr(args, "cache", None) else None
+
+
+def cmd_segment(args) -> int:
+    from .io import read_image, read_volume, write_mask
+    from .predictor import Predictor
+    from .propagate import SlicePrompt, segment_slice
+
+    if args.box is None and not args.point:
+        raise SamMed2DError("segment: give --box X0 Y0 X1 Y1 or at least one --point X Y")
+    points = [*args.point, *args.negative]
+    labels = [1] * len(args.point) + [0] * len(args.negative)
+    coords = np.array(points, np.float64) if points else None
+    point_labels = np.array(labels) if points else None
+    model = _model(args)
+    if args.slice is not None:
+        volume = read_volume(args.image)
+        if volume.array.ndim != 3:
+            raise SamMed2DError(
+                f"{args.image}: --slice needs a 3D volume, got {volume.array.ndim}D"
+            )
+        prompt = SlicePrompt(box=args.box, points=coords, labels=point_labels)
+        mask, score = segment_slice(
+            volume.array,
+            args.slice,
+            prompt,
+            model,
+            axis=args.axis,
+            affine=volume.affine,
+            preset=args.window,
+        )
+    else:
+        image = read_image(args.image)
+        predictor = Predictor(model)
+        predictor.set_image(image, preset=args.window)
+        masks, scores, _ = predictor.predict(coords, point_labels, args.box)
+        mask, score = masks[0], float(scores[0])
+    write_mask(args.out, mask)
+    print(f"{args.out}: {int(mask.sum())} pixels, predicted IoU {score:.3f}")
+    return 0
+
+
+def _load_prompts(path: Path):
+    from .propagate import objects_from_json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SamMed2DError(f"prompts {path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SamMed2DError(f"prompts {path}: malformed JSON ({exc})") from None
+    try:
+        return objects_from_json(data)
+    except SamMed2DError as exc:
+        raise SamMed2DError(f"{path}: {exc}") from None
+
+
+def cmd_propagate(args) -> int:
+    from .io import read_volume, write_volume
+    from .propagate import propagate
+
+    axis, objects = _load_prompts(args.prompts)
+    volume = read_volume(args.volume)
+    model = _model(args)
+    with _bar("propagating") as update:
+        result = propagate(
+            volume.array,
+            objects,
+            model,
+            axis=axis,
+            affine=volume.affine,
+            preset=args.window,
+            cache=_cache(args),
+            progress=update,
+        )
+    write_volume(args.out, result.labels, volume)
+    for obj in objects:
+        reached = result.reached[obj.id]
+        span = (
+            "no slices"
+            if reached is None
+            else (f"slices {reached[0]}-{reached[1]} ({reached[1] - reached[0] + 1} slices)")
+        )
+        name = f" {obj.name}" if obj.name else ""
+        print(f"object {obj.id}{name}: {span}, {result.seconds.get(obj.id, 0.0):.1f} s")
+    print(f"labels written to {args.out}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .cache import EmbeddingCache
+    from .intensity import intensity_range
+    from .io import read_volume
+    from .orientation import radiological_view
+    from .predictor import embed_slices
+    from .propagate import VolumeSlices
+
+    volume = read_volume(args.volume)
+    if volume.array.ndim != 3:
+        raise SamMed2DError(f"{args.volume}: expected a 3D volume, got {volume.array.ndim}D")
+    model = _model(args)
+    cache = EmbeddingCache(max_bytes=0, folder=args.cache)
+    axis = args.axis % 3
+    slices = VolumeSlices(
+        model,
+        volume.array,
+        axis,
+        radiological_view(volume.affine, axis),
+        intensity_range(volume.array, args.window),
+        cache,
+    )
+    start = time.perf_counter()
+    n = volume.array.shape[axis]
+    with _bar("embedding") as update:
+        for first in range(0, n, args.batch_size):
+            batch = range(first, min(n, first + args.batch_size))
+            embed_slices(model, [slices.rgb(i) for i in batch], args.batch_size, cache)
+            update(batch[-1] + 1, n)
+    print(f"{n} slices embedded into {args.cache} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from .models import SPECS, weights_path
+
+    print(f"sammed2d {__version__}, torch {torch.__version__}")
+    print("models:")
+    for name, spec in SPECS.items():
+        path = weights_path(name)
+        where = str(path) if path else f"not found (get {spec.filename} from {spec.url})"
+        print(
+            f"  {name:10s} {spec.input_size:5d} px  {spec.description}\n"
+            f"             weights: {where}"
+        )
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [
+            f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())
+        ]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    print("devices: " + ", ".join(devices))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), model_name=args.model, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sammed2d",
+        description="Promptable segmentation of medical images and volumes (SAM-Med2D family).",
+    )
+    parser.add_argument("--version", action="version", version=f"sammed2d {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, cache=False):
+        p.add_argument("--model", default="litemedsam", help="registry name or checkpoint path")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        p.add_argument("--window", default="auto", choices=PRESETS, help="intensity preset")
+        if cache:
+            p.add_argument("--cache", type=Path, help="folder for embeddings kept between runs")
+
+    p = sub.add_parser("segment", help="one 2D mask from a 2D image or one slice of a volume")
+    p.add_argument("image", type=Path)
+    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
+    p.add_argument("--point", type=float, nargs=2, action="append", default=[], metavar=("X", "Y"))
+    p.add_argument(
+        "--negative", type=float, nargs=2, action="append", default=[], metavar=("X", "Y")
+    )
+    p.add_argument("--slice", type=int, help="slice index when IMAGE is a volume")
+    p.add_argument("--axis", type=int, default=2, help="slice axis of the volume (default 2)")
+    p.add_argument("--out", type=Path, required=True, help="mask file: .png, .tif or .nii.gz")
+    common(p)
+    p.set_defaults(run=cmd_segment)
+
+    p = sub.add_parser("propagate", help="segment objects through a volume from prompts")
+    p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
+    p.add_argument("--prompts", type=Path, required=True, help="PROMPTS.json")
+    p.add_argument("--out", type=Path, required=True, help="label volume (.nii.gz, .nrrd, .mha)")
+    common(p, cache=True)
+    p.set_defaults(run=cmd_propagate)
+
+    p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")
+    p.add_argument("volume", type=Path)
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--axis", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--model", default="litemedsam")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--window", default="auto", choices=PRESETS)
+    p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser("info", help="models, where their weights are, devices")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default model, no input needed")
+    p.add_argument("--out", default="sammed2d-demo", help="output folder")
+    p.add_argument("--model", default="litemedsam")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SamMed2DError as exc:
+        print(f"sammed2d: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sammed2d: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
