@@ -38,8 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--window", default="abdomen")
     for f in fields(PropagationSettings):
         kind = type(f.default)
-        if kind is tuple:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float, nargs="+")
+        if f.default is None or f.name == "intensity_change":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float)
         elif kind is bool:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v == "on")
         else:
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
     overrides = {
-        f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v
+        f.name: getattr(args, f.name)
         for f in fields(PropagationSettings)
         if getattr(args, f.name) is not None
     }

@@ -50,15 +50,19 @@ class ObjectPrompts:
 class PropagationSettings:
     """Defaults chosen by measurement on a real abdominal CT (see benchmarks/propagation.py)."""
 
-    # Growth of the previous mask's box, in pixels at 256 px per longest side. Several
-    # margins are tried in one decoder call and the best predicted IoU is kept.
-    box_margins: tuple[float, ...] = (5.0,)
+    # Growth of the previous mask's box, in pixels at 256 px per longest side.
+    box_margin: float = 5.0
     mask_prompt: bool = False  # also feed the previous slice's logits as a mask prompt
     point_prompt: bool = False  # also try the previous mask's innermost point
     min_area: int = 1  # pixels; a smaller mask counts as vanished
     iou_threshold: float = 0.7  # stop when the predicted IoU falls below this
     overlap_threshold: float = 0.3  # stop when IoU with the previous slice's mask falls below
     multimask: bool = False  # let the decoder propose three masks and keep the best
+    follow_splits: bool = True  # one box per connected part of the previous mask
+    min_part_fraction: float = 0.1  # smaller parts (of the largest) are not followed
+    # Stop when the median 8-bit intensity under the mask jumps by more than this from the
+    # previous slice: the mask has left the structure for its surroundings.
+    intensity_change: float | None = 40.0
 
 
 @dataclass
@@ -97,8 +101,12 @@ class VolumeSlices:
     def raw_shape(self) -> tuple[int, int]:
         return tuple(s for a, s in enumerate(self.volume.shape) if a != self.axis)
 
+    def gray(self, index: int) -> np.ndarray:
+        """The slice as the model sees it, one 8-bit channel."""
+        return to_uint8(self.view.to_view(self.raw(index)), *self.value_range)
+
     def rgb(self, index: int) -> np.ndarray:
-        return to_rgb(to_uint8(self.view.to_view(self.raw(index)), *self.value_range))
+        return to_rgb(self.gray(index))
 
     def embedding(self, index: int, step: int = 1) -> ImageEmbedding:
         """Embedding of slice `index`; on a miss also embeds the next slices in direction `step`."""
@@ -173,29 +181,57 @@ class _Walker:
         return self._best(low_res, iou, emb)
 
     def step(self, index: int, prev_mask: np.ndarray, prev_low_res, direction: int):
-        """Mask on slice `index` from the previous slice's mask; None where it should stop."""
+        """Mask on slice `index` from the previous slice's mask; None where it should stop.
+
+        Each sizeable connected part of the previous mask gets its own box (all in one
+        decoder call) and the masks are united, so a structure that splits in two (a vessel
+        at a bifurcation, an organ's two lobes) keeps both branches.
+        """
         s = self.settings
         emb = self.slices.embedding(index, direction)
-        boxes = np.stack(
-            [box_from_mask(prev_mask, m * self.pixels_per_unit) for m in s.box_margins]
-        )
+        parts = _parts(prev_mask, s.min_part_fraction) if s.follow_splits else [prev_mask]
+        margin = s.box_margin * self.pixels_per_unit
+        boxes = np.stack([box_from_mask(part, margin) for part in parts])
         k = len(boxes)
         mask_in = None
         if s.mask_prompt and prev_low_res is not None:
             mask_in = np.repeat(prev_low_res[None].numpy(), k, axis=0)
         model = self.slices.model
-        candidates = [decode(model, emb, None, None, boxes, mask_in, s.multimask)]
+        points = labels = None
         if s.point_prompt:
-            point = np.repeat(interior_point(prev_mask)[None, None], k, axis=0)
+            points = np.stack([interior_point(part)[None] for part in parts])
             labels = np.ones((k, 1), np.int64)
-            candidates.append(decode(model, emb, point, labels, boxes, mask_in, s.multimask))
-        best = max((self._best(low, iou, emb) for low, iou in candidates), key=lambda r: r[1])
-        mask, score, low = best
+        low_res, iou = decode(model, emb, points, labels, boxes, mask_in, s.multimask)
+        best = iou.argmax(dim=1)
+        rows = torch.arange(k)
+        low_res, iou = low_res[rows, best][:, None], iou[rows, best]
+        masks = (emb.geometry.logits_to_original(low_res)[:, 0] > 0).numpy()
+        mask = masks.any(axis=0)
+        areas = masks.reshape(k, -1).sum(axis=1)
+        score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
+        low = low_res.max(dim=0).values
         if mask.sum() < s.min_area or score < s.iou_threshold:
             return None
         if _iou(mask, prev_mask) < s.overlap_threshold:
             return None
+        if s.intensity_change is not None:
+            before = np.median(self.slices.gray(index - direction)[prev_mask])
+            after = np.median(self.slices.gray(index)[mask])
+            if abs(float(after) - float(before)) > s.intensity_change:
+                return None
         return mask, score, low
+
+
+def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
+    """Connected parts of a mask holding at least `min_fraction` of its largest part."""
+    from scipy.ndimage import label
+
+    labelled, count = label(mask)
+    if count <= 1:
+        return [mask]
+    sizes = np.bincount(labelled.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    return [labelled == i for i in keep]
 
 
 def propagate(

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from sammed2d import build_model, load_model
 from sammed2d.models import SPECS
 from sammed2d.predictor import ImageEmbedding, Predictor
@@ -16,8 +15,11 @@ from sammed2d.preprocess import model_input
 
 @pytest.mark.parametrize(
     ("layout", "name"),
-    [("sam-med2d_b", "sam-med2d"), ("sam_vit_b (also MedSAM medsam_vit_b)", "sam-vit-b"),
-     ("sam_vit_b (also MedSAM medsam_vit_b)", "medsam")],
+    [
+        ("sam-med2d_b", "sam-med2d"),
+        ("sam_vit_b (also MedSAM medsam_vit_b)", "sam-vit-b"),
+        ("sam_vit_b (also MedSAM medsam_vit_b)", "medsam"),
+    ],
 )
 def test_state_dict_matches_official_layout(fixtures_dir, layout, name):
     expected = json.loads((fixtures_dir / "checkpoint_layouts.json").read_text())[layout]
@@ -54,7 +56,9 @@ def test_sammed2d_parity_on_fixture_input(fixtures_dir):
     for case in cases["cases"]:
         multimask = case["name"] in ("box", "one_point", "box_and_point")
         masks, scores, low = predictor.predict(
-            case.get("points"), case.get("labels"), case.get("box"),
+            case.get("points"),
+            case.get("labels"),
+            case.get("box"),
             case["mask_input"][0].numpy() if "mask_input" in case else None,
             multimask_output=multimask,
         )

@@ -1,0 +1,56 @@
+"""Intensity presets on data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sammed2d.errors import ImageError
+from sammed2d.intensity import intensity_range, prepare_rgb, resolve_preset, to_uint8
+
+
+@pytest.mark.parametrize(
+    ("preset", "lo", "hi"),
+    [("abdomen", -160, 240), ("lung", -1350, 150), ("bone", -500, 1300), ("brain", 0, 80)],
+)
+def test_ct_windows(preset, lo, hi):
+    ct = np.array([[lo - 100, lo, (lo + hi) / 2, hi, hi + 100]] * 2, dtype=np.float32)
+    assert intensity_range(ct, preset) == (lo, hi)
+    out = prepare_rgb(ct, preset)[0, :, 0]
+    assert out.tolist() == [0, 0, 128, 255, 255]
+
+
+def test_percentile_ignores_outliers():
+    data = np.concatenate([np.linspace(0, 100, 10_000), [1e6, -1e6]]).astype(np.float32)
+    lo, hi = intensity_range(data, "percentile")
+    assert -1 < lo < 1.5 and 98.5 < hi < 101
+
+
+def test_minmax_and_none():
+    data = np.array([[10, 20, 30]] * 2, np.uint16)
+    assert prepare_rgb(data, "minmax")[0, :, 0].tolist() == [0, 128, 255]
+    assert prepare_rgb(data, "none")[0, :, 0].tolist() == [10, 20, 30]
+
+
+def test_nan_and_inf():
+    data = np.array([np.nan, -np.inf, np.inf, 0.0, 1.0], np.float32)
+    assert intensity_range(data, "minmax") == (0.0, 1.0)
+    assert to_uint8(data, 0.0, 1.0).tolist() == [0, 0, 255, 0, 255]
+    with pytest.raises(ImageError, match="no finite values"):
+        intensity_range(np.full(4, np.nan, np.float32), "percentile")
+
+
+def test_auto_preset_choices():
+    assert resolve_preset(np.zeros(4, np.uint8)) == "none"
+    assert resolve_preset(np.array([-1024, 40], np.int16)) == "abdomen"
+    assert resolve_preset(np.array([0.0, 812.5], np.float32)) == "percentile"
+    with pytest.raises(ImageError, match="intensity preset 'soft'"):
+        resolve_preset(np.zeros(4), "soft")
+
+
+def test_rgb_passes_through_and_volume_range_is_shared():
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 6, 3), dtype=np.uint8)
+    assert np.array_equal(prepare_rgb(rgb), rgb)
+    volume = np.stack([np.full((4, 4), 100.0), np.full((4, 4), 200.0)]).astype(np.float32)
+    rng = intensity_range(volume, "minmax")
+    slices = [prepare_rgb(s, value_range=rng)[0, 0, 0] for s in volume]
+    assert slices == [0, 255]  # one range for the volume, not one per slice

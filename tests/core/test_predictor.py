@@ -1,0 +1,130 @@
+"""The Predictor: end-to-end parity from raw images, prompt validation, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sammed2d import Predictor, load_model
+from sammed2d.errors import PromptError
+from sammed2d.preprocess import model_input
+
+
+def test_sammed2d_end_to_end_from_raw_image(fixtures_dir):
+    cases = torch.load(fixtures_dir / "sammed2d_tiny_cases.pt", weights_only=True)
+    image = cases["image"].numpy()
+    x, _ = model_input(image, "sammed2d", 256)
+    assert (x - cases["encoder_input"]).abs().max() < 1e-5
+    predictor = Predictor(load_model(fixtures_dir / "sammed2d_tiny.pth", device="cpu"))
+    predictor.set_image(image)
+    for case in cases["cases"]:
+        masks, _, _ = predictor.predict(
+            case.get("points"),
+            case.get("labels"),
+            case.get("box"),
+            case["mask_input"][0].numpy() if "mask_input" in case else None,
+            multimask_output=case["name"] in ("box", "one_point", "box_and_point"),
+        )
+        assert np.array_equal(masks[0], case["mask"].numpy()), case["name"]
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_litemedsam_end_to_end_from_raw_image(fixtures_dir, litemedsam):
+    cases = torch.load(fixtures_dir / "litemedsam_cases.pt", weights_only=True)
+    predictor = Predictor(litemedsam)
+    predictor.set_image(cases["image"].numpy())
+    for case in cases["cases"]:
+        masks, _, _ = predictor.predict(
+            box=case["box"], multimask_output=case["name"].endswith("multimask")
+        )
+        assert _dice(masks[0], case["mask"].numpy()) >= 0.99, case["name"]
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_checkpoint):
+    predictor = Predictor(load_model(tiny_checkpoint, device="cpu"))
+    rng = np.random.default_rng(0)
+    predictor.set_image(rng.integers(-1000, 1000, size=(40, 60)).astype(np.int16))
+    return predictor
+
+
+def test_output_shapes_and_best_mask(tiny_predictor):
+    masks, scores, low = tiny_predictor.predict(box=[5, 5, 30, 20])
+    assert masks.shape == (1, 40, 60) and masks.dtype == bool
+    assert scores.shape == (1,) and low.shape == (1, 64, 64)
+    all_masks, all_scores, _ = tiny_predictor.predict(box=[5, 5, 30, 20], return_all_masks=True)
+    assert all_masks.shape == (3, 40, 60)
+    assert np.isclose(scores[0], all_scores.max())
+    single, _, _ = tiny_predictor.predict(box=[5, 5, 30, 20], multimask_output=False)
+    assert single.shape == (1, 40, 60)
+    logits, _, _ = tiny_predictor.predict(box=[5, 5, 30, 20], return_logits=True)
+    assert logits.dtype == np.float32 and np.array_equal(logits > 0, masks)
+
+
+def test_several_boxes_in_one_call_match_one_by_one(tiny_predictor):
+    boxes = np.array([[5, 5, 30, 20], [20, 10, 55, 38]], np.float32)
+    masks, scores, low = tiny_predictor.predict(box=boxes, multimask_output=False)
+    assert masks.shape == (2, 1, 40, 60) and scores.shape == (2, 1)
+    for i, box in enumerate(boxes):
+        one, s, lo = tiny_predictor.predict(box=box, multimask_output=False)
+        assert np.allclose(lo, low[i], atol=1e-4)
+        assert np.allclose(s, scores[i], atol=1e-5)
+
+
+def test_reversed_box_is_normalised(tiny_predictor):
+    a, _, _ = tiny_predictor.predict(box=[5, 5, 30, 20], multimask_output=False)
+    b, _, _ = tiny_predictor.predict(box=[30, 20, 5, 5], multimask_output=False)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(point_coords=[[70, 10]], point_labels=[1]), r"point \(70, 10\) lies outside"),
+        (dict(point_coords=[[-1, 10]], point_labels=[1]), "outside the 60 x 40 image"),
+        (dict(box=[0, 0, 61, 20]), "reaches outside"),
+        (dict(point_coords=[[10, 10]], point_labels=[2]), "label 2: expected 1"),
+        (dict(point_coords=[[10, 10], [5, 5]], point_labels=[1]), "2 points but labels"),
+        (dict(point_coords=[[np.nan, 10]], point_labels=[1]), "NaN"),
+        (dict(), "empty prompt"),
+        (dict(box=[5, 5, 5.5, 5.5]), "is empty"),
+        (dict(box=[1, 2, 3]), "expected .x0, y0, x1, y1."),
+        (dict(box=[5, 5, 30, 20], mask_input=np.zeros((1, 32, 32))), "mask_input of shape"),
+        (dict(point_coords=[[10, 10]], point_labels=[1]), None),
+    ],
+)
+def test_prompt_validation(tiny_predictor, kwargs, message):
+    if message is None:
+        tiny_predictor.predict(**kwargs)
+        return
+    with pytest.raises(PromptError, match=message):
+        tiny_predictor.predict(**kwargs)
+
+
+def test_predict_before_set_image(tiny_checkpoint):
+    with pytest.raises(PromptError, match="no image set"):
+        Predictor(load_model(tiny_checkpoint, device="cpu")).predict(box=[0, 0, 5, 5])
+
+
+def test_nan_and_inf_in_the_image(tiny_checkpoint):
+    image = np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60)
+    image[3:6, 3:6] = np.nan
+    image[10, :] = np.inf
+    predictor = Predictor(load_model(tiny_checkpoint, device="cpu"))
+    predictor.set_image(image)
+    masks, scores, _ = predictor.predict(box=[5, 5, 30, 20])
+    assert np.isfinite(scores).all()
+    assert np.isfinite(predictor.get_image_embedding().numpy()).all()
+    predictor.reset_image()
+    assert not predictor.is_image_set
+
+
+def test_3d_array_is_refused(tiny_checkpoint):
+    from sammed2d.errors import ImageError
+
+    predictor = Predictor(load_model(tiny_checkpoint, device="cpu"))
+    with pytest.raises(ImageError, match="expected .H, W. or .H, W, 3."):
+        predictor.set_image(np.zeros((4, 40, 60), np.int16))

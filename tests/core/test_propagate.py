@@ -1,0 +1,198 @@
+"""Propagation on synthetic volumes with the embedded LiteMedSAM weights.
+
+Shapes grow, shrink, split and vanish; the expectations are exact where the geometry is
+(slice ranges reached, ids, cancellation) and Dice bounds where the model draws.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sammed2d.errors import ImageError, PromptError
+from sammed2d.evaluation import dice, slice_box
+from sammed2d.propagate import ObjectPrompts, SlicePrompt, propagate
+from scipy import ndimage
+
+RADII = [0, 0, 7, 10, 13, 15, 15, 13, 10, 7, 0, 0]  # grows, then shrinks, then vanishes
+
+
+def disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """64 x 64 x 12 HU volume (axis 2 = slices): a disc that grows and shrinks (id 1), and a
+    blob that splits in two (id 2)."""
+    rng = np.random.default_rng(0)
+    vol = np.full((64, 64, 12), -80.0, np.float32)
+    truth = np.zeros(vol.shape, np.uint8)
+    for z, r in enumerate(RADII):
+        if r:
+            truth[:, :, z][disc((64, 64), (20, 22), r)] = 1
+    for z in range(12):
+        if z < 6:
+            blob = disc((64, 64), (46, 44), 7) | disc((64, 64), (46, 50), 7)
+        else:  # splits into two branches that drift apart
+            gap = z - 4
+            blob = disc((64, 64), (46, 44 - gap), 6) | disc((64, 64), (46, 50 + gap), 6)
+        truth[:, :, z][blob & (truth[:, :, z] == 0)] = 2
+    vol[truth == 1] = 160.0
+    vol[truth == 2] = 90.0
+    vol += rng.normal(0, 5, vol.shape).astype(np.float32)
+    return vol, truth
+
+
+def run(phantom, litemedsam, shared_cache, objects, **kwargs):
+    vol, _ = phantom
+    return propagate(
+        vol, objects, litemedsam, axis=2, preset="abdomen", cache=shared_cache, **kwargs
+    )
+
+
+def box_prompt(truth, oid, z):
+    return SlicePrompt(box=slice_box(truth[:, :, z] == oid))
+
+
+def test_grows_shrinks_and_stops_where_it_vanishes(phantom, litemedsam, shared_cache):
+    _, truth = phantom
+    result = run(
+        phantom, litemedsam, shared_cache, [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]
+    )
+    assert result.reached[1] == (2, 9)
+    for z in range(2, 10):
+        # the smallest sections (14 px across) come out a little fat
+        expected = 0.75 if RADII[z] <= 7 else 0.9
+        assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > expected, z
+    assert not result.labels[:, :, [0, 1, 10, 11]].any()
+    assert np.isnan(result.scores[1][[0, 1, 10, 11]]).all()
+    assert (result.scores[1][2:10] > 0.7).all()
+
+
+def test_follows_a_split(phantom, litemedsam, shared_cache):
+    _, truth = phantom
+    result = run(
+        phantom, litemedsam, shared_cache, [ObjectPrompts(2, {2: box_prompt(truth, 2, 2)})]
+    )
+    assert result.reached[2] == (0, 11)
+    assert dice(result.labels == 2, truth == 2) > 0.85
+    for z in range(8, 12):  # past the split it keeps one branch whole and leaks little
+        branches, count = ndimage.label(truth[:, :, z] == 2)
+        assert count == 2
+        found = result.labels[:, :, z] == 2
+        assert max(found[branches == i].mean() for i in (1, 2)) > 0.9
+        assert found[branches == 0].sum() < 0.5 * found.sum()
+
+
+def test_range_limits_and_several_objects_share_one_pass(phantom, litemedsam, shared_cache):
+    _, truth = phantom
+    objects = [
+        ObjectPrompts(7, {5: box_prompt(truth, 1, 5)}, range=(4, 6), name="disc"),
+        ObjectPrompts(3, {5: box_prompt(truth, 2, 5)}),
+    ]
+    calls = []
+    result = run(
+        phantom, litemedsam, shared_cache, objects, progress=lambda d, t: calls.append((d, t))
+    )
+    assert result.reached[7] == (4, 6) and result.reached[3] == (0, 11)
+    assert set(np.unique(result.labels)) == {0, 3, 7}
+    assert calls[-1][0] == calls[-1][1] and all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+
+
+def test_gap_between_two_annotated_slices_is_filled(phantom, litemedsam, shared_cache):
+    _, truth = phantom
+    obj = ObjectPrompts(1, {3: box_prompt(truth, 1, 3), 8: box_prompt(truth, 1, 8)})
+    result = run(phantom, litemedsam, shared_cache, [obj])
+    assert result.reached[1] == (2, 9)
+    assert all((result.labels[:, :, z] == 1).any() for z in range(2, 10))
+
+
+def test_overlap_goes_to_the_higher_score(phantom, litemedsam, shared_cache):
+    _, truth = phantom
+    same = box_prompt(truth, 1, 5)
+    loose = SlicePrompt(box=np.array([2, 2, 60, 60], np.float32))
+    result = run(
+        phantom,
+        litemedsam,
+        shared_cache,
+        [ObjectPrompts(1, {5: same}, range=(5, 5)), ObjectPrompts(2, {5: loose}, range=(5, 5))],
+    )
+    winner = 1 if result.scores[1][5] >= result.scores[2][5] else 2
+    disc_voxels = truth[:, :, 5] == 1
+    assert (result.labels[:, :, 5][disc_voxels] == winner).mean() > 0.9
+
+
+def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
+    _, truth = phantom
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) > 3
+
+    result = run(
+        phantom,
+        litemedsam,
+        shared_cache,
+        [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})],
+        should_stop=should_stop,
+    )
+    assert result.cancelled
+    done = [z for z in range(12) if (result.labels[:, :, z] == 1).any()]
+    assert len(done) == 3 and 5 in done  # the seed and two steps, nothing half-written
+    assert all(np.isfinite(result.scores[1][z]) for z in done)
+
+
+@pytest.mark.parametrize(
+    ("objects", "kwargs", "error", "message"),
+    [
+        (
+            [ObjectPrompts(1, {12: SlicePrompt(box=[1, 1, 9, 9])})],
+            {},
+            PromptError,
+            "slice 12, outside the volume's 0..11",
+        ),
+        ([ObjectPrompts(1, {})], {}, PromptError, "no annotated slice"),
+        ([ObjectPrompts(1, {2: SlicePrompt()})], {}, PromptError, "no box, points or mask"),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"axis": 3},
+            ImageError,
+            "slice axis 3",
+        ),
+        ([], {}, PromptError, "no objects"),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 90, 9])})],
+            {},
+            PromptError,
+            "reaches outside",
+        ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])}, range=(3, 5))],
+            {},
+            PromptError,
+            "outside its range",
+        ),
+    ],
+)
+def test_bad_input(phantom, litemedsam, objects, kwargs, error, message):
+    vol, _ = phantom
+    with pytest.raises(error, match=message):
+        propagate(vol, objects, litemedsam, **kwargs)
+
+
+def test_2d_array_is_refused(litemedsam):
+    with pytest.raises(ImageError, match="needs a 3D volume"):
+        propagate(
+            np.zeros((8, 8)), [ObjectPrompts(1, {0: SlicePrompt(box=[1, 1, 5, 5])})], litemedsam
+        )
+
+
+def test_other_axes_give_the_same_answer(phantom, litemedsam, shared_cache):
+    vol, truth = phantom
+    obj = ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})
+    along2 = run(phantom, litemedsam, shared_cache, [obj]).labels
+    moved = np.moveaxis(vol, 2, 0)  # same slices, now along axis 0
+    along0 = propagate(moved, [obj], litemedsam, axis=0, preset="abdomen", cache=shared_cache)
+    assert np.array_equal(np.moveaxis(along0.labels, 0, 2), along2)
