@@ -1,0 +1,171 @@
+"""The `sammed2d` command line on small generated data with known geometry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sammed2d.cli import main
+from sammed2d.io import Volume, read_image, read_volume, write_volume
+
+from .test_io import oblique_affine, write_dicom_series
+
+
+@pytest.fixture
+def volume_file(tmp_path):
+    rng = np.random.default_rng(0)
+    array = rng.normal(-80, 5, (40, 36, 6)).astype(np.int16)
+    array[10:25, 8:20, 1:5] = 150
+    path = write_volume(tmp_path / "ct.nii.gz", array, Volume(array, oblique_affine()))
+    return path
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    data = {"axis": 2, "objects": [
+        {"id": 3, "name": "block", "range": [0, 5], "slices": {"2": {"box": [7, 9, 21, 26]}}},
+        {"id": 5, "slices": {"3": {"points": [[14, 17]], "labels": [1]}}},
+    ]}
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, text):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sammed2d: error:"), err
+    assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", "dicom"])
+def test_propagate_keeps_input_geometry(tmp_path, capsys, tiny_checkpoint, prompts_file, suffix):
+    array = np.random.default_rng(0).normal(0, 50, (40, 36, 6)).astype(np.int16)
+    if suffix == "dicom":
+        source = write_dicom_series(tmp_path / "series", array)
+    else:
+        source = write_volume(tmp_path / f"ct{suffix}", array, Volume(array, oblique_affine()))
+    out = tmp_path / "labels.nii.gz"
+    code, stdout, _ = run_cli(capsys, "propagate", source, "--prompts", prompts_file, "--out", out,
+                              "--model", tiny_checkpoint, "--device", "cpu")
+    assert code == 0
+    src, labels = read_volume(source), read_volume(out)
+    assert labels.array.shape == src.array.shape
+    assert np.allclose(labels.affine, src.affine, atol=1e-4)
+    assert set(np.unique(labels.array)) <= {0, 3, 5}
+    assert "object 3 block:" in stdout and "object 5:" in stdout and " s" in stdout
+
+
+def test_propagate_with_real_model_and_cache(tmp_path, capsys, volume_file, prompts_file):
+    cache = tmp_path / "cache"
+    out = tmp_path / "labels.nrrd"
+    code, stdout, _ = run_cli(capsys, "propagate", volume_file, "--prompts", prompts_file,
+                              "--out", out, "--cache", cache, "--window", "abdomen")
+    assert code == 0, stdout
+    labels = read_volume(out).array
+    truth = np.zeros_like(labels, bool)
+    truth[10:25, 8:20, 1:5] = True
+    found = labels > 0
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
+    assert "slices 1-4" in stdout
+    assert len(list(cache.rglob("*.npz"))) >= 4
+
+
+def test_segment_2d_image_and_volume_slice(tmp_path, capsys, volume_file, tiny_checkpoint):
+    import imageio.v3 as iio
+
+    image = np.zeros((30, 40), np.uint8)
+    image[5:20, 10:30] = 200
+    iio.imwrite(tmp_path / "img.png", image)
+    code, out, _ = run_cli(capsys, "segment", tmp_path / "img.png", "--box", 10, 5, 30, 20,
+                           "--out", tmp_path / "m.png", "--model", tiny_checkpoint)
+    assert code == 0 and "predicted IoU" in out
+    assert read_image(tmp_path / "m.png").shape == (30, 40)
+    code, out, _ = run_cli(capsys, "segment", volume_file, "--slice", 2, "--point", 14, 17,
+                           "--negative", 2, 2, "--out", tmp_path / "p.nii.gz",
+                           "--model", tiny_checkpoint)
+    assert code == 0 and read_image(tmp_path / "p.nii.gz").shape == (40, 36)
+    # LiteMedSAM was trained on boxes: the real-weights check uses one
+    code, out, _ = run_cli(capsys, "segment", volume_file, "--slice", 2, "--axis", 2,
+                           "--box", 7, 9, 21, 26, "--out", tmp_path / "m.tif")
+    assert code == 0
+    mask = read_image(tmp_path / "m.tif") > 0
+    assert mask.shape == (40, 36)
+    truth = np.zeros((40, 36), bool)
+    truth[10:25, 8:20] = True
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.85
+
+
+def test_embed_then_info(tmp_path, capsys, volume_file, tiny_checkpoint):
+    code, out, _ = run_cli(capsys, "embed", volume_file, "--cache", tmp_path / "c",
+                           "--model", tiny_checkpoint)
+    assert code == 0 and "6 slices embedded" in out
+    assert len(list((tmp_path / "c").rglob("*.npz"))) == 6
+    code, out, _ = run_cli(capsys, "info")
+    assert code == 0 and "litemedsam" in out and "lite_medsam.pth" in out and "devices: cpu" in out
+
+
+def test_demo_writes_labels_and_montage(tmp_path, capsys, tiny_checkpoint):
+    code, out, _ = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--model", tiny_checkpoint)
+    assert code == 0 and "mean Dice" in out
+    labels = read_volume(tmp_path / "demo" / "phantom_labels.nii.gz")
+    ct = read_volume(tmp_path / "demo" / "phantom_ct.nii.gz")
+    assert labels.array.shape == ct.array.shape and np.allclose(labels.affine, ct.affine)
+    assert read_image(tmp_path / "demo" / "montage.png").ndim == 3
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, volume_file, prompts_file,
+                                         tiny_checkpoint):
+    out = tmp_path / "out.nii.gz"
+    base = ["--out", out, "--model", tiny_checkpoint]
+    code, _, err = run_cli(capsys, "propagate", tmp_path / "nope.nii.gz", "--prompts",
+                           prompts_file, *base)
+    assert_one_line_error(code, err, "file not found")
+    (tmp_path / "scan.abc").write_text("x")
+    code, _, err = run_cli(capsys, "propagate", tmp_path / "scan.abc", "--prompts",
+                           prompts_file, *base)
+    assert_one_line_error(code, err, "unsupported format .abc")
+    (tmp_path / "bad.json").write_text("{not json")
+    code, _, err = run_cli(capsys, "propagate", volume_file, "--prompts", tmp_path / "bad.json",
+                           *base)
+    assert_one_line_error(code, err, "malformed JSON")
+    far = tmp_path / "far.json"
+    far.write_text(json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"9": {"box": [1, 1, 5, 5]}}}]}))
+    code, _, err = run_cli(capsys, "propagate", volume_file, "--prompts", far, *base)
+    assert_one_line_error(code, err, "slice 9, outside the volume's 0..5")
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"2": {"box": [1, 1, 500, 5]}}}]}))
+    code, _, err = run_cli(capsys, "propagate", volume_file, "--prompts", outside, *base)
+    assert_one_line_error(code, err, "reaches outside")
+    fake = tmp_path / "fake.pth"
+    fake.write_text("not weights")
+    code, _, err = run_cli(capsys, "propagate", volume_file, "--prompts", prompts_file,
+                           "--out", out, "--model", fake)
+    assert_one_line_error(code, err, "fake.pth")
+    code, _, err = run_cli(capsys, "segment", volume_file, "--out", tmp_path / "m.png")
+    assert_one_line_error(code, err, "give --box")
+    code, _, err = run_cli(capsys, "segment", volume_file, "--slice", 1, "--box", 1, 1, 5, 5,
+                           "--out", tmp_path / "m.jpg", "--model", tiny_checkpoint)
+    assert_one_line_error(code, err, "unsupported mask format .jpg")
+    assert not out.exists() and not (tmp_path / "m.png").exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_console_script_runs(tmp_path):
+    exe = shutil.which("sammed2d") or str(__import__("pathlib").Path(sys.executable).parent / "sammed2d")
+    result = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "sam-med2d" in result.stdout
+    result = subprocess.run([exe, "segment", str(tmp_path / "x.png"), "--box", "1", "1", "2", "2",
+                             "--out", str(tmp_path / "m.png")], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr

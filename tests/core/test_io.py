@@ -1,0 +1,116 @@
+"""Volume and image I/O keeps geometry, writes atomically, and explains bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from sammed2d.errors import VolumeIOError
+from sammed2d.io import Volume, read_image, read_volume, write_mask, write_volume
+
+
+def oblique_affine():
+    theta = np.deg2rad(15)
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.8, 0.9, 2.5])
+    affine[:3, 3] = [-100.0, 20.0, 35.0]
+    return affine
+
+
+def write_dicom_series(folder, array_ijk, spacing=(0.7, 0.8, 2.0), origin=(-50.0, -60.0, 10.0)):
+    """A real DICOM series, one file per slice, with the tags that carry geometry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(np.transpose(array_ijk).astype(np.int16))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        pos = image.TransformIndexToPhysicalPoint((0, 0, k))
+        sl.SetMetaData("0020|0032", "\\".join(f"{p:.4f}" for p in pos))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0020|0013", str(k))
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.1")
+        sl.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1.2")
+        sl.SetMetaData("0008|0060", "CT")
+        sl.SetMetaData("0018|0050", str(spacing[2]))
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_round_trip_keeps_geometry(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 1000, (9, 7, 5)).astype(np.int16)
+    vol = Volume(array, oblique_affine())
+    path = write_volume(tmp_path / f"vol{suffix}", array, vol)
+    back = read_volume(path)
+    assert np.array_equal(back.array, array)
+    assert np.allclose(back.affine, vol.affine, atol=1e-4)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_labels_written_like_their_source_across_formats(tmp_path):
+    array = np.zeros((6, 5, 4), np.int16)
+    src = read_volume(write_volume(tmp_path / "ct.nrrd", array, Volume(array, oblique_affine())))
+    labels = np.zeros(array.shape, np.uint8)
+    labels[1:3, 2:4, 1] = 2
+    out = read_volume(write_volume(tmp_path / "labels.nii.gz", labels, src))
+    assert np.array_equal(out.array, labels) and np.allclose(out.affine, src.affine, atol=1e-4)
+    assert out.array.dtype == np.uint8
+
+
+def test_dicom_series_folder(tmp_path):
+    array = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    vol = read_volume(write_dicom_series(tmp_path / "series", array))
+    assert np.array_equal(vol.array, array)
+    # LPS origin (-50, -60, 10) is RAS (50, 60, 10); axes i, j point toward L and P.
+    assert np.allclose(vol.affine[:3, 3], [50, 60, 10], atol=1e-3)
+    assert np.allclose(np.diag(vol.affine)[:3], [-0.7, -0.8, 2.0], atol=1e-4)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(VolumeIOError, match="file not found"):
+        read_volume(tmp_path / "missing.nii.gz")
+    (tmp_path / "scan.xyz").write_text("?")
+    with pytest.raises(VolumeIOError, match="unsupported format .xyz"):
+        read_volume(tmp_path / "scan.xyz")
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8bnot really")
+    with pytest.raises(VolumeIOError, match="unreadable NIfTI"):
+        read_volume(tmp_path / "broken.nii.gz")
+    (tmp_path / "broken.nrrd").write_text("NRRD0004\ngarbage\n")
+    with pytest.raises(VolumeIOError, match="broken.nrrd: unreadable"):
+        read_volume(tmp_path / "broken.nrrd")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VolumeIOError, match="no DICOM series"):
+        read_volume(tmp_path / "empty")
+    with pytest.raises(VolumeIOError, match="do not match"):
+        write_volume(tmp_path / "x.nii.gz", np.zeros((2, 2, 2)), Volume(np.zeros((3, 3, 3))))
+    with pytest.raises(VolumeIOError, match="unsupported format"):
+        write_volume(tmp_path / "x.png", np.zeros((2, 2, 2)), Volume(np.zeros((2, 2, 2))))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".nii.gz"])
+def test_mask_round_trip(tmp_path, suffix):
+    mask = np.zeros((7, 9), bool)
+    mask[2:5, 3:8] = True
+    path = write_mask(tmp_path / f"mask{suffix}", mask)
+    back = read_image(path)
+    assert back.shape == (7, 9) and np.array_equal(back > 0, mask)
+
+
+def test_image_formats(tmp_path):
+    import imageio.v3 as iio
+
+    rgb = np.random.default_rng(1).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "rgb.png", rgb)
+    assert np.array_equal(read_image(tmp_path / "rgb.png"), rgb)
+    iio.imwrite(tmp_path / "rgba.png", np.dstack([rgb, np.full((6, 8), 255, np.uint8)]))
+    assert read_image(tmp_path / "rgba.png").shape == (6, 8, 3)
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(48, dtype=np.int16).reshape(6, 8)),
+                    str(tmp_path / "one.dcm"))
+    assert np.array_equal(read_image(tmp_path / "one.dcm"), np.arange(48).reshape(6, 8))
