@@ -74,8 +74,23 @@ class Adapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)
         gate = self.channel(x.mean(dim=(2, 3)))[:, :, None, None]
-        x = x + self.spatial(x * gate)
+        x = x + self._spatial(x * gate)
         return self.norm(x.permute(0, 2, 3, 1))
+
+    def _spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """`self.spatial` as two matrix products (im2col, then col2im).
+
+        On the CPU, oneDNN re-lays out these 768-channel weights on every call and runs the
+        transposed convolution slowly: as plain GEMMs the same sums take a fraction of the
+        time. Results equal the convolutions up to float rounding.
+        """
+        down, up = self.spatial[0], self.spatial[2]
+        b, c, h, w = x.shape
+        cols = F.unfold(x, kernel_size=3, padding=1, stride=2)  # (B, C*9, L)
+        y = torch.relu(down.weight.reshape(c, -1) @ cols)  # (B, C, L)
+        cols = up.weight.reshape(c, -1).t() @ y  # (B, C*16, L)
+        out = F.fold(cols, output_size=(h, w), kernel_size=4, padding=1, stride=2)
+        return torch.relu(out)
 
 
 class Block(nn.Module):

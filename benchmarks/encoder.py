@@ -1,0 +1,81 @@
+"""Image-encoder speed per slice, against this machine's fp32 matmul throughput.
+
+Effective GFLOP/s counts the reference implementation's own work per slice (92 GFLOP for
+SAM-Med2D ViT-B at 256; for LiteMedSAM the FLOPs that torch's counter finds in its
+forward), so work we skip counts as speed. Ratio = effective GFLOP/s / matmul GFLOP/s.
+
+    python benchmarks/encoder.py [--batches 1 8] [--repeats 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sammed2d import build_model, load_model
+
+SAMMED2D_REFERENCE_GFLOP = 92.0
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_gflops(repeats: int) -> float:
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    return 2 * 4096**3 / best_time(lambda: a @ b, repeats) / 1e9
+
+
+def counted_gflop(encoder, x) -> float:
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        encoder(x)
+    return counter.get_total_flops() / 1e9
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {
+        "sam-med2d (ViT-B, random weights)": build_model("sam-med2d"),
+        "litemedsam": load_model("litemedsam", device="cpu"),
+    }
+    mm = matmul_gflops(args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"fp32 matmul 4096x4096: {mm:.1f} GFLOP/s")
+    for name, model in models.items():
+        encoder = model.image_encoder.eval()
+        size = model.spec.input_size
+        ours = counted_gflop(encoder, torch.randn(1, 3, size, size))
+        reference = SAMMED2D_REFERENCE_GFLOP if name.startswith("sam-med2d") else ours
+        for batch in args.batches:
+            x = torch.randn(batch, 3, size, size)
+
+            def run(encoder=encoder, x=x):
+                with torch.inference_mode():
+                    encoder(x)
+
+            per_slice = best_time(run, args.repeats) / batch
+            effective = reference / per_slice
+            print(f"{name:34s} batch {batch}: {per_slice * 1000:7.0f} ms/slice, "
+                  f"{effective:6.1f} effective GFLOP/s, ratio {effective / mm:.2f} "
+                  f"(reference {reference:.1f} GFLOP/slice, computed {ours:.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
