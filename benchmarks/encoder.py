@@ -55,8 +55,10 @@ def main(argv=None) -> int:
         "litemedsam": load_model("litemedsam", device="cpu"),
     }
     mm = matmul_gflops(args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"fp32 matmul 4096x4096: {mm:.1f} GFLOP/s")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"fp32 matmul 4096x4096: {mm:.1f} GFLOP/s"
+    )
     for name, model in models.items():
         encoder = model.image_encoder.eval()
         size = model.spec.input_size
@@ -71,9 +73,11 @@ def main(argv=None) -> int:
 
             per_slice = best_time(run, args.repeats) / batch
             effective = reference / per_slice
-            print(f"{name:34s} batch {batch}: {per_slice * 1000:7.0f} ms/slice, "
-                  f"{effective:6.1f} effective GFLOP/s, ratio {effective / mm:.2f} "
-                  f"(reference {reference:.1f} GFLOP/slice, computed {ours:.1f})")
+            print(
+                f"{name:34s} batch {batch}: {per_slice * 1000:7.0f} ms/slice, "
+                f"{effective:6.1f} effective GFLOP/s, ratio {effective / mm:.2f} "
+                f"(reference {reference:.1f} GFLOP/slice, computed {ours:.1f})"
+            )
     return 0
 
 

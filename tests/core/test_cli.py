@@ -27,10 +27,13 @@ def volume_file(tmp_path):
 
 @pytest.fixture
 def prompts_file(tmp_path):
-    data = {"axis": 2, "objects": [
-        {"id": 3, "name": "block", "range": [0, 5], "slices": {"2": {"box": [7, 9, 21, 26]}}},
-        {"id": 5, "slices": {"3": {"points": [[14, 17]], "labels": [1]}}},
-    ]}
+    data = {
+        "axis": 2,
+        "objects": [
+            {"id": 3, "name": "block", "range": [0, 5], "slices": {"2": {"box": [7, 9, 21, 26]}}},
+            {"id": 5, "slices": {"3": {"points": [[14, 17]], "labels": [1]}}},
+        ],
+    }
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps(data))
     return path
@@ -57,8 +60,19 @@ def test_propagate_keeps_input_geometry(tmp_path, capsys, tiny_checkpoint, promp
     else:
         source = write_volume(tmp_path / f"ct{suffix}", array, Volume(array, oblique_affine()))
     out = tmp_path / "labels.nii.gz"
-    code, stdout, _ = run_cli(capsys, "propagate", source, "--prompts", prompts_file, "--out", out,
-                              "--model", tiny_checkpoint, "--device", "cpu")
+    code, stdout, _ = run_cli(
+        capsys,
+        "propagate",
+        source,
+        "--prompts",
+        prompts_file,
+        "--out",
+        out,
+        "--model",
+        tiny_checkpoint,
+        "--device",
+        "cpu",
+    )
     assert code == 0
     src, labels = read_volume(source), read_volume(out)
     assert labels.array.shape == src.array.shape
@@ -70,8 +84,19 @@ def test_propagate_keeps_input_geometry(tmp_path, capsys, tiny_checkpoint, promp
 def test_propagate_with_real_model_and_cache(tmp_path, capsys, volume_file, prompts_file):
     cache = tmp_path / "cache"
     out = tmp_path / "labels.nrrd"
-    code, stdout, _ = run_cli(capsys, "propagate", volume_file, "--prompts", prompts_file,
-                              "--out", out, "--cache", cache, "--window", "abdomen")
+    code, stdout, _ = run_cli(
+        capsys,
+        "propagate",
+        volume_file,
+        "--prompts",
+        prompts_file,
+        "--out",
+        out,
+        "--cache",
+        cache,
+        "--window",
+        "abdomen",
+    )
     assert code == 0, stdout
     labels = read_volume(out).array
     truth = np.zeros_like(labels, bool)
@@ -88,17 +113,57 @@ def test_segment_2d_image_and_volume_slice(tmp_path, capsys, volume_file, tiny_c
     image = np.zeros((30, 40), np.uint8)
     image[5:20, 10:30] = 200
     iio.imwrite(tmp_path / "img.png", image)
-    code, out, _ = run_cli(capsys, "segment", tmp_path / "img.png", "--box", 10, 5, 30, 20,
-                           "--out", tmp_path / "m.png", "--model", tiny_checkpoint)
+    code, out, _ = run_cli(
+        capsys,
+        "segment",
+        tmp_path / "img.png",
+        "--box",
+        10,
+        5,
+        30,
+        20,
+        "--out",
+        tmp_path / "m.png",
+        "--model",
+        tiny_checkpoint,
+    )
     assert code == 0 and "predicted IoU" in out
     assert read_image(tmp_path / "m.png").shape == (30, 40)
-    code, out, _ = run_cli(capsys, "segment", volume_file, "--slice", 2, "--point", 14, 17,
-                           "--negative", 2, 2, "--out", tmp_path / "p.nii.gz",
-                           "--model", tiny_checkpoint)
+    code, out, _ = run_cli(
+        capsys,
+        "segment",
+        volume_file,
+        "--slice",
+        2,
+        "--point",
+        14,
+        17,
+        "--negative",
+        2,
+        2,
+        "--out",
+        tmp_path / "p.nii.gz",
+        "--model",
+        tiny_checkpoint,
+    )
     assert code == 0 and read_image(tmp_path / "p.nii.gz").shape == (40, 36)
     # LiteMedSAM was trained on boxes: the real-weights check uses one
-    code, out, _ = run_cli(capsys, "segment", volume_file, "--slice", 2, "--axis", 2,
-                           "--box", 7, 9, 21, 26, "--out", tmp_path / "m.tif")
+    code, out, _ = run_cli(
+        capsys,
+        "segment",
+        volume_file,
+        "--slice",
+        2,
+        "--axis",
+        2,
+        "--box",
+        7,
+        9,
+        21,
+        26,
+        "--out",
+        tmp_path / "m.tif",
+    )
     assert code == 0
     mask = read_image(tmp_path / "m.tif") > 0
     assert mask.shape == (40, 36)
@@ -108,8 +173,9 @@ def test_segment_2d_image_and_volume_slice(tmp_path, capsys, volume_file, tiny_c
 
 
 def test_embed_then_info(tmp_path, capsys, volume_file, tiny_checkpoint):
-    code, out, _ = run_cli(capsys, "embed", volume_file, "--cache", tmp_path / "c",
-                           "--model", tiny_checkpoint)
+    code, out, _ = run_cli(
+        capsys, "embed", volume_file, "--cache", tmp_path / "c", "--model", tiny_checkpoint
+    )
     assert code == 0 and "6 slices embedded" in out
     assert len(list((tmp_path / "c").rglob("*.npz"))) == 6
     code, out, _ = run_cli(capsys, "info")
@@ -125,47 +191,86 @@ def test_demo_writes_labels_and_montage(tmp_path, capsys, tiny_checkpoint):
     assert read_image(tmp_path / "demo" / "montage.png").ndim == 3
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, volume_file, prompts_file,
-                                         tiny_checkpoint):
+def test_bad_inputs_exit_2_with_one_line(
+    tmp_path, capsys, volume_file, prompts_file, tiny_checkpoint
+):
     out = tmp_path / "out.nii.gz"
     base = ["--out", out, "--model", tiny_checkpoint]
-    code, _, err = run_cli(capsys, "propagate", tmp_path / "nope.nii.gz", "--prompts",
-                           prompts_file, *base)
+    code, _, err = run_cli(
+        capsys, "propagate", tmp_path / "nope.nii.gz", "--prompts", prompts_file, *base
+    )
     assert_one_line_error(code, err, "file not found")
     (tmp_path / "scan.abc").write_text("x")
-    code, _, err = run_cli(capsys, "propagate", tmp_path / "scan.abc", "--prompts",
-                           prompts_file, *base)
+    code, _, err = run_cli(
+        capsys, "propagate", tmp_path / "scan.abc", "--prompts", prompts_file, *base
+    )
     assert_one_line_error(code, err, "unsupported format .abc")
     (tmp_path / "bad.json").write_text("{not json")
-    code, _, err = run_cli(capsys, "propagate", volume_file, "--prompts", tmp_path / "bad.json",
-                           *base)
+    code, _, err = run_cli(
+        capsys, "propagate", volume_file, "--prompts", tmp_path / "bad.json", *base
+    )
     assert_one_line_error(code, err, "malformed JSON")
     far = tmp_path / "far.json"
-    far.write_text(json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"9": {"box": [1, 1, 5, 5]}}}]}))
+    far.write_text(
+        json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"9": {"box": [1, 1, 5, 5]}}}]})
+    )
     code, _, err = run_cli(capsys, "propagate", volume_file, "--prompts", far, *base)
     assert_one_line_error(code, err, "slice 9, outside the volume's 0..5")
     outside = tmp_path / "outside.json"
-    outside.write_text(json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"2": {"box": [1, 1, 500, 5]}}}]}))
+    outside.write_text(
+        json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"2": {"box": [1, 1, 500, 5]}}}]})
+    )
     code, _, err = run_cli(capsys, "propagate", volume_file, "--prompts", outside, *base)
     assert_one_line_error(code, err, "reaches outside")
     fake = tmp_path / "fake.pth"
     fake.write_text("not weights")
-    code, _, err = run_cli(capsys, "propagate", volume_file, "--prompts", prompts_file,
-                           "--out", out, "--model", fake)
+    code, _, err = run_cli(
+        capsys, "propagate", volume_file, "--prompts", prompts_file, "--out", out, "--model", fake
+    )
     assert_one_line_error(code, err, "fake.pth")
     code, _, err = run_cli(capsys, "segment", volume_file, "--out", tmp_path / "m.png")
     assert_one_line_error(code, err, "give --box")
-    code, _, err = run_cli(capsys, "segment", volume_file, "--slice", 1, "--box", 1, 1, 5, 5,
-                           "--out", tmp_path / "m.jpg", "--model", tiny_checkpoint)
+    code, _, err = run_cli(
+        capsys,
+        "segment",
+        volume_file,
+        "--slice",
+        1,
+        "--box",
+        1,
+        1,
+        5,
+        5,
+        "--out",
+        tmp_path / "m.jpg",
+        "--model",
+        tiny_checkpoint,
+    )
     assert_one_line_error(code, err, "unsupported mask format .jpg")
     assert not out.exists() and not (tmp_path / "m.png").exists()
     assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_console_script_runs(tmp_path):
-    exe = shutil.which("sammed2d") or str(__import__("pathlib").Path(sys.executable).parent / "sammed2d")
+    exe = shutil.which("sammed2d") or str(
+        __import__("pathlib").Path(sys.executable).parent / "sammed2d"
+    )
     result = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "sam-med2d" in result.stdout
-    result = subprocess.run([exe, "segment", str(tmp_path / "x.png"), "--box", "1", "1", "2", "2",
-                             "--out", str(tmp_path / "m.png")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            exe,
+            "segment",
+            str(tmp_path / "x.png"),
+            "--box",
+            "1",
+            "1",
+            "2",
+            "2",
+            "--out",
+            str(tmp_path / "m.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr

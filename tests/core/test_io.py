@@ -12,7 +12,9 @@ from sammed2d.io import Volume, read_image, read_volume, write_mask, write_volum
 
 def oblique_affine():
     theta = np.deg2rad(15)
-    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    rot = np.array(
+        [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]]
+    )
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([0.8, 0.9, 2.5])
     affine[:3, 3] = [-100.0, 20.0, 35.0]
@@ -111,6 +113,8 @@ def test_image_formats(tmp_path):
     assert np.array_equal(read_image(tmp_path / "rgb.png"), rgb)
     iio.imwrite(tmp_path / "rgba.png", np.dstack([rgb, np.full((6, 8), 255, np.uint8)]))
     assert read_image(tmp_path / "rgba.png").shape == (6, 8, 3)
-    sitk.WriteImage(sitk.GetImageFromArray(np.arange(48, dtype=np.int16).reshape(6, 8)),
-                    str(tmp_path / "one.dcm"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.arange(48, dtype=np.int16).reshape(6, 8)),
+        str(tmp_path / "one.dcm"),
+    )
     assert np.array_equal(read_image(tmp_path / "one.dcm"), np.arange(48).reshape(6, 8))

@@ -69,8 +69,16 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """(1, C, h, w) positional encoding of the image embedding grid."""
-        return self.pe_layer.grid(self.image_embedding_size).unsqueeze(0)
+        """(1, C, h, w) positional encoding of the image embedding grid.
+
+        It depends only on a fixed buffer, so it is computed once per device and dtype.
+        """
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (matrix.device, matrix.dtype, matrix.data_ptr(), matrix._version)
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe = self.pe_layer.grid(self.image_embedding_size).unsqueeze(0)
+            self._dense_pe_key = key
+        return self._dense_pe
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel centres
