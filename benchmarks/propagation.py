@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+
 from sammed2d import EmbeddingCache, load_model
 from sammed2d.evaluation import dice, protocol_objects
 from sammed2d.io import read_volume

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from sammed2d import EmbeddingCache, load_model
 from sammed2d.cache import embedding_key
 from sammed2d.predictor import embed_slices

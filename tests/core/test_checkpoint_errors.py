@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 import torch
+
 from sammed2d import load_model
 from sammed2d.errors import CheckpointError
 from sammed2d.models import read_state_dict

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from sammed2d.errors import ImageError
 from sammed2d.intensity import intensity_range, prepare_rgb, resolve_preset, to_uint8
 

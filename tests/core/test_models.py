@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from sammed2d import build_model, load_model
 from sammed2d.models import SPECS
 from sammed2d.predictor import ImageEmbedding, Predictor

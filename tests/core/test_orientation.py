@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from sammed2d.orientation import SliceView, radiological_view
 
 

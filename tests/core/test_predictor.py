@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from sammed2d import Predictor, load_model
 from sammed2d.errors import PromptError
 from sammed2d.preprocess import model_input

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from sammed2d.errors import ImageError, PromptError
 from sammed2d.evaluation import dice, slice_box
 from sammed2d.propagate import ObjectPrompts, SlicePrompt, propagate
-from scipy import ndimage
 
 RADII = [0, 0, 7, 10, 13, 15, 15, 13, 10, 7, 0, 0]  # grows, then shrinks, then vanishes
 
