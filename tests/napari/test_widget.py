@@ -1,0 +1,145 @@
+"""The napari plugin with a real viewer (run under xvfb-run) and real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_sammed2d._io import get_reader, write_labels  # noqa: E402
+from napari_sammed2d._sample_data import phantom  # noqa: E402
+from napari_sammed2d._widget import SegmentWidget  # noqa: E402
+from sammed2d.io import Volume, read_volume, write_volume  # noqa: E402
+
+
+def block_volume():
+    """(z, y, x) = (8, 48, 40) HU volume: a bright block on slices 2..5."""
+    rng = np.random.default_rng(0)
+    vol = rng.normal(-80, 5, (8, 48, 40)).astype(np.float32)
+    vol[2:6, 12:30, 10:26] = 150
+    return vol
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    yield viewer, w
+    w.shutdown()
+
+
+def setup_volume(viewer, w, scale=(1, 1, 1), model="litemedsam"):
+    viewer.add_image(block_volume(), name="ct", scale=scale)
+    w.model_edit.setText(model)
+    w.preset_combo.setCurrentText("abdomen")
+    points, shapes, labels = w.ensure_prompt_layers()
+    return points, shapes, labels
+
+
+def draw_box(viewer, shapes, z, r0, c0, r1, c1, scale=(1, 1, 1)):
+    viewer.dims.set_point(0, z * scale[0])
+    rect = np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]], float)
+    shapes.add_rectangles(rect)  # fires ADDED: the widget segments this slice
+
+
+def test_rectangle_segments_the_right_slice(widget):
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w)
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    assert not labels.data[[0, 1, 2, 4, 5, 6, 7]].any()
+    found = labels.data[3] == 1
+    truth = np.zeros_like(found)
+    truth[12:30, 10:26] = True
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
+
+
+def test_anisotropic_scale_puts_the_mask_under_the_box(widget):
+    viewer, w = widget
+    scale = (3.0, 0.7, 0.7)
+    viewer.add_image(block_volume(), name="ct", scale=scale)
+    w.preset_combo.setCurrentText("abdomen")
+    _, shapes, labels = w.ensure_prompt_layers()
+    viewer.layers.remove(shapes)
+    # a Shapes layer in world units (scale 1) drawn over the scaled image
+    shapes = viewer.add_shapes(ndim=3, name="SAM boxes", features={"object": np.zeros(0, int)})
+    shapes.feature_defaults["object"] = 1
+    shapes.events.data.connect(w._on_prompt_event)
+    viewer.dims.set_point(0, 3 * 3.0)
+    world = np.array(
+        [
+            [9.0, 11 * 0.7, 9 * 0.7],
+            [9.0, 11 * 0.7, 26 * 0.7],
+            [9.0, 30 * 0.7, 26 * 0.7],
+            [9.0, 30 * 0.7, 9 * 0.7],
+        ]
+    )
+    shapes.add_rectangles(world)
+    found = labels.data[3] == 1
+    assert found[12:30, 10:26].mean() > 0.8 and found.sum() < 1.3 * 18 * 16
+
+
+def test_click_with_a_point_model(widget, tiny_checkpoint):
+    viewer, w = widget
+    points, _, labels = setup_volume(viewer, w, model=str(tiny_checkpoint))
+    viewer.dims.set_point(0, 4)
+    points.add(np.array([[4, 20, 18]], float))
+    assert labels.data[4].any()  # a mask on the clicked slice
+    assert not np.delete(labels.data, 4, axis=0).any()  # and nowhere else
+
+
+def test_propagate_fills_neighbours_and_one_undo_removes_it(widget, qtbot):
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w)
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    before = labels.data.copy()
+    w.propagate_object()
+    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+        pass
+    filled = [z for z in range(8) if (labels.data[z] == 1).any()]
+    assert filled == [2, 3, 4, 5]
+    labels.undo()
+    assert np.array_equal(labels.data, before)
+
+
+def test_cancel_leaves_labels_consistent(widget, qtbot):
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w)
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.propagate_object()
+    w.cancel()
+    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+        pass
+    assert set(np.unique(labels.data)) <= {0, 1}
+    assert (labels.data[3] == 1).any()  # the annotated slice survives
+
+
+def test_4d_layer_gets_a_clear_message(widget, monkeypatch):
+    viewer, w = widget
+    viewer.add_image(np.zeros((2, 3, 16, 16), np.float32), name="t")
+    shown = []
+    monkeypatch.setattr("napari_sammed2d._widget.show_error", shown.append)
+    w.segment_current_slice()
+    assert shown and "4 spatial dimensions" in shown[0]
+
+
+def test_reader_and_writer_round_trip_geometry(tmp_path):
+    affine = np.array([[0, 0, 2.5, -20], [0, -0.8, 0, 30], [0.7, 0, 0, 5], [0, 0, 0, 1.0]])
+    array = np.random.default_rng(0).integers(0, 100, (10, 12, 6)).astype(np.int16)
+    src = write_volume(tmp_path / "ct.nrrd", array, Volume(array, affine))
+    reader = get_reader(str(src))
+    ((data, meta, kind),) = reader(str(src))
+    assert kind == "image" and data.shape == (6, 12, 10)
+    assert np.allclose(meta["scale"], (2.5, 0.8, 0.7))  # (k, j, i) spacing
+    labels = (data > 50).astype(np.uint8)
+    out = tmp_path / "labels.nii.gz"
+    write_labels(str(out), labels, meta)
+    back = read_volume(out)
+    assert np.allclose(back.affine, read_volume(src).affine, atol=1e-4)
+    assert np.array_equal(back.array, np.transpose(labels, (2, 1, 0)))
+
+
+def test_phantom_sample_data():
+    (ct, ct_meta, _), (truth, _, kind) = phantom()
+    assert ct.shape == truth.shape and kind == "labels"
+    assert "sammed2d" in ct_meta["metadata"]
