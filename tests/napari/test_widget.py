@@ -143,3 +143,12 @@ def test_phantom_sample_data():
     (ct, ct_meta, _), (truth, _, kind) = phantom()
     assert ct.shape == truth.shape and kind == "labels"
     assert "sammed2d" in ct_meta["metadata"]
+
+
+def test_manifest_is_valid():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-sammed2d")
+    assert manifest.name == "napari-sammed2d"
+    assert {"Segmentation", "Annotation"} <= set(manifest.categories)
+    assert manifest.contributions.readers and manifest.contributions.writers
