@@ -1,0 +1,452 @@
+"""SAM-Med2D for 3D Slicer: markups become prompts, masks become segments.
+
+The geometry (RAS <-> IJK, which view and slice, markups -> prompts, changed slices) lives
+in SAMMed2DLib and is tested outside Slicer; the models, propagation and intensity
+handling live in the `sammed2d` package. This file only wires Slicer's nodes to them.
+"""
+
+import logging
+
+import numpy as np
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+VIEWS = ("Red", "Yellow", "Green")
+
+
+class SAMMed2D(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SAM-Med2D"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Markups", "Segmentations"]
+        self.parent.contributors = ["The SAM-Med2D suite developers"]
+        self.parent.helpText = (
+            "Promptable segmentation with SAM-Med2D, LiteMedSAM, MedSAM and SAM. Place "
+            "positive/negative points or an ROI box in a slice view: that slice is segmented. "
+            "Propagate carries the segment through the volume. LiteMedSAM (default, bundled) "
+            "was trained on boxes: use the ROI."
+        )
+        self.parent.acknowledgementText = (
+            "SAM-Med2D (OpenGVLab), LiteMedSAM and MedSAM (bowang-lab), Segment Anything (Meta)."
+        )
+
+
+def ensure_dependencies():
+    """torch through the PyTorch extension, then sammed2d through pip, after the user agrees."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay(
+                "SAM-Med2D needs PyTorch: install the 'PyTorch' extension from the Extensions "
+                "Manager, restart Slicer, and open this module again."
+            )
+            return False
+        if not slicer.util.confirmOkCancelDisplay(
+            "SAM-Med2D needs PyTorch. Install it now (a large download)?"
+        ):
+            return False
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            slicer.util.errorDisplay("Installing PyTorch failed; see the Python console.")
+            return False
+    try:
+        import sammed2d  # noqa: F401
+    except ImportError:
+        if not slicer.util.confirmOkCancelDisplay("Install the 'sammed2d' Python package now?"):
+            return False
+        try:
+            slicer.util.pip_install("sammed2d")
+        except Exception as exc:  # pip reports many kinds of failure
+            slicer.util.errorDisplay(f"Installing sammed2d failed: {exc}")
+            return False
+    return True
+
+
+class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._observed = []
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SAMMed2D.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        for selector in (self.ui.positiveSelector, self.ui.negativeSelector, self.ui.roiSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onMarkupsChanged)
+        self.ui.presetCombo.addItems(
+            ["auto", "abdomen", "lung", "bone", "brain", "percentile", "minmax", "none"]
+        )
+        self.onMarkupsChanged()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def onMarkupsChanged(self, *args):
+        self.removeObservers()
+        for node in (
+            self.ui.positiveSelector.currentNode(),
+            self.ui.negativeSelector.currentNode(),
+            self.ui.roiSelector.currentNode(),
+        ):
+            if node is None:
+                continue
+            # Markup events, not timers: segment when a point is placed or let go.
+            self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
+            self.addObserver(node, node.PointEndInteractionEvent, self.onPointPlaced)
+
+    def getLogic(self):
+        if self.logic is None:
+            if not ensure_dependencies():
+                return None
+            self.logic = SAMMed2DLogic()
+        self.logic.setModel(self.ui.modelLineEdit.text.strip() or "litemedsam")
+        self.logic.preset = self.ui.presetCombo.currentText
+        return self.logic
+
+    def _inputs(self):
+        volume = self.ui.volumeSelector.currentNode()
+        segmentation = self.ui.segmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            raise ValueError("choose a volume and a segmentation first")
+        return volume, segmentation
+
+    def onPointPlaced(self, caller=None, event=None):
+        self.onSegment()
+
+    def onSegment(self, *args):
+        with slicer.util.tryWithErrorDisplay(
+            "SAM-Med2D could not segment this slice.", waitCursor=True
+        ):
+            logic = self.getLogic()
+            if logic is None:
+                return
+            volume, segmentation = self._inputs()
+            view = logic.viewOfLatestPoint(self.ui, volume) or "Red"
+            segmentId = logic.currentSegmentId(segmentation, self.ui.objectSpinBox.value)
+            message = logic.segmentCurrentSlice(
+                volume, segmentation, segmentId, view, self._markups()
+            )
+            self.ui.statusLabel.text = message
+
+    def onPropagate(self, *args):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not propagate.", waitCursor=False):
+            logic = self.getLogic()
+            if logic is None:
+                return
+            volume, segmentation = self._inputs()
+            view = logic.viewOfLatestPoint(self.ui, volume) or "Red"
+            segmentId = logic.currentSegmentId(segmentation, self.ui.objectSpinBox.value)
+            dialog = slicer.util.createProgressDialog(labelText="Propagating…", maximum=100)
+            try:
+
+                def progress(done, total):
+                    dialog.maximum = max(total, 1)
+                    dialog.value = done
+                    slicer.app.processEvents()
+
+                message = logic.propagateSegment(
+                    volume,
+                    segmentation,
+                    segmentId,
+                    view,
+                    self._markups(),
+                    progress,
+                    lambda: dialog.wasCanceled,
+                )
+            finally:
+                dialog.close()
+            self.ui.statusLabel.text = message
+
+    def onUndo(self, *args):
+        with slicer.util.tryWithErrorDisplay("Nothing to undo."):
+            if self.logic is not None:
+                self.ui.statusLabel.text = self.logic.undo()
+
+    def _markups(self):
+        return (
+            self.ui.positiveSelector.currentNode(),
+            self.ui.negativeSelector.currentNode(),
+            self.ui.roiSelector.currentNode(),
+        )
+
+
+class SAMMed2DLogic(ScriptedLoadableModuleLogic):
+    """Reads nodes into arrays and matrices, calls the core, writes segments back."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        from sammed2d import EmbeddingCache
+
+        self.cache = EmbeddingCache(max_bytes=2 << 30)
+        self.model = None
+        self.modelName = None
+        self.preset = "auto"
+        self.undoStack = []
+
+    def setModel(self, nameOrPath):
+        if nameOrPath != self.modelName:
+            from sammed2d import load_model
+
+            self.model = load_model(nameOrPath)
+            self.modelName = nameOrPath
+
+    # ----- geometry read off the scene ------------------------------------------------------
+    @staticmethod
+    def matrices(volume):
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        parentToWorld = vtk.vtkMatrix4x4()
+        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+            volume.GetParentTransformNode(), None, parentToWorld
+        )
+        return slicer.util.arrayFromVTKMatrix(ijkToRas), slicer.util.arrayFromVTKMatrix(
+            parentToWorld
+        )
+
+    @staticmethod
+    def sliceToRas(viewName):
+        sliceNode = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceNode()
+        return slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+
+    def viewOfLatestPoint(self, ui, volume):
+        from SAMMed2DLib import view_containing
+
+        for node in (
+            ui.roiSelector.currentNode(),
+            ui.positiveSelector.currentNode(),
+            ui.negativeSelector.currentNode(),
+        ):
+            if node is not None and node.GetNumberOfControlPoints():
+                point = node.GetNthControlPointPositionWorld(node.GetNumberOfControlPoints() - 1)
+                spacing = min(volume.GetSpacing())
+                views = {name: self.sliceToRas(name) for name in VIEWS}
+                return view_containing(np.array(point), views, tolerance_mm=spacing)
+        return None
+
+    def prompts(self, volume, view, markups):
+        from SAMMed2DLib import (
+            prompt_from_markups,
+            roi_corners,
+            slice_axis_of_view,
+            slice_index_of_view,
+        )
+
+        ijkToRas, parentToWorld = self.matrices(volume)
+        dims = volume.GetImageData().GetDimensions()
+        sliceToRas = self.sliceToRas(view)
+        axis = slice_axis_of_view(sliceToRas, ijkToRas, parentToWorld)
+        index = slice_index_of_view(sliceToRas, ijkToRas, parentToWorld, dims, axis)
+        positive, negative, roi = markups
+        corners = None
+        if roi is not None and roi.GetNumberOfControlPoints():
+            center, size = [0.0, 0.0, 0.0], roi.GetSize()
+            roi.GetCenterWorld(center)
+            roiToRas = slicer.util.arrayFromVTKMatrix(roi.GetObjectToWorldMatrix())
+            corners = roi_corners(center, size, roiToRas)
+        prompt = prompt_from_markups(
+            self._points(positive),
+            self._points(negative),
+            corners,
+            ijkToRas,
+            parentToWorld,
+            dims,
+            axis,
+            index,
+        )
+        return axis, index, prompt, ijkToRas, parentToWorld
+
+    @staticmethod
+    def _points(node):
+        if node is None:
+            return None
+        return np.array(
+            [
+                node.GetNthControlPointPositionWorld(i)
+                for i in range(node.GetNumberOfControlPoints())
+            ]
+        ).reshape(-1, 3)
+
+    @staticmethod
+    def currentSegmentId(segmentation, objectId):
+        name = f"SAM object {objectId}"
+        segments = segmentation.GetSegmentation()
+        segmentId = segments.GetSegmentIdBySegmentName(name)
+        return segmentId or segments.AddEmptySegment("", name)
+
+    # ----- work -----------------------------------------------------------------------------
+    def segmentCurrentSlice(self, volume, segmentation, segmentId, view, markups):
+        from sammed2d.propagate import segment_slice
+        from SAMMed2DLib import ijk_volume_from_slicer_array
+
+        axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
+        if prompt is None:
+            return "no prompt on this slice"
+        data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
+        mask, score = segment_slice(
+            data,
+            index,
+            prompt,
+            self.model,
+            axis=axis,
+            affine=parentToWorld @ ijkToRas,
+            preset=self.preset,
+            cache=self.cache,
+        )
+        labels = self._segmentIjk(segmentation, segmentId, volume)
+        updated = labels.copy()
+        sl = [slice(None)] * 3
+        sl[axis] = index
+        updated[tuple(sl)] = mask
+        self._write(segmentation, segmentId, volume, labels, updated, axis)
+        return f"slice {index}: {int(mask.sum())} voxels, predicted IoU {score:.2f}"
+
+    def propagateSegment(
+        self, volume, segmentation, segmentId, view, markups, progress, shouldStop
+    ):
+        from sammed2d.propagate import ObjectPrompts, SlicePrompt, propagate
+        from SAMMed2DLib import ijk_volume_from_slicer_array
+
+        axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
+        labels = self._segmentIjk(segmentation, segmentId, volume)
+        sl = [slice(None)] * 3
+        sl[axis] = index
+        current = labels[tuple(sl)]
+        seed = SlicePrompt(mask=current) if current.any() else prompt
+        if seed is None:
+            raise ValueError("segment a slice first, or place a prompt on this slice")
+        data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
+        result = propagate(
+            data,
+            [ObjectPrompts(1, {index: seed})],
+            self.model,
+            axis=axis,
+            affine=parentToWorld @ ijkToRas,
+            preset=self.preset,
+            cache=self.cache,
+            progress=progress,
+            should_stop=shouldStop,
+        )
+        updated = labels | (result.labels == 1)
+        self._write(segmentation, segmentId, volume, labels, updated, axis)
+        reached = result.reached[1]
+        text = "no slices" if reached is None else f"slices {reached[0]}-{reached[1]}"
+        return text + (" (cancelled)" if result.cancelled else "")
+
+    def _segmentIjk(self, segmentation, segmentId, volume):
+        from SAMMed2DLib import ijk_volume_from_slicer_array
+
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        return ijk_volume_from_slicer_array(array) > 0
+
+    def _write(self, segmentation, segmentId, volume, before, after, axis):
+        """Write the segment if any slice changed; keep those slices for undo."""
+        from SAMMed2DLib import changed_slices, slicer_array_from_ijk_volume
+
+        changed = changed_slices(before, after, axis)
+        if not changed:
+            return
+        self.undoStack.append(
+            (
+                segmentation,
+                segmentId,
+                volume,
+                axis,
+                {i: np.take(before, i, axis=axis).copy() for i in changed},
+            )
+        )
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            slicer_array_from_ijk_volume(after.astype(np.uint8)), segmentation, segmentId, volume
+        )
+
+    def undo(self):
+        if not self.undoStack:
+            return "nothing to undo"
+        from SAMMed2DLib import slicer_array_from_ijk_volume
+
+        segmentation, segmentId, volume, axis, slices = self.undoStack.pop()
+        labels = self._segmentIjk(segmentation, segmentId, volume)
+        for i, previous in slices.items():
+            sl = [slice(None)] * 3
+            sl[axis] = i
+            labels[tuple(sl)] = previous
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            slicer_array_from_ijk_volume(labels.astype(np.uint8)), segmentation, segmentId, volume
+        )
+        return f"undid the last operation ({len(slices)} slices)"
+
+
+class SAMMed2DTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer: a phantom volume, an ROI on the liver, segment and propagate."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_segment_and_propagate()
+
+    def test_segment_and_propagate(self):
+        from sammed2d.evaluation import dice
+        from sammed2d.phantom import ct_phantom
+        from SAMMed2DLib import slicer_array_from_ijk_volume
+
+        ct, truth, affine, _ = ct_phantom()
+        volume = slicer.util.addVolumeFromArray(slicer_array_from_ijk_volume(ct), name="phantom")
+        volume.SetSpacing(3.0, 3.0, 3.0)
+        volume.SetOrigin(*affine[:3, 3])
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+
+        liver = truth == 1
+        z = int(
+            np.flatnonzero(liver.any(axis=(0, 1)))[len(np.flatnonzero(liver.any(axis=(0, 1)))) // 2]
+        )
+        i, j = np.nonzero(liver[:, :, z])
+        ijkToRas, _ = SAMMed2DLogic.matrices(volume)
+        lo = ijkToRas @ np.array([i.min(), j.min(), z, 1.0])
+        hi = ijkToRas @ np.array([i.max(), j.max(), z, 1.0])
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+        roi.SetCenterWorld(*((lo[:3] + hi[:3]) / 2))
+        roi.SetSize(*(np.abs(hi[:3] - lo[:3]) + [3.0, 3.0, 1.0]))
+        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        red.JumpSliceByCentering(*((lo[:3] + hi[:3]) / 2))
+
+        logic = SAMMed2DLogic()
+        logic.setModel("litemedsam")
+        logic.preset = "abdomen"
+        segmentId = logic.currentSegmentId(segmentation, 1)
+        logic.segmentCurrentSlice(volume, segmentation, segmentId, "Red", (None, None, roi))
+        logic.propagateSegment(
+            volume,
+            segmentation,
+            segmentId,
+            "Red",
+            (None, None, roi),
+            lambda done, total: None,
+            lambda: False,
+        )
+        result = logic._segmentIjk(segmentation, segmentId, volume)
+        score = dice(result, liver)
+        logging.info(f"liver Dice {score:.3f}")
+        self.assertGreater(score, 0.8)
+        logic.undo()
+        self.assertTrue(logic._segmentIjk(segmentation, segmentId, volume)[:, :, z].any())
+        self.delayDisplay("SAM-Med2D test passed")
