@@ -1,9 +1,8 @@
 """napari layers to core prompts, in the image layer's data coordinates.
 
 Points and shapes are read through the layers' own transforms (data -> world -> image
-data), so `scale`, `translate` and affines on any layer are honoured. napari puts pixel
-centres on integers; the core puts them on +0.5 (pixel edges on integers), hence the
-half-pixel shifts below.
+data), so `scale`, `translate` and affines on any layer are honoured. napari and SAM both
+put pixel centres on integer coordinates, so no shift is needed.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ def slice_prompts(
         positive = np.asarray(feats["positive"])[mine]
         for c, pos in zip(coords, positive):
             p = out.setdefault(slot(c), SlicePrompt())
-            xy = np.array([[c[plane[1]] + 0.5, c[plane[0]] + 0.5]])
+            xy = np.array([[c[plane[1]], c[plane[0]]]])
             p.points = xy if p.points is None else np.vstack([p.points, xy])
             lab = np.array([1 if pos else 0])
             p.labels = lab if p.labels is None else np.concatenate([p.labels, lab])
@@ -53,9 +52,7 @@ def slice_prompts(
             rows, cols = coords[:, plane[0]], coords[:, plane[1]]
             p = out.setdefault(slot(coords[0]), SlicePrompt())
             # the last rectangle drawn on a slice wins: one box per object and slice
-            p.box = np.array(
-                [cols.min() + 0.5, rows.min() + 0.5, cols.max() + 0.5, rows.max() + 0.5]
-            )
+            p.box = np.array([cols.min(), rows.min(), cols.max(), rows.max()])
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .batch import PROMPT_KINDS
 from .errors import SamMed2DError
 from .intensity import PRESETS
 
@@ -202,6 +203,65 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import format_table, run_batch
+
+    with _bar("cases") as update:
+        results = run_batch(
+            args.manifest,
+            args.out,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            model=args.model,
+            device=args.device,
+            cache_dir=args.cache,
+            evaluate=args.evaluate,
+            progress=update,
+        )
+    print(format_table(results))
+    failed = [r for r in results if r.status.startswith("failed")]
+    print(
+        f"{len(results) - len(failed)} of {len(results)} cases finished; "
+        f"summary in {Path(args.out) / 'summary.csv'}"
+    )
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from .batch import evaluate_volume, write_dice_csv
+    from .cache import EmbeddingCache
+
+    names = {}
+    labels_json = Path(args.labels).with_name("labels.json")
+    if labels_json.exists():
+        names = {int(k): v for k, v in json.loads(labels_json.read_text()).items()}
+    cache = EmbeddingCache(folder=args.cache) if args.cache else None
+    start = time.perf_counter()
+    scores = evaluate_volume(
+        args.image,
+        args.labels,
+        args.prompt,
+        classes=args.classes,
+        model=args.model,
+        device=args.device,
+        cache=cache,
+        window=args.window,
+    )
+    if not scores:
+        raise SamMed2DError(f"{args.labels}: no labelled classes to evaluate")
+    print(f"prompt {args.prompt}, model {args.model}")
+    print(f"{'class':>5}  {'name':14s}  dice")
+    for oid, score in scores.items():
+        print(f"{oid:>5}  {names.get(oid, ''):14s}  {score:.3f}")
+    print(
+        f"{'mean':>5}  {'':14s}  {np.mean(list(scores.values())):.3f}  "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
+    if args.csv:
+        write_dice_csv(args.csv, scores, names)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -252,6 +312,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--window", default="auto", choices=PRESETS)
     p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser("batch", help="run a manifest of cases on dask.distributed")
+    p.add_argument("manifest", type=Path, help="CSV with header image,prompts,labels")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--scheduler", help="tcp://host:port of a running dask scheduler")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes")
+    p.add_argument("--evaluate", choices=PROMPT_KINDS, help="measure Dice against labels")
+    p.add_argument("--model", default="litemedsam")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", help="shared on-disk embedding cache folder")
+    p.set_defaults(run=cmd_batch)
+
+    p = sub.add_parser("evaluate", help="Dice of the model on a labelled volume")
+    p.add_argument("image", type=Path)
+    p.add_argument("labels", type=Path)
+    p.add_argument("--prompt", default="box3d", choices=PROMPT_KINDS)
+    p.add_argument("--classes", type=int, nargs="+")
+    p.add_argument("--csv", type=Path, help="also write the Dice table here")
+    common(p, cache=True)
+    p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("info", help="models, where their weights are, devices")
     p.set_defaults(run=cmd_info)

@@ -22,8 +22,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def slice_box(mask2d: np.ndarray) -> np.ndarray:
-    """Box [x0, y0, x1, y1] around a slice's reference mask, on pixel centres, as the
-    LiteMedSAM and SAM-Med2D evaluations take it (min and max indices)."""
+    """Box [x0, y0, x1, y1] around a slice's reference mask: its first and last column and
+    row indices, as the LiteMedSAM and SAM-Med2D evaluations take it."""
     box = box_from_mask(mask2d)
     return box - np.array([0, 0, 1, 1], np.float32)
 
@@ -67,5 +67,5 @@ def simulated_prompt_2d(mask: np.ndarray, kind: str, rng: np.random.Generator) -
     count = {"point1": 1, "point3": 3, "point5": 5}[kind]
     rows, cols = np.nonzero(mask)
     pick = rng.choice(len(rows), size=min(count, len(rows)), replace=False)
-    points = np.stack([cols[pick] + 0.5, rows[pick] + 0.5], axis=1).astype(np.float32)
+    points = np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32)
     return {"point_coords": points, "point_labels": np.ones(len(points), np.int64)}

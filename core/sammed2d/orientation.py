@@ -45,15 +45,19 @@ class SliceView:
         return (shape[1], shape[0]) if self.transpose else (shape[0], shape[1])
 
     def points_to_view(self, xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """(N, 2) continuous (x, y) in the raw slice of `shape` -> (x, y) in the view."""
+        """(N, 2) (x, y) in the raw slice of `shape` -> (x, y) in the view.
+
+        Coordinates follow SAM: pixel (row r, column c) has its centre at (x, y) = (c, r),
+        so a flip maps x to (width - 1 - x).
+        """
         xy = np.array(xy, dtype=np.float32).reshape(-1, 2)
         if self.transpose:
             xy = xy[:, ::-1].copy()
         vh, vw = self.view_shape(shape)
         if self.flip_rows:
-            xy[:, 1] = vh - xy[:, 1]
+            xy[:, 1] = vh - 1 - xy[:, 1]
         if self.flip_cols:
-            xy[:, 0] = vw - xy[:, 0]
+            xy[:, 0] = vw - 1 - xy[:, 0]
         return xy
 
     def box_to_view(self, box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Prompts in image pixels, checked before they reach a model, and prompts made from masks.
 
-Coordinates are (x, y) = (column, row) in pixels of the image the prompt is for; boxes are
-[x0, y0, x1, y1]; point labels are 1 (foreground) and 0 (background).
+Coordinates are (x, y) = (column, row) in pixels of the image the prompt is for, as in
+Segment Anything: pixel (r, c) is at (c, r). Boxes are [x0, y0, x1, y1]; point labels are
+1 (foreground) and 0 (background). `box_from_mask` covers the mask's pixels whole, so its
+far edges are the last index + 1 (plus any margin).
 """
 
 from __future__ import annotations
@@ -99,4 +101,4 @@ def interior_point(mask: np.ndarray) -> np.ndarray | None:
 
     dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(np.argmax(dist), dist.shape)
-    return np.array([x + 0.5, y + 0.5], dtype=np.float32)
+    return np.array([x, y], dtype=np.float32)

@@ -30,7 +30,7 @@ from .prompts import box_from_mask, check_boxes, check_points, interior_point
 
 @dataclass
 class SlicePrompt:
-    """Prompts on one slice, in that slice's raw (x, y) pixels: x indexes its later axis."""
+    """Prompts on one slice, in its raw (x, y) pixels: x indexes the later axis, y the earlier."""
 
     box: np.ndarray | None = None
     points: np.ndarray | None = None

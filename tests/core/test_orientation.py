@@ -17,14 +17,13 @@ def test_view_round_trip_and_points_follow_pixels(flags):
     shown = view.to_view(image)
     assert np.array_equal(view.from_view(shown), image)
     for row, col in [(0, 0), (4, 6), (2, 3), (1, 5)]:
-        x, y = view.points_to_view(np.array([[col + 0.5, row + 0.5]]), image.shape)[0]
+        x, y = view.points_to_view(np.array([[col, row]]), image.shape)[0]
         assert shown[int(y), int(x)] == image[row, col]
-    box = view.box_to_view(np.array([1, 2, 4, 5]), image.shape)
+    box = view.box_to_view(np.array([1, 2, 4, 4]), image.shape)  # pixel indices, inclusive
     mask = np.zeros_like(image, bool)
-    mask[2:5, 1:4] = True
-    shown_mask = view.to_view(mask)
-    rows, cols = np.nonzero(shown_mask)
-    assert box.tolist() == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+    mask[2:5, 1:5] = True
+    rows, cols = np.nonzero(view.to_view(mask))
+    assert box.tolist() == [cols.min(), rows.min(), cols.max(), rows.max()]
 
 
 def test_ras_axial_matches_the_radiological_display():

@@ -110,10 +110,10 @@ def test_markups_to_prompt_in_lps_volume():
     negative = np.array([ras(12, 22, 5)])
     corners = np.array([ras(i, j, k) for i in (5, 15) for j in (8, 30) for k in (4.6, 5.4)])
     prompt = prompt_from_markups(positive, negative, corners, ijk_to_ras, None, dims, 2, 5)
-    # slice along k: rows run along i, columns along j; x = j + 0.5, y = i + 0.5
-    assert np.allclose(prompt.points, [[20.5, 10.5], [22.5, 12.5]])
+    # slice along k: rows run along i, columns along j; x = j, y = i
+    assert np.allclose(prompt.points, [[20, 10], [22, 12]])
     assert prompt.labels.tolist() == [1, 0]
-    assert np.allclose(prompt.box, [8.5, 5.5, 30.5, 15.5])
+    assert np.allclose(prompt.box, [8, 5, 30, 15])
     assert prompt_from_markups(positive, None, None, ijk_to_ras, None, dims, 2, 0) is None
 
 
@@ -128,7 +128,7 @@ def test_yellow_view_prompt_uses_j_and_k():
     ijk_to_ras = lps_volume_ijk_to_ras()
     point = (ijk_to_ras @ [7, 20, 4, 1.0])[:3]
     prompt = prompt_from_markups([point], None, None, ijk_to_ras, None, (40, 50, 12), 0, 7)
-    assert np.allclose(prompt.points, [[4.5, 20.5]])  # rows along j, columns along k
+    assert np.allclose(prompt.points, [[4, 20]])  # rows along j, columns along k
 
 
 def test_roi_corners_and_view_of_a_point():

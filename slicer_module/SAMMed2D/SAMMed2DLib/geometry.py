@@ -6,8 +6,8 @@ matrices, control point positions), so it is tested with pytest outside Slicer.
 Conventions: IJK voxel indices have voxel centres on integers; a volume array for the core
 is in (i, j, k) order (the transpose of `slicer.util.arrayFromVolume`, which is (k, j, i));
 a slice along axis `a` is `numpy.take(volume_ijk, index, a)`, whose rows run along the
-earlier remaining IJK axis and columns along the later one. Core prompts put pixel centres
-on +0.5, so (x, y) = (later + 0.5, earlier + 0.5).
+earlier remaining IJK axis and columns along the later one. Core prompts follow SAM, with
+pixel centres on integers, so (x, y) = (later, earlier) in continuous IJK.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def slice_index_of_view(slice_to_ras, ijk_to_ras, parent_to_world, dims_ijk, axi
 
 def _plane_xy(ijk: np.ndarray, axis: int) -> np.ndarray:
     earlier, later = [a for a in range(3) if a != axis]
-    return np.stack([ijk[:, later] + 0.5, ijk[:, earlier] + 0.5], axis=1)
+    return np.stack([ijk[:, later], ijk[:, earlier]], axis=1)
 
 
 def prompt_from_markups(

@@ -1,0 +1,336 @@
+"""Dataset scale: many cases on dask.distributed, and measuring a model on labelled data.
+
+A manifest is a CSV with the header `image,prompts,labels` (relative paths are relative
+to the manifest). Each case is one task; a failing case is reported and the others go on;
+outputs are written atomically, so a rerun skips what is finished (resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SamMed2DError
+
+PROMPT_KINDS = ("box", "point1", "point3", "point5", "box3d", "box3d-free", "box3d-multi")
+_PROTOCOL = {"box3d": "A", "box3d-free": "B", "box3d-multi": "C"}
+_MODELS: dict = {}  # one loaded model per worker process
+
+
+@dataclass
+class Case:
+    image: Path
+    prompts: Path | None
+    labels: Path | None
+
+
+@dataclass
+class CaseResult:
+    case: str
+    objects: int = 0
+    slices: int = 0
+    seconds: float = 0.0
+    status: str = "done"
+    mean_dice: float | None = None
+
+
+def read_manifest(path: str | os.PathLike) -> list[Case]:
+    path = Path(path)
+    if not path.is_file():
+        raise SamMed2DError(f"manifest {path}: file not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "image" not in reader.fieldnames:
+            raise SamMed2DError(f"manifest {path}: expected a CSV header image,prompts,labels")
+        rows = list(reader)
+
+    def resolve(value):
+        value = (value or "").strip()
+        return None if not value else (path.parent / value).resolve()
+
+    return [
+        Case(resolve(r["image"]), resolve(r.get("prompts")), resolve(r.get("labels")))
+        for r in rows
+        if (r.get("image") or "").strip()
+    ]
+
+
+def output_path(image: Path, out_dir: Path, suffix: str = "_labels") -> Path:
+    from .io import ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
+
+    ext = suffix_of(image)
+    name = image.name[: -len(ext)] if ext else image.name
+    keep = ext if ext in NIFTI_SUFFIXES + ITK_SUFFIXES and ext not in (".nhdr", ".mhd") else None
+    return out_dir / f"{name}{suffix}{keep or '.nii.gz'}"
+
+
+def _model(name: str, device: str):
+    from .models import load_model
+
+    key = (name, device)
+    if key not in _MODELS:
+        _MODELS[key] = load_model(name, device=device)
+    return _MODELS[key]
+
+
+def _cache(cache_dir):
+    from .cache import EmbeddingCache
+
+    # Small in memory: a worker holds one case at a time; the disk keeps the rest.
+    return EmbeddingCache(max_bytes=256 << 20, folder=cache_dir)
+
+
+def propagate_case(
+    case: Case,
+    out_dir: str,
+    model: str = "litemedsam",
+    device: str = "cpu",
+    cache_dir: str | None = None,
+) -> CaseResult:
+    """Run one case; never raises (a failure becomes the result's status)."""
+    import json
+
+    from .io import read_volume, write_volume
+    from .propagate import objects_from_json, propagate
+
+    out = output_path(case.image, Path(out_dir))
+    result = CaseResult(case.image.name)
+    if out.exists():
+        result.status = "done earlier"
+        return result
+    start = time.perf_counter()
+    try:
+        if case.prompts is None:
+            raise SamMed2DError("no prompts file for this case")
+        try:
+            axis, objects = objects_from_json(json.loads(Path(case.prompts).read_text()))
+        except (OSError, ValueError) as exc:
+            raise SamMed2DError(f"prompts {case.prompts}: {exc}") from None
+        volume = read_volume(case.image)
+        run = propagate(
+            volume.array,
+            objects,
+            _model(model, device),
+            axis=axis,
+            affine=volume.affine,
+            cache=_cache(cache_dir),
+        )
+        write_volume(out, run.labels, volume)
+        result.objects = len(objects)
+        result.slices = sum(hi - lo + 1 for r in run.reached.values() if r for lo, hi in [r])
+    except SamMed2DError as exc:
+        result.status = f"failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
+        result.status = f"failed: {type(exc).__name__}: {exc}"
+    result.seconds = round(time.perf_counter() - start, 1)
+    return result
+
+
+def evaluate_volume(
+    image,
+    labels,
+    prompt: str = "box3d",
+    classes=None,
+    model="litemedsam",
+    device="cpu",
+    cache=None,
+    seed: int = 0,
+    axis: int = 2,
+    window: str = "auto",
+) -> dict[int, float]:
+    """Dice per class of the model on a labelled volume, with prompts simulated from the
+    labels: SAM-Med2D's 2D protocols (box, 1/3/5 points per slice, fixed seed) or the 3D
+    propagation protocols (box3d: middle-slice box and range; box3d-free: no range;
+    box3d-multi: boxes on three slices)."""
+    from .evaluation import dice, protocol_objects, simulated_prompt_2d
+    from .io import read_volume
+    from .propagate import SlicePrompt, propagate, segment_slice
+
+    if prompt not in PROMPT_KINDS:
+        raise SamMed2DError(f"prompt {prompt!r}: expected one of {', '.join(PROMPT_KINDS)}")
+    volume = read_volume(image) if not hasattr(image, "array") else image
+    truth = np.asarray(read_volume(labels).array if not hasattr(labels, "array") else labels.array)
+    if truth.shape != volume.array.shape:
+        raise SamMed2DError(
+            f"labels of shape {truth.shape} do not match the volume's {volume.array.shape}"
+        )
+    ids = [int(i) for i in np.unique(truth) if i != 0]
+    if classes:
+        ids = [i for i in ids if i in set(classes)]
+    net = _model(model, device) if isinstance(model, str) else model
+    cache = cache if cache is not None else _cache(None)
+    scores = {}
+    if prompt in _PROTOCOL:
+        objects = [o for o in protocol_objects(truth, axis, _PROTOCOL[prompt]) if o.id in ids]
+        run = propagate(
+            volume.array, objects, net, axis=axis, affine=volume.affine, preset=window, cache=cache
+        )
+        return {oid: dice(run.labels == oid, truth == oid) for oid in ids}
+    rng = np.random.default_rng(seed)
+    for oid in ids:
+        found = np.zeros(truth.shape, bool)
+        for index in np.flatnonzero(
+            np.any(truth == oid, axis=tuple(a for a in range(3) if a != axis))
+        ):
+            gt = np.take(truth, index, axis=axis) == oid
+            p = simulated_prompt_2d(gt, prompt, rng)
+            sp = SlicePrompt(
+                box=p.get("box"), points=p.get("point_coords"), labels=p.get("point_labels")
+            )
+            mask, _ = segment_slice(
+                volume.array,
+                int(index),
+                sp,
+                net,
+                axis=axis,
+                affine=volume.affine,
+                preset=window,
+                cache=cache,
+            )
+            sl = [slice(None)] * 3
+            sl[axis] = int(index)
+            found[tuple(sl)] = mask
+        scores[oid] = dice(found, truth == oid)
+    return scores
+
+
+def evaluate_case(
+    case: Case,
+    out_dir: str,
+    prompt: str,
+    model: str = "litemedsam",
+    device: str = "cpu",
+    cache_dir: str | None = None,
+) -> CaseResult:
+    out = output_path(case.image, Path(out_dir), "_dice").with_suffix("").with_suffix(".csv")
+    result = CaseResult(case.image.name)
+    if out.exists():
+        result.status = "done earlier"
+        return result
+    start = time.perf_counter()
+    try:
+        if case.labels is None:
+            raise SamMed2DError("no labels for this case")
+        scores = evaluate_volume(
+            case.image, case.labels, prompt, model=model, device=device, cache=_cache(cache_dir)
+        )
+        write_dice_csv(out, scores)
+        result.objects = len(scores)
+        result.mean_dice = round(float(np.mean(list(scores.values()))), 4) if scores else None
+    except SamMed2DError as exc:
+        result.status = f"failed: {exc}"
+    except Exception as exc:  # noqa: BLE001
+        result.status = f"failed: {type(exc).__name__}: {exc}"
+    result.seconds = round(time.perf_counter() - start, 1)
+    return result
+
+
+def write_dice_csv(path: Path, scores: dict[int, float], names: dict[int, str] | None = None):
+    from .io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["class", "name", "dice"])
+            for oid, score in scores.items():
+                w.writerow([oid, (names or {}).get(oid, ""), f"{score:.4f}"])
+            if scores:
+                w.writerow(["mean", "", f"{np.mean(list(scores.values())):.4f}"])
+
+    return atomic_write(Path(path), write)
+
+
+def run_batch(
+    manifest,
+    out_dir,
+    scheduler: str | None = None,
+    workers: int = 2,
+    model: str = "litemedsam",
+    device: str = "cpu",
+    cache_dir: str | None = None,
+    evaluate: str | None = None,
+    progress=None,
+) -> list[CaseResult]:
+    """Every case of the manifest as one dask task; returns results in manifest order."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cases = read_manifest(manifest)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if scheduler:
+        client, cluster = Client(scheduler), None
+    else:
+        # One thread per worker process: torch already uses the cores inside each task.
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+    try:
+        task = propagate_case if evaluate is None else evaluate_case
+        extra = {} if evaluate is None else {"prompt": evaluate}
+        futures = {
+            client.submit(
+                task,
+                case,
+                str(out_dir),
+                model=model,
+                device=device,
+                cache_dir=cache_dir,
+                pure=False,
+                **extra,
+            ): i
+            for i, case in enumerate(cases)
+        }
+        results: list[CaseResult | None] = [None] * len(cases)
+        done = 0
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                results[i] = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker died on this case
+                results[i] = CaseResult(cases[i].image.name, status=f"failed: {exc}")
+            done += 1
+            if progress is not None:
+                progress(done, len(cases))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    write_summary(out_dir / "summary.csv", results)
+    return results
+
+
+def write_summary(path: Path, results: list[CaseResult]) -> None:
+    from .io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(asdict(results[0]))) if results else None
+            if w:
+                w.writeheader()
+                for r in results:
+                    w.writerow(asdict(r))
+
+    atomic_write(path, write)
+
+
+def format_table(results: list[CaseResult]) -> str:
+    rows = [("case", "objects", "slices", "seconds", "status", "mean Dice")]
+    for r in results:
+        rows.append(
+            (
+                r.case,
+                str(r.objects),
+                str(r.slices),
+                f"{r.seconds:.1f}",
+                r.status,
+                "" if r.mean_dice is None else f"{r.mean_dice:.3f}",
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
