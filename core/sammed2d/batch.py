@@ -85,6 +85,23 @@ def _cache(cache_dir):
     return EmbeddingCache(max_bytes=256 << 20, folder=cache_dir)
 
 
+def _run_case(case: Case, out: Path, work) -> CaseResult:
+    """Skip a finished case, time the work, and turn any failure into a status."""
+    result = CaseResult(case.image.name)
+    if out.exists():
+        result.status = "done earlier"
+        return result
+    start = time.perf_counter()
+    try:
+        work(result)
+    except SamMed2DError as exc:
+        result.status = f"failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
+        result.status = f"failed: {type(exc).__name__}: {exc}"
+    result.seconds = round(time.perf_counter() - start, 1)
+    return result
+
+
 def propagate_case(
     case: Case,
     out_dir: str,
@@ -92,19 +109,15 @@ def propagate_case(
     device: str = "cpu",
     cache_dir: str | None = None,
 ) -> CaseResult:
-    """Run one case; never raises (a failure becomes the result's status)."""
+    """Propagate one case's prompts; never raises (a failure becomes the result's status)."""
     import json
 
     from .io import read_volume, write_volume
     from .propagate import objects_from_json, propagate
 
     out = output_path(case.image, Path(out_dir))
-    result = CaseResult(case.image.name)
-    if out.exists():
-        result.status = "done earlier"
-        return result
-    start = time.perf_counter()
-    try:
+
+    def work(result: CaseResult) -> None:
         if case.prompts is None:
             raise SamMed2DError("no prompts file for this case")
         try:
@@ -123,12 +136,8 @@ def propagate_case(
         write_volume(out, run.labels, volume)
         result.objects = len(objects)
         result.slices = sum(hi - lo + 1 for r in run.reached.values() if r for lo, hi in [r])
-    except SamMed2DError as exc:
-        result.status = f"failed: {exc}"
-    except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
-        result.status = f"failed: {type(exc).__name__}: {exc}"
-    result.seconds = round(time.perf_counter() - start, 1)
-    return result
+
+    return _run_case(case, out, work)
 
 
 def evaluate_volume(
@@ -207,13 +216,10 @@ def evaluate_case(
     device: str = "cpu",
     cache_dir: str | None = None,
 ) -> CaseResult:
+    """Dice of one labelled case, written to DIR/<stem>_dice.csv; never raises."""
     out = output_path(case.image, Path(out_dir), "_dice").with_suffix("").with_suffix(".csv")
-    result = CaseResult(case.image.name)
-    if out.exists():
-        result.status = "done earlier"
-        return result
-    start = time.perf_counter()
-    try:
+
+    def work(result: CaseResult) -> None:
         if case.labels is None:
             raise SamMed2DError("no labels for this case")
         scores = evaluate_volume(
@@ -222,12 +228,8 @@ def evaluate_case(
         write_dice_csv(out, scores)
         result.objects = len(scores)
         result.mean_dice = round(float(np.mean(list(scores.values()))), 4) if scores else None
-    except SamMed2DError as exc:
-        result.status = f"failed: {exc}"
-    except Exception as exc:  # noqa: BLE001
-        result.status = f"failed: {type(exc).__name__}: {exc}"
-    result.seconds = round(time.perf_counter() - start, 1)
-    return result
+
+    return _run_case(case, out, work)
 
 
 def write_dice_csv(path: Path, scores: dict[int, float], names: dict[int, str] | None = None):

@@ -258,11 +258,7 @@ def propagate(
     the labels hold exactly the slices finished before).
     """
     volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise ImageError(f"volume of shape {volume.shape}: propagation needs a 3D volume")
-    if not -3 <= axis < 3:
-        raise ImageError(f"slice axis {axis}: expected 0, 1 or 2 for a 3D volume")
-    axis %= 3
+    axis = _checked_axis(volume, axis, "propagation needs a 3D volume")
     if not objects:
         raise PromptError("no objects to propagate")
     n = volume.shape[axis]
@@ -285,10 +281,9 @@ def propagate(
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()
-    if value_range is None:
-        value_range = intensity_range(volume, preset)
-    view = radiological_view(affine, axis) if orientation == "radiological" else SliceView()
-    slices = VolumeSlices(model, volume, axis, view, value_range, cache, batch_size)
+    slices = _volume_slices(
+        model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
+    )
     walker = _Walker(slices, settings)
 
     spans = [(o.range or (0, n - 1)) for o in objects]
@@ -348,7 +343,7 @@ def propagate(
     except Cancelled:
         cancelled = True
 
-    return _compose(volume.shape, axis, view, objects, results, seconds, cancelled)
+    return _compose(volume.shape, axis, slices.view, objects, results, seconds, cancelled)
 
 
 def segment_slice(
@@ -369,21 +364,32 @@ def segment_slice(
     the same orientation that `propagate` uses, so a slice and its propagation agree.
     """
     volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise ImageError(f"volume of shape {volume.shape}: expected a 3D volume")
-    if not -3 <= axis < 3:
-        raise ImageError(f"slice axis {axis}: expected 0, 1 or 2 for a 3D volume")
-    axis %= 3
+    axis = _checked_axis(volume, axis, "expected a 3D volume")
     if not 0 <= index < volume.shape[axis]:
         raise PromptError(
             f"slice {index} is outside the volume's 0..{volume.shape[axis] - 1} along axis {axis}"
         )
+    slices = _volume_slices(model, volume, axis, affine, preset, value_range, orientation, cache)
+    mask, score, _ = _Walker(slices, PropagationSettings()).from_prompt(index, prompt)
+    return slices.view.from_view(mask), score
+
+
+def _checked_axis(volume: np.ndarray, axis: int, need: str) -> int:
+    if volume.ndim != 3:
+        raise ImageError(f"volume of shape {volume.shape}: {need}")
+    if not -3 <= axis < 3:
+        raise ImageError(f"slice axis {axis}: expected 0, 1 or 2 for a 3D volume")
+    return axis % 3
+
+
+def _volume_slices(
+    model, volume, axis, affine, preset, value_range, orientation, cache, batch_size=1
+) -> VolumeSlices:
+    """The volume's slices as the model sees them: one intensity range, one orientation."""
     if value_range is None:
         value_range = intensity_range(volume, preset)
     view = radiological_view(affine, axis) if orientation == "radiological" else SliceView()
-    slices = VolumeSlices(model, volume, axis, view, value_range, cache)
-    mask, score, _ = _Walker(slices, PropagationSettings()).from_prompt(index, prompt)
-    return view.from_view(mask), score
+    return VolumeSlices(model, volume, axis, view, value_range, cache, batch_size)
 
 
 def _compose(shape, axis, view, objects, results, seconds, cancelled) -> PropagationResult:
