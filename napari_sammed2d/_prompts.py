@@ -25,7 +25,7 @@ def slice_prompts(
     image_layer, points_layer, shapes_layer, object_id: int, axis: int | None
 ) -> dict[int | None, SlicePrompt]:
     """Prompts of one object, grouped by the slice they lie on (None for a 2D image)."""
-    ndim = image_layer.ndim if not image_layer.rgb else image_layer.ndim - 1
+    ndim = image_layer.ndim  # napari counts spatial axes only, RGB channels excluded
     plane = [a for a in range(ndim) if a != axis][-2:]
     out: dict[int | None, SlicePrompt] = {}
 

@@ -152,7 +152,7 @@ class SegmentWidget(QWidget):
         image = self.image_layer
         if image is None:
             raise SamMed2DError("no image layer: open an image or volume first")
-        ndim = image.ndim - 1 if image.rgb else image.ndim
+        ndim = image.ndim  # spatial axes; an RGB layer's channels are not counted
         if ndim not in (2, 3):
             raise SamMed2DError(
                 f"layer {image.name!r} has {ndim} spatial dimensions; SAM-Med2D works on 2D "
@@ -253,7 +253,7 @@ class SegmentWidget(QWidget):
     def slice_axis(self) -> int | None:
         """The image axis the viewer slices through (None for a 2D image)."""
         image = self.image_layer
-        ndim = image.ndim - 1 if image.rgb else image.ndim
+        ndim = image.ndim  # spatial axes; an RGB layer's channels are not counted
         if ndim == 2:
             return None
         hidden = [d for d in self.viewer.dims.not_displayed if d < ndim]

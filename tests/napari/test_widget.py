@@ -152,3 +152,17 @@ def test_manifest_is_valid():
     assert manifest.name == "napari-sammed2d"
     assert {"Segmentation", "Annotation"} <= set(manifest.categories)
     assert manifest.contributions.readers and manifest.contributions.writers
+
+
+def test_2d_rgb_image_with_a_rectangle(widget):
+    viewer, w = widget
+    rgb = np.full((40, 50, 3), 30, np.uint8)
+    rgb[10:28, 15:38] = (200, 190, 180)
+    viewer.add_image(rgb, name="photo", rgb=True)
+    points, shapes, labels = w.ensure_prompt_layers()
+    assert labels.data.shape == (40, 50) and points.ndim == 2
+    shapes.add_rectangles(np.array([[9, 14], [9, 38], [28, 38], [28, 14]], float))
+    found = labels.data == 1
+    truth = np.zeros_like(found)
+    truth[10:28, 15:38] = True
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
