@@ -139,17 +139,6 @@ class MaskDecoder(nn.Module):
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou[:, sl]
 
-    def _upscale(self, x: torch.Tensor) -> torch.Tensor:
-        """`output_upscaling`, its two 2x2 stride-2 transposed convolutions done as GEMMs.
-
-        Such a convolution writes each input pixel's 2x2 block independently, so it is one
-        matrix product and a reshuffle; oneDNN's version re-lays out the weights per call
-        and costs several times more at these sizes.
-        """
-        up1, norm, _, up2, _ = self.output_upscaling
-        x = F.gelu(norm(_conv_transpose_2x2(x, up1)))
-        return F.gelu(_conv_transpose_2x2(x, up2))
-
     def predict_masks(self, image_embeddings, image_pe, sparse, dense):
         """All four masks and IoUs, before the single/multi-mask choice."""
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -165,21 +154,11 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self._upscale(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
-
-
-def _conv_transpose_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """A kernel-2, stride-2 ConvTranspose2d as a matrix product and a pixel shuffle."""
-    b, cin, h, w = x.shape
-    cout = conv.weight.shape[1]
-    weight = conv.weight.reshape(cin, cout * 4)  # (Cin, Cout * 2 * 2)
-    y = x.flatten(2).transpose(1, 2) @ weight  # (B, H*W, Cout*4)
-    y = y.view(b, h, w, cout, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, cout, 2 * h, 2 * w)
-    return y + conv.bias[None, :, None, None]
