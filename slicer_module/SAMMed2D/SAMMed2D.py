@@ -130,29 +130,34 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPointPlaced(self, caller=None, event=None):
         self.onSegment()
 
+    def _context(self):
+        """(logic, volume, segmentation, segmentId, view), or None if dependencies are missing."""
+        logic = self.getLogic()
+        if logic is None:
+            return None
+        volume, segmentation = self._inputs()
+        view = logic.viewOfLatestPoint(self.ui, volume) or "Red"
+        segmentId = logic.currentSegmentId(segmentation, self.ui.objectSpinBox.value)
+        return logic, volume, segmentation, segmentId, view
+
     def onSegment(self, *args):
         with slicer.util.tryWithErrorDisplay(
             "SAM-Med2D could not segment this slice.", waitCursor=True
         ):
-            logic = self.getLogic()
-            if logic is None:
+            context = self._context()
+            if context is None:
                 return
-            volume, segmentation = self._inputs()
-            view = logic.viewOfLatestPoint(self.ui, volume) or "Red"
-            segmentId = logic.currentSegmentId(segmentation, self.ui.objectSpinBox.value)
-            message = logic.segmentCurrentSlice(
+            logic, volume, segmentation, segmentId, view = context
+            self.ui.statusLabel.text = logic.segmentCurrentSlice(
                 volume, segmentation, segmentId, view, self._markups()
             )
-            self.ui.statusLabel.text = message
 
     def onPropagate(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not propagate.", waitCursor=False):
-            logic = self.getLogic()
-            if logic is None:
+            context = self._context()
+            if context is None:
                 return
-            volume, segmentation = self._inputs()
-            view = logic.viewOfLatestPoint(self.ui, volume) or "Red"
-            segmentId = logic.currentSegmentId(segmentation, self.ui.objectSpinBox.value)
+            logic, volume, segmentation, segmentId, view = context
             dialog = slicer.util.createProgressDialog(labelText="Propagating…", maximum=100)
             try:
 
