@@ -121,3 +121,48 @@ def test_evaluate_reproduces_the_propagation_benchmark(capsys, tmp_path):
     line = [ln for ln in printed.splitlines() if ln.startswith("protocol A")][0]
     assert abs(float(line.split("mean ")[1].split()[0]) - mean) < 1e-3
     assert mean >= 0.90
+
+
+def test_killed_run_resumes_with_only_the_missing_cases(cases, tmp_path, tiny_checkpoint):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    manifest = cases / "three.csv"
+    manifest.write_text(
+        "image,prompts,labels\n" + "".join(f"case{n}.nrrd,p.json,\n" for n in range(3))
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "sammed2d.cli",
+        "batch",
+        str(manifest),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--model",
+        str(tiny_checkpoint),
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(out.glob("case*_labels.nrrd")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole run, workers included
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("case*_labels.nrrd")}
+    assert finished and len(finished) < 3, finished
+    results = run_batch(manifest, out, workers=2, model=str(tiny_checkpoint))
+    skipped = {r.case for r in results if r.status == "done earlier"}
+    assert {name.replace("_labels", "") for name in finished} == skipped
+    assert all(r.status in ("done", "done earlier") for r in results)
+    for name, mtime in finished.items():
+        assert (out / name).stat().st_mtime_ns == mtime  # not recomputed
+    assert len(list(out.glob("case*_labels.nrrd"))) == 3
+    assert not list(out.glob(".tmp-*"))
