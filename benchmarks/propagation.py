@@ -39,9 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--window", default="abdomen")
     for f in fields(PropagationSettings):
         kind = type(f.default)
-        if f.default is None or f.name == "intensity_change":
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float)
-        elif kind is bool:
+        if kind is bool:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v == "on")
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)

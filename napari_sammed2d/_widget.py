@@ -116,7 +116,7 @@ class SegmentWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         new_button.clicked.connect(self.new_object)
         clear_button.clicked.connect(self.clear_prompts)
-        self.image_combo.currentTextChanged.connect(self._on_image_changed)
+        self.image_combo.currentTextChanged.connect(self._drop_volume_state)
         self.object_spin.valueChanged.connect(self._on_object_changed)
         self.model_edit.editingFinished.connect(self._drop_model)
         self.device_combo.currentTextChanged.connect(self._drop_model)
@@ -137,7 +137,7 @@ class SegmentWidget(QWidget):
             self.image_combo.setCurrentText(current)
         self.image_combo.blockSignals(False)
         if self.image_combo.currentText() != current:
-            self._on_image_changed()
+            self._drop_volume_state()
 
     @property
     def image_layer(self):
@@ -220,9 +220,6 @@ class SegmentWidget(QWidget):
         labels = self._layer(LABELS_NAME)
         if labels is not None:
             labels.selected_label = value
-
-    def _on_image_changed(self, *args) -> None:
-        self._drop_volume_state()
 
     def _drop_model(self, *args) -> None:
         self.model = None

@@ -23,8 +23,9 @@ from .intensity import PRESETS
 EXIT_USAGE = 2
 
 
-def _progress_bar(desc: str):
-    """A tqdm bar that stays quiet when stderr is not a terminal; returns (callback, close)."""
+@contextmanager
+def _bar(desc: str):
+    """A (done, total) callback driving a tqdm bar that stays quiet off a terminal."""
     from tqdm import tqdm
 
     bar = tqdm(desc=desc, total=0, unit="slice", disable=not sys.stderr.isatty(), leave=False)
@@ -35,16 +36,10 @@ def _progress_bar(desc: str):
         bar.n = done
         bar.refresh()
 
-    return update, bar.close
-
-
-@contextmanager
-def _bar(desc: str):
-    update, close = _progress_bar(desc)
     try:
         yield update
     finally:
-        close()
+        bar.close()
 
 
 def _model(args):

@@ -30,8 +30,7 @@ def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
         return preset
     if data.dtype == np.uint8:
         return "none"
-    finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
-    if finite.size and np.issubdtype(data.dtype, np.integer) and finite.min() <= -500:
+    if np.issubdtype(data.dtype, np.integer) and data.size and data.min() <= -500:
         return "abdomen"
     return "percentile"
 

@@ -301,6 +301,7 @@ def propagate(
     if progress is not None:
         progress(0, total)
     try:
+        covered = 0  # slices of the objects finished so far, as counted in `total`
         for obj, (lo, hi) in zip(objects, spans):
             start = time.perf_counter()
             out = results[obj.id]
@@ -333,7 +334,8 @@ def propagate(
                     tick()
                     index += direction
             seconds[obj.id] = time.perf_counter() - start
-            done = sum(hi2 - lo2 + 1 for lo2, hi2 in spans[: objects.index(obj) + 1])
+            covered += hi - lo + 1
+            done = covered  # an object that stopped early skips the rest of its span
             tick(0)
     except Cancelled:
         cancelled = True
