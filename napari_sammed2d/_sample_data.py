@@ -14,8 +14,8 @@ ABDOMEN_CT_URL = (
     "https://github.com/wasserth/TotalSegmentator/raw/v2.8.0/tests/reference_files/"
     "example_ct_sm.nii.gz"
 )
-# pooch checks this SHA-256 after download; set from the pinned release file.
-ABDOMEN_CT_SHA256 = None
+# SHA-256 of that file (git blob ec5668e1 at the tag); pooch refuses a download that differs.
+ABDOMEN_CT_SHA256 = "sha256:e50c00b2914e2cac0aaee8e7f3b5f57d44d9f21bfd5c0577271c54c0cb49e9fb"
 
 
 def phantom():
@@ -44,5 +44,14 @@ def phantom():
 def abdomen_ct():
     import pooch
 
-    path = pooch.retrieve(ABDOMEN_CT_URL, known_hash=ABDOMEN_CT_SHA256, progressbar=True)
-    return volume_to_layer_data(path)
+    path = pooch.retrieve(
+        ABDOMEN_CT_URL,
+        known_hash=ABDOMEN_CT_SHA256,
+        path=pooch.os_cache("napari-sammed2d"),
+        progressbar=True,
+    )
+    layers = volume_to_layer_data(path)
+    for _data, kwargs, _kind in layers:
+        kwargs["name"] = "abdomen CT (TotalSegmentator example)"
+        kwargs.setdefault("contrast_limits", (-160, 240))
+    return layers

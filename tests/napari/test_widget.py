@@ -166,3 +166,48 @@ def test_2d_rgb_image_with_a_rectangle(widget):
     truth = np.zeros_like(found)
     truth[10:28, 15:38] = True
     assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
+
+
+def serve_directory(directory):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_online_sample_is_pinned_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from napari_sammed2d import _sample_data
+
+    assert "/v2.8.0/" in _sample_data.ABDOMEN_CT_URL
+    assert len(_sample_data.ABDOMEN_CT_SHA256.removeprefix("sha256:")) == 64
+
+    # The same download path against a local server: a matching file loads with its geometry,
+    # a file that differs from the pinned hash is refused.
+    served = tmp_path / "served"
+    served.mkdir()
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    array = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    write_volume(served / "ct.nii.gz", array, Volume(array, affine))
+    digest = hashlib.sha256((served / "ct.nii.gz").read_bytes()).hexdigest()
+    server = serve_directory(served)
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        monkeypatch.setattr(_sample_data, "ABDOMEN_CT_URL", f"http://127.0.0.1:{server.server_port}/ct.nii.gz")
+        monkeypatch.setattr(_sample_data, "ABDOMEN_CT_SHA256", f"sha256:{digest}")
+        [(data, kwargs, kind)] = _sample_data.abdomen_ct()
+        assert kind == "image" and data.shape == (4, 5, 6)
+        assert kwargs["scale"] == pytest.approx((2.5, 0.8, 0.8))
+
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
+        monkeypatch.setattr(_sample_data, "ABDOMEN_CT_SHA256", "sha256:" + "0" * 64)
+        with pytest.raises(ValueError, match="SHA256"):
+            _sample_data.abdomen_ct()
+    finally:
+        server.shutdown()
