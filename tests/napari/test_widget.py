@@ -199,7 +199,9 @@ def test_online_sample_is_pinned_and_checked(tmp_path, monkeypatch):
     server = serve_directory(served)
     try:
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-        monkeypatch.setattr(_sample_data, "ABDOMEN_CT_URL", f"http://127.0.0.1:{server.server_port}/ct.nii.gz")
+        monkeypatch.setattr(
+            _sample_data, "ABDOMEN_CT_URL", f"http://127.0.0.1:{server.server_port}/ct.nii.gz"
+        )
         monkeypatch.setattr(_sample_data, "ABDOMEN_CT_SHA256", f"sha256:{digest}")
         [(data, kwargs, kind)] = _sample_data.abdomen_ct()
         assert kind == "image" and data.shape == (4, 5, 6)
