@@ -121,3 +121,47 @@ def test_windowed_attention_skipping_padding_matches_reference_padding():
         n = block.norm2(y)
         ref = y + block.mlp(n) + block.Adapter(n)
     assert (ours - ref).abs().max() < 1e-4
+
+
+def reference_attention(attn, q, k, v):
+    """SAM's decoder attention as the reference writes it."""
+
+    def heads(x):
+        return x.view(x.shape[0], x.shape[1], attn.num_heads, -1).transpose(1, 2)
+
+    q, k, v = heads(attn.q_proj(q)), heads(attn.k_proj(k)), heads(attn.v_proj(v))
+    out = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1) @ v
+    return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+@pytest.mark.parametrize("image_tokens", [256, 4096])
+def test_decoder_attention_forms_match_reference(image_tokens):
+    """Plain and reassociated attention, prompt->image and image->prompt, with biases."""
+    from sammed2d.models.mask_decoder import DecoderAttention
+
+    torch.manual_seed(2)
+    attn = DecoderAttention(256, 8, downsample_rate=2)
+    for p in attn.parameters():
+        p.data.normal_(0, 0.1)
+    prompts, image = torch.randn(3, 7, 256), torch.randn(3, image_tokens, 256)
+    with torch.inference_mode():
+        for q, k in [(prompts, image), (image, prompts)]:
+            ours, ref = attn(q, k, k + 0.5), reference_attention(attn, q, k, k + 0.5)
+            assert (ours - ref).abs().max() < 1e-4
+
+
+def test_token_major_upscaling_matches_transposed_convolutions():
+    from sammed2d.models.mask_decoder import MaskDecoder
+
+    torch.manual_seed(3)
+    decoder = MaskDecoder(256)
+    for p in decoder.parameters():
+        p.data.normal_(0, 0.1)
+    src, hyper = torch.randn(2, 12 * 10, 256), torch.randn(2, 4, 32)
+    with torch.inference_mode():
+        ours = decoder._masks_token_major(src, hyper, 12, 10)
+        grid = src.transpose(1, 2).reshape(2, 256, 12, 10)
+        up = decoder.output_upscaling(grid)
+        ref = (hyper @ up.flatten(2)).view(2, 4, 48, 40)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max() < 1e-4

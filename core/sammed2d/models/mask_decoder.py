@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d, MLPBlock
+
+# Image sides from this many tokens (LiteMedSAM's 64 x 64) take the reassociated attention
+# below. SAM-Med2D's 16 x 16 side costs ~1 ms either way and keeps the reference's order of
+# operations, so its masks stay bit-identical to the official predictor's.
+REASSOCIATE_MIN_TOKENS = 1024
 
 
 class DecoderAttention(nn.Module):
@@ -26,12 +33,61 @@ class DecoderAttention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        narrow = self.num_heads * min(n_q, n_k) < self.q_proj.out_features
+        if narrow and max(n_q, n_k) >= REASSOCIATE_MIN_TOKENS:
+            if n_q < n_k:
+                return self._few_queries(q, k, v)
+            return self._few_keys(q, k, v)
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        scale = math.sqrt(q.shape[-1])
+        # Small matmuls and a softmax, as the reference writes it; the CPU flash kernel is
+        # several times slower at these shapes. Scores are laid out with the shorter side
+        # first in memory, because a softmax over a short last axis is ~10x slower on CPU.
+        if n_q > n_k:
+            attn = torch.softmax((k @ q.transpose(-2, -1)) / scale, dim=-2)
+            out = attn.transpose(-2, -1) @ v
+        else:
+            out = torch.softmax((q @ k.transpose(-2, -1)) / scale, dim=-1) @ v
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    # Between a few prompt tokens and thousands of image tokens, the image side's projections
+    # are the whole cost. Both forms below are the same sums, reassociated so that the image
+    # tokens meet (heads x prompt tokens) columns instead of the projection width: 56 rather
+    # than 128 for SAM's decoder. Scores are kept prompt-tokens-first in memory, as above.
+
+    def _few_queries(self, q, k, v):
+        """Prompt tokens attend to the image: project the queries back to the image width."""
+        h = self.num_heads
+        qh = self._heads(self.q_proj(q))  # (B, H, s, d)
+        b, _, s, d = qh.shape
+        wk = self.k_proj.weight.view(h, d, -1)  # (H, d, C)
+        q_img = (qh @ wk).reshape(b, h * s, -1)  # (B, H*s, C)
+        q_bias = (qh * self.k_proj.bias.view(h, 1, d)).sum(-1).reshape(b, h * s, 1)
+        scores = torch.baddbmm(q_bias, q_img, k.transpose(1, 2)) / math.sqrt(d)
+        attn = torch.softmax(scores, dim=-1)  # (B, H*s, N)
+        mixed = (attn @ v).view(b, h, s, -1)  # (B, H, s, C)
+        wv = self.v_proj.weight.view(h, d, -1)
+        out = mixed @ wv.transpose(1, 2) + self.v_proj.bias.view(h, 1, d)  # (B, H, s, d)
+        return self.out_proj(out.transpose(1, 2).reshape(b, s, h * d))
+
+    def _few_keys(self, q, k, v):
+        """The image attends to the prompt tokens: fold keys and values into the image width."""
+        h = self.num_heads
+        kh = self._heads(self.k_proj(k))  # (B, H, s, d)
+        vh = self._heads(self.v_proj(v))
+        b, _, s, d = kh.shape
+        wq = self.q_proj.weight.view(h, d, -1)  # (H, d, C)
+        k_img = (kh @ wq).reshape(b, h * s, -1)  # (B, H*s, C)
+        k_bias = (kh * self.q_proj.bias.view(h, 1, d)).sum(-1).reshape(b, h * s, 1)
+        scores = torch.baddbmm(k_bias, k_img, q.transpose(1, 2)) / math.sqrt(d)  # (B, H*s, N)
+        attn = torch.softmax(scores.view(b, h, s, -1), dim=2).view(b, h * s, -1)
+        wo = self.out_proj.weight.view(-1, h, d).transpose(0, 1)  # (H, C, d)
+        v_img = (vh @ wo.transpose(1, 2)).reshape(b, h * s, -1)  # (B, H*s, C)
+        return torch.baddbmm(self.out_proj.bias, attn.transpose(1, 2), v_img)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -60,7 +116,8 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
+        # The keys have not changed since `k` was formed: reuse it.
+        q = queries + query_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
         return queries, keys
 
@@ -76,8 +133,9 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, image_embedding, image_pe, point_embedding):
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        # Token-major and contiguous once, so every add and projection below runs unstrided.
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
@@ -133,14 +191,16 @@ class MaskDecoder(nn.Module):
 
         `image_embeddings` is (1, C, h, w), shared by all B prompts, or (B, C, h, w), one each.
         """
-        masks, iou = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sl], iou[:, sl]
+        return self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl
+        )
 
-    def predict_masks(self, image_embeddings, image_pe, sparse, dense):
-        """All four masks and IoUs, before the single/multi-mask choice."""
+    def predict_masks(self, image_embeddings, image_pe, sparse, dense, which=slice(None)):
+        """Masks and IoUs for the mask tokens `which` selects (all four by default).
+
+        The IoU head sees every token either way; only the selected masks are upscaled.
+        """
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
         tokens = torch.cat([tokens, sparse], dim=1)
@@ -152,13 +212,35 @@ class MaskDecoder(nn.Module):
         pos = torch.repeat_interleave(image_pe, n, dim=0) if image_pe.shape[0] != n else image_pe
         b, c, h, w = src.shape
         hs, src = self.transformer(src, pos, tokens)
-        iou_token_out = hs[:, 0, :]
+        iou = self.iou_prediction_head(hs[:, 0, :])[:, which]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
-        )
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        mlps = list(enumerate(self.output_hypernetworks_mlps))[which]
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in mlps], dim=1)
+        return self._masks_token_major(src, hyper_in, h, w), iou
+
+    def _masks_token_major(self, src, hyper_in, h, w):
+        """`output_upscaling` and the hypernetwork product without leaving token-major order.
+
+        Both transposed convolutions have kernel = stride = 2, so each is one matmul whose
+        output holds every 2 x 2 sub-pixel block next to its source token; the LayerNorm runs
+        on the contiguous channel axis. Only the final (B, K) logits get interleaved into
+        image order, instead of 32 feature channels at 16x the token count.
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        b = src.shape[0]
+        x = torch.addmm(up1.bias.repeat(4), src.reshape(b * h * w, -1), _subpixel_weight(up1))
+        x = x.reshape(b * h * w * 4, -1)  # one row per output pixel of the first convolution
+        x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = act2(torch.addmm(up2.bias.repeat(4), x, _subpixel_weight(up2)))
+        x = x.reshape(b, h * w * 16, -1)
+        k = hyper_in.shape[1]
+        masks = (x @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, k)
+        # token (i, j), first block (a, b'), second block (a2, b2) -> row 4i+2a+a2, col 4j+2b'+b2
+        masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, k, 4 * h, 4 * w)
+        return masks
+
+
+def _subpixel_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """(C_in, C_out, 2, 2) -> (C_in, 2*2*C_out) with the output channel fastest."""
+    w = conv.weight
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
