@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from encoder import matmul_gflops
 from sammed2d import Predictor, build_model, load_model
 from sammed2d.phantom import ct_phantom
 
@@ -28,7 +29,10 @@ def main(argv=None) -> int:
     image = ct[:, :, 1]
     rows, cols = np.nonzero(labels[:, :, 1] == 1)
     box = [cols.min(), rows.min(), cols.max(), rows.max()]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 512 x 512 slice")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, 512 x 512 slice; "
+        f"fp32 matmul 4096x4096: {matmul_gflops(3):.1f} GFLOP/s (this CPU's clock drifts)"
+    )
     for name, model in [
         ("sam-med2d", build_model("sam-med2d")),
         ("litemedsam", load_model("litemedsam", device="cpu")),

@@ -146,8 +146,10 @@ def test_decoder_attention_forms_match_reference(image_tokens):
     prompts, image = torch.randn(3, 7, 256), torch.randn(3, image_tokens, 256)
     with torch.inference_mode():
         for q, k in [(prompts, image), (image, prompts)]:
-            ours, ref = attn(q, k, k + 0.5), reference_attention(attn, q, k, k + 0.5)
-            assert (ours - ref).abs().max() < 1e-4
+            ref = reference_attention(attn, q, k, k + 0.5)
+            assert (attn(q, k, k + 0.5) - ref).abs().max() < 1e-4
+            residual = torch.randn_like(ref)
+            assert (attn(q, k, k + 0.5, residual=residual) - (residual + ref)).abs().max() < 1e-4
 
 
 def test_token_major_upscaling_matches_transposed_convolutions():

@@ -32,13 +32,19 @@ class DecoderAttention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q, k, v, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention output, plus `residual` when given (fused where that saves a pass)."""
         n_q, n_k = q.shape[-2], k.shape[-2]
         narrow = self.num_heads * min(n_q, n_k) < self.q_proj.out_features
         if narrow and max(n_q, n_k) >= REASSOCIATE_MIN_TOKENS:
-            if n_q < n_k:
-                return self._few_queries(q, k, v)
-            return self._few_keys(q, k, v)
+            if n_q > n_k:
+                return self._few_keys(q, k, v, residual)
+            out = self._few_queries(q, k, v)
+        else:
+            out = self._plain(q, k, v)
+        return out if residual is None else residual + out
+
+    def _plain(self, q, k, v):
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
@@ -46,7 +52,7 @@ class DecoderAttention(nn.Module):
         # Small matmuls and a softmax, as the reference writes it; the CPU flash kernel is
         # several times slower at these shapes. Scores are laid out with the shorter side
         # first in memory, because a softmax over a short last axis is ~10x slower on CPU.
-        if n_q > n_k:
+        if q.shape[-2] > k.shape[-2]:
             attn = torch.softmax((k @ q.transpose(-2, -1)) / scale, dim=-2)
             out = attn.transpose(-2, -1) @ v
         else:
@@ -74,7 +80,7 @@ class DecoderAttention(nn.Module):
         out = mixed @ wv.transpose(1, 2) + self.v_proj.bias.view(h, 1, d)  # (B, H, s, d)
         return self.out_proj(out.transpose(1, 2).reshape(b, s, h * d))
 
-    def _few_keys(self, q, k, v):
+    def _few_keys(self, q, k, v, residual):
         """The image attends to the prompt tokens: fold keys and values into the image width."""
         h = self.num_heads
         kh = self._heads(self.k_proj(k))  # (B, H, s, d)
@@ -87,7 +93,12 @@ class DecoderAttention(nn.Module):
         attn = torch.softmax(scores.view(b, h, s, -1), dim=2).view(b, h * s, -1)
         wo = self.out_proj.weight.view(-1, h, d).transpose(0, 1)  # (H, C, d)
         v_img = (vh @ wo.transpose(1, 2)).reshape(b, h * s, -1)  # (B, H*s, C)
-        return torch.baddbmm(self.out_proj.bias, attn.transpose(1, 2), v_img)
+        # Each head's weights sum to one, so a 1/H share of the output bias on every row
+        # adds the bias once; the residual then rides in the same matmul.
+        v_img = v_img + self.out_proj.bias / h
+        if residual is None:
+            return attn.transpose(1, 2) @ v_img
+        return torch.baddbmm(residual, attn.transpose(1, 2), v_img)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -118,7 +129,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         # The keys have not changed since `k` was formed: reuse it.
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(k, q, queries, residual=keys))
         return queries, keys
 
 
@@ -132,10 +143,8 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = DecoderAttention(dim, num_heads, downsample_rate=2)
         self.norm_final_attn = nn.LayerNorm(dim)
 
-    def forward(self, image_embedding, image_pe, point_embedding):
-        # Token-major and contiguous once, so every add and projection below runs unstrided.
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+    def forward(self, keys, key_pe, point_embedding):
+        """keys (B, h*w, C) image tokens, key_pe (1 or B, h*w, C), point_embedding (B, n, C)."""
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
@@ -205,13 +214,12 @@ class MaskDecoder(nn.Module):
         tokens = tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
         tokens = torch.cat([tokens, sparse], dim=1)
         n = tokens.shape[0]
-        src = image_embeddings
-        if src.shape[0] != n:
-            src = torch.repeat_interleave(src, n, dim=0)
-        src = src + dense
-        pos = torch.repeat_interleave(image_pe, n, dim=0) if image_pe.shape[0] != n else image_pe
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, pos, tokens)
+        _, c, h, w = image_embeddings.shape
+        # Image tokens in token-major order, written once: every add, norm and projection
+        # after this runs on contiguous rows, and one embedding serves all n prompts.
+        src = torch.empty((n, h * w, c), dtype=dense.dtype, device=dense.device)
+        torch.add(_tokens(image_embeddings), _tokens(dense), out=src)
+        hs, src = self.transformer(src, _tokens(image_pe), tokens)
         iou = self.iou_prediction_head(hs[:, 0, :])[:, which]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         mlps = list(enumerate(self.output_hypernetworks_mlps))[which]
@@ -238,6 +246,11 @@ class MaskDecoder(nn.Module):
         # token (i, j), first block (a, b'), second block (a2, b2) -> row 4i+2a+a2, col 4j+2b'+b2
         masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, k, 4 * h, 4 * w)
         return masks
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h*w, C) view."""
+    return x.flatten(2).transpose(1, 2)
 
 
 def _subpixel_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
