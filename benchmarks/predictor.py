@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import torch
-
 from encoder import matmul_gflops
+
 from sammed2d import Predictor, build_model, load_model
 from sammed2d.phantom import ct_phantom
 
