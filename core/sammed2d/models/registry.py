@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..memory import reuse_freed_memory
 from .checkpoint import file_sha256, read_state_dict
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -126,6 +127,7 @@ class SamModel(nn.Module):
 
 def build_model(spec: ModelSpec | str, **encoder_overrides) -> SamModel:
     """An untrained model of the given architecture (random weights, eval mode)."""
+    reuse_freed_memory()
     if isinstance(spec, str):
         spec = SPECS[spec]
     enc = {**spec.encoder, **encoder_overrides}
