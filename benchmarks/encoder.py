@@ -4,7 +4,7 @@ Effective GFLOP/s counts the reference implementation's own work per slice (92 G
 SAM-Med2D ViT-B at 256; for LiteMedSAM the FLOPs that torch's counter finds in its
 forward), so work we skip counts as speed. Ratio = effective GFLOP/s / matmul GFLOP/s.
 
-    python benchmarks/encoder.py [--batches 1 8] [--repeats 3] [--threads N]
+    python benchmarks/encoder.py [--batches 1 8] [--repeats 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -35,6 +35,22 @@ def matmul_gflops(repeats: int) -> float:
     return 2 * 4096**3 / best_time(lambda: a @ b, repeats) / 1e9
 
 
+def interleaved_best(fn, repeats: int) -> tuple[float, float]:
+    """Best time of `fn` and best matmul GFLOP/s, measured alternately.
+
+    This CPU's clock drifts by tens of percent within a minute: alternating the two and
+    keeping each one's best compares them at the same (best) clock.
+    """
+    fn()
+    best, mm = float("inf"), 0.0
+    for _ in range(repeats):
+        mm = max(mm, matmul_gflops(1))
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best, mm
+
+
 def counted_gflop(encoder, x) -> float:
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         encoder(x)
@@ -44,7 +60,7 @@ def counted_gflop(encoder, x) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -71,10 +87,8 @@ def main(argv=None) -> int:
                 with torch.inference_mode():
                     encoder(x)
 
-            # This CPU's clock drifts between runs: measure matmul next to each timing.
-            mm = matmul_gflops(args.repeats)
-            per_slice = best_time(run, args.repeats) / batch
-            mm = max(mm, matmul_gflops(args.repeats))
+            elapsed, mm = interleaved_best(run, args.repeats)
+            per_slice = elapsed / batch
             effective = reference / per_slice
             print(
                 f"{name:34s} batch {batch}: {per_slice * 1000:7.0f} ms/slice, "
