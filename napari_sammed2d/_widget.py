@@ -58,6 +58,7 @@ class SegmentWidget(QWidget):
         self.model = None
         self.cache = EmbeddingCache(max_bytes=2 << 30)
         self._predictor = None
+        self._value_range = None
         self._busy = None  # the running propagation worker
         self._prefetch = None
         self._cancel = False
@@ -227,6 +228,7 @@ class SegmentWidget(QWidget):
 
     def _drop_volume_state(self, *args) -> None:
         self._predictor = None
+        self._value_range = None
         if self._prefetch is not None:
             self._prefetch.quit()
             self._prefetch = None
@@ -272,6 +274,12 @@ class SegmentWidget(QWidget):
         preset = self.preset_combo.currentText()
         return data, affine, preset
 
+    def value_range(self, data, preset) -> tuple[float, float]:
+        """The volume's intensity window, once per image and preset rather than per click."""
+        if self._value_range is None:
+            self._value_range = intensity_range(data, preset)
+        return self._value_range
+
     # ----- actions --------------------------------------------------------------------------
     def segment_current_slice(self) -> None:
         try:
@@ -302,7 +310,7 @@ class SegmentWidget(QWidget):
                     model,
                     axis=axis,
                     affine=affine,
-                    preset=preset,
+                    value_range=self.value_range(data, preset),
                     cache=self.cache,
                 )
                 self._start_prefetch(axis, index)
@@ -343,7 +351,7 @@ class SegmentWidget(QWidget):
         data, affine, preset = self.volume_context()
         view = radiological_view(affine, axis) if affine is not None else SliceView()
         slices = VolumeSlices(
-            self.model, data, axis, view, intensity_range(data, preset), self.cache
+            self.model, data, axis, view, self.value_range(data, preset), self.cache
         )
         order = sorted(range(data.shape[axis]), key=lambda i: abs(i - index))
 
@@ -373,6 +381,7 @@ class SegmentWidget(QWidget):
             data, affine, preset = self.volume_context()
             shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
             prompts = {k: clip_box_to(p, shape) for k, p in prompts.items()}
+            value_range = self.value_range(data, preset)
         except SamMed2DError as exc:
             show_error(str(exc))
             return
@@ -397,7 +406,7 @@ class SegmentWidget(QWidget):
                     model,
                     axis=axis,
                     affine=affine,
-                    preset=preset,
+                    value_range=value_range,
                     cache=self.cache,
                     progress=report,
                     should_stop=lambda: self._cancel,

@@ -13,6 +13,21 @@ FIXTURES = SHARED / "fixtures"
 ABDOMEN_CT = SHARED / "data" / "abdomen_ct"
 
 
+# The SAM-Med2D fixture cases the official predictor ran with multimask output.
+SAMMED2D_MULTIMASK_CASES = frozenset({"box", "one_point", "box_and_point"})
+
+
+def predict_fixture_case(predictor, case: dict, multimask_cases):
+    """(masks, scores, low-res logits) for a fixture case's prompts, as the reference asked."""
+    return predictor.predict(
+        case.get("points"),
+        case.get("labels"),
+        case.get("box"),
+        case["mask_input"][0].numpy() if "mask_input" in case else None,
+        multimask_output=case["name"] in multimask_cases,
+    )
+
+
 def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path.name} not available (../shared is absent)")

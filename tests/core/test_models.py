@@ -13,6 +13,8 @@ from sammed2d.models import SPECS
 from sammed2d.predictor import ImageEmbedding, Predictor
 from sammed2d.preprocess import model_input
 
+from ..conftest import SAMMED2D_MULTIMASK_CASES, predict_fixture_case
+
 
 @pytest.mark.parametrize(
     ("layout", "name"),
@@ -53,13 +55,7 @@ def assert_parity(model, cases, multimask_cases):
     predictor = Predictor(model)
     predictor.set_embedding(ImageEmbedding(cases["features"], geometry))
     for case in cases["cases"]:
-        masks, scores, low = predictor.predict(
-            case.get("points"),
-            case.get("labels"),
-            case.get("box"),
-            case["mask_input"][0].numpy() if "mask_input" in case else None,
-            multimask_output=case["name"] in multimask_cases,
-        )
+        masks, scores, low = predict_fixture_case(predictor, case, multimask_cases)
         assert np.abs(low - case["low_res_logits"][0].numpy()).max() < 1e-3, case["name"]
         assert np.abs(scores - case["iou"][0].numpy()).max() < 1e-4, case["name"]
         assert np.array_equal(masks[0], case["mask"].numpy()), case["name"]
@@ -69,7 +65,7 @@ def test_sammed2d_parity_on_fixture_input(fixtures_dir):
     cases = torch.load(fixtures_dir / "sammed2d_tiny_cases.pt", weights_only=True)
     model = load_model(fixtures_dir / "sammed2d_tiny.pth", device="cpu")
     assert model.spec.name == "sam-med2d"
-    assert_parity(model, cases, {"box", "one_point", "box_and_point"})
+    assert_parity(model, cases, SAMMED2D_MULTIMASK_CASES)
 
 
 def test_litemedsam_parity_on_fixture_input(fixtures_dir, litemedsam):

@@ -8,7 +8,10 @@ import torch
 
 from sammed2d import Predictor, load_model
 from sammed2d.errors import PromptError
+from sammed2d.evaluation import dice
 from sammed2d.preprocess import model_input
+
+from ..conftest import SAMMED2D_MULTIMASK_CASES, predict_fixture_case
 
 
 def test_sammed2d_end_to_end_from_raw_image(fixtures_dir):
@@ -19,18 +22,8 @@ def test_sammed2d_end_to_end_from_raw_image(fixtures_dir):
     predictor = Predictor(load_model(fixtures_dir / "sammed2d_tiny.pth", device="cpu"))
     predictor.set_image(image)
     for case in cases["cases"]:
-        masks, _, _ = predictor.predict(
-            case.get("points"),
-            case.get("labels"),
-            case.get("box"),
-            case["mask_input"][0].numpy() if "mask_input" in case else None,
-            multimask_output=case["name"] in ("box", "one_point", "box_and_point"),
-        )
+        masks, _, _ = predict_fixture_case(predictor, case, SAMMED2D_MULTIMASK_CASES)
         assert np.array_equal(masks[0], case["mask"].numpy()), case["name"]
-
-
-def _dice(a, b):
-    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 def test_litemedsam_end_to_end_from_raw_image(fixtures_dir, litemedsam):
@@ -41,7 +34,7 @@ def test_litemedsam_end_to_end_from_raw_image(fixtures_dir, litemedsam):
         masks, _, _ = predictor.predict(
             box=case["box"], multimask_output=case["name"].endswith("multimask")
         )
-        assert _dice(masks[0], case["mask"].numpy()) >= 0.99, case["name"]
+        assert dice(masks[0], case["mask"].numpy()) >= 0.99, case["name"]
 
 
 @pytest.fixture(scope="module")

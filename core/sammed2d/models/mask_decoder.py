@@ -65,14 +65,23 @@ class DecoderAttention(nn.Module):
     # tokens meet (heads x prompt tokens) columns instead of the projection width: 56 rather
     # than 128 for SAM's decoder. Scores are kept prompt-tokens-first in memory, as above.
 
+    def _through(self, xh: torch.Tensor, proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head prompt vectors xh (B, H, s, d) taken back through `proj` to the image width.
+
+        For image tokens y: xh . proj(y)_head = (xh @ W_head) . y + xh . b_head, so this
+        returns the (B, H*s, C) rows and the (B, H*s, 1) bias that give every score at once.
+        """
+        b, h, s, d = xh.shape
+        rows = (xh @ proj.weight.view(h, d, -1)).reshape(b, h * s, -1)
+        bias = (xh * proj.bias.view(h, 1, d)).sum(-1).reshape(b, h * s, 1)
+        return rows, bias
+
     def _few_queries(self, q, k, v):
         """Prompt tokens attend to the image: project the queries back to the image width."""
         h = self.num_heads
         qh = self._heads(self.q_proj(q))  # (B, H, s, d)
         b, _, s, d = qh.shape
-        wk = self.k_proj.weight.view(h, d, -1)  # (H, d, C)
-        q_img = (qh @ wk).reshape(b, h * s, -1)  # (B, H*s, C)
-        q_bias = (qh * self.k_proj.bias.view(h, 1, d)).sum(-1).reshape(b, h * s, 1)
+        q_img, q_bias = self._through(qh, self.k_proj)
         scores = torch.baddbmm(q_bias, q_img, k.transpose(1, 2)) / math.sqrt(d)
         attn = torch.softmax(scores, dim=-1)  # (B, H*s, N)
         mixed = (attn @ v).view(b, h, s, -1)  # (B, H, s, C)
@@ -86,9 +95,7 @@ class DecoderAttention(nn.Module):
         kh = self._heads(self.k_proj(k))  # (B, H, s, d)
         vh = self._heads(self.v_proj(v))
         b, _, s, d = kh.shape
-        wq = self.q_proj.weight.view(h, d, -1)  # (H, d, C)
-        k_img = (kh @ wq).reshape(b, h * s, -1)  # (B, H*s, C)
-        k_bias = (kh * self.q_proj.bias.view(h, 1, d)).sum(-1).reshape(b, h * s, 1)
+        k_img, k_bias = self._through(kh, self.q_proj)
         scores = torch.baddbmm(k_bias, k_img, q.transpose(1, 2)) / math.sqrt(d)  # (B, H*s, N)
         attn = torch.softmax(scores.view(b, h, s, -1), dim=2).view(b, h * s, -1)
         wo = self.out_proj.weight.view(-1, h, d).transpose(0, 1)  # (H, C, d)
@@ -244,8 +251,7 @@ class MaskDecoder(nn.Module):
         k = hyper_in.shape[1]
         masks = (x @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, k)
         # token (i, j), first block (a, b'), second block (a2, b2) -> row 4i+2a+a2, col 4j+2b'+b2
-        masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, k, 4 * h, 4 * w)
-        return masks
+        return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, k, 4 * h, 4 * w)
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:

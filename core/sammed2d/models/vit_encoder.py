@@ -101,9 +101,7 @@ def _weight_first(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     weight gets re-packed for a thin left operand, and its output needs a transposing copy.
     """
     b, k, n = x.shape
-    if b == 1:
-        return (weight @ x[0]).unsqueeze(0)
-    out = weight @ x.transpose(0, 1).reshape(k, b * n)  # (M, B*L)
+    out = weight @ x.transpose(0, 1).reshape(k, b * n)  # (M, B*L); no copy when B = 1
     return out.view(-1, b, n).transpose(0, 1)
 
 
