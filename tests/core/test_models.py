@@ -45,19 +45,20 @@ def test_large_sam_layouts(name, width, depth, global_blocks):
         assert size == (127 if i in global_blocks else 27)
 
 
-def assert_parity(model, cases, multimask_cases):
-    """Encoder and decoder outputs on the reference's exact encoder input match its own."""
+def assert_parity(model, cases, multimask_cases, logits_tol):
+    """Encoder and decoder outputs on the reference's exact encoder input match its own
+    (the README's claims: embeddings within 1e-5, masks identical)."""
     with torch.inference_mode():
         features = model.image_encoder(cases["encoder_input"])
-    assert (features - cases["features"]).abs().max() < 1e-4
+    assert (features - cases["features"]).abs().max() < 1e-5
     assert torch.equal(model.prompt_encoder.get_dense_pe(), cases["dense_pe"])
     _, geometry = model_input(cases["image"].numpy(), model.spec.preprocessing, 256)
     predictor = Predictor(model)
     predictor.set_embedding(ImageEmbedding(cases["features"], geometry))
     for case in cases["cases"]:
         masks, scores, low = predict_fixture_case(predictor, case, multimask_cases)
-        assert np.abs(low - case["low_res_logits"][0].numpy()).max() < 1e-3, case["name"]
-        assert np.abs(scores - case["iou"][0].numpy()).max() < 1e-4, case["name"]
+        assert np.abs(low - case["low_res_logits"][0].numpy()).max() < logits_tol, case["name"]
+        assert np.abs(scores - case["iou"][0].numpy()).max() < 1e-5, case["name"]
         assert np.array_equal(masks[0], case["mask"].numpy()), case["name"]
 
 
@@ -65,12 +66,13 @@ def test_sammed2d_parity_on_fixture_input(fixtures_dir):
     cases = torch.load(fixtures_dir / "sammed2d_tiny_cases.pt", weights_only=True)
     model = load_model(fixtures_dir / "sammed2d_tiny.pth", device="cpu")
     assert model.spec.name == "sam-med2d"
-    assert_parity(model, cases, SAMMED2D_MULTIMASK_CASES)
+    assert_parity(model, cases, SAMMED2D_MULTIMASK_CASES, logits_tol=1e-5)
 
 
 def test_litemedsam_parity_on_fixture_input(fixtures_dir, litemedsam):
     cases = torch.load(fixtures_dir / "litemedsam_cases.pt", weights_only=True)
-    assert_parity(litemedsam, cases, {"box_ivc_multimask"})
+    # Its decoder's prompt/image attention is reassociated (same sum, other order).
+    assert_parity(litemedsam, cases, {"box_ivc_multimask"}, logits_tol=2e-4)
 
 
 def test_embedded_default_has_published_weights(litemedsam):
