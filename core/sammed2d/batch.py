@@ -1,8 +1,11 @@
 """Dataset scale: many cases on dask.distributed, and measuring a model on labelled data.
 
-A manifest is a CSV with the header `image,prompts,labels` (relative paths are relative
-to the manifest). Each case is one task; a failing case is reported and the others go on;
-outputs are written atomically, so a rerun skips what is finished (resume).
+A manifest is a CSV with the header `image,prompts,labels` and an optional `case` column
+(relative paths are relative to the manifest). Each case is one task; a failing case is
+reported and the others go on; outputs are written atomically, so a rerun skips what is
+finished (resume). A case's outputs are named from its `case` value, or else from the
+image's path relative to the manifest (`s0001/ct.nii.gz` -> `s0001/ct_labels.nii.gz`), so
+two images of the same file name never share an output; clashes are refused up front.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SamMed2DError
+from .io import suffix_of
 
 PROMPT_KINDS = ("box", "point1", "point3", "point5", "box3d", "box3d-free", "box3d-multi")
 _PROTOCOL = {"box3d": "A", "box3d-free": "B", "box3d-multi": "C"}
@@ -27,6 +31,11 @@ class Case:
     image: Path
     prompts: Path | None
     labels: Path | None
+    name: str = ""  # unique within the manifest: the `case` column or the image's relative path
+    row: int = 0  # line in the manifest, for messages
+
+    def __post_init__(self):
+        self.name = self.name or self.image.name
 
 
 @dataclass
@@ -47,34 +56,61 @@ def read_manifest(path: str | os.PathLike) -> list[Case]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
             raise SamMed2DError(f"manifest {path}: expected a CSV header image,prompts,labels")
-        rows = list(reader)
+        rows = [(n, r) for n, r in enumerate(reader, start=2) if (r.get("image") or "").strip()]
 
     def resolve(value):
         value = (value or "").strip()
         return None if not value else (path.parent / value).resolve()
 
-    return [
-        Case(resolve(r["image"]), resolve(r.get("prompts")), resolve(r.get("labels")))
-        for r in rows
-        if (r.get("image") or "").strip()
-    ]
+    cases = []
+    for line, r in rows:
+        image = resolve(r["image"])
+        name = (r.get("case") or "").strip()
+        if not name:
+            try:
+                name = image.relative_to(path.parent.resolve()).as_posix()
+            except ValueError:  # outside the manifest's folder: its name, clashes checked below
+                name = image.name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise SamMed2DError(
+                f"manifest {path}: row {line}: case {name!r} must be a relative name inside the "
+                "output folder"
+            )
+        cases.append(Case(image, resolve(r.get("prompts")), resolve(r.get("labels")), name, line))
+    _refuse_clashes(path, cases)
+    return cases
 
 
-def output_path(image: Path, out_dir: Path, suffix: str = "_labels") -> Path:
+def _refuse_clashes(manifest: Path, cases: list[Case]) -> None:
+    seen: dict[str, Case] = {}
+    for case in cases:
+        key = output_path(case, Path("."), "").as_posix().lower()
+        if key in seen:
+            raise SamMed2DError(
+                f"manifest {manifest}: rows {seen[key].row} and {case.row} would write the same "
+                f"output ({case.name}); give them distinct `case` values"
+            )
+        seen[key] = case
+
+
+def output_path(case: Case, out_dir: Path, suffix: str = "_labels") -> Path:
+    """Where a case's output goes: its name (folders kept) plus `suffix`, in the input's
+    format where that format is a single file, else NIfTI."""
     from .io import ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
 
-    ext = suffix_of(image)
-    name = image.name[: -len(ext)] if ext else image.name
+    ext = suffix_of(case.name)
+    stem = case.name[: -len(ext)] if ext and ext in NIFTI_SUFFIXES + ITK_SUFFIXES else case.name
+    ext = suffix_of(case.image)
     keep = ext if ext in NIFTI_SUFFIXES + ITK_SUFFIXES and ext not in (".nhdr", ".mhd") else None
-    return out_dir / f"{name}{suffix}{keep or '.nii.gz'}"
+    return out_dir / f"{stem}{suffix}{keep or '.nii.gz'}"
 
 
-def _model(name: str, device: str):
+def _model(name: str, device: str, preprocessing: str | None = None):
     from .models import load_model
 
-    key = (name, device)
+    key = (name, device, preprocessing)
     if key not in _MODELS:
-        _MODELS[key] = load_model(name, device=device)
+        _MODELS[key] = load_model(name, device=device, preprocessing=preprocessing)
     return _MODELS[key]
 
 
@@ -87,7 +123,7 @@ def _cache(cache_dir):
 
 def _run_case(case: Case, out: Path, work) -> CaseResult:
     """Skip a finished case, time the work, and turn any failure into a status."""
-    result = CaseResult(case.image.name)
+    result = CaseResult(case.name)
     if out.exists():
         result.status = "done earlier"
         return result
@@ -108,6 +144,7 @@ def propagate_case(
     model: str = "litemedsam",
     device: str = "cpu",
     cache_dir: str | None = None,
+    preprocessing: str | None = None,
 ) -> CaseResult:
     """Propagate one case's prompts; never raises (a failure becomes the result's status)."""
     import json
@@ -115,7 +152,7 @@ def propagate_case(
     from .io import read_volume, write_volume
     from .propagate import objects_from_json, propagate
 
-    out = output_path(case.image, Path(out_dir))
+    out = output_path(case, Path(out_dir))
 
     def work(result: CaseResult) -> None:
         if case.prompts is None:
@@ -128,7 +165,7 @@ def propagate_case(
         run = propagate(
             volume.array,
             objects,
-            _model(model, device),
+            _model(model, device, preprocessing),
             axis=axis,
             affine=volume.affine,
             cache=_cache(cache_dir),
@@ -215,15 +252,18 @@ def evaluate_case(
     model: str = "litemedsam",
     device: str = "cpu",
     cache_dir: str | None = None,
+    preprocessing: str | None = None,
 ) -> CaseResult:
-    """Dice of one labelled case, written to DIR/<stem>_dice.csv; never raises."""
-    out = output_path(case.image, Path(out_dir), "_dice").with_suffix("").with_suffix(".csv")
+    """Dice of one labelled case, written to DIR/<name>_dice.csv; never raises."""
+    out = output_path(case, Path(out_dir), "_dice")
+    out = out.with_name(out.name[: -len(suffix_of(out))] + ".csv")
 
     def work(result: CaseResult) -> None:
         if case.labels is None:
             raise SamMed2DError("no labels for this case")
+        net = _model(model, device, preprocessing)
         scores = evaluate_volume(
-            case.image, case.labels, prompt, model=model, device=device, cache=_cache(cache_dir)
+            case.image, case.labels, prompt, model=net, cache=_cache(cache_dir)
         )
         write_dice_csv(out, scores)
         result.objects = len(scores)
@@ -256,10 +296,16 @@ def run_batch(
     device: str = "cpu",
     cache_dir: str | None = None,
     evaluate: str | None = None,
+    preprocessing: str | None = None,
     progress=None,
 ) -> list[CaseResult]:
     """Every case of the manifest as one dask task; returns results in manifest order."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise SamMed2DError(
+            "batch needs dask.distributed, which is an extra: pip install 'sammed2d[distributed]'"
+        ) from None
 
     cases = read_manifest(manifest)
     out_dir = Path(out_dir)
@@ -283,6 +329,7 @@ def run_batch(
                 model=model,
                 device=device,
                 cache_dir=cache_dir,
+                preprocessing=preprocessing,
                 pure=False,
                 **extra,
             ): i
@@ -295,7 +342,7 @@ def run_batch(
             try:
                 results[i] = future.result()
             except Exception as exc:  # noqa: BLE001 - a worker died on this case
-                results[i] = CaseResult(cases[i].image.name, status=f"failed: {exc}")
+                results[i] = CaseResult(cases[i].name, status=f"failed: {exc}")
             done += 1
             if progress is not None:
                 progress(done, len(cases))

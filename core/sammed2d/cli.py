@@ -19,6 +19,7 @@ from . import __version__
 from .batch import PROMPT_KINDS
 from .errors import SamMed2DError
 from .intensity import PRESETS
+from .models.registry import PIPELINES
 
 EXIT_USAGE = 2
 
@@ -45,7 +46,7 @@ def _bar(desc: str):
 def _model(args):
     from .models import load_model
 
-    return load_model(args.model, device=args.device)
+    return load_model(args.model, device=args.device, preprocessing=args.preprocessing)
 
 
 def _cache(args):
@@ -211,6 +212,7 @@ def cmd_batch(args) -> int:
             device=args.device,
             cache_dir=args.cache,
             evaluate=args.evaluate,
+            preprocessing=args.preprocessing,
             progress=update,
         )
     print(format_table(results))
@@ -260,7 +262,9 @@ def cmd_evaluate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), model_name=args.model, device=args.device)
+    return run_demo(
+        Path(args.out), model_name=args.model, device=args.device, preprocessing=args.preprocessing
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,9 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sammed2d {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p, cache=False):
+    def model_options(p, device="auto"):
         p.add_argument("--model", default="litemedsam", help="registry name or checkpoint path")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        p.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:N or mps")
+        p.add_argument(
+            "--preprocessing",
+            choices=PIPELINES,
+            help="input pipeline of a checkpoint that is not a known official file "
+            "(default: recognised from its SHA-256 or its tensors)",
+        )
+
+    def common(p, cache=False):
+        model_options(p)
         p.add_argument("--window", default="auto", choices=PRESETS, help="intensity preset")
         if cache:
             p.add_argument("--cache", type=Path, help="folder for embeddings kept between runs")
@@ -303,8 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--axis", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--model", default="litemedsam")
-    p.add_argument("--device", default="auto")
+    model_options(p)
     p.add_argument("--window", default="auto", choices=PRESETS)
     p.set_defaults(run=cmd_embed)
 
@@ -314,8 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="tcp://host:port of a running dask scheduler")
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
     p.add_argument("--evaluate", choices=PROMPT_KINDS, help="measure Dice against labels")
-    p.add_argument("--model", default="litemedsam")
-    p.add_argument("--device", default="cpu")
+    model_options(p, device="cpu")
     p.add_argument("--cache", help="shared on-disk embedding cache folder")
     p.set_defaults(run=cmd_batch)
 
@@ -333,8 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded default model, no input needed")
     p.add_argument("--out", default="sammed2d-demo", help="output folder")
-    p.add_argument("--model", default="litemedsam")
-    p.add_argument("--device", default="auto")
+    model_options(p)
     p.set_defaults(run=cmd_demo)
     return parser
 

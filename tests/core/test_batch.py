@@ -9,6 +9,7 @@ import pytest
 
 from sammed2d.batch import evaluate_volume, read_manifest, run_batch
 from sammed2d.cli import main
+from sammed2d.errors import SamMed2DError
 from sammed2d.io import Volume, read_volume, write_volume
 
 from ..conftest import ABDOMEN_CT, need
@@ -124,6 +125,10 @@ def test_evaluate_reproduces_the_propagation_benchmark(capsys, tmp_path):
 
 
 def test_killed_run_resumes_with_only_the_missing_cases(cases, tmp_path, tiny_checkpoint):
+    """Kill a run after its first output; a rerun computes only the rest.
+
+    Deterministic: cases 1 and 2 read their prompts from named pipes that nobody writes
+    until the kill, so only case 0 can finish before it, whatever the scheduling."""
     import os
     import signal
     import subprocess
@@ -131,9 +136,11 @@ def test_killed_run_resumes_with_only_the_missing_cases(cases, tmp_path, tiny_ch
     import time
 
     out = tmp_path / "killed"
+    for n in (1, 2):
+        os.mkfifo(cases / f"wait{n}.json")
     manifest = cases / "three.csv"
     manifest.write_text(
-        "image,prompts,labels\n" + "".join(f"case{n}.nrrd,p.json,\n" for n in range(3))
+        "image,prompts,labels\ncase0.nrrd,p.json,\ncase1.nrrd,wait1.json,\ncase2.nrrd,wait2.json,\n"
     )
     command = [
         sys.executable,
@@ -144,7 +151,7 @@ def test_killed_run_resumes_with_only_the_missing_cases(cases, tmp_path, tiny_ch
         "--out",
         str(out),
         "--workers",
-        "1",
+        "2",
         "--model",
         str(tiny_checkpoint),
     ]
@@ -152,17 +159,68 @@ def test_killed_run_resumes_with_only_the_missing_cases(cases, tmp_path, tiny_ch
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 180
-    while time.time() < deadline and not list(out.glob("case*_labels.nrrd")):
-        time.sleep(0.2)
+    while time.time() < deadline and not (out / "case0_labels.nrrd").exists():
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole run, workers included
     proc.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in out.glob("case*_labels.nrrd")}
-    assert finished and len(finished) < 3, finished
+    assert list(finished) == ["case0_labels.nrrd"]
+    for n in (1, 2):
+        (cases / f"wait{n}.json").unlink()
+        (cases / f"wait{n}.json").write_text((cases / "p.json").read_text())
     results = run_batch(manifest, out, workers=2, model=str(tiny_checkpoint))
-    skipped = {r.case for r in results if r.status == "done earlier"}
-    assert {name.replace("_labels", "") for name in finished} == skipped
-    assert all(r.status in ("done", "done earlier") for r in results)
-    for name, mtime in finished.items():
-        assert (out / name).stat().st_mtime_ns == mtime  # not recomputed
+    assert [r.status for r in results] == ["done earlier", "done", "done"]
+    assert (out / "case0_labels.nrrd").stat().st_mtime_ns == finished["case0_labels.nrrd"]
     assert len(list(out.glob("case*_labels.nrrd"))) == 3
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_same_file_names_in_different_folders_get_their_own_outputs(tmp_path, tiny_checkpoint):
+    rng = np.random.default_rng(1)
+    prompts = {"axis": 2, "objects": [{"id": 1, "slices": {"1": {"box": [2, 2, 12, 12]}}}]}
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    for n, folder in enumerate(["s0001", "s0002"]):
+        (tmp_path / folder).mkdir()
+        array = rng.normal(0, 50, (20, 18, 4)).astype(np.int16)
+        write_volume(
+            tmp_path / folder / "ct.nii.gz", array, Volume(array, np.diag([1, 1, 2 + n, 1]))
+        )
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,prompts,labels\ns0001/ct.nii.gz,p.json,\ns0002/ct.nii.gz,p.json,\n")
+    results = run_batch(manifest, tmp_path / "out", workers=1, model=str(tiny_checkpoint))
+    assert [r.status for r in results] == ["done", "done"]
+    assert [r.case for r in results] == ["s0001/ct.nii.gz", "s0002/ct.nii.gz"]
+    for n, folder in enumerate(["s0001", "s0002"]):
+        out = read_volume(tmp_path / "out" / folder / "ct_labels.nii.gz")
+        assert out.affine[2, 2] == 2 + n  # each output on its own image's grid
+
+
+def test_clashing_outputs_are_refused_up_front(tmp_path):
+    (tmp_path / "a").mkdir()
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,prompts,labels,case\na/ct.nii.gz,p.json,,x\nb/ct.nii.gz,p.json,,x\n")
+    with pytest.raises(SamMed2DError, match=r"rows 2 and 3 would write the same output \(x\)"):
+        read_manifest(manifest)
+    manifest.write_text("image,prompts,labels,case\na/ct.nii.gz,p.json,,../escape\n")
+    with pytest.raises(SamMed2DError, match="must be a relative name"):
+        read_manifest(manifest)
+    manifest.write_text(
+        "image,prompts,labels,case\na/ct.nii.gz,p.json,,first\nb/ct.nii.gz,p.json,,second\n"
+    )
+    assert [c.name for c in read_manifest(manifest)] == ["first", "second"]
+
+
+def test_batch_without_dask_names_the_extra(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dask(name, *args, **kwargs):
+        if name.startswith("dask"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dask)
+    (tmp_path / "m.csv").write_text("image,prompts,labels\n")
+    with pytest.raises(SamMed2DError, match=r"pip install 'sammed2d\[distributed\]'"):
+        run_batch(tmp_path / "m.csv", tmp_path / "out")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,7 +103,7 @@ def test_name_with_wrong_weights_file(tmp_path, tiny_checkpoint, monkeypatch):
     folder.mkdir()
     (folder / "sam_vit_b_01ec64.pth").write_bytes(tiny_checkpoint.read_bytes())
     monkeypatch.setenv("SAMMED2D_WEIGHTS", str(folder))
-    with pytest.raises(CheckpointError, match="expected sam-vit-b weights, found a sam-med2d"):
+    with pytest.raises(CheckpointError, match=r"sam_vit_b_01ec64.pth has SHA-256 .*expected the"):
         load_model("sam-vit-b")
 
 
@@ -132,3 +133,169 @@ def test_plain_pickle_without_tensors_is_refused(tmp_path):
         pickle.dump({"a": 1}, f)
     with pytest.raises(CheckpointError):
         read_state_dict(path)
+
+
+def test_old_torch_refuses_unverified_files_but_reads_verified_ones(tmp_path, monkeypatch):
+    from sammed2d.models import checkpoint
+
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    monkeypatch.setattr(checkpoint, "torch_version", lambda: (2, 5))
+    with pytest.raises(
+        CheckpointError, match=r"cannot load an unverified checkpoint.*torch>=2\.10"
+    ):
+        read_state_dict(path)
+    assert torch.equal(read_state_dict(path, verified=True)["w"], torch.ones(2))
+
+
+def test_bundled_weights_are_hash_checked(tmp_path, monkeypatch, tiny_checkpoint):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "lite_medsam.pth").write_bytes(tiny_checkpoint.read_bytes())
+    monkeypatch.setenv("SAMMED2D_WEIGHTS", str(folder))
+    from sammed2d.models import registry
+
+    monkeypatch.setattr(registry, "weights_path", lambda name: folder / "lite_medsam.pth")
+    with pytest.raises(
+        CheckpointError, match=r"lite_medsam.pth has SHA-256 .*expected the official"
+    ):
+        load_model("litemedsam")
+
+
+def _vit_b_shaped(tmp_path, name):
+    """A one-block network 768 wide: the SAM / MedSAM ViT-B layout, random weights."""
+    from sammed2d import build_model
+
+    with torch.device("meta"):
+        shapes = build_model("sam-vit-b", depth=1, global_attn=(0,)).state_dict()
+    torch.manual_seed(0)
+    state = {k: torch.randn(v.shape) * 0.02 for k, v in shapes.items()}
+    path = tmp_path / name
+    torch.save(state, path)
+    return path
+
+
+def test_pipeline_never_comes_from_the_file_name(tmp_path):
+    path = _vit_b_shaped(tmp_path, "medsam_vit_b.pth")
+    with pytest.raises(CheckpointError, match="--preprocessing sam or --preprocessing medsam"):
+        load_model(path, device="cpu")
+    medsam = load_model(path, device="cpu", preprocessing="medsam")
+    assert (medsam.spec.name, medsam.spec.preprocessing) == ("medsam", "medsam")
+    sam = load_model(path, device="cpu", preprocessing="sam")
+    assert sam.spec.preprocessing == "sam"
+    with pytest.raises(CheckpointError, match="cannot take litemedsam preprocessing"):
+        load_model(path, device="cpu", preprocessing="litemedsam")
+
+
+def test_known_checkpoint_gets_its_pipeline_whatever_its_name(tmp_path, litemedsam):
+    renamed = tmp_path / "sam_vit_b_01ec64.pth"
+    renamed.write_bytes(open(litemedsam.weights_path, "rb").read())
+    model = load_model(renamed, device="cpu")
+    assert model.spec.name == "litemedsam" and model.weights_id == litemedsam.weights_id
+
+
+def _mutations(state):
+    """(label, object to save) pairs: every way a harmless file can be malformed."""
+    first_rel = "image_encoder.blocks.0.attn.rel_pos_h"
+    yield "empty dict", {}
+    yield "nested 100 deep", _nest(state, 100)
+    yield "list of tensors", list(state.values())
+    yield "int values", {k: 1 for k in state}
+    yield "string keys to strings", {k: "x" for k in state}
+    yield "no pos_embed", {k: v for k, v in state.items() if k != "image_encoder.pos_embed"}
+    yield "no rel-pos tables", {k: v for k, v in state.items() if "rel_pos" not in k}
+    yield "zero head dim", {**state, first_rel: torch.zeros(27, 0)}
+    yield "1D rel-pos", {**state, first_rel: torch.zeros(27)}
+    yield "zero-size pos_embed", {**state, "image_encoder.pos_embed": torch.zeros(1, 0, 0, 32)}
+    yield "non-square pos_embed", {**state, "image_encoder.pos_embed": torch.zeros(1, 16, 8, 32)}
+    yield "gap in blocks", {k.replace("blocks.1.", "blocks.7."): v for k, v in state.items()}
+    yield "width not a multiple of heads", {**state, first_rel: torch.zeros(27, 5)}
+    yield "bool tensors", {k: v.bool() for k, v in state.items()}
+    yield "complex tensors", {k: v.to(torch.complex64) for k, v in state.items()}
+    yield "int tensors", {k: v.to(torch.int64) for k, v in state.items()}
+    yield "a NaN weight", {**state, first_rel: torch.full_like(state[first_rel], float("nan"))}
+    yield "scalars", {k: torch.tensor(1.0) for k in state}
+    yield "empty tensors", {k: torch.zeros(0) for k in state}
+    for key in list(state)[:: max(1, len(state) // 12)]:
+        yield f"drop {key}", {k: v for k, v in state.items() if k != key}
+        yield f"resize {key}", {**state, key: torch.zeros(*(d + 1 for d in state[key].shape))}
+        yield f"add a dim {key}", {**state, key: state[key][None]}
+
+
+def _nest(state, depth):
+    obj = state
+    for _ in range(depth):
+        obj = {"model": obj}
+    return obj
+
+
+def test_fuzzed_checkpoints_end_in_the_one_line_error(tmp_path, tiny_checkpoint):
+    """Truncated, nested, wrong-typed, zero-sized and missing-key files: CheckpointError or a
+    model, never another exception."""
+    from sammed2d.cli import main
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    raw = tiny_checkpoint.read_bytes()
+    files = []
+    for n, (label, obj) in enumerate(_mutations(state)):
+        path = tmp_path / f"m{n}.pth"
+        torch.save(obj, path)
+        files.append((label, path))
+    deep = tmp_path / "deep.pth"  # 5,000 nested dicts: more than torch.save can write
+    key = b"X\x05\x00\x00\x00model"
+    with zipfile.ZipFile(deep, "w") as zf:
+        zf.writestr(
+            "archive/data.pkl", b"\x80\x02" + (b"}" + key) * 5000 + b"}" + b"s" * 5000 + b"."
+        )
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/version", "3\n")
+    files.append(("nested 5000 deep", deep))
+    rng = np.random.default_rng(0)
+    for n, cut in enumerate(rng.integers(1, len(raw), 8)):
+        path = tmp_path / f"cut{n}.pth"
+        path.write_bytes(raw[:cut])
+        files.append((f"truncated at {cut}", path))
+    for n in range(4):
+        data = bytearray(raw)
+        for i in rng.integers(0, len(raw), 64):
+            data[i] ^= 0xFF
+        path = tmp_path / f"flip{n}.pth"
+        path.write_bytes(bytes(data))
+        files.append((f"flipped bytes {n}", path))
+    outcomes = {}
+    for label, path in files:
+        try:
+            load_model(path, device="cpu")
+            outcomes[label] = "loaded"
+        except CheckpointError as exc:
+            message = str(exc)
+            assert "\n" not in message and str(path) in message, (label, message)
+            outcomes[label] = "refused"
+        except Exception as exc:  # noqa: BLE001 - what the test exists to catch
+            pytest.fail(f"{label}: {type(exc).__name__}: {exc}")
+    assert outcomes["zero head dim"] == outcomes["nested 5000 deep"] == "refused"
+    loaded = {k for k, v in outcomes.items() if v == "loaded"}
+    assert all(k.startswith("flipped bytes") for k in loaded), loaded  # changed weights only
+    label, path = files[0]
+    assert main(["info"]) == 0
+    out = tmp_path / "mask.png"
+    image = tmp_path / "img.png"
+    import imageio.v3 as iio
+
+    iio.imwrite(image, np.zeros((20, 20), np.uint8))
+    code = main(
+        [
+            "segment",
+            str(image),
+            "--box",
+            "2",
+            "2",
+            "9",
+            "9",
+            "--out",
+            str(out),
+            "--model",
+            str(path),
+        ]
+    )
+    assert code == 2 and not out.exists()

@@ -88,15 +88,6 @@ def test_path_recognises_architecture(tiny_checkpoint):
     assert model.image_encoder.blocks[1].window_size == 0
 
 
-def test_medsam_family_from_file_name(tmp_path):
-    with torch.device("meta"):
-        shapes = build_model("sam-vit-b").state_dict()
-    from sammed2d.models.registry import architecture_of
-
-    assert architecture_of(shapes, str(tmp_path / "medsam_vit_b.pth"))[0].name == "medsam"
-    assert architecture_of(shapes, str(tmp_path / "sam_vit_b_01ec64.pth"))[0].name == "sam-vit-b"
-
-
 def test_windowed_attention_skipping_padding_matches_reference_padding():
     """Projecting only real tokens equals padding with zeros before the projection."""
     from sammed2d.models.vit_encoder import Block

