@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +23,10 @@ from .models.registry import PIPELINES
 EXIT_USAGE = 2
 
 
-@contextmanager
-def _bar(desc: str):
-    """A (done, total) callback driving a tqdm bar that stays quiet off a terminal."""
-    from tqdm import tqdm
+def _bar(desc: str, unit: str = "slice"):
+    from .progress import progress_reporter
 
-    bar = tqdm(desc=desc, total=0, unit="slice", disable=not sys.stderr.isatty(), leave=False)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        bar.close()
+    return progress_reporter(desc, unit)
 
 
 def _model(args):
@@ -56,7 +42,16 @@ def _cache(args):
 
 
 def cmd_segment(args) -> int:
-    from .io import read_image, read_volume, write_mask
+    from .io import (
+        ITK_SUFFIXES,
+        NIFTI_SUFFIXES,
+        one_slice,
+        read_image,
+        read_volume,
+        suffix_of,
+        write_mask,
+        write_volume,
+    )
     from .predictor import Predictor
     from .propagate import SlicePrompt, segment_slice
 
@@ -89,7 +84,12 @@ def cmd_segment(args) -> int:
         predictor.set_image(image, preset=args.window)
         masks, scores, _ = predictor.predict(coords, point_labels, args.box)
         mask, score = masks[0], float(scores[0])
-    write_mask(args.out, mask)
+    if args.slice is not None and suffix_of(args.out) in NIFTI_SUFFIXES + ITK_SUFFIXES:
+        # A one-slice volume on the volume's own grid, so it overlays the source.
+        grid = one_slice(volume, args.slice, args.axis % 3)
+        write_volume(args.out, np.expand_dims(mask.astype(np.uint8), args.axis % 3), grid)
+    else:
+        write_mask(args.out, mask)
     print(f"{args.out}: {int(mask.sum())} pixels, predicted IoU {score:.3f}")
     return 0
 
@@ -202,7 +202,7 @@ def cmd_info(args) -> int:
 def cmd_batch(args) -> int:
     from .batch import format_table, run_batch
 
-    with _bar("cases") as update:
+    with _bar("cases", "case") as update:
         results = run_batch(
             args.manifest,
             args.out,
@@ -300,7 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--slice", type=int, help="slice index when IMAGE is a volume")
     p.add_argument("--axis", type=int, default=2, help="slice axis of the volume (default 2)")
-    p.add_argument("--out", type=Path, required=True, help="mask file: .png, .tif or .nii.gz")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="mask file: .png or .tif (the slice's array), or .nii.gz/.nrrd/.mha with --slice "
+        "(a one-slice volume on the volume's grid)",
+    )
     common(p)
     p.set_defaults(run=cmd_segment)
 

@@ -124,6 +124,17 @@ def _read_dicom_series(folder: Path) -> Volume:
     return _itk_to_volume(image, folder)
 
 
+def one_slice(volume: Volume, index: int, axis: int) -> Volume:
+    """The grid of slice `index` along `axis`: shape 1 on that axis, its position in the
+    affine, so a mask written with it lines up with the volume in any viewer."""
+    affine = volume.affine.copy()
+    affine[:3, 3] += affine[:3, axis] * index
+    shape = list(volume.array.shape)
+    shape[axis] = 1
+    header = volume.header.copy() if volume.header is not None else None
+    return Volume(np.zeros(shape, np.uint8), affine, header)
+
+
 def write_volume(path: str | os.PathLike, array: np.ndarray, like: Volume) -> Path:
     """Write `array` (voxel order, same shape as `like`) with `like`'s geometry, atomically."""
     path = Path(path)

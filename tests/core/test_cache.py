@@ -62,10 +62,12 @@ def test_entry_under_another_key_is_not_served(tmp_path, tiny_checkpoint):
     cache.put(key, torch.ones(1, 256, 16, 16))
     other = embedding_key(x, load_model(tiny_checkpoint, device="cpu")) + "0"
     (path,) = tmp_path.rglob("*.npz")
-    moved = path.with_name(other[:2]) / f"{other}.npz"
+    moved = tmp_path / other[:2] / f"{other}.npz"
     moved.parent.mkdir(exist_ok=True)
-    path.rename(moved)  # an entry whose stored key differs from its name
-    assert EmbeddingCache(folder=tmp_path).get(other) is None
+    path.rename(moved)  # an entry whose stored key differs from its name, where lookups read
+    fresh = EmbeddingCache(folder=tmp_path)
+    assert moved == fresh._path(other) and moved.exists()
+    assert fresh.get(other) is None
 
 
 def test_key_depends_on_model_weights(tiny_checkpoint, fixtures_dir):

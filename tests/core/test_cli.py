@@ -146,7 +146,38 @@ def test_segment_2d_image_and_volume_slice(tmp_path, capsys, volume_file, tiny_c
         "--model",
         tiny_checkpoint,
     )
-    assert code == 0 and read_image(tmp_path / "p.nii.gz").shape == (40, 36)
+    assert code == 0
+    # a one-slice volume at slice 2 of the source's grid: it overlays the volume
+    src, mask = read_volume(volume_file), read_volume(tmp_path / "p.nii.gz")
+    assert mask.array.shape == (40, 36, 1)
+    assert np.allclose(mask.affine[:3, :3], src.affine[:3, :3])
+    assert np.allclose(mask.affine @ [0, 0, 0, 1], src.affine @ [0, 0, 2, 1], atol=1e-4)
+    for axis, out in [(0, "a0.nrrd"), (1, "a1.nii.gz")]:
+        code, _, _ = run_cli(
+            capsys,
+            "segment",
+            volume_file,
+            "--slice",
+            3,
+            "--axis",
+            axis,
+            "--box",
+            1,
+            1,
+            5,
+            5,
+            "--out",
+            tmp_path / out,
+            "--model",
+            tiny_checkpoint,
+        )
+        back = read_volume(tmp_path / out)
+        expected_shape = list(src.array.shape)
+        expected_shape[axis] = 1
+        assert code == 0 and list(back.array.shape) == expected_shape
+        corner = [0, 0, 0, 1]
+        corner[axis] = 3
+        assert np.allclose(back.affine @ [0, 0, 0, 1], src.affine @ corner, atol=1e-3)
     # LiteMedSAM was trained on boxes: the real-weights check uses one
     code, out, _ = run_cli(
         capsys,

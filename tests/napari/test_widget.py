@@ -112,6 +112,10 @@ def test_cancel_leaves_labels_consistent(widget, qtbot):
         pass
     assert set(np.unique(labels.data)) <= {0, 1}
     assert (labels.data[3] == 1).any()  # the annotated slice survives
+    # cancelled before its first step: it stopped, said so, and did not fill the block
+    assert "(cancelled)" in w.status.text()
+    filled = [z for z in range(8) if (labels.data[z] == 1).any()]
+    assert filled != [2, 3, 4, 5], filled
 
 
 def test_4d_layer_gets_a_clear_message(widget, monkeypatch):
