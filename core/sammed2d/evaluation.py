@@ -69,3 +69,61 @@ def simulated_prompt_2d(mask: np.ndarray, kind: str, rng: np.random.Generator) -
     pick = rng.choice(len(rows), size=min(count, len(rows)), replace=False)
     points = np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32)
     return {"point_coords": points, "point_labels": np.ones(len(points), np.int64)}
+
+
+def official_chaining(
+    volume: np.ndarray,
+    obj: ObjectPrompts,
+    model,
+    axis: int = 2,
+    affine: np.ndarray | None = None,
+    preset: str = "abdomen",
+    orientation: str = "radiological",
+    cache=None,
+    shift: int = 3,
+) -> np.ndarray:
+    """The public LiteMedSAM 3D recipe, as a baseline: the middle annotated slice's box,
+    then on each next slice the previous mask's bounding box at 256 scale grown by `shift`
+    px; where the previous mask is empty, the middle slice's box again. Single-mask output,
+    through the object's whole range. Returns a boolean volume."""
+    import torch
+
+    from .predictor import decode
+    from .preprocess import nearest_indices
+    from .propagate import _volume_slices
+
+    slices = _volume_slices(model, volume, axis % 3, affine, preset, None, orientation, cache)
+    raw_shape = slices.raw_shape
+    view_shape = slices.view.view_shape(raw_shape)
+    scale = 256 / max(view_shape)
+    seed = sorted(obj.slices)[len(obj.slices) // 2]
+    seed_box = slices.view.box_to_view(np.asarray(obj.slices[seed].box, np.float32), raw_shape)
+    lo, hi = obj.range if obj.range is not None else (0, volume.shape[axis % 3] - 1)
+    h256, w256 = (int(s * scale + 0.5) for s in view_shape)
+    rows, cols = nearest_indices(view_shape[0], h256), nearest_indices(view_shape[1], w256)
+
+    def box_256(mask: np.ndarray) -> np.ndarray:
+        small = mask[rows][:, cols]
+        ys, xs = np.nonzero(small)
+        box = [xs.min() - shift, ys.min() - shift, xs.max() + shift, ys.max() + shift]
+        return np.clip(np.array(box, np.float32), 0, 255) / scale  # back to view pixels
+
+    def segment(index: int, box: np.ndarray) -> np.ndarray:
+        emb = slices.embedding(index)
+        low, _ = decode(model, emb, boxes=box[None], multimask_output=False)
+        with torch.inference_mode():
+            return (emb.geometry.logits_to_original(low[:, :1])[0, 0] > 0).numpy()
+
+    out = np.zeros(volume.shape, bool)
+    masks = {seed: segment(seed, seed_box)}
+    for direction, limit in ((1, hi), (-1, lo)):
+        prev = masks[seed]
+        for index in range(seed + direction, limit + direction, direction):
+            box = box_256(prev) if prev.any() else seed_box
+            prev = segment(index, box)
+            masks[index] = prev
+    for index, mask in masks.items():
+        sl = [slice(None)] * 3
+        sl[axis % 3] = index
+        out[tuple(sl)] = slices.view.from_view(mask)
+    return out

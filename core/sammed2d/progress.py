@@ -48,14 +48,15 @@ def progress_reporter(desc: str, unit: str = "slice", stream=None, interval: flo
         now = time.perf_counter() - start
         state["done"], state["total"] = done, total
         due = now - state["last"] >= interval or (total and done >= total)
-        if due and state["shown"] != (done, total):
+        # Nothing before the first finished step: an error up front stays a single line.
+        if due and done > 0 and state["shown"] != (done, total):
             state["last"], state["shown"] = now, (done, total)
             print(_line(desc, done, total, unit, now), file=stream, flush=True)
 
     try:
         yield update
     finally:
-        if state["total"] and state["done"] < state["total"]:
+        if state["shown"] is not None and state["done"] < state["total"]:
             elapsed = time.perf_counter() - start
             print(
                 _line(desc, state["done"], state["total"], unit, elapsed) + " (stopped)",

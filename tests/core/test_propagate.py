@@ -15,6 +15,7 @@ from sammed2d.evaluation import dice, slice_box
 from sammed2d.propagate import ObjectPrompts, SlicePrompt, propagate
 
 RADII = [0, 0, 7, 10, 13, 15, 15, 13, 10, 7, 0, 0]  # grows, then shrinks, then vanishes
+S = 4  # phantom pixels per unit of RADII
 
 
 def disc(shape, centre, radius):
@@ -24,20 +25,24 @@ def disc(shape, centre, radius):
 
 @pytest.fixture(scope="module")
 def phantom():
-    """64 x 64 x 12 HU volume (axis 2 = slices): a disc that grows and shrinks (id 1), and a
-    blob that splits in two (id 2)."""
+    """256 x 256 x 12 HU volume (axis 2 = slices): a disc that grows and shrinks (id 1), and a
+    blob that splits in two (id 2). 256 px is LiteMedSAM's input: no resize in between."""
     rng = np.random.default_rng(0)
-    vol = np.full((64, 64, 12), -80.0, np.float32)
+    s = S
+    vol = np.full((64 * s, 64 * s, 12), -80.0, np.float32)
     truth = np.zeros(vol.shape, np.uint8)
+    shape = vol.shape[:2]
     for z, r in enumerate(RADII):
         if r:
-            truth[:, :, z][disc((64, 64), (20, 22), r)] = 1
+            truth[:, :, z][disc(shape, (20 * s, 22 * s), r * s)] = 1
     for z in range(12):
         if z < 6:
-            blob = disc((64, 64), (46, 44), 7) | disc((64, 64), (46, 50), 7)
+            blob = disc(shape, (46 * s, 44 * s), 7 * s) | disc(shape, (46 * s, 50 * s), 7 * s)
         else:  # splits into two branches that drift apart
-            gap = z - 4
-            blob = disc((64, 64), (46, 44 - gap), 6) | disc((64, 64), (46, 50 + gap), 6)
+            gap = (z - 4) * s
+            blob = disc(shape, (46 * s, 44 * s - gap), 6 * s) | disc(
+                shape, (46 * s, 50 * s + gap), 6 * s
+            )
         truth[:, :, z][blob & (truth[:, :, z] == 0)] = 2
     vol[truth == 1] = 160.0
     vol[truth == 2] = 90.0
@@ -164,7 +169,7 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
         ),
         ([], {}, PromptError, "no objects"),
         (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 90, 9])})],
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 64 * S + 30, 9])})],
             {},
             PromptError,
             "reaches outside",

@@ -76,7 +76,9 @@ def test_anisotropic_scale_puts_the_mask_under_the_box(widget):
     )
     shapes.add_rectangles(world)
     found = labels.data[3] == 1
-    assert found[12:30, 10:26].mean() > 0.8 and found.sum() < 1.3 * 18 * 16
+    # Placement, not quality: a misplaced box covers almost none of the block. (The official
+    # LiteMedSAM resize enlarges this 48 x 40 slice by pixel replication, which costs edges.)
+    assert found[12:30, 10:26].mean() > 0.7 and found.sum() < 1.3 * 18 * 16
 
 
 def test_click_with_a_point_model(widget, tiny_checkpoint):
