@@ -114,12 +114,22 @@ def test_evaluate_reproduces_the_propagation_benchmark(capsys, tmp_path):
     mean = float(out.splitlines()[-1].split()[1])
     bench = Path(__file__).resolve().parents[2] / "benchmarks" / "propagation.py"
     printed = subprocess.run(
-        [sys.executable, str(bench), "--protocols", "A", "--cache", str(tmp_path / "cache")],
+        [
+            sys.executable,
+            str(bench),
+            "--protocols",
+            "A",
+            "--labels",
+            "labels.nii.gz",
+            "--no-baseline",
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
     ).stdout
-    line = [ln for ln in printed.splitlines() if ln.startswith("protocol A")][0]
+    line = [ln for ln in printed.splitlines() if ln.startswith("protocol A:")][0]
     assert abs(float(line.split("mean ")[1].split()[0]) - mean) < 1e-3
     assert mean >= 0.90
 
