@@ -175,8 +175,11 @@ class _Walker:
         )
         return self._best(low_res, iou, emb)
 
-    def step(self, index: int, prev_mask: np.ndarray, prev_low_res, direction: int):
+    def step(self, index: int, prev_mask: np.ndarray, prev_low_res, direction: int, strict=True):
         """Mask on slice `index` from the previous slice's mask; None where it should stop.
+
+        `strict=False` (inside a slice range the user gave): the stopping rules never stop
+        the walk; a non-empty mask is kept, and only an empty one returns None.
 
         Each sizeable connected part of the previous mask gets its own box (all in one
         decoder call) and the masks are united, so a structure that splits in two (a vessel
@@ -205,7 +208,11 @@ class _Walker:
         areas = masks.reshape(k, -1).sum(axis=1)
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
         low = low_res.max(dim=0).values
-        if mask.sum() < s.min_area or score < s.iou_threshold:
+        if mask.sum() < s.min_area:
+            return None
+        if not strict:
+            return mask, score, low
+        if score < s.iou_threshold:
             return None
         if _iou(mask, prev_mask) < s.overlap_threshold:
             return None
@@ -319,6 +326,10 @@ def propagate(
                 mid = (a + b) // 2
                 walks += [(a, 1, mid), (b, -1, mid + 1)]
             walks.append((ordered[-1], 1, hi))
+            # With a range the user has said where the object is: the walk goes through all
+            # of it. Where the model finds nothing from the previous mask, the seed's own
+            # prompt is tried on that slice, and the walk goes on from the last mask found.
+            strict = obj.range is None
             for seed, direction, limit in walks:
                 mask, low = seeds[seed]
                 index = seed + direction
@@ -326,7 +337,14 @@ def propagate(
                     check_stop()
                     if not mask.any():
                         break
-                    stepped = walker.step(index, mask, low, direction)
+                    stepped = walker.step(index, mask, low, direction, strict)
+                    if stepped is None and not strict:
+                        found, score, _ = walker.from_prompt(index, obj.slices[seed])
+                        stepped = (found, score, None) if found.any() else None
+                        if stepped is None:
+                            tick()
+                            index += direction
+                            continue
                     if stepped is None:
                         break
                     mask, score, low = stepped

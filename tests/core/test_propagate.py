@@ -202,3 +202,27 @@ def test_other_axes_give_the_same_answer(phantom, litemedsam, shared_cache):
     moved = np.moveaxis(vol, 2, 0)  # same slices, now along axis 0
     along0 = propagate(moved, [obj], litemedsam, axis=0, preset="abdomen", cache=shared_cache)
     assert np.array_equal(np.moveaxis(along0.labels, 0, 2), along2)
+
+
+def test_a_given_range_is_followed_through_a_slice_where_the_object_vanishes(
+    phantom, litemedsam, shared_cache
+):
+    vol, truth = phantom
+    vol = vol.copy()
+    vol[:, :, 6][truth[:, :, 6] == 1] = -80.0  # the disc is missing on slice 6 only
+    prompt = {4: box_prompt(truth, 1, 4)}
+    free = propagate(
+        vol, [ObjectPrompts(1, prompt)], litemedsam, axis=2, preset="abdomen", cache=shared_cache
+    )
+    assert free.reached[1][1] < 7  # no range: the walk stops where the object vanished
+    ranged = propagate(
+        vol,
+        [ObjectPrompts(1, prompt, range=(2, 9))],
+        litemedsam,
+        axis=2,
+        preset="abdomen",
+        cache=shared_cache,
+    )
+    assert ranged.reached[1] == (2, 9)
+    for z in (7, 8, 9):  # found again past the gap
+        assert dice(ranged.labels[:, :, z] == 1, truth[:, :, z] == 1) > 0.75, z
