@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .io import publish_mode
 
 
 def embedding_key(model_input: torch.Tensor, model) -> str:
@@ -109,6 +110,7 @@ class EmbeddingCache:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        publish_mode(fd)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, key=np.frombuffer(key.encode(), np.uint8), embedding=value.numpy())

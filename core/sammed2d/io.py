@@ -176,11 +176,30 @@ def _write_itk(path: str, array: np.ndarray, affine: np.ndarray) -> None:
     sitk.WriteImage(image, path, useCompression=True)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(fd: int) -> None:
+    """Give a mkstemp file (0600) the mode a plain open() would have: 0666 less the umask."""
+    os.fchmod(fd, 0o666 & ~current_umask())
+
+
 def atomic_write(path: Path, write) -> Path:
     """Run write(tmp) on a temporary file next to `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix_of(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    publish_mode(fd)
     os.close(fd)
     try:
         write(tmp)

@@ -118,3 +118,18 @@ def test_image_formats(tmp_path):
         str(tmp_path / "one.dcm"),
     )
     assert np.array_equal(read_image(tmp_path / "one.dcm"), np.arange(48).reshape(6, 8))
+
+
+def test_outputs_respect_the_umask(tmp_path):
+    import os
+
+    array = np.zeros((4, 5, 3), np.uint8)
+    old = os.umask(0o027)
+    try:
+        write_volume(tmp_path / "g.nii.gz", array, Volume(array))
+        os.umask(0o022)
+        write_volume(tmp_path / "w.nrrd", array, Volume(array))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "g.nii.gz").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "w.nrrd").stat().st_mode & 0o777 == 0o644
