@@ -30,7 +30,7 @@ def prompts_file(tmp_path):
     data = {
         "axis": 2,
         "objects": [
-            {"id": 3, "name": "block", "range": [0, 5], "slices": {"2": {"box": [7, 9, 21, 26]}}},
+            {"id": 3, "name": "block", "range": [1, 4], "slices": {"2": {"box": [7, 9, 21, 26]}}},
             {"id": 5, "slices": {"3": {"points": [[14, 17]], "labels": [1]}}},
         ],
     }
