@@ -66,12 +66,19 @@ def main(argv=None) -> int:
     settings = _settings(args)
     ct = read_volume(args.data / "ct.nii.gz")
     gt = read_volume(args.data / args.labels).array
-    names_file = "structures.json" if args.labels.startswith("structures") else "labels.json"
-    names = {int(k): v for k, v in json.loads((args.data / names_file).read_text()).items()}
+    names_file = args.data / (args.labels.split(".")[0] + ".json")  # structures.json
+    names = {int(k): v for k, v in json.loads(names_file.read_text()).items()}
     model = load_model(args.model, device="cpu")
     cache = EmbeddingCache(folder=args.cache) if args.cache else EmbeddingCache(max_bytes=4 << 30)
     print(f"model {args.model}, orientation {args.orientation}, window {args.window}, {settings}")
     width = max(len(v) for v in names.values())
+    base = {}  # the official chaining is protocol A whatever the protocol compared
+    if not args.no_baseline:
+        for obj in protocol_objects(gt, axis=2, protocol="A", names=names):
+            found = official_chaining(
+                ct.array, obj, model, 2, ct.affine, args.window, args.orientation, cache
+            )
+            base[obj.id] = dice(found, gt == obj.id)
     for protocol in args.protocols:
         objects = protocol_objects(gt, axis=2, protocol=protocol, names=names)
         start = time.perf_counter()
@@ -88,14 +95,6 @@ def main(argv=None) -> int:
         )
         seconds = time.perf_counter() - start
         ours = {o.id: dice(result.labels == o.id, gt == o.id) for o in objects}
-        base = {}
-        if not args.no_baseline:
-            chained = protocol_objects(gt, axis=2, protocol="A", names=names)
-            for obj in chained:
-                found = official_chaining(
-                    ct.array, obj, model, 2, ct.affine, args.window, args.orientation, cache
-                )
-                base[obj.id] = dice(found, gt == obj.id)
         print(f"protocol {protocol} ({seconds:.1f} s)")
         print(f"  {'structure':{width}s}  ours   official  visited/true slices")
         for obj in objects:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SamMed2DError
-from .io import suffix_of
+from .io import ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
 
 PROMPT_KINDS = ("box", "point1", "point3", "point5", "box3d", "box3d-free", "box3d-multi")
 _PROTOCOL = {"box3d": "A", "box3d-free": "B", "box3d-multi": "C"}
@@ -31,11 +31,8 @@ class Case:
     image: Path
     prompts: Path | None
     labels: Path | None
-    name: str = ""  # unique within the manifest: the `case` column or the image's relative path
-    row: int = 0  # line in the manifest, for messages
-
-    def __post_init__(self):
-        self.name = self.name or self.image.name
+    name: str  # unique within the manifest: the `case` column or the image's relative path
+    row: int  # line in the manifest, for messages
 
 
 @dataclass
@@ -93,16 +90,16 @@ def _refuse_clashes(manifest: Path, cases: list[Case]) -> None:
         seen[key] = case
 
 
-def output_path(case: Case, out_dir: Path, suffix: str = "_labels") -> Path:
-    """Where a case's output goes: its name (folders kept) plus `suffix`, in the input's
-    format where that format is a single file, else NIfTI."""
-    from .io import ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
-
-    ext = suffix_of(case.name)
-    stem = case.name[: -len(ext)] if ext and ext in NIFTI_SUFFIXES + ITK_SUFFIXES else case.name
-    ext = suffix_of(case.image)
-    keep = ext if ext in NIFTI_SUFFIXES + ITK_SUFFIXES and ext not in (".nhdr", ".mhd") else None
-    return out_dir / f"{stem}{suffix}{keep or '.nii.gz'}"
+def output_path(case: Case, out_dir: Path, suffix: str = "_labels", ext: str | None = None) -> Path:
+    """Where a case's output goes: its name (folders kept) plus `suffix`, with extension
+    `ext`, or else the input's format where that is a single file, else NIfTI."""
+    name_ext = suffix_of(case.name)
+    volume_exts = NIFTI_SUFFIXES + ITK_SUFFIXES
+    stem = case.name[: -len(name_ext)] if name_ext in volume_exts else case.name
+    if ext is None:
+        ext = suffix_of(case.image)
+        ext = ext if ext in volume_exts and ext not in (".nhdr", ".mhd") else ".nii.gz"
+    return out_dir / f"{stem}{suffix}{ext}"
 
 
 def _model(name: str, device: str, preprocessing: str | None = None):
@@ -255,8 +252,7 @@ def evaluate_case(
     preprocessing: str | None = None,
 ) -> CaseResult:
     """Dice of one labelled case, written to DIR/<name>_dice.csv; never raises."""
-    out = output_path(case, Path(out_dir), "_dice")
-    out = out.with_name(out.name[: -len(suffix_of(out))] + ".csv")
+    out = output_path(case, Path(out_dir), "_dice", ".csv")
 
     def work(result: CaseResult) -> None:
         if case.labels is None:

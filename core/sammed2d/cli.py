@@ -19,14 +19,9 @@ from .batch import PROMPT_KINDS
 from .errors import SamMed2DError
 from .intensity import PRESETS
 from .models.registry import PIPELINES
+from .progress import progress_reporter
 
 EXIT_USAGE = 2
-
-
-def _bar(desc: str, unit: str = "slice"):
-    from .progress import progress_reporter
-
-    return progress_reporter(desc, unit)
 
 
 def _model(args):
@@ -116,7 +111,7 @@ def cmd_propagate(args) -> int:
     axis, objects = _load_prompts(args.prompts)
     volume = read_volume(args.volume)
     model = _model(args)
-    with _bar("propagating") as update:
+    with progress_reporter("propagating") as update:
         result = propagate(
             volume.array,
             objects,
@@ -165,7 +160,7 @@ def cmd_embed(args) -> int:
     )
     start = time.perf_counter()
     n = volume.array.shape[axis]
-    with _bar("embedding") as update:
+    with progress_reporter("embedding") as update:
         for first in range(0, n, args.batch_size):
             batch = range(first, min(n, first + args.batch_size))
             embed_slices(model, [slices.rgb(i) for i in batch], args.batch_size, cache)
@@ -202,7 +197,7 @@ def cmd_info(args) -> int:
 def cmd_batch(args) -> int:
     from .batch import format_table, run_batch
 
-    with _bar("cases", "case") as update:
+    with progress_reporter("cases", "case") as update:
         results = run_batch(
             args.manifest,
             args.out,

@@ -86,13 +86,11 @@ def official_chaining(
     then on each next slice the previous mask's bounding box at 256 scale grown by `shift`
     px; where the previous mask is empty, the middle slice's box again. Single-mask output,
     through the object's whole range. Returns a boolean volume."""
-    import torch
-
     from .predictor import decode
     from .preprocess import nearest_indices
-    from .propagate import _volume_slices
+    from .propagate import volume_slices
 
-    slices = _volume_slices(model, volume, axis % 3, affine, preset, None, orientation, cache)
+    slices = volume_slices(model, volume, axis % 3, affine, preset, None, orientation, cache)
     raw_shape = slices.raw_shape
     view_shape = slices.view.view_shape(raw_shape)
     scale = 256 / max(view_shape)
@@ -111,8 +109,7 @@ def official_chaining(
     def segment(index: int, box: np.ndarray) -> np.ndarray:
         emb = slices.embedding(index)
         low, _ = decode(model, emb, boxes=box[None], multimask_output=False)
-        with torch.inference_mode():
-            return (emb.geometry.logits_to_original(low[:, :1])[0, 0] > 0).numpy()
+        return (emb.geometry.logits_to_original(low)[0, 0] > 0).numpy()
 
     out = np.zeros(volume.shape, bool)
     masks = {seed: segment(seed, seed_box)}

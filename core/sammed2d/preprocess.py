@@ -79,20 +79,19 @@ def resized_shape(h: int, w: int, target: int) -> tuple[int, int]:
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
+def _inverse_scale(src: int, dst: int) -> float:
+    # OpenCV stores dst / src and inverts it in double precision; the rounding matters
+    # wherever i * src / dst is an integer.
+    return 1.0 / (dst / src)
+
+
 def nearest_indices(src: int, dst: int) -> np.ndarray:
     """OpenCV INTER_NEAREST: destination i reads source floor(i * (1 / (dst / src))).
 
     OpenCV forms the inverse scale in double precision, so i * src / dst that is an exact
     integer can land just below it (64 * 420 / 256 gives 104, not 105); we do the same.
     """
-    inverse = 1.0 / (dst / src)
-    return np.minimum(np.floor(np.arange(dst) * inverse).astype(np.int64), src - 1)
-
-
-def _inverse_scale(src: int, dst: int) -> float:
-    # OpenCV stores dst / src and inverts it in double precision; the rounding matters
-    # wherever i * src / dst is an integer.
-    return 1.0 / (dst / src)
+    return np.minimum(np.floor(np.arange(dst) * _inverse_scale(src, dst)).astype(np.int64), src - 1)
 
 
 def _area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +129,7 @@ def _linear_area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's INTER_AREA table for enlarging one axis: (dst,) left index, (dst, 2) weights
     in 11-bit fixed point."""
     inverse = dst / src
-    scale = 1.0 / inverse
+    scale = _inverse_scale(src, dst)
     left = np.zeros(dst, np.int64)
     weights = np.zeros((dst, 2), np.int64)
     for d in range(dst):

@@ -283,7 +283,7 @@ def propagate(
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()
-    slices = _volume_slices(
+    slices = volume_slices(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
     walker = _Walker(slices, settings)
@@ -341,14 +341,11 @@ def propagate(
                     if stepped is None and not strict:
                         found, score, _ = walker.from_prompt(index, obj.slices[seed])
                         stepped = (found, score, None) if found.any() else None
-                        if stepped is None:
-                            tick()
-                            index += direction
-                            continue
-                    if stepped is None:
+                    if stepped is None and strict:
                         break
-                    mask, score, low = stepped
-                    out[index] = (mask, score)
+                    if stepped is not None:
+                        mask, score, low = stepped
+                        out[index] = (mask, score)
                     tick()
                     index += direction
             seconds[obj.id] = time.perf_counter() - start
@@ -384,7 +381,7 @@ def segment_slice(
         raise PromptError(
             f"slice {index} is outside the volume's 0..{volume.shape[axis] - 1} along axis {axis}"
         )
-    slices = _volume_slices(model, volume, axis, affine, preset, value_range, orientation, cache)
+    slices = volume_slices(model, volume, axis, affine, preset, value_range, orientation, cache)
     mask, score, _ = _Walker(slices, PropagationSettings()).from_prompt(index, prompt)
     return slices.view.from_view(mask), score
 
@@ -397,7 +394,7 @@ def _checked_axis(volume: np.ndarray, axis: int, need: str) -> int:
     return axis % 3
 
 
-def _volume_slices(
+def volume_slices(
     model, volume, axis, affine, preset, value_range, orientation, cache, batch_size=1
 ) -> VolumeSlices:
     """The volume's slices as the model sees them: one intensity range, one orientation."""

@@ -28,20 +28,19 @@ def phantom():
     """256 x 256 x 12 HU volume (axis 2 = slices): a disc that grows and shrinks (id 1), and a
     blob that splits in two (id 2). 256 px is LiteMedSAM's input: no resize in between."""
     rng = np.random.default_rng(0)
-    s = S
-    vol = np.full((64 * s, 64 * s, 12), -80.0, np.float32)
+    vol = np.full((64 * S, 64 * S, 12), -80.0, np.float32)
     truth = np.zeros(vol.shape, np.uint8)
     shape = vol.shape[:2]
     for z, r in enumerate(RADII):
         if r:
-            truth[:, :, z][disc(shape, (20 * s, 22 * s), r * s)] = 1
+            truth[:, :, z][disc(shape, (20 * S, 22 * S), r * S)] = 1
     for z in range(12):
         if z < 6:
-            blob = disc(shape, (46 * s, 44 * s), 7 * s) | disc(shape, (46 * s, 50 * s), 7 * s)
+            blob = disc(shape, (46 * S, 44 * S), 7 * S) | disc(shape, (46 * S, 50 * S), 7 * S)
         else:  # splits into two branches that drift apart
-            gap = (z - 4) * s
-            blob = disc(shape, (46 * s, 44 * s - gap), 6 * s) | disc(
-                shape, (46 * s, 50 * s + gap), 6 * s
+            gap = (z - 4) * S
+            blob = disc(shape, (46 * S, 44 * S - gap), 6 * S) | disc(
+                shape, (46 * S, 50 * S + gap), 6 * S
             )
         truth[:, :, z][blob & (truth[:, :, z] == 0)] = 2
     vol[truth == 1] = 160.0

@@ -57,6 +57,16 @@ def torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def require_file(path: str | Path) -> Path:
+    """`path` as a Path; a one-line CheckpointError unless it is an existing file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: not a file")
+    return path
+
+
 def read_state_dict(path: str | Path, verified: bool = False) -> dict[str, torch.Tensor]:
     """The weights in `path`, as a flat {name: tensor} dict on the CPU.
 
@@ -65,11 +75,7 @@ def read_state_dict(path: str | Path, verified: bool = False) -> dict[str, torch
     `verified`: the caller checked the file's SHA-256 against a known official file, so it
     may be read on a torch older than `SAFE_TORCH`.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: file not found")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: not a file")
+    path = require_file(path)
     if not verified and torch_version() < SAFE_TORCH:
         raise CheckpointError(
             f"checkpoint {path}: torch {torch.__version__} cannot load an unverified checkpoint "

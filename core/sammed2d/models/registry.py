@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..memory import reuse_freed_memory
-from .checkpoint import file_sha256, read_state_dict
+from .checkpoint import file_sha256, read_state_dict, require_file
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViTEncoder
@@ -313,9 +313,7 @@ def load_model(
             raise CheckpointError(
                 f"model {name_or_path!r}: not a known name ({', '.join(SPECS)}) nor a file"
             )
-    if not path.is_file():
-        read_state_dict(path)  # raises the one-line "not found" / "not a file"
-    digest = file_sha256(path)
+    digest = file_sha256(require_file(path))
     pinned = SPECS[name_or_path].sha256 if named else None
     if pinned and digest != pinned:
         raise CheckpointError(
