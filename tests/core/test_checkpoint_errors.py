@@ -149,28 +149,34 @@ def test_old_torch_refuses_unverified_files_but_reads_verified_ones(tmp_path, mo
 
 
 def test_bundled_weights_are_hash_checked(tmp_path, monkeypatch, tiny_checkpoint):
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    (folder / "lite_medsam.pth").write_bytes(tiny_checkpoint.read_bytes())
-    monkeypatch.setenv("SAMMED2D_WEIGHTS", str(folder))
+    """Another file under the bundled name, found where named weights are looked up."""
     from sammed2d.models import registry
 
-    monkeypatch.setattr(registry, "weights_path", lambda name: folder / "lite_medsam.pth")
+    (tmp_path / "lite_medsam.pth").write_bytes(tiny_checkpoint.read_bytes())
+    monkeypatch.setattr(registry.metadata, "distribution", _not_installed)
+    monkeypatch.setenv("SAMMED2D_WEIGHTS", str(tmp_path))
     with pytest.raises(
         CheckpointError, match=r"lite_medsam.pth has SHA-256 .*expected the official"
     ):
         load_model("litemedsam")
 
 
-def _vit_b_shaped(tmp_path, name):
+def _not_installed(name):
+    from importlib import metadata
+
+    raise metadata.PackageNotFoundError(name)
+
+
+def _vit_b_shaped(tmp_path, name, seed=0):
     """A one-block network 768 wide: the SAM / MedSAM ViT-B layout, random weights."""
     from sammed2d import build_model
 
     with torch.device("meta"):
         shapes = build_model("sam-vit-b", depth=1, global_attn=(0,)).state_dict()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     state = {k: torch.randn(v.shape) * 0.02 for k, v in shapes.items()}
     path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
     torch.save(state, path)
     return path
 
@@ -187,11 +193,23 @@ def test_pipeline_never_comes_from_the_file_name(tmp_path):
         load_model(path, device="cpu", preprocessing="litemedsam")
 
 
-def test_known_checkpoint_gets_its_pipeline_whatever_its_name(tmp_path, litemedsam):
-    renamed = tmp_path / "sam_vit_b_01ec64.pth"
+def test_known_checkpoint_gets_its_pipeline_whatever_its_name(tmp_path, monkeypatch, litemedsam):
+    """The hash decides: a ViT-B-shaped file (tensors cannot tell SAM from MedSAM) whose
+    digest the registry knows loads with that model's pipeline, under a misleading name, and
+    is read even on an old torch because its hash is verified."""
+    from sammed2d.models import checkpoint, registry
+
+    path = _vit_b_shaped(tmp_path, "sam_vit_b_01ec64.pth")
+    monkeypatch.setitem(registry.KNOWN_CHECKPOINTS, checkpoint.file_sha256(path), "medsam")
+    monkeypatch.setattr(checkpoint, "torch_version", lambda: (2, 5))
+    model = load_model(path, device="cpu")
+    assert (model.spec.name, model.spec.preprocessing) == ("medsam", "medsam")
+    unknown = _vit_b_shaped(tmp_path / "other", "medsam_vit_b.pth", seed=1)
+    with pytest.raises(CheckpointError, match="cannot load an unverified checkpoint"):
+        load_model(unknown, device="cpu", preprocessing="medsam")
+    renamed = tmp_path / "renamed.pth"
     renamed.write_bytes(open(litemedsam.weights_path, "rb").read())
-    model = load_model(renamed, device="cpu")
-    assert model.spec.name == "litemedsam" and model.weights_id == litemedsam.weights_id
+    assert load_model(renamed, device="cpu").weights_id == litemedsam.weights_id
 
 
 def _mutations(state):
