@@ -163,6 +163,13 @@ class _Walker:
             labels = labels[None]
         if boxes is not None:
             boxes = view.box_to_view(boxes[0], raw_shape)[None]
+        return self._decode(index, coords, labels, boxes)
+
+    def from_box(self, index: int, box: np.ndarray):
+        """Mask on slice `index` from one box in view pixels."""
+        return self._decode(index, None, None, np.asarray(box, np.float32)[None])
+
+    def _decode(self, index: int, coords, labels, boxes):
         emb = self.slices.embedding(index)
         low_res, iou = decode(
             self.slices.model,
@@ -222,6 +229,16 @@ class _Walker:
             if abs(float(after) - float(before)) > s.intensity_change:
                 return None
         return mask, score, low
+
+
+def seed_box(slices: VolumeSlices, prompt: SlicePrompt, mask_view: np.ndarray) -> np.ndarray | None:
+    """A box in view pixels that can prompt another slice than the seed's: the user's box,
+    else the box around the mask found on the seed slice (points and masks belong to their
+    own slice)."""
+    if prompt.box is not None and prompt.mask is None:
+        box = check_boxes(prompt.box, slices.raw_shape)[0]
+        return slices.view.box_to_view(box, slices.raw_shape)
+    return box_from_mask(mask_view)
 
 
 def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
@@ -327,9 +344,12 @@ def propagate(
                 walks += [(a, 1, mid), (b, -1, mid + 1)]
             walks.append((ordered[-1], 1, hi))
             # With a range the user has said where the object is: the walk goes through all
-            # of it. Where the model finds nothing from the previous mask, the seed's own
-            # prompt is tried on that slice, and the walk goes on from the last mask found.
+            # of it. Where the model finds nothing from the previous mask, the seed's box is
+            # tried on that slice (the box around the seed's mask when it was given by points
+            # or a mask, which belong to their own slice), and the walk goes on from the
+            # last mask found.
             strict = obj.range is None
+            retry_boxes = {i: seed_box(slices, obj.slices[i], seeds[i][0]) for i in seeds}
             for seed, direction, limit in walks:
                 mask, low = seeds[seed]
                 index = seed + direction
@@ -338,8 +358,8 @@ def propagate(
                     if not mask.any():
                         break
                     stepped = walker.step(index, mask, low, direction, strict)
-                    if stepped is None and not strict:
-                        found, score, _ = walker.from_prompt(index, obj.slices[seed])
+                    if stepped is None and not strict and retry_boxes[seed] is not None:
+                        found, score, _ = walker.from_box(index, retry_boxes[seed])
                         stepped = (found, score, None) if found.any() else None
                     if stepped is None and strict:
                         break

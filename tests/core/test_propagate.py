@@ -225,3 +225,35 @@ def test_a_given_range_is_followed_through_a_slice_where_the_object_vanishes(
     assert ranged.reached[1] == (2, 9)
     for z in (7, 8, 9):  # found again past the gap
         assert dice(ranged.labels[:, :, z] == 1, truth[:, :, z] == 1) > 0.75, z
+
+
+def test_other_slices_are_retried_with_a_box_never_the_seeds_own_mask_or_points(
+    phantom, litemedsam, shared_cache
+):
+    from sammed2d.prompts import box_from_mask
+    from sammed2d.propagate import seed_box, volume_slices
+
+    vol, truth = phantom
+    slices = volume_slices(litemedsam, vol, 2, None, "abdomen", None, "radiological", None)
+    seed_mask = slices.view.to_view(truth[:, :, 4] == 1)
+    box = slice_box(truth[:, :, 4] == 1)
+    by_box = seed_box(slices, SlicePrompt(box=box), seed_mask)
+    assert np.array_equal(by_box, slices.view.box_to_view(box, slices.raw_shape))
+    for prompt in (SlicePrompt(mask=truth[:, :, 4] == 1), SlicePrompt(points=[[88, 80]])):
+        assert np.array_equal(seed_box(slices, prompt, seed_mask), box_from_mask(seed_mask))
+    # In a walk where every step comes back empty (min_area out of reach), every other slice
+    # of the range comes from that box: never the seed's own mask copied over.
+    from sammed2d.propagate import PropagationSettings
+
+    seed = truth[:, :, 4] == 1
+    result = run(
+        phantom,
+        litemedsam,
+        shared_cache,
+        [ObjectPrompts(1, {4: SlicePrompt(mask=seed)}, range=(2, 9))],
+        settings=PropagationSettings(min_area=10**9),
+    )
+    assert result.reached[1] == (2, 9)
+    for z in (2, 3, 8, 9):  # the disc there is smaller than on the seed slice
+        found, here = result.labels[:, :, z] == 1, truth[:, :, z] == 1
+        assert dice(found, here) > dice(seed, here) + 0.1, z
