@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -94,6 +95,7 @@ def nearest_indices(src: int, dst: int) -> np.ndarray:
     return np.minimum(np.floor(np.arange(dst) * _inverse_scale(src, dst)).astype(np.int64), src - 1)
 
 
+@lru_cache(maxsize=64)  # every slice of a volume needs the same tables
 def _area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's area table for shrinking one axis: (dst, k) source indices, float32 weights.
 
@@ -122,9 +124,11 @@ def _area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     for d, entry in enumerate(rows):
         for j, (s, w) in enumerate(entry):
             index[d, j], weight[d, j] = s, w
+    index.flags.writeable = weight.flags.writeable = False  # shared through the cache
     return index, weight
 
 
+@lru_cache(maxsize=64)
 def _linear_area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's INTER_AREA table for enlarging one axis: (dst,) left index, (dst, 2) weights
     in 11-bit fixed point."""
@@ -145,6 +149,7 @@ def _linear_area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
             int(np.rint((np.float32(1.0) - f) * np.float32(2048))),
             int(np.rint(f * 2048)),
         ]
+    left.flags.writeable = weights.flags.writeable = False  # shared through the cache
     return left, weights
 
 
