@@ -144,30 +144,30 @@ def propagate_case(
     preprocessing: str | None = None,
 ) -> CaseResult:
     """Propagate one case's prompts; never raises (a failure becomes the result's status)."""
-    import json
-
-    from .io import read_volume, write_volume
-    from .propagate import objects_from_json, propagate
+    from .io import read_volume
+    from .labelfiles import object_segments, write_labels
+    from .prompt_files import read_prompt_file
+    from .propagate import propagate
 
     out = output_path(case, Path(out_dir))
 
     def work(result: CaseResult) -> None:
         if case.prompts is None:
             raise SamMed2DError("no prompts file for this case")
-        try:
-            axis, objects = objects_from_json(json.loads(Path(case.prompts).read_text()))
-        except (OSError, ValueError) as exc:
-            raise SamMed2DError(f"prompts {case.prompts}: {exc}") from None
+        record = read_prompt_file(case.prompts)
+        objects = record.objects
         volume = read_volume(case.image)
         run = propagate(
             volume.array,
             objects,
-            _model(model, device, preprocessing),
-            axis=axis,
+            _model(model or record.model or "litemedsam", device, preprocessing),
+            axis=record.axis,
             affine=volume.affine,
+            preset=record.window or "auto",
+            settings=record.settings,
             cache=_cache(cache_dir),
         )
-        write_volume(out, run.labels, volume)
+        write_labels(out, run.labels, volume, object_segments(objects))
         result.objects = len(objects)
         result.slices = sum(hi - lo + 1 for r in run.reached.values() if r for lo, hi in [r])
 

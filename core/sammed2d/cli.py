@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .batch import PROMPT_KINDS
-from .errors import SamMed2DError
+from .errors import SamMed2DError, SourceWarning
 from .intensity import PRESETS
 from .models.registry import PIPELINES
 from .progress import progress_reporter
@@ -89,40 +89,42 @@ def cmd_segment(args) -> int:
     return 0
 
 
-def _load_prompts(path: Path):
-    from .propagate import objects_from_json
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SamMed2DError(f"prompts {path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SamMed2DError(f"prompts {path}: malformed JSON ({exc})") from None
-    try:
-        return objects_from_json(data)
-    except SamMed2DError as exc:
-        raise SamMed2DError(f"{path}: {exc}") from None
-
-
 def cmd_propagate(args) -> int:
-    from .io import read_volume, write_volume
+    from .io import read_volume
+    from .labelfiles import object_segments, write_labels
+    from .prompt_files import read_prompt_file
     from .propagate import propagate
 
-    axis, objects = _load_prompts(args.prompts)
+    record = read_prompt_file(args.prompts)
     volume = read_volume(args.volume)
+    args.model = args.model or record.model or "litemedsam"
     model = _model(args)
+    if record.sha256 and model.weights_id != record.sha256:
+        _warn(
+            f"{args.prompts} was made with weights {record.sha256[:12]}…, this run uses "
+            f"{model.weights_id[:12]}…: labels may differ"
+        )
+    objects = record.objects
     with progress_reporter("propagating") as update:
         result = propagate(
             volume.array,
             objects,
             model,
-            axis=axis,
+            axis=record.axis,
             affine=volume.affine,
-            preset=args.window,
+            preset=args.window or record.window or "auto",
+            settings=record.settings,
             cache=_cache(args),
             progress=update,
         )
-    write_volume(args.out, result.labels, volume)
+    write_labels(
+        args.out,
+        result.labels,
+        volume,
+        object_segments(objects),
+        source_series=args.volume if Path(args.volume).is_dir() else None,
+        algorithm=f"SAM-Med2D suite ({model.spec.name})",
+    )
     for obj in objects:
         reached = result.reached[obj.id]
         span = (
@@ -133,6 +135,39 @@ def cmd_propagate(args) -> int:
         name = f" {obj.name}" if obj.name else ""
         print(f"object {obj.id}{name}: {span}, {result.seconds.get(obj.id, 0.0):.1f} s")
     print(f"labels written to {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .io import read_volume
+    from .labelfiles import read_labels, write_labels
+    from .segments import segments_from_json
+
+    reference = read_volume(args.reference) if args.reference else None
+    labels, segments = read_labels(args.labels, reference=reference)
+    if args.names:
+        try:
+            given = segments_from_json(json.loads(args.names.read_text()), str(args.names))
+        except FileNotFoundError:
+            raise SamMed2DError(f"names {args.names}: file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SamMed2DError(f"names {args.names}: malformed JSON ({exc})") from None
+        if not given:
+            raise SamMed2DError(f"{args.names}: no segment names found")
+        segments = [given.get(s.id, s) for s in segments] + [
+            s for i, s in given.items() if i not in {t.id for t in segments}
+        ]
+    like = reference if reference is not None else labels
+    write_labels(
+        args.out,
+        labels.array,
+        like,
+        segments,
+        source_series=args.reference if args.reference and args.reference.is_dir() else None,
+    )
+    present = {int(i) for i in np.unique(labels.array) if i > 0}
+    kept = [s for s in segments if s.id in present]
+    print(f"{args.out}: {len(kept)} segment(s) " + ", ".join(f"{s.id} {s.name}" for s in kept))
     return 0
 
 
@@ -222,16 +257,17 @@ def cmd_batch(args) -> int:
 def cmd_evaluate(args) -> int:
     from .batch import evaluate_volume, write_dice_csv
     from .cache import EmbeddingCache
+    from .io import read_volume
+    from .labelfiles import names_of, read_labels
 
-    names = {}
-    labels_json = Path(args.labels).with_name("labels.json")
-    if labels_json.exists():
-        names = {int(k): v for k, v in json.loads(labels_json.read_text()).items()}
+    volume = read_volume(args.image)
+    truth, segments = read_labels(args.labels, reference=volume)
+    names = names_of(segments)
     cache = EmbeddingCache(folder=args.cache) if args.cache else None
     start = time.perf_counter()
     scores = evaluate_volume(
-        args.image,
-        args.labels,
+        volume,
+        truth,
         args.prompt,
         classes=args.classes,
         model=args.model,
@@ -270,8 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sammed2d {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_options(p, device="auto"):
-        p.add_argument("--model", default="litemedsam", help="registry name or checkpoint path")
+    def model_options(p, device="auto", model_default="litemedsam"):
+        p.add_argument(
+            "--model",
+            default=model_default,
+            help="registry name or checkpoint path"
+            + (" (default: the prompts file's, else litemedsam)" if model_default is None else ""),
+        )
         p.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:N or mps")
         p.add_argument(
             "--preprocessing",
@@ -280,9 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: recognised from its SHA-256 or its tensors)",
         )
 
-    def common(p, cache=False):
-        model_options(p)
-        p.add_argument("--window", default="auto", choices=PRESETS, help="intensity preset")
+    def common(p, cache=False, window_default="auto"):
+        model_options(p, model_default=None if window_default is None else "litemedsam")
+        p.add_argument(
+            "--window",
+            default=window_default,
+            choices=PRESETS,
+            help="intensity preset"
+            + (" (default: the prompts file's, else auto)" if window_default is None else ""),
+        )
         if cache:
             p.add_argument("--cache", type=Path, help="folder for embeddings kept between runs")
 
@@ -308,9 +355,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("propagate", help="segment objects through a volume from prompts")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
     p.add_argument("--prompts", type=Path, required=True, help="PROMPTS.json")
-    p.add_argument("--out", type=Path, required=True, help="label volume (.nii.gz, .nrrd, .mha)")
-    common(p, cache=True)
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="labels: .nii.gz/.nii/.nrrd/.mha (+ x.json with names and colours), .seg.nrrd "
+        "(3D Slicer) or .dcm (DICOM SEG; VOLUME must be a DICOM series folder)",
+    )
+    common(p, cache=True, window_default=None)
     p.set_defaults(run=cmd_propagate)
+
+    p = sub.add_parser(
+        "export", help="convert labels to DICOM SEG, .seg.nrrd or NIfTI with names and colours"
+    )
+    p.add_argument("labels", type=Path, help="label volume, .seg.nrrd or DICOM SEG")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="the image the labels were made on (a DICOM series folder for .dcm output)",
+    )
+    p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
+    p.add_argument("--out", type=Path, required=True, help=".dcm, .seg.nrrd, .nii.gz, ...")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")
     p.add_argument("volume", type=Path)
@@ -350,11 +416,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn(text: str) -> None:
+    print(f"sammed2d: warning: {text}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            shown = warnings.showwarning
+
+            def show(message, category, *rest):
+                if issubclass(category, SourceWarning):
+                    _warn(str(message))
+                else:
+                    shown(message, category, *rest)
+
+            warnings.showwarning = show
+            return args.run(args)
     except SamMed2DError as exc:
         print(f"sammed2d: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -23,3 +23,8 @@ class VolumeIOError(SamMed2DError):
 
 class Cancelled(SamMed2DError):
     """Raised inside long work when the caller asked it to stop."""
+
+
+class SourceWarning(UserWarning):
+    """Something about the input that the output had to work around; the CLI prints it as
+    one line."""

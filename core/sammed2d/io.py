@@ -105,7 +105,8 @@ def _read_itk(path: Path) -> Volume:
     return _itk_to_volume(image, path)
 
 
-def _read_dicom_series(folder: Path) -> Volume:
+def dicom_series_files(folder: Path) -> list[str]:
+    """The files of the one DICOM series in `folder`, in the volume's slice (k) order."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
@@ -116,7 +117,14 @@ def _read_dicom_series(folder: Path) -> Volume:
         raise VolumeIOError(
             f"volume {folder}: {len(series)} DICOM series in one folder; expected one"
         )
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def _read_dicom_series(folder: Path) -> Volume:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(dicom_series_files(folder))
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -133,6 +141,54 @@ def one_slice(volume: Volume, index: int, axis: int) -> Volume:
     shape[axis] = 1
     header = volume.header.copy() if volume.header is not None else None
     return Volume(np.zeros(shape, np.uint8), affine, header)
+
+
+def onto_grid(array: np.ndarray, affine: np.ndarray, reference: Volume, what: str) -> np.ndarray:
+    """`array` (voxel order, on `affine`'s grid) placed on `reference`'s voxel grid.
+
+    The grids must share voxel size and axes up to order and direction, with a whole-voxel
+    offset (true of a segmentation made on the reference, e.g. a DICOM SEG that omits empty
+    frames or a cropped `.seg.nrrd`); anything else needs resampling and is refused.
+    """
+    shape = reference.array.shape[:3]
+    step = np.linalg.solve(reference.affine, affine)
+    rot, shift = step[:3, :3], step[:3, 3]
+    targets = np.argmax(np.abs(rot), axis=0)  # reference axis of each of our axes
+    signs = np.sign(rot[targets, range(3)])
+    expected = np.zeros((3, 3))
+    expected[targets, range(3)] = signs
+    if (
+        sorted(targets) != [0, 1, 2]
+        or not np.allclose(rot, expected, atol=1e-3)
+        or not np.allclose(shift, np.round(shift), atol=1e-2)
+    ):
+        raise VolumeIOError(
+            f"{what}: not on the image's voxel grid (other spacing, orientation or a "
+            "sub-voxel shift); resample it onto the image first"
+        )
+    src = np.asarray(array)
+    start = np.zeros(3, int)
+    for axis in range(3):
+        ref_axis = targets[axis]
+        first = int(round(shift[ref_axis]))
+        if signs[axis] < 0:
+            src = np.flip(src, axis)
+            first -= src.shape[axis] - 1
+        start[ref_axis] = first
+    src = np.transpose(src, np.argsort(targets))
+    out = np.zeros(shape, src.dtype)
+    lo = np.maximum(start, 0)
+    hi = np.minimum(start + np.array(src.shape), shape)
+    if np.any(hi <= lo):
+        inside = np.zeros(src.shape, bool)
+    else:
+        window = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
+        out[tuple(slice(a, b) for a, b in zip(lo, hi))] = src[window]
+        inside = np.zeros(src.shape, bool)
+        inside[window] = True
+    if np.any(src[~inside]):
+        raise VolumeIOError(f"{what}: labelled voxels lie outside the image")
+    return out
 
 
 def write_volume(path: str | os.PathLike, array: np.ndarray, like: Volume) -> Path:

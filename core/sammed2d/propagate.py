@@ -44,6 +44,7 @@ class ObjectPrompts:
     slices: dict[int, SlicePrompt]
     range: tuple[int, int] | None = None  # inclusive; None: until the object stops by itself
     name: str = ""
+    color: tuple[int, int, int] | None = None  # sRGB 0-255 for display and export
 
 
 @dataclass(frozen=True)
@@ -476,7 +477,38 @@ def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
                     points=None if points is None else np.asarray(points, np.float64),
                     labels=None if labels is None else np.asarray(labels),
                 )
+            color = item.get("color")
+            if color is not None:
+                color = tuple(int(c) for c in color)
+                if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+                    raise ValueError(f"color {item['color']!r} is not [r, g, b] in 0-255")
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise PromptError(f"prompts: object {n} is malformed ({exc})") from None
-        objects.append(ObjectPrompts(oid, slices, rng, str(item.get("name", ""))))
+        objects.append(ObjectPrompts(oid, slices, rng, str(item.get("name", "")), color))
     return axis, objects
+
+
+def objects_to_json(axis: int, objects: list[ObjectPrompts]) -> dict:
+    """The inverse of `objects_from_json` (masks are not saved: they are results)."""
+
+    def floats(a):
+        return [float(v) for v in np.asarray(a, np.float64).ravel()]
+
+    items = []
+    for obj in objects:
+        slices = {}
+        for index, sp in sorted(obj.slices.items()):
+            entry = {}
+            if sp.box is not None:
+                entry["box"] = floats(sp.box)
+            if sp.points is not None and len(sp.points):
+                entry["points"] = np.asarray(sp.points, np.float64).reshape(-1, 2).tolist()
+                entry["labels"] = [int(v) for v in np.asarray(sp.labels).ravel()]
+            slices[str(int(index))] = entry
+        item = {"id": int(obj.id), "name": obj.name, "slices": slices}
+        if obj.range is not None:
+            item["range"] = [int(obj.range[0]), int(obj.range[1])]
+        if obj.color is not None:
+            item["color"] = [int(c) for c in obj.color]
+        items.append(item)
+    return {"axis": int(axis), "objects": items}

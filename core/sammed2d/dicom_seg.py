@@ -1,0 +1,176 @@
+"""DICOM Segmentation objects (SEG), written and read with highdicom.
+
+A SEG written here references the DICOM series it was made on: same study, patient and
+Frame of Reference, one frame per labelled source slice pointing at that slice's SOP
+Instance UID, with the slice's own position and orientation, so PACS, OHIF and 3D Slicer
+place it exactly, whatever the slice direction. Each non-empty object becomes one segment
+with its name, display colour and SNOMED CT category/type (see `segments.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SourceWarning, VolumeIOError
+from .segments import Segment, default_segment
+
+RAS_LPS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _need_highdicom():
+    try:
+        import highdicom
+    except ImportError:
+        raise VolumeIOError("DICOM SEG needs highdicom: pip install 'sammed2d[dicom]'") from None
+    return highdicom
+
+
+def write_dicom_seg(
+    path: str,
+    labels: np.ndarray,
+    segments: list[Segment],
+    series_dir: Path,
+    algorithm: str = "SAM-Med2D suite",
+) -> None:
+    """Write `labels` (voxel i, j, k of the series as `read_volume` gives it) as a binary
+    SEG referencing the series in `series_dir`, to `path` (plain file; the caller makes it
+    atomic). Empty segments are skipped; segment numbers run 1..N in label-value order."""
+    hd = _need_highdicom()
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from . import __version__
+    from .io import dicom_series_files
+
+    files = dicom_series_files(Path(series_dir))
+    try:
+        sources = [pydicom.dcmread(f) for f in files]
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise VolumeIOError(f"DICOM series {series_dir}: unreadable ({exc})") from None
+    for ds in sources:
+        _complete_identity(ds)
+    if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in sources):
+        raise VolumeIOError(
+            f"DICOM series {series_dir}: multi-frame source images are not supported for SEG"
+        )
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    if labels.shape != (cols, rows, len(sources)):
+        raise VolumeIOError(
+            f"labels of shape {labels.shape} do not match the series {series_dir} "
+            f"({cols} x {rows} x {len(sources)} voxels)"
+        )
+    present = [s for s in segments if np.any(labels == s.id)]
+    if not present:
+        raise VolumeIOError("nothing to write: every segment is empty")
+    by_frame = np.transpose(labels, (2, 1, 0))  # (slice, row, column), as the source frames
+    numbered = np.zeros(by_frame.shape, np.uint8 if len(present) < 256 else np.uint16)
+    descriptions = []
+    for number, seg in enumerate(present, start=1):
+        numbered[by_frame == seg.id] = number
+        (cat_code, cat_meaning), (type_code, type_meaning) = seg.code
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=seg.name[:64],
+                segmented_property_category=hd.sr.CodedConcept(cat_code, "SCT", cat_meaning),
+                segmented_property_type=hd.sr.CodedConcept(type_code, "SCT", type_meaning),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+                algorithm_identification=hd.AlgorithmIdentificationSequence(
+                    name=algorithm[:64],
+                    family=codes.cid7162.ArtificialIntelligence,
+                    version=__version__,
+                ),
+                display_color=hd.color.CIELabColor.from_rgb(*seg.color),
+            )
+        )
+    try:
+        seg_ds = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=numbered,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="SAM-Med2D suite",
+            manufacturer_model_name=algorithm[:64],
+            software_versions=__version__,
+            device_serial_number="none",
+            content_description="Promptable segmentation",
+            series_description="Segmentation",
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise VolumeIOError(f"DICOM SEG for {series_dir}: {exc}") from None
+    seg_ds.save_as(path)
+
+
+def _complete_identity(ds) -> None:
+    """Fill identifiers that de-identification tools blank in the dataset but that the SEG
+    must reference. The instance's own class and UID are taken from its file meta header
+    (the same instance, recorded twice); a blank study or series UID cannot be recovered,
+    so one is derived from the Frame of Reference (the same for every SEG made on this
+    series) and the user is told."""
+    import pydicom
+
+    meta = getattr(ds, "file_meta", None)
+    if not ds.get("SOPClassUID") and meta is not None:
+        ds.SOPClassUID = meta.get("MediaStorageSOPClassUID", "")
+    if not ds.get("SOPInstanceUID") and meta is not None:
+        ds.SOPInstanceUID = meta.get("MediaStorageSOPInstanceUID", "")
+    if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
+        raise VolumeIOError(
+            "a source image has no SOP Class/Instance UID, neither in its dataset nor in its "
+            "file meta header: a SEG cannot reference it"
+        )
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not ds.get(keyword):
+            anchor = str(ds.get("FrameOfReferenceUID") or ds.get("StudyDate") or "")
+            setattr(ds, keyword, pydicom.uid.generate_uid(entropy_srcs=[anchor, keyword]))
+            _warn_once(
+                f"the source series has no {keyword}; the SEG carries one derived from its "
+                "Frame of Reference, so a PACS will not file it with the original study"
+            )
+
+
+def _warn_once(text: str) -> None:
+    import warnings
+
+    warnings.warn(text, SourceWarning, stacklevel=3)
+
+
+def read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray, list[Segment]]:
+    """(labels in voxel order, voxel -> RAS affine, segments) from a SEG file. The grid
+    spans the SEG's frames; put it on the source's grid with `io.onto_grid`."""
+    hd = _need_highdicom()
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise VolumeIOError(f"{path}: not a readable DICOM Segmentation ({exc})") from None
+    try:
+        volume = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16)
+    except Exception as exc:  # noqa: BLE001 - highdicom raises on irregular frame layouts
+        raise VolumeIOError(f"{path}: frames do not form a regular volume ({exc})") from None
+    labels = np.transpose(volume.array, (2, 1, 0))  # (slice, row, column) -> (i, j, k)
+    affine = RAS_LPS_4 @ np.asarray(volume.affine)[:, [2, 1, 0, 3]]
+    segments = []
+    for number in seg.segment_numbers:
+        desc = seg.get_segment_description(number)
+        base = default_segment(number, str(desc.segment_label) or None)
+        color = getattr(desc, "display_color", None)
+        rgb = tuple(int(v) for v in color.to_rgb(clip=True)) if color is not None else base.color
+        segments.append(Segment(number, base.name, rgb))  # type: ignore[arg-type]
+    return labels, affine, segments
+
+
+def is_dicom_seg(path: Path) -> bool:
+    """True for a DICOM file whose Modality is SEG (reads the header only)."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Modality"])
+    except Exception:  # noqa: BLE001
+        return False
+    return getattr(ds, "Modality", None) == "SEG"

@@ -1,0 +1,128 @@
+"""Label volumes with their segments (names, colours, codes), in every format we support.
+
+| suffix                      | what is written                                           |
+|-----------------------------|-----------------------------------------------------------|
+| .dcm                        | DICOM SEG referencing the source DICOM series             |
+| .seg.nrrd                   | 3D Slicer segmentation (names, colours, extents in header) |
+| .nii.gz .nii .nrrd .mha     | label volume + sidecar `x.json` {id: {name, color}}        |
+
+Reading takes the same formats (and `labels.json` beside a label file, the older layout)
+and, given the image, returns the labels on the image's voxel grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VolumeIOError
+from .io import Volume, atomic_write, onto_grid, read_volume, suffix_of, write_volume
+from .segments import (
+    Segment,
+    default_segment,
+    read_sidecar,
+    segments_for,
+    segments_to_json,
+    sidecar_path,
+)
+
+LABEL_SUFFIXES = (".dcm", ".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def is_seg_nrrd(path) -> bool:
+    return Path(path).name.lower().endswith(".seg.nrrd")
+
+
+def read_labels(
+    path: str | os.PathLike, reference: Volume | None = None
+) -> tuple[Volume, list[Segment]]:
+    """A label volume and its segments. With `reference`, the labels are put on its grid
+    (a SEG or `.seg.nrrd` may cover only part of it); the result then has its affine."""
+    from .dicom_seg import is_dicom_seg, read_dicom_seg
+    from .seg_nrrd import read_seg_nrrd
+
+    path = Path(path)
+    if not path.exists():
+        raise VolumeIOError(f"labels {path}: file not found")
+    if path.is_file() and (suffix_of(path) in (".dcm", ".dicom", "") and is_dicom_seg(path)):
+        array, affine, segments = read_dicom_seg(path)
+        volume = Volume(array, affine)
+    elif is_seg_nrrd(path):
+        array, affine, segments = read_seg_nrrd(path)
+        volume = Volume(array, affine)
+    else:
+        volume = read_volume(path)
+        known = read_sidecar(path)
+        ids = [int(i) for i in np.unique(volume.array) if i > 0]
+        segments = segments_for(sorted(set(ids) | set(known)), known)
+    if reference is not None:
+        if volume.array.shape == reference.array.shape[:3] and np.allclose(
+            volume.affine, reference.affine, atol=1e-3
+        ):
+            array = volume.array
+        else:
+            array = onto_grid(volume.array, volume.affine, reference, f"labels {path}")
+        volume = Volume(array, reference.affine, reference.header)
+    return volume, segments
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    like: Volume,
+    segments: list[Segment] | None = None,
+    source_series: str | os.PathLike | None = None,
+    algorithm: str = "SAM-Med2D suite",
+) -> Path:
+    """Write `labels` (voxel order, `like`'s grid) with its segments, atomically. A `.dcm`
+    output is a DICOM SEG and needs the DICOM series folder the labels were made on."""
+    from .dicom_seg import write_dicom_seg
+    from .seg_nrrd import write_seg_nrrd
+
+    path = Path(path)
+    labels = np.asarray(labels)
+    if labels.shape != like.array.shape[:3]:
+        raise VolumeIOError(
+            f"labels of shape {labels.shape} do not match the volume's {like.array.shape}"
+        )
+    if labels.size and labels.min() < 0:
+        raise VolumeIOError("labels must be non-negative integers")
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    segments = segments_for(ids, {s.id: s for s in (segments or [])})
+    suffix = suffix_of(path)
+    if suffix in (".dcm", ".dicom"):
+        if source_series is None or not Path(source_series).is_dir():
+            raise VolumeIOError(
+                f"output {path}: a DICOM SEG needs the source DICOM series folder "
+                "(propagate a series folder, or give --reference SERIES_DIR)"
+            )
+        return atomic_write(
+            path,
+            lambda tmp: write_dicom_seg(tmp, labels, segments, Path(source_series), algorithm),
+        )
+    if is_seg_nrrd(path):
+        return atomic_write(path, lambda tmp: write_seg_nrrd(tmp, labels, like.affine, segments))
+    if labels.max(initial=0) < 256:
+        labels = labels.astype(np.uint8)
+    elif labels.max() < 65536:
+        labels = labels.astype(np.uint16)
+    out = write_volume(path, labels, Volume(labels, like.affine, like.header))
+    text = json.dumps(segments_to_json(segments), indent=1) + "\n"
+    atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text))
+    return out
+
+
+def object_segments(objects) -> list[Segment]:
+    """The segments of propagated objects: their names and colours, defaults where unset."""
+    out = []
+    for obj in objects:
+        seg = default_segment(obj.id, obj.name or None)
+        out.append(Segment(obj.id, seg.name, tuple(obj.color) if obj.color else seg.color))
+    return out
+
+
+def names_of(segments: list[Segment]) -> dict[int, str]:
+    return {s.id: s.name for s in segments}

@@ -1,0 +1,110 @@
+"""PROMPTS.json as a record of a session: the prompts plus what is needed to replay them.
+
+    {"axis": 2, "objects": [...],                       # as `objects_from_json` reads
+     "model": {"name": "litemedsam", "sha256": "..."},  # the weights the labels came from
+     "window": "abdomen",                                # intensity preset
+     "settings": {"box_margin": 5.0, ...},               # PropagationSettings
+     "sammed2d": "0.2.0"}                                # the version that wrote it
+
+napari, the Slicer module and the CLI write and read this same file, so an interactive
+session replays with `sammed2d propagate` or `batch` into the same labels. Everything but
+"objects" is optional (files written by hand or by earlier releases keep working).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import PromptError
+from .intensity import PRESETS
+from .io import atomic_write
+from .propagate import ObjectPrompts, PropagationSettings, objects_from_json, objects_to_json
+
+
+@dataclass
+class PromptFile:
+    axis: int
+    objects: list[ObjectPrompts]
+    model: str | None = None  # registry name or checkpoint file name
+    sha256: str | None = None
+    window: str | None = None
+    settings: PropagationSettings = field(default_factory=PropagationSettings)
+    version: str | None = None
+
+
+def settings_from_json(data, where: str) -> PropagationSettings:
+    if data is None:
+        return PropagationSettings()
+    if not isinstance(data, dict):
+        raise PromptError(f"{where}: settings must be an object")
+    known = {f.name: f.type for f in fields(PropagationSettings)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise PromptError(f"{where}: unknown propagation setting(s) {', '.join(unknown)}")
+    return PropagationSettings(**data)
+
+
+def prompt_file_from_json(data, where: str = "prompts") -> PromptFile:
+    try:
+        axis, objects = objects_from_json(data)
+    except PromptError as exc:
+        raise PromptError(f"{where}: {exc}") from None
+    model = data.get("model") or {}
+    if isinstance(model, str):
+        model = {"name": model}
+    window = data.get("window")
+    if window is not None and window not in PRESETS:
+        raise PromptError(f"{where}: window {window!r} is not one of {', '.join(PRESETS)}")
+    return PromptFile(
+        axis,
+        objects,
+        model=model.get("name"),
+        sha256=model.get("sha256"),
+        window=window,
+        settings=settings_from_json(data.get("settings"), where),
+        version=data.get("sammed2d"),
+    )
+
+
+def prompt_file_to_json(record: PromptFile) -> dict:
+    from . import __version__
+
+    data = objects_to_json(record.axis, record.objects)
+    if record.model is not None or record.sha256 is not None:
+        data["model"] = {"name": record.model, "sha256": record.sha256}
+    if record.window is not None:
+        data["window"] = record.window
+    data["settings"] = asdict(record.settings)
+    data["sammed2d"] = __version__
+    return data
+
+
+def read_prompt_file(path: str | os.PathLike) -> PromptFile:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PromptError(f"prompts {path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PromptError(f"prompts {path}: malformed JSON ({exc})") from None
+    return prompt_file_from_json(data, f"prompts {path}")
+
+
+def write_prompt_file(path: str | os.PathLike, record: PromptFile) -> Path:
+    text = json.dumps(prompt_file_to_json(record), indent=1) + "\n"
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def model_record(model) -> tuple[str, str | None]:
+    """(name, sha256) of a loaded model: the registry name, or the checkpoint's file name."""
+    name = model.spec.name
+    path = getattr(model, "weights_path", None)
+    from .models import SPECS, weights_path
+
+    if name not in SPECS or (path and weights_path(name) != Path(path)):
+        name = Path(path).name if path else name
+    sha = getattr(model, "weights_id", None)
+    return name, None if sha in (None, "random") else sha
