@@ -159,8 +159,12 @@ def read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray, list[Segment]]:
     for number in seg.segment_numbers:
         desc = seg.get_segment_description(number)
         base = default_segment(number, str(desc.segment_label) or None)
-        color = getattr(desc, "display_color", None)
-        rgb = tuple(int(v) for v in color.to_rgb(clip=True)) if color is not None else base.color
+        lab = desc.get("RecommendedDisplayCIELabValue")
+        rgb = (
+            tuple(int(v) for v in hd.color.CIELabColor.from_dicom_value(lab).to_rgb(clip=True))
+            if lab is not None
+            else base.color
+        )
         segments.append(Segment(number, base.name, rgb))  # type: ignore[arg-type]
     return labels, affine, segments
 

@@ -1,0 +1,345 @@
+"""Label files with names and colours: DICOM SEG, Slicer .seg.nrrd, NIfTI + sidecar."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from sammed2d.cli import main
+from sammed2d.errors import VolumeIOError
+from sammed2d.io import Volume, onto_grid, read_volume, write_volume
+from sammed2d.labelfiles import read_labels, write_labels
+from sammed2d.segments import Segment, default_segment, sidecar_path
+
+from ..conftest import SHARED
+from .test_io import oblique_affine
+
+CT_DICOM = SHARED / "data" / "ct_dicom"
+
+
+def two_objects(shape):
+    labels = np.zeros(shape, np.uint8)
+    labels[2:5, 1:4, 1:3] = 1
+    labels[5:8, 4:6, 3] = 4  # ids need not be contiguous
+    return labels
+
+
+def test_seg_nrrd_round_trips_through_slicerio(tmp_path):
+    slicerio = pytest.importorskip("slicerio")
+    ct = Volume(np.zeros((9, 7, 5), np.int16), oblique_affine())
+    labels = two_objects(ct.array.shape)
+    segments = [default_segment(1, "liver"), Segment(4, "lesion A", (10, 200, 30))]
+    out = write_labels(tmp_path / "x.seg.nrrd", labels, ct, segments)
+
+    seg = slicerio.read_segmentation(str(out))
+    by_name = {s["name"]: s for s in seg["segments"]}
+    assert set(by_name) == {"liver", "lesion A"}
+    assert by_name["lesion A"]["labelValue"] == 4
+    assert np.allclose(by_name["lesion A"]["color"], np.array([10, 200, 30]) / 255, atol=1e-5)
+    assert by_name["liver"]["extent"] == [2, 4, 1, 3, 1, 2]
+    assert by_name["liver"]["terminology"]["type"] == ["SCT", "10200004", "Liver"]
+    assert by_name["lesion A"]["terminology"]["type"][1] == "85756007"  # Tissue
+    assert np.array_equal(seg["voxels"], labels)
+    # slicerio's ijkToLPS is ours with x and y negated (RAS -> LPS).
+    assert np.allclose(np.diag([-1, -1, 1, 1]) @ ct.affine, seg["ijkToLPS"], atol=1e-5)
+
+    back, segs = read_labels(out, reference=ct)
+    assert np.array_equal(back.array, labels)
+    assert [(s.id, s.name, s.color) for s in segs] == [
+        (1, "liver", (221, 130, 101)),
+        (4, "lesion A", (10, 200, 30)),
+    ]
+
+
+def test_seg_nrrd_written_by_slicerio_is_read(tmp_path):
+    slicerio = pytest.importorskip("slicerio")
+    labels = two_objects((9, 7, 5))
+    affine = oblique_affine()
+    segmentation = {
+        "voxels": labels,
+        "ijkToLPS": np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine,
+        "encoding": "gzip",
+        "segments": [
+            {"id": "a", "labelValue": 1, "layer": 0, "name": "kidney", "color": [0.5, 0.25, 1.0]},
+            {"id": "b", "labelValue": 4, "layer": 0, "name": "cyst", "color": [0, 0, 1.0]},
+        ],
+    }
+    path = tmp_path / "slicer.seg.nrrd"
+    slicerio.write_segmentation(str(path), segmentation)
+    volume, segs = read_labels(path)
+    assert np.array_equal(volume.array, labels)
+    assert np.allclose(volume.affine, affine, atol=1e-6)
+    assert [(s.id, s.name, s.color) for s in segs] == [
+        (1, "kidney", (128, 64, 255)),
+        (4, "cyst", (0, 0, 255)),
+    ]
+
+
+def test_nifti_sidecar_and_the_older_labels_json(tmp_path):
+    ct = Volume(np.zeros((9, 7, 5), np.int16), oblique_affine())
+    labels = two_objects(ct.array.shape)
+    out = write_labels(
+        tmp_path / "x.nii.gz", labels, ct, [Segment(1, "spleen", (1, 2, 3))]
+    )
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["segments"]["1"] == {"name": "spleen", "color": [1, 2, 3]}
+    assert side["segments"]["4"]["name"] == "Segment_4"  # unnamed ids still described
+    back, segs = read_labels(out, reference=ct)
+    assert np.array_equal(back.array, labels) and segs[0] == Segment(1, "spleen", (1, 2, 3))
+
+    older = tmp_path / "old"
+    older.mkdir()
+    write_volume(older / "labels.nii.gz", labels, ct)
+    (older / "labels.json").write_text(json.dumps({"1": "liver", "4": "aorta"}))
+    _, segs = read_labels(older / "labels.nii.gz")
+    assert [(s.name, s.color) for s in segs] == [
+        ("liver", (221, 130, 101)),
+        ("aorta", (224, 97, 76)),
+    ]
+    # No temporary files left behind by the atomic writes.
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("flip", [(), (0,), (2,), (0, 1, 2)])
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_onto_grid_undoes_crops_flips_and_axis_orders(order, flip):
+    rng = np.random.default_rng(1)
+    ref = Volume(np.zeros((10, 8, 6)), oblique_affine())
+    truth = np.zeros(ref.array.shape, np.uint8)
+    truth[3:7, 2:5, 1:4] = rng.integers(1, 4, (4, 3, 3))
+    # The same labels cropped to their box and stored with another axis order/direction.
+    crop = truth[3:7, 2:5, 1:4]
+    affine = ref.affine.copy()
+    affine[:3, 3] = ref.affine[:3, :3] @ [3, 2, 1] + ref.affine[:3, 3]
+    for axis in flip:
+        crop = np.flip(crop, axis)
+        affine[:3, 3] += affine[:3, axis] * (crop.shape[axis] - 1)
+        affine[:3, axis] *= -1
+    stored = np.transpose(crop, order)
+    affine = affine[:, [*order, 3]]
+    assert np.array_equal(onto_grid(stored, affine, ref, "t"), truth)
+
+
+def test_onto_grid_refuses_what_needs_resampling():
+    ref = Volume(np.zeros((10, 8, 6)), oblique_affine())
+    shifted = ref.affine.copy()
+    shifted[:3, 3] += ref.affine[:3, 0] * 0.5
+    with pytest.raises(VolumeIOError, match="not on the image's voxel grid"):
+        onto_grid(np.ones((2, 2, 2)), shifted, ref, "labels x")
+    outside = ref.affine.copy()
+    outside[:3, 3] += ref.affine[:3, 0] * 9
+    with pytest.raises(VolumeIOError, match="outside the image"):
+        onto_grid(np.ones((3, 2, 2)), outside, ref, "labels x")
+
+
+# ----- DICOM SEG on the real CT series ------------------------------------------------------
+
+
+def need_series():
+    pytest.importorskip("highdicom")
+    if not CT_DICOM.is_dir():
+        pytest.skip("the DICOM CT series is not available (../shared is absent)")
+    return CT_DICOM
+
+
+def series_copy(folder, kind: str):
+    """The shared series as given, with file names and instance numbers reversed, with
+    both in-plane direction cosines negated, or resliced into a sagittal series."""
+    import pydicom
+
+    src = need_series()
+    folder.mkdir()
+    files = sorted(p for p in src.iterdir() if p.name.startswith("CT"))
+    if kind == "as-is":
+        return src
+    if kind in ("reversed", "negated"):
+        for n, path in enumerate(files):
+            ds = pydicom.dcmread(path)
+            if kind == "reversed":
+                ds.InstanceNumber = len(files) - n
+                name = f"z{len(files) - n:03d}.dcm"
+            else:
+                ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
+                name = path.name
+            ds.save_as(folder / name, enforce_file_format=True)
+        return folder
+    return sagittal_series(src, folder, files)
+
+
+def sagittal_series(src, folder, files, step=24):
+    """Sagittal planes (every `step`-th column) of the axial series, with real CT headers:
+    rows run from head to feet (-z), columns from front to back (+y), as scanners write."""
+    import pydicom
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    volume = read_volume(src)  # voxel (i, j, k), affine -> RAS
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
+    template = pydicom.dcmread(files[0])
+    series_uid = generate_uid()
+    ni, nj, nk = volume.array.shape
+    dy, dz = np.linalg.norm(lps[:3, 1]), np.linalg.norm(lps[:3, 2])
+    for n, i in enumerate(range(0, ni, step)):
+        ds = template.copy()
+        plane = volume.array[i, :, ::-1].T.astype(np.int16)  # rows: k descending; cols: j
+        ds.file_meta = template.file_meta.copy()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        uid = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = CTImageStorage, uid, series_uid
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [float(v) for v in (lps @ [i, 0, nk - 1, 1])[:3]]
+        ds.PixelSpacing = [float(dz), float(dy)]  # row spacing, column spacing
+        ds.Rows, ds.Columns = plane.shape
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.InstanceNumber = n + 1
+        ds.PixelData = plane.tobytes()
+        for keyword in ("SliceLocation",):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(folder / f"sag{n:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def check_seg_against_source(seg_path, series, labels, names):
+    """Read the SEG with pydicom and highdicom and compare it with the label volume, frame
+    by frame through the referenced source instances."""
+    import highdicom as hd
+    import pydicom
+
+    from sammed2d.io import dicom_series_files
+
+    source = {}
+    for k, path in enumerate(dicom_series_files(series)):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uid = ds.get("SOPInstanceUID") or ds.file_meta.MediaStorageSOPInstanceUID
+        source[uid] = (k, ds)
+    seg = pydicom.dcmread(seg_path)
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    first = next(iter(source.values()))[1]
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == names
+    frames = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
+    ids = sorted(int(i) for i in np.unique(labels) if i > 0)
+    seen = set()
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for f, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        ref = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        k, src_ds = source[ref]
+        # With one segment, highdicom puts its identification in the shared groups.
+        ident = group if "SegmentIdentificationSequence" in group else shared
+        number = ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        position = group.PlanePositionSequence[0].ImagePositionPatient
+        assert np.allclose([float(v) for v in position], src_ds.ImagePositionPatient, atol=1e-4)
+        expected = labels[:, :, k].T == ids[number - 1]
+        assert np.array_equal(frames[f].astype(bool), expected)
+        seen.add((k, number))
+    # Every labelled (slice, segment) has its frame; empty ones are left out.
+    wanted = {
+        (k, n + 1)
+        for n, i in enumerate(ids)
+        for k in range(labels.shape[2])
+        if (labels[:, :, k] == i).any()
+    }
+    assert seen == wanted
+    hd_seg = hd.seg.segread(str(seg_path))
+    assert hd_seg.number_of_segments == len(ids)
+    return seg
+
+
+def validator_errors(path):
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]
+
+
+@pytest.mark.parametrize("kind", ["as-is", "reversed", "negated", "sagittal"])
+def test_dicom_seg_export_places_segments_on_every_series_layout(tmp_path, capsys, kind):
+    series = series_copy(tmp_path / "series", kind)
+    volume = read_volume(series)
+    ni, nj, nk = volume.array.shape
+    labels = np.zeros(volume.array.shape, np.uint8)
+    # Off-centre in every axis, so any mirror or transposition shows.
+    labels[ni // 8 : ni // 3, nj // 5 : nj // 2, nk // 4 : nk // 2 + 1] = 2
+    labels[ni // 2 : ni // 2 + 4, nj // 2 : nj - 3, nk - 2] = 7
+    write_volume(tmp_path / "labels.nii.gz", labels, volume)
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"2": "liver", "7": {"name": "lesion", "color": "#00ff00"}}))
+    out = tmp_path / "seg.dcm"
+    code = main(
+        [
+            "export",
+            str(tmp_path / "labels.nii.gz"),
+            "--reference",
+            str(series),
+            "--names",
+            str(names),
+            "--out",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "2 segment(s) 2 liver, 7 lesion" in printed.out
+    seg = check_seg_against_source(out, series, labels, ["liver", "lesion"])
+    liver = seg.SegmentSequence[0]
+    assert liver.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+    # Read back onto the series' grid: the same voxels, the same names and colours.
+    back, segs = read_labels(out, reference=volume)
+    restored = np.zeros_like(labels)
+    for s in segs:
+        restored[back.array == s.id] = {"liver": 2, "lesion": 7}[s.name]
+    assert np.array_equal(restored, labels)
+    assert [s.color for s in segs] == [(221, 130, 101), (0, 255, 0)]
+    assert validator_errors(out) == []
+
+
+def test_propagation_written_as_dicom_seg(tmp_path, capsys):
+    """The CLI's main job on the real CT series, straight to DICOM SEG and .seg.nrrd."""
+    series = need_series()
+    volume = read_volume(series)
+    prompts = {
+        "axis": 2,
+        "window": "abdomen",
+        "objects": [
+            {
+                "id": 1,
+                "name": "spleen",
+                "range": [8, 12],
+                "slices": {"10": {"box": [330, 240, 420, 330]}},
+            }
+        ],
+    }
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    outs = {}
+    for suffix in (".dcm", ".seg.nrrd", ".nii.gz"):
+        out = tmp_path / f"result{suffix}"
+        code = main(
+            ["propagate", str(series), "--prompts", str(tmp_path / "p.json"), "--out", str(out)]
+        )
+        err = capsys.readouterr().err
+        assert code == 0, err
+        outs[suffix] = read_labels(out, reference=volume)
+    nifti, segs = outs[".nii.gz"]
+    assert nifti.array[:, :, 8:13].any() and not nifti.array[:, :, :8].any()
+    for suffix in (".dcm", ".seg.nrrd"):
+        labels, segs = outs[suffix]
+        assert np.array_equal(labels.array, nifti.array), suffix
+        assert [(s.id, s.name, s.color) for s in segs] == [(1, "spleen", (157, 108, 162))]
+    check_seg_against_source(tmp_path / "result.dcm", series, nifti.array, ["spleen"])
+    assert validator_errors(tmp_path / "result.dcm") == []
+
+
+def test_dicom_seg_needs_its_series_and_says_so(tmp_path, capsys):
+    ct = Volume(np.zeros((9, 7, 5), np.int16), oblique_affine())
+    write_volume(tmp_path / "labels.nii.gz", two_objects(ct.array.shape), ct)
+    code = main(["export", str(tmp_path / "labels.nii.gz"), "--out", str(tmp_path / "x.dcm")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "needs the source DICOM series folder" in err[0]
+    assert not (tmp_path / "x.dcm").exists()
