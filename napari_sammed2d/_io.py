@@ -1,9 +1,16 @@
-"""Reader and writer: volumes keep their geometry through napari.
+"""Reader and writer: volumes and label files keep their geometry, names and colours.
 
 A volume is shown in the order SimpleITK and Slicer use, (k, j, i): the slider runs over
 the file's slice axis and each plane is a slice as scanners store it. Spacing becomes the
-layer's `scale`; the voxel-to-RAS affine (for the layer's own axis order) and the source
-path travel in `metadata["sammed2d"]`, so the writer can put labels back on the source grid.
+layer's `scale` and the origin, expressed along the volume's own axes, its `translate`, so
+a segmentation that covers only part of the scan (a DICOM SEG without its empty frames, a
+cropped `.seg.nrrd`) lands on the image it was made on. The voxel-to-RAS affine (for the
+layer's own axis order) and the source path travel in `metadata["sammed2d"]`, so the
+writer can put labels back on the source grid.
+
+Label files (`.seg.nrrd`, DICOM SEG, or a label volume with a sidecar `x.json` /
+`labels.json`) open as a Labels layer whose colours are the segments' and whose features
+carry their names (napari shows them in the status bar).
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from sammed2d.errors import SamMed2DError
-from sammed2d.io import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, read_volume, suffix_of, write_volume
+from sammed2d.io import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, read_volume, suffix_of
+from sammed2d.labelfiles import is_seg_nrrd, read_labels, write_labels
+from sammed2d.segments import Segment, read_sidecar, segments_for
 
 LAYER_ORDER = (2, 1, 0)  # napari axes <- voxel axes (i, j, k)
 
@@ -23,17 +32,66 @@ def layer_meta(volume: Volume, source: str) -> dict:
     return {"affine": affine, "source": source, "header": volume.header}
 
 
+def layer_geometry(volume: Volume) -> dict:
+    """`scale` and `translate` in the layer's axis order: millimetres along the volume's own
+    axes, so layers on grids that differ by whole voxels overlay exactly."""
+    spacing = np.array(volume.spacing[:3])
+    axes = volume.affine[:3, :3] / spacing
+    along = axes.T @ volume.affine[:3, 3]  # origin's coordinate along each voxel axis
+    order = list(LAYER_ORDER)
+    return {"scale": tuple(spacing[order]), "translate": tuple(along[order])}
+
+
+def segments_colormap(segments: list[Segment]):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for s in segments:
+        colors[s.id] = (*(c / 255 for c in s.color), 1.0)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def labels_layer_kwargs(segments: list[Segment]) -> dict:
+    return {
+        "colormap": segments_colormap(segments),
+        "features": {
+            "index": [0] + [s.id for s in segments],
+            "name": ["background"] + [s.name for s in segments],
+        },
+    }
+
+
 def volume_to_layer_data(path: str | Path):
     volume = read_volume(path)
     array = volume.array
+    name = Path(path).name.split(".")[0]
+    meta = {"sammed2d": layer_meta(volume, str(path))}
     if array.ndim == 2:
         data, scale = array.T, tuple(reversed(volume.spacing[:2]))
-    else:
-        data = np.transpose(array, LAYER_ORDER)
-        scale = tuple(volume.spacing[a] for a in LAYER_ORDER)
-    meta = {"sammed2d": layer_meta(volume, str(path))}
+        return [(data, {"name": name, "scale": scale, "metadata": meta}, "image")]
+    data = np.transpose(array, LAYER_ORDER)
+    return [(data, {"name": name, "metadata": meta, **layer_geometry(volume)}, "image")]
+
+
+def labels_to_layer_data(path: str | Path):
+    volume, segments = read_labels(path)
+    if volume.array.ndim != 3:
+        raise SamMed2DError(f"labels {path}: expected a 3D label volume")
+    data = np.transpose(volume.array, LAYER_ORDER)
+    meta = {"sammed2d": {**layer_meta(volume, str(path)), "segments": segments}}
     name = Path(path).name.split(".")[0]
-    return [(data, {"name": name, "scale": scale, "metadata": meta}, "image")]
+    kwargs = {"name": name, "metadata": meta, **layer_geometry(volume)}
+    return [(data, {**kwargs, **labels_layer_kwargs(segments)}, "labels")]
+
+
+def is_label_file(path: Path) -> bool:
+    from sammed2d.dicom_seg import is_dicom_seg
+
+    if is_seg_nrrd(path):
+        return True
+    if path.is_file() and suffix_of(path) in (".dcm", ".dicom") and is_dicom_seg(path):
+        return True
+    return suffix_of(path) in NIFTI_SUFFIXES + ITK_SUFFIXES and bool(read_sidecar(path))
 
 
 def get_reader(path):
@@ -42,30 +100,58 @@ def get_reader(path):
             return None
         path = path[0]
     p = Path(path)
-    if p.is_dir() or suffix_of(p) in NIFTI_SUFFIXES + ITK_SUFFIXES:
+    if p.is_dir() or suffix_of(p) in NIFTI_SUFFIXES + ITK_SUFFIXES + (".dcm", ".dicom"):
         return read_layers
     return None
 
 
 def read_layers(path):
-    path = path[0] if isinstance(path, list) else path
+    path = Path(path[0] if isinstance(path, list) else path)
+    if not path.is_dir() and is_label_file(path):
+        return labels_to_layer_data(path)
+    if suffix_of(path) in (".dcm", ".dicom"):
+        return None  # a single DICOM image: napari's own readers handle it
     return volume_to_layer_data(path)
 
 
-def write_labels(path: str, data, meta: dict) -> list[str]:
-    """Write a Labels layer; with the source's geometry when it came through our reader."""
+def layer_segments(data, meta: dict) -> list[Segment]:
+    """The segments of a Labels layer: those it was read with or given by the widget,
+    else named by the layer's features, coloured by its colormap."""
+    info = (meta.get("metadata") or {}).get("sammed2d") or {}
+    known = {s.id: s for s in info.get("segments") or []}
+    names = {}
+    features = meta.get("features")
+    if features is not None and "index" in features and "name" in features:
+        names = {int(i): str(n) for i, n in zip(features["index"], features["name"])}
+    ids = [int(i) for i in np.unique(data) if i > 0]
+    segments = segments_for(ids, known, names)
+    colormap = meta.get("colormap")
+    out = []
+    for s in segments:
+        if s.id not in known and hasattr(colormap, "map"):
+            # What the user sees is what is exported: the layer's own colour for this id.
+            rgba = np.asarray(colormap.map(s.id), float).ravel()
+            s = Segment(s.id, s.name, tuple(int(round(c * 255)) for c in rgba[:3]))
+        out.append(s)
+    return out
+
+
+def write_labels_layer(path: str, data, meta: dict) -> list[str]:
+    """Write a Labels layer with its names and colours, on the source's geometry when it
+    came through our reader (a DICOM SEG when the source was a DICOM series folder)."""
     info = (meta.get("metadata") or {}).get("sammed2d")
     data = np.asarray(data)
     if data.ndim != 3:
         raise SamMed2DError(f"labels of shape {data.shape}: only 3D label volumes are written")
     labels = np.transpose(data, np.argsort(LAYER_ORDER))  # back to voxel (i, j, k)
-    dtype = np.uint8 if labels.max() < 256 else np.uint16
-    labels = labels.astype(dtype)
     if info is not None:
         affine = np.asarray(info["affine"])[:, [*np.argsort(LAYER_ORDER), 3]]
         like = Volume(labels, affine, info.get("header"))
+        source = info.get("source")
     else:
         scale = meta.get("scale") or (1.0, 1.0, 1.0)
         like = Volume(labels, np.diag([*[scale[a] for a in LAYER_ORDER], 1.0]))
-    write_volume(path, labels, like)
+        source = None
+    series = source if source and Path(source).is_dir() else None
+    write_labels(path, labels, like, layer_segments(data, meta), source_series=series)
     return [path]

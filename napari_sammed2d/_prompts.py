@@ -62,3 +62,47 @@ def clip_box_to(prompt: SlicePrompt, shape: tuple[int, int]) -> SlicePrompt:
         h, w = shape
         prompt.box = np.clip(prompt.box, 0, [w, h, w, h]).astype(np.float32)
     return prompt
+
+
+def swap_xy(prompt: SlicePrompt) -> SlicePrompt:
+    """The same prompt with x and y exchanged (the slice's two axes in the other order)."""
+    box = None if prompt.box is None else np.asarray(prompt.box, float)[[1, 0, 3, 2]]
+    points = None if prompt.points is None else np.asarray(prompt.points, float)[:, ::-1]
+    return SlicePrompt(box=box, points=points, labels=prompt.labels)
+
+
+def reorder_objects(axis: int, objects, ndim: int = 3):
+    """Prompts between a layer from our reader, whose axes are the file's (k, j, i), and the
+    file's voxel order (i, j, k) that the CLI uses: the slice axis maps to 2 - axis and the
+    remaining two axes swap, so x and y swap. The mapping is its own inverse."""
+    from dataclasses import replace
+
+    if ndim != 3:
+        return axis, objects
+    out = [replace(obj, slices={k: swap_xy(p) for k, p in obj.slices.items()}) for obj in objects]
+    return 2 - axis, out
+
+
+def add_prompt_shapes(points_layer, shapes_layer, axis: int, objects) -> None:
+    """Put saved prompts back as rectangles and points, in the layers' data coordinates
+    (which are the image's: the prompt layers share its scale and translate)."""
+    ndim = shapes_layer.ndim
+    plane = [a for a in range(ndim) if a != axis]
+    for obj in objects:
+        for index, p in obj.slices.items():
+            if p.box is not None:
+                x0, y0, x1, y1 = (float(v) for v in p.box)
+                corners = []
+                for y, x in ((y0, x0), (y0, x1), (y1, x1), (y1, x0)):
+                    c = np.zeros(ndim)
+                    c[axis], c[plane[0]], c[plane[1]] = index, y, x
+                    corners.append(c)
+                shapes_layer.feature_defaults["object"] = obj.id
+                shapes_layer.add_rectangles(np.array(corners))
+            if p.points is not None:
+                for (x, y), label in zip(np.asarray(p.points), np.asarray(p.labels)):
+                    c = np.zeros(ndim)
+                    c[axis], c[plane[0]], c[plane[1]] = index, y, x
+                    points_layer.feature_defaults["object"] = obj.id
+                    points_layer.feature_defaults["positive"] = bool(label)
+                    points_layer.add(c[None])

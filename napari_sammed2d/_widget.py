@@ -38,9 +38,10 @@ from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS, intensity_range
 from sammed2d.models import SPECS
 from sammed2d.orientation import SliceView, radiological_view
+from sammed2d.prompt_files import PromptFile, model_record, read_prompt_file, write_prompt_file
 from sammed2d.propagate import ObjectPrompts, VolumeSlices, propagate, segment_slice
 
-from ._prompts import clip_box_to, slice_prompts
+from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
 
 if TYPE_CHECKING:
     import napari
@@ -63,6 +64,7 @@ class SegmentWidget(QWidget):
         self._prefetch = None
         self._cancel = False
         self._prompt_layers_for = None
+        self._loading = False
 
         self.image_combo = QComboBox()
         self.model_edit = QLineEdit("litemedsam")
@@ -85,6 +87,9 @@ class SegmentWidget(QWidget):
         self.cancel_button.setEnabled(False)
         new_button = QPushButton("New object (N)")
         clear_button = QPushButton("Clear prompts (Shift+C)")
+        save_button = QPushButton("Save prompts…")
+        save_button.setToolTip("PROMPTS.json that `sammed2d propagate` and `batch` replay")
+        load_button = QPushButton("Load prompts…")
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -106,6 +111,8 @@ class SegmentWidget(QWidget):
             self.cancel_button,
             new_button,
             clear_button,
+            save_button,
+            load_button,
         ):
             layout.addWidget(w)
         layout.addWidget(QLabel(KEYS_HELP))
@@ -117,6 +124,8 @@ class SegmentWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         new_button.clicked.connect(self.new_object)
         clear_button.clicked.connect(self.clear_prompts)
+        save_button.clicked.connect(self._save_dialog)
+        load_button.clicked.connect(self._load_dialog)
         self.image_combo.currentTextChanged.connect(self._drop_volume_state)
         self.object_spin.valueChanged.connect(self._on_object_changed)
         self.model_edit.editingFinished.connect(self._drop_model)
@@ -204,6 +213,8 @@ class SegmentWidget(QWidget):
     def _on_prompt_event(self, event) -> None:
         # napari fires ADDING then ADDED (and CHANGING/CHANGED): act once, when done.
         action = str(getattr(event, "action", "added")).lower()
+        if self._loading:
+            return
         if action.endswith("added") or action.endswith("changed"):
             self.segment_current_slice()
 
@@ -489,6 +500,79 @@ class SegmentWidget(QWidget):
             drop = np.flatnonzero(np.asarray(shapes.features["object"]) == oid)
             shapes.selected_data = set(drop)
             shapes.remove_selected()
+
+    # ----- prompts as files -----------------------------------------------------------------
+    def _from_our_reader(self) -> bool:
+        info = self.image_layer.metadata.get("sammed2d") or {}
+        return "source" in info
+
+    def prompt_record(self) -> PromptFile:
+        """Every object's prompts, in the source file's voxel order when the image came
+        through our reader, with the model, window and settings a replay needs."""
+        points, shapes, _ = self.ensure_prompt_layers()
+        axis = self.slice_axis()
+        if axis is None:
+            raise SamMed2DError("saving prompts needs a 3D volume")
+        ids = set(np.asarray(points.features["object"]).tolist())
+        ids |= set(np.asarray(shapes.features["object"]).tolist())
+        objects = []
+        for oid in sorted(int(i) for i in ids):
+            prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
+            if prompts:
+                objects.append(ObjectPrompts(oid, prompts))
+        if not objects:
+            raise SamMed2DError("no prompts to save: draw a box first")
+        if self._from_our_reader():
+            axis, objects = reorder_objects(axis, objects, self.image_layer.ndim)
+        if self.model is not None:
+            name, sha = model_record(self.model)
+        else:
+            name, sha = self.model_edit.text().strip(), None
+        return PromptFile(
+            axis, objects, model=name, sha256=sha, window=self.preset_combo.currentText()
+        )
+
+    def save_prompts(self, path) -> None:
+        write_prompt_file(path, self.prompt_record())
+        self.status.setText(f"prompts saved to {path}")
+
+    def load_prompts(self, path) -> None:
+        """Add a PROMPTS.json's boxes and points to the prompt layers (without segmenting:
+        press S or Propagate, as after drawing them)."""
+        record = read_prompt_file(path)
+        points, shapes, _ = self.ensure_prompt_layers()
+        axis, objects = record.axis, record.objects
+        if self._from_our_reader():
+            axis, objects = reorder_objects(axis, objects, self.image_layer.ndim)
+        if not 0 <= axis < self.image_layer.ndim:
+            raise SamMed2DError(f"prompts {path}: axis {record.axis} does not fit this image")
+        if record.window in PRESETS:
+            self.preset_combo.setCurrentText(record.window)
+        self._loading = True
+        try:
+            add_prompt_shapes(points, shapes, axis, objects)
+        finally:
+            self._loading = False
+            self._on_object_changed(self.object_spin.value())
+            self._on_polarity(self.positive_button.isChecked())
+        self.object_spin.setValue(objects[0].id)
+        self.status.setText(f"{len(objects)} object(s) loaded from {path}")
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save prompts", "prompts.json", "*.json")
+        if path:
+            try:
+                self.save_prompts(path)
+            except SamMed2DError as exc:
+                show_error(str(exc))
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load prompts", "", "*.json")
+        if path:
+            try:
+                self.load_prompts(path)
+            except SamMed2DError as exc:
+                show_error(str(exc))
 
     def _bind_keys(self) -> None:
         bindings = {

@@ -155,6 +155,13 @@ def read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray, list[Segment]]:
         raise VolumeIOError(f"{path}: frames do not form a regular volume ({exc})") from None
     labels = np.transpose(volume.array, (2, 1, 0))  # (slice, row, column) -> (i, j, k)
     affine = RAS_LPS_4 @ np.asarray(volume.affine)[:, [2, 1, 0, 3]]
+    # Slices in the order a series reader gives the source (along row x column direction),
+    # so the SEG's grid has the source's axes, not only its voxels.
+    if np.dot(np.cross(affine[:3, 0], affine[:3, 1]), affine[:3, 2]) < 0:
+        labels = labels[:, :, ::-1]
+        affine = affine.copy()
+        affine[:3, 3] += affine[:3, 2] * (labels.shape[2] - 1)
+        affine[:3, 2] *= -1
     segments = []
     for number in seg.segment_numbers:
         desc = seg.get_segment_description(number)

@@ -7,7 +7,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from napari_sammed2d._io import get_reader, write_labels  # noqa: E402
+from napari_sammed2d._io import get_reader, write_labels_layer  # noqa: E402
 from napari_sammed2d._sample_data import phantom  # noqa: E402
 from napari_sammed2d._widget import SegmentWidget  # noqa: E402
 from sammed2d.io import Volume, read_volume, write_volume  # noqa: E402
@@ -139,7 +139,7 @@ def test_reader_and_writer_round_trip_geometry(tmp_path):
     assert np.allclose(meta["scale"], (2.5, 0.8, 0.7))  # (k, j, i) spacing
     labels = (data > 50).astype(np.uint8)
     out = tmp_path / "labels.nii.gz"
-    write_labels(str(out), labels, meta)
+    write_labels_layer(str(out), labels, meta)
     back = read_volume(out)
     assert np.allclose(back.affine, read_volume(src).affine, atol=1e-4)
     assert np.array_equal(back.array, np.transpose(labels, (2, 1, 0)))

@@ -1,0 +1,178 @@
+"""Label files and prompt files through a real napari viewer (run under xvfb-run)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_sammed2d._io import write_labels_layer  # noqa: E402
+from napari_sammed2d._widget import SegmentWidget  # noqa: E402
+from sammed2d.cli import main  # noqa: E402
+from sammed2d.io import Volume, read_volume, write_volume  # noqa: E402
+from sammed2d.labelfiles import read_labels, write_labels  # noqa: E402
+from sammed2d.segments import Segment, default_segment  # noqa: E402
+
+from ..conftest import SHARED  # noqa: E402
+
+CT_DICOM = SHARED / "data" / "ct_dicom"
+
+
+def lps_affine():
+    """A scanner-like axial grid: RAS axes negated in x and y, anisotropic, off-origin."""
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    affine[:3, 3] = [100.0, 120.0, -40.0]
+    return affine
+
+
+def block_file(tmp_path):
+    rng = np.random.default_rng(0)
+    array = rng.normal(-80, 5, (40, 48, 8)).astype(np.int16)  # voxel (i, j, k)
+    array[10:26, 12:30, 2:6] = 150
+    return write_volume(tmp_path / "ct.nii.gz", array, Volume(array, lps_affine()))
+
+
+def world_of(layer, index):
+    return np.asarray(layer.data_to_world(np.asarray(index, float)))
+
+
+def test_label_files_open_as_named_coloured_labels_on_the_image(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    src = block_file(tmp_path)
+    ct = read_volume(src)
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[10:26, 12:30, 2:6] = 3
+    segments = [Segment(3, "tumour", (255, 0, 0))]
+    paths = [
+        write_labels(tmp_path / "a.seg.nrrd", labels, ct, segments),
+        write_labels(tmp_path / "b.nii.gz", labels, ct, segments),
+    ]
+    # A .seg.nrrd cropped to the object, as Slicer may save it: it must land on the image.
+    crop = Volume(labels[8:30, 10:32, 1:7], ct.affine.copy())
+    crop.affine[:3, 3] = ct.affine[:3, :3] @ [8, 10, 1] + ct.affine[:3, 3]
+    paths.append(write_labels(tmp_path / "c.seg.nrrd", crop.array, crop, segments))
+    (image,) = viewer.open(str(src), plugin="napari-sammed2d")
+    assert image.data.shape == (8, 48, 40)
+    for path in paths:
+        (layer,) = viewer.open(str(path), plugin="napari-sammed2d")
+        assert layer.__class__.__name__ == "Labels", path
+        assert np.allclose(layer.colormap.map(3)[:3], (1, 0, 0))
+        names = dict(zip(layer.features["index"], layer.features["name"]))
+        assert names[3] == "tumour"
+        # The labelled voxel (i, j, k) = (10, 12, 2) sits where the image's does.
+        inside = np.argwhere(layer.data == 3)[0]
+        assert np.allclose(
+            world_of(layer, inside),
+            world_of(
+                image,
+                inside
+                + [offset for offset in ((1, 10, 8) if path.name.startswith("c") else (0, 0, 0))],
+            ),
+        )
+
+
+def test_nifti_and_sidecar_round_trip_through_napari(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    src = block_file(tmp_path)
+    ct = read_volume(src)
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[10:26, 12:30, 2:6] = 1
+    labels[30:34, 2:5, 7] = 2
+    segments = [default_segment(1, "liver"), Segment(2, "lesion", (0, 0, 255))]
+    first = write_labels(tmp_path / "labels.nii.gz", labels, ct, segments)
+    (layer,) = viewer.open(str(first), plugin="napari-sammed2d")
+    out = tmp_path / "again.seg.nrrd"
+    write_labels_layer(str(out), layer.data, layer._get_state())
+    back, segs = read_labels(out, reference=ct)
+    assert np.array_equal(back.array, labels)
+    assert segs == segments
+    # A layer painted in napari (no segments known) keeps its colormap's colours.
+    painted = viewer.add_labels(
+        layer.data.copy(),
+        metadata={
+            "sammed2d": {k: v for k, v in layer.metadata["sammed2d"].items() if k != "segments"}
+        },
+    )
+    write_labels_layer(str(tmp_path / "p.nii.gz"), painted.data, painted._get_state())
+    side = json.loads((tmp_path / "p.json").read_text())["segments"]
+    assert side["1"]["color"] == [int(round(c * 255)) for c in painted.colormap.map(1)[:3]]
+
+
+@pytest.mark.skipif(not CT_DICOM.is_dir(), reason="the DICOM CT series is absent")
+def test_dicom_seg_opens_on_the_series(make_napari_viewer, tmp_path):
+    pytest.importorskip("highdicom")
+    viewer = make_napari_viewer()
+    ct = read_volume(CT_DICOM)
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[300:360, 200:280, 6:9] = 1
+    seg = write_labels(
+        tmp_path / "s.dcm", labels, ct, [default_segment(1, "spleen")], source_series=CT_DICOM
+    )
+    (image,) = viewer.open(str(CT_DICOM), plugin="napari-sammed2d")
+    (layer,) = viewer.open(str(seg), plugin="napari-sammed2d")
+    assert layer.__class__.__name__ == "Labels"
+    # The SEG holds only its 3 frames; placed in the world, they cover the image's voxels.
+    assert layer.data.shape[0] == 3
+    k, j, i = np.argwhere(layer.data == 1)[0]
+    assert np.allclose(world_of(layer, (k, j, i)), world_of(image, (6 + k, j, i)))
+    assert dict(zip(layer.features["index"], layer.features["name"]))[1] == "spleen"
+    # Saving the napari labels of a DICOM series writes a SEG again.
+    labels_layer = viewer.add_labels(
+        np.transpose(labels, (2, 1, 0)),
+        metadata=dict(image.metadata),
+        scale=image.scale,
+        translate=image.translate,
+    )
+    write_labels_layer(str(tmp_path / "again.dcm"), labels_layer.data, labels_layer._get_state())
+    back, _ = read_labels(tmp_path / "again.dcm", reference=ct)
+    assert np.array_equal(back.array, labels)
+
+
+def test_saved_prompts_replay_through_the_cli_bit_for_bit(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    try:
+        src = block_file(tmp_path)
+        viewer.open(str(src), plugin="napari-sammed2d")
+        w.preset_combo.setCurrentText("abdomen")
+        points, shapes, labels = w.ensure_prompt_layers()
+        viewer.dims.set_point(0, world_of(viewer.layers["ct"], (3, 0, 0))[0])
+        # A box on layer slice 3 (file slice k = 3) around rows 11..30, columns 9..26.
+        shapes.add_rectangles(np.array([[3, 11, 9], [3, 11, 26], [3, 30, 26], [3, 30, 9]], float))
+        w.propagate_object()
+        with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+            pass
+        assert labels.data.any()
+        w.save_prompts(tmp_path / "prompts.json")
+        saved = json.loads((tmp_path / "prompts.json").read_text())
+        assert saved["axis"] == 2 and saved["window"] == "abdomen"
+        assert saved["model"]["name"] == "litemedsam" and len(saved["model"]["sha256"]) == 64
+        assert saved["objects"][0]["slices"]["3"]["box"] == [11.0, 9.0, 30.0, 26.0]
+
+        out = tmp_path / "replay.nii.gz"
+        assert (
+            main(
+                [
+                    "propagate",
+                    str(src),
+                    "--prompts",
+                    str(tmp_path / "prompts.json"),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        replay = read_volume(out).array
+        assert np.array_equal(np.transpose(labels.data, (2, 1, 0)), replay)
+
+        # Loading puts the same box back, on the same slice, for the same object.
+        shapes.data = []
+        w.load_prompts(tmp_path / "prompts.json")
+        assert len(shapes.data) == 1
+        assert np.allclose(np.sort(shapes.data[0], axis=0)[[0, -1]], [[3, 11, 9], [3, 30, 26]])
+    finally:
+        w.shutdown()
