@@ -341,3 +341,33 @@ def test_dicom_seg_needs_its_series_and_says_so(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "needs the source DICOM series folder" in err[0]
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_evaluate_takes_a_seg_nrrd_as_ground_truth(tmp_path, capsys, tiny_checkpoint):
+    rng = np.random.default_rng(0)
+    array = rng.normal(-80, 5, (40, 36, 6)).astype(np.int16)
+    array[10:25, 8:20, 1:5] = 150
+    ct = Volume(array, oblique_affine())
+    image = write_volume(tmp_path / "ct.nii.gz", array, ct)
+    truth = np.zeros(array.shape, np.uint8)
+    truth[10:25, 8:20, 1:5] = 2
+    # Saved cropped, as Slicer does: evaluate must put it back on the image's grid.
+    crop = Volume(truth[5:30, 4:30, :], ct.affine.copy())
+    crop.affine[:3, 3] = ct.affine[:3, :3] @ [5, 4, 0] + ct.affine[:3, 3]
+    gt = write_labels(tmp_path / "gt.seg.nrrd", crop.array, crop, [Segment(2, "block", (1, 2, 3))])
+    code = main(
+        [
+            "evaluate",
+            str(image),
+            str(gt),
+            "--prompt",
+            "box",
+            "--model",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert any(line.split()[:2] == ["2", "block"] for line in out.splitlines()), out
