@@ -70,7 +70,23 @@ def volume_to_layer_data(path: str | Path):
         data, scale = array.T, tuple(reversed(volume.spacing[:2]))
         return [(data, {"name": name, "scale": scale, "metadata": meta}, "image")]
     data = np.transpose(array, LAYER_ORDER)
-    return [(data, {"name": name, "metadata": meta, **layer_geometry(volume)}, "image")]
+    kwargs = {"name": name, "metadata": meta, **layer_geometry(volume)}
+    window = display_window(array)
+    if window is not None:
+        kwargs["contrast_limits"] = window
+    return [(data, kwargs, "image")]
+
+
+def display_window(array) -> tuple[float, float] | None:
+    """The window the model will see ("auto": CT soft tissue W400/L40, MR 0.5-99.5th
+    percentile), rather than napari's full range, which washes CT out."""
+    from sammed2d.intensity import intensity_range
+
+    try:
+        lo, hi = intensity_range(array, "auto")
+    except SamMed2DError:  # no finite values: let napari choose
+        return None
+    return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
 
 
 def labels_to_layer_data(path: str | Path):

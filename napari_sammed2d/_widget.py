@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from sammed2d import EmbeddingCache, Predictor, load_model
 from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS, intensity_range
+from sammed2d.memory import reuse_freed_memory, tuning_wanted_in_host
 from sammed2d.models import SPECS
 from sammed2d.orientation import SliceView, radiological_view
 from sammed2d.prompt_files import PromptFile, model_record, read_prompt_file, write_prompt_file
@@ -247,6 +248,8 @@ class SegmentWidget(QWidget):
     # ----- model and geometry ---------------------------------------------------------------
     def get_model(self):
         if self.model is None:
+            if tuning_wanted_in_host():
+                reuse_freed_memory()
             self.model = load_model(
                 self.model_edit.text().strip(), device=self.device_combo.currentText()
             )
@@ -411,7 +414,13 @@ class SegmentWidget(QWidget):
             result = {}
 
             def run():
-                result["value"] = propagate(
+                try:
+                    result["value"] = _run()
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
+                    result["error"] = exc
+
+            def _run():
+                return propagate(
                     data,
                     [ObjectPrompts(oid, prompts)],
                     model,
@@ -428,12 +437,14 @@ class SegmentWidget(QWidget):
             while thread.is_alive():
                 thread.join(0.1)
                 yield state["progress"]
+            if "error" in result:
+                raise result["error"]  # reaches worker.errored, so the user sees it
             return result.get("value")
 
         worker = work()
         worker.yielded.connect(lambda d: _update(bar, *d))
         worker.returned.connect(lambda r: self._apply_propagation(labels, axis, oid, r))
-        worker.errored.connect(lambda e: show_error(str(e)))
+        worker.errored.connect(lambda e: self._report_error("propagation failed", e))
         worker.finished.connect(lambda: self._finish(bar))
         self._busy = worker
         self.cancel_button.setEnabled(True)
@@ -456,6 +467,16 @@ class SegmentWidget(QWidget):
         reached = result.reached[oid]
         text = "no slices" if reached is None else f"slices {reached[0]}–{reached[1]}"
         self.status.setText(f"object {oid}: {text}" + (" (cancelled)" if result.cancelled else ""))
+
+    def _report_error(self, what: str, exc: BaseException) -> None:
+        """One line in a notification and the status; the traceback goes to the log."""
+        import logging
+
+        logging.getLogger("napari_sammed2d").error(what, exc_info=exc)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        text = first if isinstance(exc, SamMed2DError) else f"{what}: {type(exc).__name__}: {first}"
+        self.status.setText(text)
+        show_error(text)
 
     def _finish(self, bar) -> None:
         bar.close()

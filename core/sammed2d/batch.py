@@ -103,8 +103,10 @@ def output_path(case: Case, out_dir: Path, suffix: str = "_labels", ext: str | N
 
 
 def _model(name: str, device: str, preprocessing: str | None = None):
+    from .memory import reuse_freed_memory
     from .models import load_model
 
+    reuse_freed_memory()  # a batch worker owns its process
     key = (name, device, preprocessing)
     if key not in _MODELS:
         _MODELS[key] = load_model(name, device=device, preprocessing=preprocessing)

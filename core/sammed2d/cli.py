@@ -25,7 +25,10 @@ EXIT_USAGE = 2
 
 
 def _model(args):
+    from .memory import reuse_freed_memory
     from .models import load_model
+
+    reuse_freed_memory()  # the command line owns its process
 
     return load_model(args.model, device=args.device, preprocessing=args.preprocessing)
 

@@ -7,7 +7,10 @@ to half its CPU encoder time, and the mask decoder a fifth of its time. Raising 
 thresholds lets malloc hand the same pages back on the next call, as jemalloc or tcmalloc
 would. The price: up to `KEEP_BYTES` of freed memory stays with the process.
 
-Applied once, when the first model is built. `SAMMED2D_TUNE_MALLOC=0` leaves malloc alone.
+The command line and batch workers apply it once, before their first model: they own their
+process. A host application (napari, 3D Slicer) shares its process with everything else, so
+the plugins leave malloc alone unless the user sets `SAMMED2D_TUNE_MALLOC=1`.
+`SAMMED2D_TUNE_MALLOC=0` leaves malloc alone everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ KEEP_BYTES = 1 << 30
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _applied: bool | None = None
+
+
+def tuning_wanted_in_host() -> bool:
+    """Whether a plugin inside a host application should apply the tuning (opt-in)."""
+    return os.environ.get("SAMMED2D_TUNE_MALLOC") == "1"
 
 
 def reuse_freed_memory() -> bool:

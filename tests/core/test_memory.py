@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-from sammed2d import build_model
 from sammed2d.memory import reuse_freed_memory
 
 linux_glibc = pytest.mark.skipif(
@@ -26,8 +25,19 @@ def page_faults_of(fn) -> int:
 
 
 @linux_glibc
-def test_building_a_model_keeps_freed_pages_for_reuse():
-    build_model("sam-med2d", embed_dim=48, depth=2, num_heads=2, global_attn=[1])
+def test_building_a_model_leaves_malloc_alone_in_a_host_process():
+    code = (
+        "from sammed2d import build_model; from sammed2d import memory; "
+        "build_model('sam-med2d', embed_dim=32, depth=2, num_heads=2, global_attn=[1]); "
+        "print(memory._applied)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SAMMED2D_TUNE_MALLOC"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "None", out.stderr
+
+
+@linux_glibc
+def test_tuning_keeps_freed_pages_for_reuse():
     assert reuse_freed_memory()
 
     def activations():

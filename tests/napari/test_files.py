@@ -32,6 +32,7 @@ def block_file(tmp_path):
     rng = np.random.default_rng(0)
     array = rng.normal(-80, 5, (40, 48, 8)).astype(np.int16)  # voxel (i, j, k)
     array[10:26, 12:30, 2:6] = 150
+    array[:3] = -1000  # air beside the body, as in any CT
     return write_volume(tmp_path / "ct.nii.gz", array, Volume(array, lps_affine()))
 
 
@@ -176,3 +177,9 @@ def test_saved_prompts_replay_through_the_cli_bit_for_bit(make_napari_viewer, qt
         assert np.allclose(np.sort(shapes.data[0], axis=0)[[0, -1]], [[3, 11, 9], [3, 30, 26]])
     finally:
         w.shutdown()
+
+
+def test_a_ct_opens_with_the_soft_tissue_window(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(block_file(tmp_path)), plugin="napari-sammed2d")
+    assert tuple(layer.contrast_limits) == (-160.0, 240.0)

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..memory import reuse_freed_memory
 from .checkpoint import file_sha256, read_state_dict, require_file
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -136,7 +135,6 @@ class SamModel(nn.Module):
 
 def build_model(spec: ModelSpec | str, **encoder_overrides) -> SamModel:
     """An untrained model of the given architecture (random weights, eval mode)."""
-    reuse_freed_memory()
     if isinstance(spec, str):
         spec = SPECS[spec]
     enc = {**spec.encoder, **encoder_overrides}
