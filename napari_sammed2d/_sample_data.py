@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sammed2d.errors import SamMed2DError
 from sammed2d.io import Volume
 from sammed2d.phantom import ct_phantom
 
@@ -44,12 +45,20 @@ def phantom():
 def abdomen_ct():
     import pooch
 
-    path = pooch.retrieve(
-        ABDOMEN_CT_URL,
-        known_hash=ABDOMEN_CT_SHA256,
-        path=pooch.os_cache("napari-sammed2d"),
-        progressbar=True,
-    )
+    try:
+        path = pooch.retrieve(
+            ABDOMEN_CT_URL,
+            known_hash=ABDOMEN_CT_SHA256,
+            path=pooch.os_cache("napari-sammed2d"),
+            progressbar=True,
+        )
+    except (OSError, ValueError) as exc:
+        # requests' ConnectionError is an OSError; a checksum mismatch is a ValueError.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise SamMed2DError(
+            f"the example CT could not be downloaded from {ABDOMEN_CT_URL.split('/')[2]} "
+            f"(is the network reachable?): {reason}"
+        ) from None
     layers = volume_to_layer_data(path)
     for _data, kwargs, _kind in layers:
         kwargs["name"] = "abdomen CT (TotalSegmentator example)"

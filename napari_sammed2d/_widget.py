@@ -1,11 +1,13 @@
 """The dock widget: prompts from Points and Shapes layers, masks into one Labels layer.
 
-Keys (active while the viewer has focus):
-  S        segment the current slice of the current object
-  Shift+P  propagate the current object through the volume
+Keys (while the viewer has focus, whichever layer is active; none of them is a napari
+layer or viewer shortcut, so the Points and Shapes layers keep their own S, T, P...):
+  Shift+S  segment the current slice of the current object
+  Shift+R  run propagation of the current object through the volume
   N        new object (next label id)
-  T        toggle positive / negative points
+  Shift+T  toggle positive / negative points
   Shift+C  clear the current object's prompts
+They are removed when the widget closes.
 
 All model work runs in napari workers; the viewer stays responsive and errors appear as
 notifications. A propagation lands as one undoable step (Ctrl+Z on the labels undoes it).
@@ -50,7 +52,14 @@ if TYPE_CHECKING:
 POINTS_NAME = "SAM points"
 SHAPES_NAME = "SAM boxes"
 LABELS_NAME = "SAM labels"
-KEYS_HELP = "S segment · Shift+P propagate · N new object · T +/− · Shift+C clear"
+KEYS = {
+    "Shift-S": "segment_current_slice",
+    "Shift-R": "propagate_object",
+    "N": "new_object",
+    "Shift-T": "toggle_polarity",
+    "Shift-C": "clear_prompts",
+}
+KEYS_HELP = "Shift+S segment · Shift+R propagate · N new object · Shift+T +/− · Shift+C clear"
 
 
 class SegmentWidget(QWidget):
@@ -78,12 +87,12 @@ class SegmentWidget(QWidget):
         self.preset_combo.addItems(list(PRESETS))
         self.object_spin = QSpinBox()
         self.object_spin.setRange(1, 65535)
-        self.positive_button = QPushButton("Positive points (T)")
+        self.positive_button = QPushButton("Positive points (Shift+T)")
         self.positive_button.setCheckable(True)
         self.positive_button.setChecked(True)
         self.positive_button.toggled.connect(self._on_polarity)
-        self.segment_button = QPushButton("Segment slice (S)")
-        self.propagate_button = QPushButton("Propagate (Shift+P)")
+        self.segment_button = QPushButton("Segment slice (Shift+S)")
+        self.propagate_button = QPushButton("Propagate (Shift+R)")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         new_button = QPushButton("New object (N)")
@@ -220,7 +229,7 @@ class SegmentWidget(QWidget):
             self.segment_current_slice()
 
     def _on_polarity(self, positive: bool) -> None:
-        self.positive_button.setText(("Positive" if positive else "Negative") + " points (T)")
+        self.positive_button.setText(("Positive" if positive else "Negative") + " points (Shift+T)")
         points = self._layer(POINTS_NAME)
         if points is not None:
             points.feature_defaults["positive"] = positive
@@ -488,8 +497,9 @@ class SegmentWidget(QWidget):
         self._cancel = True
 
     def shutdown(self, wait_ms: int = 30_000) -> None:
-        """Stop background work (called when the widget goes away)."""
+        """Stop background work and remove the key bindings (the widget goes away)."""
         self._cancel = True
+        self._unbind_keys()
         for worker in (self._prefetch, self._busy):
             if worker is not None:
                 worker.quit()
@@ -596,15 +606,13 @@ class SegmentWidget(QWidget):
                 show_error(str(exc))
 
     def _bind_keys(self) -> None:
-        bindings = {
-            "s": self.segment_current_slice,
-            "Shift-P": self.propagate_object,
-            "n": self.new_object,
-            "t": self.toggle_polarity,
-            "Shift-C": self.clear_prompts,
-        }
-        for key, action in bindings.items():
+        for key, method in KEYS.items():
+            action = getattr(self, method)
             self.viewer.bind_key(key, lambda viewer, action=action: action(), overwrite=True)
+
+    def _unbind_keys(self) -> None:
+        for key in KEYS:
+            self.viewer.bind_key(key, None)
 
 
 def _update(bar, done: int, total: int) -> None:

@@ -10,6 +10,7 @@ napari = pytest.importorskip("napari")
 from napari_sammed2d._io import get_reader, write_labels_layer  # noqa: E402
 from napari_sammed2d._sample_data import phantom  # noqa: E402
 from napari_sammed2d._widget import SegmentWidget  # noqa: E402
+from sammed2d.errors import SamMed2DError  # noqa: E402
 from sammed2d.io import Volume, read_volume, write_volume  # noqa: E402
 
 
@@ -215,7 +216,37 @@ def test_online_sample_is_pinned_and_checked(tmp_path, monkeypatch):
 
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
         monkeypatch.setattr(_sample_data, "ABDOMEN_CT_SHA256", "sha256:" + "0" * 64)
-        with pytest.raises(ValueError, match="SHA256"):
+        with pytest.raises(SamMed2DError, match="could not be downloaded.*SHA256"):
             _sample_data.abdomen_ct()
     finally:
         server.shutdown()
+    # No network: one line that says so, not a raw requests traceback.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache3"))
+    monkeypatch.setattr(_sample_data, "ABDOMEN_CT_URL", "http://127.0.0.1:9/ct.nii.gz")
+    with pytest.raises(SamMed2DError, match="is the network reachable"):
+        _sample_data.abdomen_ct()
+
+
+def test_keys_fire_with_the_prompt_layers_active_and_go_with_the_widget(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    points, shapes, _ = setup_volume(viewer, w)
+    canvas = viewer.window._qt_viewer.canvas.native
+    for layer in (points, shapes):
+        viewer.layers.selection.active = layer
+        mode = layer.mode
+        before = w.positive_button.isChecked()
+        qtbot.keyClick(canvas, Qt.Key_T, Qt.ShiftModifier)
+        assert w.positive_button.isChecked() != before  # Shift+T reached the widget
+        start = w.object_spin.value()
+        qtbot.keyClick(canvas, Qt.Key_N)
+        assert w.object_spin.value() == start + 1
+        assert layer.mode == mode  # and the layer's own mode keys were not taken
+    viewer.window.remove_dock_widget(w)
+    w.close()
+    assert not any(
+        str(k) in ("Shift+S", "Shift+R", "Shift+T", "Shift+C", "N") for k in viewer.keymap
+    )
