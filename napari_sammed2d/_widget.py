@@ -142,6 +142,7 @@ class SegmentWidget(QWidget):
         self.device_combo.currentTextChanged.connect(self._drop_model)
         self.preset_combo.currentTextChanged.connect(self._drop_volume_state)
         viewer.layers.events.inserted.connect(self._refresh_images)
+        viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._refresh_images)
         self._refresh_images()
         self._bind_keys()
@@ -158,6 +159,31 @@ class SegmentWidget(QWidget):
         self.image_combo.blockSignals(False)
         if self.image_combo.currentText() != current:
             self._drop_volume_state()
+
+    def _on_inserted(self, event) -> None:
+        if event.value.__class__.__name__ == "Image":
+            # After napari has finished inserting (it then selects the new layer itself).
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self.prepare_prompt_layers)
+
+    def prepare_prompt_layers(self) -> None:
+        """Prompt layers as soon as there is an image, with the tool the model wants: the
+        rectangle for box-only models (the default), points otherwise."""
+        try:
+            if self.image_layer is None:
+                return
+            points, shapes, _ = self.ensure_prompt_layers()
+        except (SamMed2DError, RuntimeError):
+            return  # a 4D layer (said when the user asks to segment), or a closed viewer
+        name = self.model_edit.text().strip()
+        spec = self.model.spec if self.model is not None else SPECS.get(name)
+        if spec is None or spec.boxes_only:
+            shapes.mode = "add_rectangle"
+            self.viewer.layers.selection.active = shapes
+        else:
+            points.mode = "add"
+            self.viewer.layers.selection.active = points
 
     @property
     def image_layer(self):
@@ -316,6 +342,12 @@ class SegmentWidget(QWidget):
             if prompt is None:
                 return
             model = self.get_model()
+            if prompt.box is None and model.spec.boxes_only:
+                show_info(
+                    f"{model.spec.name} was trained with boxes only: draw a rectangle "
+                    "(a point alone gives a poor mask)"
+                )
+                return
             data, affine, preset = self.volume_context()
             shape = (
                 data.shape

@@ -250,3 +250,22 @@ def test_keys_fire_with_the_prompt_layers_active_and_go_with_the_widget(make_nap
     assert not any(
         str(k) in ("Shift+S", "Shift+R", "Shift+T", "Shift+C", "N") for k in viewer.keymap
     )
+
+
+def test_prompt_layers_wait_with_the_box_tool_and_a_point_alone_is_refused(
+    widget, monkeypatch, qtbot
+):
+    from napari_sammed2d import _widget
+
+    viewer, w = widget
+    viewer.add_image(block_volume(), name="ct")
+    qtbot.waitUntil(lambda: "SAM boxes" in viewer.layers, timeout=5000)
+    shapes, points = viewer.layers["SAM boxes"], viewer.layers["SAM points"]
+    assert shapes.mode == "add_rectangle" and viewer.layers.selection.active is shapes
+    said = []
+    monkeypatch.setattr(_widget, "show_info", said.append)
+    w.preset_combo.setCurrentText("abdomen")
+    viewer.dims.set_point(0, 3)
+    points.add(np.array([[3, 20, 18]], float))  # LiteMedSAM, the default: boxes only
+    assert said and "trained with boxes only" in said[0]
+    assert not viewer.layers["SAM labels"].data.any()

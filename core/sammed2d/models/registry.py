@@ -32,6 +32,12 @@ class ModelSpec:
     url: str | None = None
     sha256: str | None = None
 
+    @property
+    def boxes_only(self) -> bool:
+        """MedSAM and LiteMedSAM were trained with box prompts only: a point alone gives a
+        poor mask."""
+        return self.preprocessing in ("medsam", "litemedsam")
+
 
 SPECS: dict[str, ModelSpec] = {
     "sam-med2d": ModelSpec(
