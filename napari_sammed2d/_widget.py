@@ -176,6 +176,7 @@ class SegmentWidget(QWidget):
             points, shapes, _ = self.ensure_prompt_layers()
         except (SamMed2DError, RuntimeError):
             return  # a 4D layer (said when the user asks to segment), or a closed viewer
+        self.show_radiologically()
         name = self.model_edit.text().strip()
         spec = self.model.spec if self.model is not None else SPECS.get(name)
         if spec is None or spec.boxes_only:
@@ -184,6 +185,24 @@ class SegmentWidget(QWidget):
         else:
             points.mode = "add"
             self.viewer.layers.selection.active = points
+
+    def show_radiologically(self) -> None:
+        """Turn the 2D camera so the image reads as radiologists expect: anterior (or
+        superior, for a sagittal or coronal plane) up, the patient's right on the screen's
+        left. Only the view turns; data, coordinates and saved files are untouched."""
+        image = self.image_layer
+        info = image.metadata.get("sammed2d") or {}
+        affine = info.get("affine")
+        if affine is None or image.ndim != 3 or list(self.viewer.dims.displayed) != [1, 2]:
+            return
+        rows, cols = np.asarray(affine)[:3, 1], np.asarray(affine)[:3, 2]  # RAS of +row, +col
+        vertical = "down"
+        if int(np.argmax(np.abs(rows))) in (1, 2):  # anterior-posterior or superior-inferior
+            vertical = "up" if rows[int(np.argmax(np.abs(rows)))] > 0 else "down"
+        horizontal = "right"
+        if int(np.argmax(np.abs(cols))) == 0:  # left-right: patient's right on screen left
+            horizontal = "left" if cols[0] > 0 else "right"
+        self.viewer.camera.orientation2d = (vertical, horizontal)
 
     @property
     def image_layer(self):

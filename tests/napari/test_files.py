@@ -183,3 +183,27 @@ def test_a_ct_opens_with_the_soft_tissue_window(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(block_file(tmp_path)), plugin="napari-sammed2d")
     assert tuple(layer.contrast_limits) == (-160.0, 240.0)
+
+
+def test_a_ras_nifti_shows_radiologically(make_napari_viewer, qtbot, tmp_path):
+    """A NIfTI stored RAS (x towards the patient's right, y anterior): a block at small i
+    and small j (the patient's left, posterior) must show at the screen's lower right."""
+    viewer = make_napari_viewer(show=True)
+    w = SegmentWidget(viewer)
+    try:
+        array = np.zeros((60, 60, 5), np.int16)  # soft tissue: grey in the window
+        array[5:15, 5:15, :] = 400  # white
+        array[59, 59, :] = -1000  # one voxel of air, so "auto" sees a CT
+        src = write_volume(tmp_path / "ras.nii.gz", array, Volume(array, np.diag([1.0, 1, 2, 1])))
+        viewer.open(str(src), plugin="napari-sammed2d")
+        qtbot.waitUntil(lambda: "SAM boxes" in viewer.layers, timeout=5000)
+        for name in ("SAM boxes", "SAM points", "SAM labels"):
+            viewer.layers[name].visible = False
+        assert tuple(viewer.camera.orientation2d) == ("up", "left")
+        shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+        bright = np.argwhere(shot.mean(axis=-1) > 200)
+        body = np.argwhere(shot.mean(axis=-1) > 5)
+        centre = (body.min(axis=0) + body.max(axis=0)) / 2
+        assert bright.size and np.all(bright.mean(axis=0) > centre)  # lower right
+    finally:
+        w.shutdown()
