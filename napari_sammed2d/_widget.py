@@ -9,45 +9,66 @@ layer or viewer shortcut, so the Points and Shapes layers keep their own S, T, P
   Shift+C  clear the current object's prompts
 They are removed when the widget closes.
 
-All model work runs in napari workers; the viewer stays responsive and errors appear as
-notifications. A propagation lands as one undoable step (Ctrl+Z on the labels undoes it).
+No model work runs on the Qt thread. A click or box becomes a request in a mailbox of one
+(the newest wins) served by one worker; the model loads there, once. Other slices are
+embedded in the background, nearest first, pausing while a click or a propagation runs.
+Every failure ends as a notification with one line (the traceback goes to the log).
+What the widget computes and the rules it merges masks by live in `_session.py`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QColorDialog,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from sammed2d import EmbeddingCache, Predictor, load_model
 from sammed2d.errors import SamMed2DError
-from sammed2d.intensity import PRESETS, intensity_range
-from sammed2d.memory import reuse_freed_memory, tuning_wanted_in_host
+from sammed2d.intensity import PRESETS
 from sammed2d.models import SPECS
 from sammed2d.orientation import SliceView, radiological_view
 from sammed2d.prompt_files import PromptFile, model_record, read_prompt_file, write_prompt_file
-from sammed2d.propagate import ObjectPrompts, VolumeSlices, propagate, segment_slice
+from sammed2d.propagate import ObjectPrompts, VolumeSlices, propagate
 
+from ._io import labels_layer_kwargs
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
+from ._session import (
+    BoxOnly,
+    Engine,
+    Latest,
+    ObjectTable,
+    SegmentRequest,
+    correction_stretch,
+    slice_changes,
+)
 
 if TYPE_CHECKING:
     import napari
+
+log = logging.getLogger("napari_sammed2d")
 
 POINTS_NAME = "SAM points"
 SHAPES_NAME = "SAM boxes"
@@ -66,15 +87,20 @@ class SegmentWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
-        self.model = None
-        self.cache = EmbeddingCache(max_bytes=2 << 30)
-        self._predictor = None
-        self._value_range = None
-        self._busy = None  # the running propagation worker
+        self.engine = Engine()
+        self.table = ObjectTable()
+        self.mailbox = Latest()
+        self._server = None  # the worker serving clicks
         self._prefetch = None
+        self._busy = None  # the running propagation worker
         self._cancel = False
-        self._prompt_layers_for = None
+        self._stopping = False
         self._loading = False
+        self._keys_bound = False
+        self._bridge = _Bridge()  # worker threads -> the Qt thread
+        self._bridge.message.connect(self._on_served)
+        self._seq = 0
+        self._propagated_at: dict[int, int] = {}  # object id -> seq when its run started
 
         self.image_combo = QComboBox()
         self.model_edit = QLineEdit("litemedsam")
@@ -85,8 +111,16 @@ class SegmentWidget(QWidget):
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(list(PRESETS))
-        self.object_spin = QSpinBox()
+        self.object_spin = QSpinBox()  # the current object's id, kept in step with the table
         self.object_spin.setRange(1, 65535)
+        self.objects_view = QTableWidget(0, 4)
+        self.objects_view.setHorizontalHeaderLabels(["id", "name", "colour", "slices"])
+        self.objects_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.objects_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.objects_view.verticalHeader().setVisible(False)
+        self.objects_view.setToolTip("double-click a name to rename, a colour to change it")
+        add_object = QPushButton("Add object (N)")
+        delete_object = QPushButton("Delete object")
         self.positive_button = QPushButton("Positive points (Shift+T)")
         self.positive_button.setCheckable(True)
         self.positive_button.setChecked(True)
@@ -95,11 +129,14 @@ class SegmentWidget(QWidget):
         self.propagate_button = QPushButton("Propagate (Shift+R)")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        new_button = QPushButton("New object (N)")
         clear_button = QPushButton("Clear prompts (Shift+C)")
+        clear_slice = QPushButton("Clear slice")
+        clear_object = QPushButton("Clear object")
         save_button = QPushButton("Save prompts…")
         save_button.setToolTip("PROMPTS.json that `sammed2d propagate` and `batch` replay")
         load_button = QPushButton("Load prompts…")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -111,41 +148,55 @@ class SegmentWidget(QWidget):
         form.addRow("Model", model_row)
         form.addRow("Device", self.device_combo)
         form.addRow("Intensity", self.preset_combo)
-        form.addRow("Object id", self.object_spin)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        for w in (
-            self.positive_button,
-            self.segment_button,
-            self.propagate_button,
-            self.cancel_button,
-            new_button,
-            clear_button,
-            save_button,
-            load_button,
-        ):
-            layout.addWidget(w)
-        layout.addWidget(QLabel(KEYS_HELP))
+        layout.addWidget(self.objects_view)
+        rows = [
+            (add_object, delete_object),
+            (self.positive_button, clear_button),
+            (self.segment_button, self.propagate_button),
+            (clear_slice, clear_object),
+            (save_button, load_button),
+        ]
+        for pair in rows:
+            row = QHBoxLayout()
+            for w in pair:
+                row.addWidget(w)
+            layout.addLayout(row)
+        layout.addWidget(self.cancel_button)
+        layout.addWidget(self.progress_bar)
+        keys = QLabel(KEYS_HELP)
+        keys.setWordWrap(True)
+        keys.setToolTip(__doc__.split("\n\n")[1])
+        layout.addWidget(keys)
         layout.addWidget(self.status)
         layout.addStretch()
 
         self.segment_button.clicked.connect(self.segment_current_slice)
         self.propagate_button.clicked.connect(self.propagate_object)
         self.cancel_button.clicked.connect(self.cancel)
-        new_button.clicked.connect(self.new_object)
+        add_object.clicked.connect(self.new_object)
+        delete_object.clicked.connect(self.delete_object)
         clear_button.clicked.connect(self.clear_prompts)
+        clear_slice.clicked.connect(self.clear_slice)
+        clear_object.clicked.connect(self.clear_object)
         save_button.clicked.connect(self._save_dialog)
         load_button.clicked.connect(self._load_dialog)
+        self.objects_view.itemSelectionChanged.connect(self._on_table_selection)
+        self.objects_view.itemChanged.connect(self._on_table_edit)
+        self.objects_view.cellDoubleClicked.connect(self._on_table_double_click)
         self.image_combo.currentTextChanged.connect(self._drop_volume_state)
         self.object_spin.valueChanged.connect(self._on_object_changed)
-        self.model_edit.editingFinished.connect(self._drop_model)
-        self.device_combo.currentTextChanged.connect(self._drop_model)
+        self.model_edit.editingFinished.connect(self._drop_volume_state)
+        self.device_combo.currentTextChanged.connect(self._drop_volume_state)
         self.preset_combo.currentTextChanged.connect(self._drop_volume_state)
         viewer.layers.events.inserted.connect(self._refresh_images)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._refresh_images)
         self._refresh_images()
         self._bind_keys()
+        self.table.add(1)
+        self._show_objects()
 
     # ----- layers ---------------------------------------------------------------------------
     def _refresh_images(self, event=None) -> None:
@@ -163,8 +214,6 @@ class SegmentWidget(QWidget):
     def _on_inserted(self, event) -> None:
         if event.value.__class__.__name__ == "Image":
             # After napari has finished inserting (it then selects the new layer itself).
-            from qtpy.QtCore import QTimer
-
             QTimer.singleShot(0, self.prepare_prompt_layers)
 
     def prepare_prompt_layers(self) -> None:
@@ -178,7 +227,8 @@ class SegmentWidget(QWidget):
             return  # a 4D layer (said when the user asks to segment), or a closed viewer
         self.show_radiologically()
         name = self.model_edit.text().strip()
-        spec = self.model.spec if self.model is not None else SPECS.get(name)
+        model = self.engine.model
+        spec = model.spec if model is not None else SPECS.get(name)
         if spec is None or spec.boxes_only:
             shapes.mode = "add_rectangle"
             self.viewer.layers.selection.active = shapes
@@ -235,6 +285,7 @@ class SegmentWidget(QWidget):
                 metadata=dict(image.metadata),
                 **geometry,
             )
+            self._style_labels(labels)
         shapes = self._layer(SHAPES_NAME)
         if shapes is None:
             shapes = self.viewer.add_shapes(
@@ -265,6 +316,21 @@ class SegmentWidget(QWidget):
             points.mode = "add"
         return points, shapes, labels
 
+    def _style_labels(self, labels=None) -> None:
+        """Names and colours of the objects on the Labels layer: its colormap, its features
+        (napari's status bar shows the name) and its metadata (every export uses it)."""
+        labels = labels or self._layer(LABELS_NAME)
+        if labels is None:
+            return
+        segments = self.table.segments()
+        kwargs = labels_layer_kwargs(segments)
+        labels.colormap = kwargs["colormap"]
+        labels.features = kwargs["features"]
+        info = dict((labels.metadata or {}).get("sammed2d") or {})
+        info["segments"] = segments
+        labels.metadata = {**labels.metadata, "sammed2d": info}
+        labels.selected_label = self.object_spin.value()
+
     def _on_prompt_event(self, event) -> None:
         # napari fires ADDING then ADDED (and CHANGING/CHANGED): act once, when done.
         action = str(getattr(event, "action", "added")).lower()
@@ -280,6 +346,9 @@ class SegmentWidget(QWidget):
             points.feature_defaults["positive"] = positive
 
     def _on_object_changed(self, value: int) -> None:
+        if value not in self.table.objects:
+            self.table.add(value)
+            self._show_objects()
         for name in (POINTS_NAME, SHAPES_NAME):
             layer = self._layer(name)
             if layer is not None:
@@ -287,36 +356,92 @@ class SegmentWidget(QWidget):
         labels = self._layer(LABELS_NAME)
         if labels is not None:
             labels.selected_label = value
-
-    def _drop_model(self, *args) -> None:
-        self.model = None
-        self._drop_volume_state()
+        self._select_row(value)
 
     def _drop_volume_state(self, *args) -> None:
-        self._predictor = None
-        self._value_range = None
-        if self._prefetch is not None:
-            self._prefetch.quit()
-            self._prefetch = None
+        self._prefetch = None  # a running embedding thread sees this and stops
 
-    # ----- model and geometry ---------------------------------------------------------------
-    def get_model(self):
-        if self.model is None:
-            if tuning_wanted_in_host():
-                reuse_freed_memory()
-            self.model = load_model(
-                self.model_edit.text().strip(), device=self.device_combo.currentText()
-            )
-            if self.model.spec.name == "litemedsam":
-                self.status.setText("LiteMedSAM was trained on boxes: draw rectangles.")
-        return self.model
+    # ----- objects --------------------------------------------------------------------------
+    def _show_objects(self) -> None:
+        view = self.objects_view
+        view.blockSignals(True)
+        view.setRowCount(0)
+        for info in sorted(self.table.objects.values(), key=lambda o: o.id):
+            row = view.rowCount()
+            view.insertRow(row)
+            ident = QTableWidgetItem(str(info.id))
+            ident.setFlags(ident.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            name = QTableWidgetItem(info.name)
+            color = QTableWidgetItem("")
+            color.setFlags(color.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            color.setBackground(QColor(*info.color))
+            reached = info.reached
+            span = QTableWidgetItem("" if reached is None else f"{reached[0]}–{reached[1]}")
+            span.setFlags(span.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            for col, item in enumerate((ident, name, color, span)):
+                view.setItem(row, col, item)
+        view.blockSignals(False)
+        self._select_row(self.object_spin.value())
+        self._style_labels()
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "PyTorch (*.pth *.pt)")
-        if path:
-            self.model_edit.setText(path)
-            self._drop_model()
+    def _select_row(self, oid: int) -> None:
+        view = self.objects_view
+        for row in range(view.rowCount()):
+            if view.item(row, 0).text() == str(oid):
+                view.blockSignals(True)
+                view.selectRow(row)
+                view.blockSignals(False)
 
+    def _on_table_selection(self) -> None:
+        rows = self.objects_view.selectionModel().selectedRows()
+        if rows:
+            self.object_spin.setValue(int(self.objects_view.item(rows[0].row(), 0).text()))
+
+    def _on_table_edit(self, item) -> None:
+        if item.column() != 1:
+            return
+        oid = int(self.objects_view.item(item.row(), 0).text())
+        try:
+            self.rename_object(oid, item.text())
+        except SamMed2DError as exc:
+            show_error(str(exc))
+            self._show_objects()
+
+    def _on_table_double_click(self, row: int, col: int) -> None:
+        if col != 2:
+            return
+        oid = int(self.objects_view.item(row, 0).text())
+        color = QColorDialog.getColor(QColor(*self.table.objects[oid].color), self)
+        if color.isValid():
+            self.recolor_object(oid, (color.red(), color.green(), color.blue()))
+
+    def rename_object(self, oid: int, name: str) -> None:
+        self.table.rename(oid, name)
+        self._show_objects()
+
+    def recolor_object(self, oid: int, color) -> None:
+        self.table.recolor(oid, color)
+        self._show_objects()
+
+    def new_object(self) -> None:
+        labels = self._layer(LABELS_NAME)
+        used = int(labels.data.max()) if labels is not None and labels.data.size else 0
+        oid = max(used, max(self.table.objects, default=0)) + 1
+        self.table.add(oid)
+        self.object_spin.setValue(oid)
+        self._show_objects()
+
+    def delete_object(self) -> None:
+        """The current object goes: its prompts, its labels (one undo step), its row."""
+        oid = self.object_spin.value()
+        self.clear_object()
+        self.table.remove(oid)
+        if not self.table.objects:
+            self.table.add(1)
+        self.object_spin.setValue(min(self.table.objects))
+        self._show_objects()
+
+    # ----- clicks ---------------------------------------------------------------------------
     def slice_axis(self) -> int | None:
         """The image axis the viewer slices through (None for a 2D image)."""
         image = self.image_layer
@@ -342,30 +467,18 @@ class SegmentWidget(QWidget):
         preset = self.preset_combo.currentText()
         return data, affine, preset
 
-    def value_range(self, data, preset) -> tuple[float, float]:
-        """The volume's intensity window, once per image and preset rather than per click."""
-        if self._value_range is None:
-            self._value_range = intensity_range(data, preset)
-        return self._value_range
+    def _model_key(self) -> tuple[str, str]:
+        return self.model_edit.text().strip(), self.device_combo.currentText()
 
-    # ----- actions --------------------------------------------------------------------------
     def segment_current_slice(self) -> None:
+        """Queue the current slice of the current object (the newest request wins)."""
         try:
             points, shapes, labels = self.ensure_prompt_layers()
             axis = self.slice_axis()
             index = None if axis is None else self.current_index(axis)
-            prompts = slice_prompts(
-                self.image_layer, points, shapes, self.object_spin.value(), axis
-            )
-            prompt = prompts.get(index)
+            oid = self.object_spin.value()
+            prompt = slice_prompts(self.image_layer, points, shapes, oid, axis).get(index)
             if prompt is None:
-                return
-            model = self.get_model()
-            if prompt.box is None and model.spec.boxes_only:
-                show_info(
-                    f"{model.spec.name} was trained with boxes only: draw a rectangle "
-                    "(a point alone gives a poor mask)"
-                )
                 return
             data, affine, preset = self.volume_context()
             shape = (
@@ -374,70 +487,131 @@ class SegmentWidget(QWidget):
                 else tuple(s for a, s in enumerate(data.shape) if a != axis)
             )
             prompt = clip_box_to(prompt, shape[:2])
-            if axis is None:
-                mask = self._segment_2d(model, data, preset, prompt)
-            else:
-                mask, _ = segment_slice(
-                    data,
-                    index,
-                    prompt,
-                    model,
-                    axis=axis,
-                    affine=affine,
-                    value_range=self.value_range(data, preset),
-                    cache=self.cache,
-                )
-                self._start_prefetch(axis, index)
-            self._write_slice(labels, axis, index, mask)
+            self._seq += 1
+            request = SegmentRequest(
+                oid, axis, index, prompt, data, affine, preset, self._model_key(), self._seq
+            )
         except SamMed2DError as exc:
             show_error(str(exc))
+            return
+        if oid not in self.table.objects:
+            self.table.add(oid)
+            self._show_objects()
+        self._serve()
+        self.mailbox.put(request)
+        where = "" if index is None else f" slice {index}"
+        self.status.setText(f"segmenting{where}…")
 
-    def _segment_2d(self, model, data, preset, prompt):
-        if self._predictor is None:
-            self._predictor = Predictor(model, cache=self.cache)
-            self._predictor.set_image(data, preset=preset)
-        masks, _, _ = self._predictor.predict(prompt.points, prompt.labels, prompt.box)
-        return masks[0]
+    def _serve(self) -> None:
+        """Start the click thread once; it lives until the widget closes. A plain thread,
+        not a napari worker: workers share Qt's pool (one thread per core), and a
+        long-lived one there would leave a propagation waiting for a free thread."""
+        if self._server is not None:
+            return
+        engine, mailbox, send = self.engine, self.mailbox, self._bridge.message.emit
 
-    def _write_slice(self, labels, axis, index, mask) -> None:
-        oid = self.object_spin.value()
+        def serve():
+            while not self._stopping:
+                request = mailbox.take(0.1)
+                if request is None:
+                    continue
+                try:
+                    if engine.needs_loading(*request.model):
+                        send(("status", f"loading {request.model[0]}…"))
+                        engine.load(*request.model)
+                        send(("loaded", None))
+                    send(("mask", request, engine.segment(request)))
+                except BoxOnly as exc:
+                    send(("info", str(exc)))
+                except Exception as exc:  # noqa: BLE001 - shown to the user, loop goes on
+                    send(("error", exc))
+                finally:
+                    mailbox.done()
+
+        self._server = threading.Thread(target=serve, name="sammed2d-clicks", daemon=True)
+        self._server.start()
+
+    def _on_served(self, message) -> None:
+        kind = message[0]
+        if kind == "status":
+            self.status.setText(message[1])
+        elif kind == "loaded":
+            self.status.setText("")
+            QTimer.singleShot(0, self.prepare_prompt_layers)
+        elif kind == "info":
+            self.status.setText(message[1])
+            show_info(message[1])
+        elif kind == "error":
+            self._report_error("segmenting failed", message[1])
+        elif kind == "mask":
+            self._apply_click(message[1], message[2])
+
+    def _apply_click(self, request: SegmentRequest, mask: np.ndarray) -> None:
+        labels = self._layer(LABELS_NAME)
+        if labels is None or self.image_layer is None or request.data is not self._image_data():
+            return  # the image changed meanwhile: the result belongs to nothing shown
+        axis, index, oid = request.axis, request.index, request.object_id
+        self.status.setText("" if index is None else f"object {oid}: slice {index}")
+        info = self.table.objects.get(oid)
+        stretch = None
+        newer = request.seq > self._propagated_at.get(oid, -1)
+        if axis is not None and info is not None and self._busy is None and newer:
+            prompted = sorted(
+                k for k in self._prompted_slices(oid, axis) if k is not None and k != index
+            )
+            stretch = correction_stretch(index, prompted, info.reached, labels.data.shape[axis])
+        if stretch is None or stretch == (index, index):
+            self._write_slice(labels, axis, index, oid, mask)
+        else:
+            self._correct(labels, request, mask, stretch)
+        if axis is not None:
+            self._start_prefetch(axis, index)
+
+    def _image_data(self):
+        image = self.image_layer
+        return None if image is None else image.data
+
+    def _prompted_slices(self, oid, axis):
+        points, shapes = self._layer(POINTS_NAME), self._layer(SHAPES_NAME)
+        return slice_prompts(self.image_layer, points, shapes, oid, axis).keys()
+
+    def _write_slice(self, labels, axis, index, oid, mask) -> None:
         view = labels.data if axis is None else np.take(labels.data, index, axis=axis)
-        old = view == oid
-        add = mask & (view == 0)  # never paint over another object
-        remove = old & ~mask
+        remove, add = slice_changes(view, oid, mask)
         with labels.block_history():
             for where, value in ((remove, 0), (add, oid)):
                 if where.any():
-                    labels.data_setitem(self._full_index(where, axis, index), value)
+                    labels.data_setitem(_full_index(where, axis, index), value)
         labels.refresh()
 
-    @staticmethod
-    def _full_index(where2d, axis, index):
-        idx = list(np.nonzero(where2d))
-        if axis is not None:
-            idx.insert(axis, np.full(len(idx[0]), index))
-        return tuple(idx)
+    # ----- corrections ----------------------------------------------------------------------
+    def _correct(self, labels, request, mask, stretch) -> None:
+        """A new prompt on an object already propagated: show the slice now, re-propagate the
+        stretch up to the neighbouring prompted slices, and land both as one undo step."""
+        axis, index, oid = request.axis, request.index, request.object_id
+        sl = _slice_index(axis, index)
+        before = np.array(labels.data[sl])
+        remove, add = slice_changes(before, oid, mask)
+        preview = before.copy()
+        preview[remove] = 0
+        preview[add] = oid
+        labels.data[sl] = preview  # shown at once; not in the history until the stretch lands
+        labels.refresh()
+        lo, hi = stretch
+        points, shapes = self._layer(POINTS_NAME), self._layer(SHAPES_NAME)
+        prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
+        seeds = {k: p for k, p in prompts.items() if k is not None and lo <= k <= hi}
+        shape = tuple(s for a, s in enumerate(request.data.shape) if a != axis)
+        seeds = {k: clip_box_to(p, shape) for k, p in seeds.items()}
+        obj = ObjectPrompts(oid, seeds, (lo, hi))
 
-    def _start_prefetch(self, axis: int, index: int) -> None:
-        """Embed the other slices in the background, nearest first, through the cache."""
-        if self._prefetch is not None:
-            return
-        data, affine, preset = self.volume_context()
-        view = radiological_view(affine, axis) if affine is not None else SliceView()
-        slices = VolumeSlices(
-            self.model, data, axis, view, self.value_range(data, preset), self.cache
-        )
-        order = sorted(range(data.shape[axis]), key=lambda i: abs(i - index))
+        def land(result):
+            labels.data[sl] = before  # the history must see the slice's old content
+            self._land(labels, axis, oid, result, only=(lo, hi), keep_slice=(index, mask))
 
-        @thread_worker
-        def prefetch():
-            for i in order:
-                slices.embedding(i)
-                yield i
+        self._run_propagation(request, [obj], land, f"correcting slices {lo}–{hi}")
 
-        self._prefetch = prefetch()
-        self._prefetch.start()
-
+    # ----- propagation ----------------------------------------------------------------------
     def propagate_object(self) -> None:
         if self._busy is not None:
             show_info("a propagation is already running")
@@ -451,46 +625,52 @@ class SegmentWidget(QWidget):
             prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
             if not prompts:
                 raise SamMed2DError(f"object {oid} has no prompts: draw a box first")
-            model = self.get_model()
             data, affine, preset = self.volume_context()
             shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
             prompts = {k: clip_box_to(p, shape) for k, p in prompts.items()}
-            value_range = self.value_range(data, preset)
         except SamMed2DError as exc:
             show_error(str(exc))
             return
+        self._seq += 1
+        self._propagated_at[oid] = self._seq
+        request = SegmentRequest(oid, axis, None, None, data, affine, preset, self._model_key())
+        self._run_propagation(
+            request,
+            [ObjectPrompts(oid, prompts)],
+            lambda result: self._land(labels, axis, oid, result),
+            f"propagating {self.table.add(oid).name}",
+        )
+
+    def _run_propagation(self, request, objects, on_result, what: str) -> None:
+        engine = self.engine
         self._cancel = False
-        bar = progress(total=0, desc=f"Propagating object {oid}")
+        self.progress_bar.setVisible(True)
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setFormat(f"{what}: loading…")
 
         @thread_worker
         def work():
             # propagate() reports through a callback; the worker relays it to the GUI
             # thread by yielding, polling a helper thread that does the work.
             state = {"progress": (0, 0)}
-
-            def report(done, total):
-                state["progress"] = (done, total)
-
             result = {}
 
             def run():
                 try:
-                    result["value"] = _run()
+                    model = engine.load(*request.model)
+                    result["value"] = propagate(
+                        request.data,
+                        objects,
+                        model,
+                        axis=request.axis,
+                        affine=request.affine,
+                        value_range=engine.value_range(request.data, request.preset),
+                        cache=engine.cache,
+                        progress=lambda done, total: state.update(progress=(done, total)),
+                        should_stop=lambda: self._cancel,
+                    )
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
                     result["error"] = exc
-
-            def _run():
-                return propagate(
-                    data,
-                    [ObjectPrompts(oid, prompts)],
-                    model,
-                    axis=axis,
-                    affine=affine,
-                    value_range=value_range,
-                    cache=self.cache,
-                    progress=report,
-                    should_stop=lambda: self._cancel,
-                )
 
             thread = threading.Thread(target=run, daemon=True)
             thread.start()
@@ -502,44 +682,67 @@ class SegmentWidget(QWidget):
             return result.get("value")
 
         worker = work()
-        worker.yielded.connect(lambda d: _update(bar, *d))
-        worker.returned.connect(lambda r: self._apply_propagation(labels, axis, oid, r))
-        worker.errored.connect(lambda e: self._report_error("propagation failed", e))
-        worker.finished.connect(lambda: self._finish(bar))
+        worker.yielded.connect(lambda d: self._show_progress(what, *d))
+        worker.returned.connect(lambda r: r is not None and on_result(r))
+        worker.errored.connect(lambda e: self._report_error(f"{what} failed", e))
+        worker.finished.connect(self._finish)
         self._busy = worker
         self.cancel_button.setEnabled(True)
         self.propagate_button.setEnabled(False)
         worker.start()
 
-    def _apply_propagation(self, labels, axis, oid, result) -> None:
-        if result is None:
-            return
+    def _show_progress(self, what: str, done: int, total: int) -> None:
+        if total:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(done)
+            self.progress_bar.setFormat(f"{what}: slice {done} of {total}")
+
+    def _land(self, labels, axis, oid, result, only=None, keep_slice=None) -> None:
+        """Write an object's propagation as one undo step. `only` limits it to a stretch of
+        slices (a correction, whose prompted slice `keep_slice` is written as segmented)."""
         found = result.labels == oid
-        with labels.block_history():  # one Ctrl+Z undoes the whole propagation
+        n = labels.data.shape[axis]
+        lo, hi = only if only is not None else (0, n - 1)
+        inside = np.zeros(n, bool)
+        inside[lo : hi + 1] = True
+        shape = [1, 1, 1]
+        shape[axis] = n
+        inside = inside.reshape(shape)
+        if keep_slice is not None:
+            index, mask = keep_slice
+            sl = _slice_index(axis, index)
+            found[sl] = mask
+        with labels.block_history():  # one Ctrl+Z undoes it
             # A cancelled run only adds what it finished; it never erases earlier work.
-            stale = (labels.data == oid) & ~found
+            stale = (labels.data == oid) & ~found & inside
             if stale.any() and not result.cancelled:
                 labels.data_setitem(np.nonzero(stale), 0)
-            fresh = found & (labels.data == 0)
+            fresh = found & (labels.data == 0) & inside
             if fresh.any():
                 labels.data_setitem(np.nonzero(fresh), oid)
         labels.refresh()
-        reached = result.reached[oid]
-        text = "no slices" if reached is None else f"slices {reached[0]}–{reached[1]}"
-        self.status.setText(f"object {oid}: {text}" + (" (cancelled)" if result.cancelled else ""))
+        present = np.flatnonzero(
+            np.any(labels.data == oid, axis=tuple(a for a in range(3) if a != axis))
+        )
+        info = self.table.add(oid)
+        info.reached = (int(present[0]), int(present[-1])) if present.size else None
+        self._show_objects()
+        text = (
+            "no slices" if info.reached is None else f"slices {info.reached[0]}–{info.reached[1]}"
+        )
+        cancelled = " (cancelled)" if result.cancelled else ""
+        self.status.setText(f"{info.name}: {text}{cancelled}")
 
     def _report_error(self, what: str, exc: BaseException) -> None:
         """One line in a notification and the status; the traceback goes to the log."""
-        import logging
-
-        logging.getLogger("napari_sammed2d").error(what, exc_info=exc)
+        log.error(what, exc_info=exc)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         text = first if isinstance(exc, SamMed2DError) else f"{what}: {type(exc).__name__}: {first}"
         self.status.setText(text)
         show_error(text)
 
-    def _finish(self, bar) -> None:
-        bar.close()
+    def _finish(self) -> None:
+        self.progress_bar.setVisible(False)
         self._busy = None
         self.cancel_button.setEnabled(False)
         self.propagate_button.setEnabled(True)
@@ -547,41 +750,122 @@ class SegmentWidget(QWidget):
     def cancel(self) -> None:
         self._cancel = True
 
+    # ----- background embedding -------------------------------------------------------------
+    def _start_prefetch(self, axis: int, index: int) -> None:
+        """Embed the other slices in the background, nearest first, through the cache,
+        pausing while a click is served or a propagation runs."""
+        if self._prefetch is not None or self.engine.model is None:
+            return
+        data, affine, preset = self.volume_context()
+        view = radiological_view(affine, axis) if affine is not None else SliceView()
+        engine, mailbox = self.engine, self.mailbox
+        slices = VolumeSlices(
+            engine.model, data, axis, view, engine.value_range(data, preset), engine.cache
+        )
+        order = sorted(range(data.shape[axis]), key=lambda i: abs(i - index))
+
+        send = self._bridge.message.emit
+
+        def prefetch():
+            try:
+                for i in order:
+                    while (mailbox.busy or self._busy is not None) and not self._stopping:
+                        time.sleep(0.02)
+                    if self._stopping or self._prefetch is not thread:
+                        return
+                    slices.embedding(i)
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                send(("error", exc))
+
+        thread = threading.Thread(target=prefetch, name="sammed2d-embed", daemon=True)
+        self._prefetch = thread
+        thread.start()
+
+    # ----- clearing -------------------------------------------------------------------------
+    def _remove_prompts(self, oid: int, index: int | None = None, axis: int | None = None):
+        points, shapes = self._layer(POINTS_NAME), self._layer(SHAPES_NAME)
+        self._loading = True  # removing prompts must not segment anything
+        try:
+            for layer in (points, shapes):
+                if layer is None or not len(layer.data):
+                    continue
+                mine = np.asarray(layer.features["object"]) == oid
+                if index is not None and axis is not None:
+                    from ._prompts import to_image_coords
+
+                    on = []
+                    for item in layer.data:
+                        coords = to_image_coords(layer, self.image_layer, np.atleast_2d(item))
+                        on.append(int(round(coords[0][axis])) == index)
+                    mine &= np.array(on, bool)
+                if mine.any():
+                    layer.selected_data = set(np.flatnonzero(mine))
+                    layer.remove_selected()
+        finally:
+            self._loading = False
+
+    def clear_prompts(self) -> None:
+        self._remove_prompts(self.object_spin.value())
+
+    def clear_slice(self) -> None:
+        """The current object's prompts and labels on the current slice (one undo step)."""
+        labels = self._layer(LABELS_NAME)
+        if labels is None or self.image_layer is None:
+            return
+        axis = self.slice_axis()
+        oid = self.object_spin.value()
+        index = None if axis is None else self.current_index(axis)
+        self._remove_prompts(oid, index, axis)
+        view = labels.data if axis is None else np.take(labels.data, index, axis=axis)
+        self._write_slice(labels, axis, index, oid, np.zeros(view.shape, bool))
+
+    def clear_object(self) -> None:
+        """The current object's prompts and labels everywhere (one undo step)."""
+        oid = self.object_spin.value()
+        self._remove_prompts(oid)
+        labels = self._layer(LABELS_NAME)
+        if labels is not None and (labels.data == oid).any():
+            with labels.block_history():
+                labels.data_setitem(np.nonzero(labels.data == oid), 0)
+            labels.refresh()
+        if oid in self.table.objects:
+            self.table.objects[oid].reached = None
+            self._show_objects()
+
+    # ----- lifetime -------------------------------------------------------------------------
     def shutdown(self, wait_ms: int = 30_000) -> None:
         """Stop background work and remove the key bindings (the widget goes away)."""
         self._cancel = True
+        self._stopping = True
         self._unbind_keys()
-        for worker in (self._prefetch, self._busy):
-            if worker is not None:
-                worker.quit()
+        if self._busy is not None:
+            self._busy.quit()
         from qtpy.QtCore import QThreadPool
 
         QThreadPool.globalInstance().waitForDone(wait_ms)
-        self._prefetch = self._busy = None
+        for thread in (self._prefetch, self._server):
+            if thread is not None:
+                thread.join(wait_ms / 1000)
+        self._prefetch = self._busy = self._server = None
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.shutdown()
         super().closeEvent(event)
 
-    def new_object(self) -> None:
-        labels = self._layer(LABELS_NAME)
-        used = int(labels.data.max()) if labels is not None else 0
-        self.object_spin.setValue(max(used, self.object_spin.value()) + 1)
-
     def toggle_polarity(self) -> None:
         self.positive_button.setChecked(not self.positive_button.isChecked())
 
-    def clear_prompts(self) -> None:
-        oid = self.object_spin.value()
-        points, shapes = self._layer(POINTS_NAME), self._layer(SHAPES_NAME)
-        if points is not None and len(points.data):
-            keep = np.asarray(points.features["object"]) != oid
-            points.selected_data = set(np.flatnonzero(~keep))
-            points.remove_selected()
-        if shapes is not None and len(shapes.data):
-            drop = np.flatnonzero(np.asarray(shapes.features["object"]) == oid)
-            shapes.selected_data = set(drop)
-            shapes.remove_selected()
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Process events until no click is pending (for scripts and tests)."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self.mailbox.busy and time.monotonic() < end:
+            QApplication.processEvents()
+            time.sleep(0.005)
+        for _ in range(5):  # let the last result's signal arrive
+            QApplication.processEvents()
+            time.sleep(0.005)
 
     # ----- prompts as files -----------------------------------------------------------------
     def _from_our_reader(self) -> bool:
@@ -590,7 +874,7 @@ class SegmentWidget(QWidget):
 
     def prompt_record(self) -> PromptFile:
         """Every object's prompts, in the source file's voxel order when the image came
-        through our reader, with the model, window and settings a replay needs."""
+        through our reader, with names, colours, the model, window and settings."""
         points, shapes, _ = self.ensure_prompt_layers()
         axis = self.slice_axis()
         if axis is None:
@@ -601,13 +885,14 @@ class SegmentWidget(QWidget):
         for oid in sorted(int(i) for i in ids):
             prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
             if prompts:
-                objects.append(ObjectPrompts(oid, prompts))
+                info = self.table.add(oid)
+                objects.append(ObjectPrompts(oid, prompts, name=info.name, color=info.color))
         if not objects:
             raise SamMed2DError("no prompts to save: draw a box first")
         if self._from_our_reader():
             axis, objects = reorder_objects(axis, objects, self.image_layer.ndim)
-        if self.model is not None:
-            name, sha = model_record(self.model)
+        if self.engine.model is not None:
+            name, sha = model_record(self.engine.model)
         else:
             name, sha = self.model_edit.text().strip(), None
         return PromptFile(
@@ -619,8 +904,8 @@ class SegmentWidget(QWidget):
         self.status.setText(f"prompts saved to {path}")
 
     def load_prompts(self, path) -> None:
-        """Add a PROMPTS.json's boxes and points to the prompt layers (without segmenting:
-        press S or Propagate, as after drawing them)."""
+        """Add a PROMPTS.json's objects, boxes and points (without segmenting: press
+        Shift+S or Propagate, as after drawing them)."""
         record = read_prompt_file(path)
         points, shapes, _ = self.ensure_prompt_layers()
         axis, objects = record.axis, record.objects
@@ -630,14 +915,18 @@ class SegmentWidget(QWidget):
             raise SamMed2DError(f"prompts {path}: axis {record.axis} does not fit this image")
         if record.window in PRESETS:
             self.preset_combo.setCurrentText(record.window)
+        for obj in objects:
+            self.table.remove(obj.id)
+            self.table.add(obj.id, obj.name or None, obj.color)
         self._loading = True
         try:
             add_prompt_shapes(points, shapes, axis, objects)
         finally:
             self._loading = False
-            self._on_object_changed(self.object_spin.value())
             self._on_polarity(self.positive_button.isChecked())
         self.object_spin.setValue(objects[0].id)
+        self._on_object_changed(objects[0].id)
+        self._show_objects()
         self.status.setText(f"{len(objects)} object(s) loaded from {path}")
 
     def _save_dialog(self) -> None:
@@ -656,18 +945,41 @@ class SegmentWidget(QWidget):
             except SamMed2DError as exc:
                 show_error(str(exc))
 
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "PyTorch (*.pth *.pt)")
+        if path:
+            self.model_edit.setText(path)
+            self._drop_volume_state()
+
     def _bind_keys(self) -> None:
         for key, method in KEYS.items():
             action = getattr(self, method)
             self.viewer.bind_key(key, lambda viewer, action=action: action(), overwrite=True)
+        self._keys_bound = True
 
     def _unbind_keys(self) -> None:
-        for key in KEYS:
-            self.viewer.bind_key(key, None)
+        if self._keys_bound:
+            for key in KEYS:
+                self.viewer.bind_key(key, None)
+            self._keys_bound = False
 
 
-def _update(bar, done: int, total: int) -> None:
-    if total and bar.total != total:
-        bar.total = total
-    bar.n = done
-    bar.refresh()
+class _Bridge(QObject):
+    """Carries messages from plain threads to the Qt thread (a queued connection)."""
+
+    message = Signal(object)
+
+
+def _slice_index(axis, index):
+    if axis is None:
+        return (slice(None),)
+    sl = [slice(None)] * 3
+    sl[axis] = index
+    return tuple(sl)
+
+
+def _full_index(where2d, axis, index):
+    idx = list(np.nonzero(where2d))
+    if axis is not None:
+        idx.insert(axis, np.full(len(idx[0]), index))
+    return tuple(idx)

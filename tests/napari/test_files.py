@@ -143,6 +143,7 @@ def test_saved_prompts_replay_through_the_cli_bit_for_bit(make_napari_viewer, qt
         viewer.dims.set_point(0, world_of(viewer.layers["ct"], (3, 0, 0))[0])
         # A box on layer slice 3 (file slice k = 3) around rows 11..30, columns 9..26.
         shapes.add_rectangles(np.array([[3, 11, 9], [3, 11, 26], [3, 30, 26], [3, 30, 9]], float))
+        w.wait_idle()
         w.propagate_object()
         with qtbot.waitSignal(w._busy.finished, timeout=120_000):
             pass

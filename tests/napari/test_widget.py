@@ -41,13 +41,14 @@ def setup_volume(viewer, w, scale=(1, 1, 1), model="litemedsam"):
 def draw_box(viewer, shapes, z, r0, c0, r1, c1, scale=(1, 1, 1)):
     viewer.dims.set_point(0, z * scale[0])
     rect = np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]], float)
-    shapes.add_rectangles(rect)  # fires ADDED: the widget segments this slice
+    shapes.add_rectangles(rect)  # fires ADDED: the widget queues this slice
 
 
 def test_rectangle_segments_the_right_slice(widget):
     viewer, w = widget
     _, shapes, labels = setup_volume(viewer, w)
     draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
     assert not labels.data[[0, 1, 2, 4, 5, 6, 7]].any()
     found = labels.data[3] == 1
     truth = np.zeros_like(found)
@@ -76,6 +77,7 @@ def test_anisotropic_scale_puts_the_mask_under_the_box(widget):
         ]
     )
     shapes.add_rectangles(world)
+    w.wait_idle()
     found = labels.data[3] == 1
     # Placement, not quality: a misplaced box covers almost none of the block. (The official
     # LiteMedSAM resize enlarges this 48 x 40 slice by pixel replication, which costs edges.)
@@ -87,6 +89,7 @@ def test_click_with_a_point_model(widget, tiny_checkpoint):
     points, _, labels = setup_volume(viewer, w, model=str(tiny_checkpoint))
     viewer.dims.set_point(0, 4)
     points.add(np.array([[4, 20, 18]], float))
+    w.wait_idle()
     assert labels.data[4].any()  # a mask on the clicked slice
     assert not np.delete(labels.data, 4, axis=0).any()  # and nowhere else
 
@@ -95,6 +98,7 @@ def test_propagate_fills_neighbours_and_one_undo_removes_it(widget, qtbot):
     viewer, w = widget
     _, shapes, labels = setup_volume(viewer, w)
     draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
     before = labels.data.copy()
     w.propagate_object()
     with qtbot.waitSignal(w._busy.finished, timeout=120_000):
@@ -109,6 +113,7 @@ def test_cancel_leaves_labels_consistent(widget, qtbot):
     viewer, w = widget
     _, shapes, labels = setup_volume(viewer, w)
     draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
     w.propagate_object()
     w.cancel()
     with qtbot.waitSignal(w._busy.finished, timeout=120_000):
@@ -169,6 +174,7 @@ def test_2d_rgb_image_with_a_rectangle(widget):
     points, shapes, labels = w.ensure_prompt_layers()
     assert labels.data.shape == (40, 50) and points.ndim == 2
     shapes.add_rectangles(np.array([[9, 14], [9, 38], [28, 38], [28, 14]], float))
+    w.wait_idle()
     found = labels.data == 1
     truth = np.zeros_like(found)
     truth[10:28, 15:38] = True
@@ -267,5 +273,6 @@ def test_prompt_layers_wait_with_the_box_tool_and_a_point_alone_is_refused(
     w.preset_combo.setCurrentText("abdomen")
     viewer.dims.set_point(0, 3)
     points.add(np.array([[3, 20, 18]], float))  # LiteMedSAM, the default: boxes only
+    w.wait_idle()
     assert said and "trained with boxes only" in said[0]
     assert not viewer.layers["SAM labels"].data.any()
