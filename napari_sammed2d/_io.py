@@ -22,7 +22,7 @@ import numpy as np
 from sammed2d.errors import SamMed2DError
 from sammed2d.io import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, read_volume, suffix_of
 from sammed2d.labelfiles import is_seg_nrrd, read_labels, write_labels
-from sammed2d.segments import Segment, read_sidecar, segments_for
+from sammed2d.segments import Segment, segments_for, sidecar_path
 
 LAYER_ORDER = (2, 1, 0)  # napari axes <- voxel axes (i, j, k)
 
@@ -107,7 +107,9 @@ def is_label_file(path: Path) -> bool:
         return True
     if path.is_file() and suffix_of(path) in (".dcm", ".dicom") and is_dicom_seg(path):
         return True
-    return suffix_of(path) in NIFTI_SUFFIXES + ITK_SUFFIXES and bool(read_sidecar(path))
+    # Only the file's own sidecar (x.json beside x.nii.gz): a labels.json in the folder
+    # describes the label file of that name, not the CT beside it.
+    return suffix_of(path) in NIFTI_SUFFIXES + ITK_SUFFIXES and sidecar_path(path).is_file()
 
 
 def get_reader(path):
@@ -160,7 +162,7 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     if data.ndim != 3:
         raise SamMed2DError(f"labels of shape {data.shape}: only 3D label volumes are written")
     labels = np.transpose(data, np.argsort(LAYER_ORDER))  # back to voxel (i, j, k)
-    if info is not None:
+    if info is not None and info.get("affine") is not None:
         affine = np.asarray(info["affine"])[:, [*np.argsort(LAYER_ORDER), 3]]
         like = Volume(labels, affine, info.get("header"))
         source = info.get("source")

@@ -142,6 +142,7 @@ class ObjectInfo:
     name: str
     color: tuple[int, int, int]
     reached: tuple[int, int] | None = None  # slices the last propagation covered
+    color_auto: bool = True  # not chosen by the user: a renamed object takes its anatomy's
 
 
 @dataclass
@@ -153,7 +154,7 @@ class ObjectTable:
         if oid in self.objects:
             return self.objects[oid]
         seg = default_segment(oid, name or f"object {oid}")
-        info = ObjectInfo(oid, seg.name, tuple(color) if color else seg.color)
+        info = ObjectInfo(oid, seg.name, tuple(color) if color else seg.color, None, not color)
         self.objects[oid] = info
         return info
 
@@ -162,11 +163,13 @@ class ObjectTable:
         if not name:
             raise SamMed2DError("an object needs a name")
         info = self.objects[oid]
-        self.objects[oid] = ObjectInfo(oid, name, info.color, info.reached)
+        color = default_segment(oid, name).color if info.color_auto else info.color
+        self.objects[oid] = ObjectInfo(oid, name, color, info.reached, info.color_auto)
 
     def recolor(self, oid: int, color) -> None:
         info = self.objects[oid]
-        self.objects[oid] = ObjectInfo(oid, info.name, tuple(int(c) for c in color), info.reached)
+        color = tuple(int(c) for c in color)
+        self.objects[oid] = ObjectInfo(oid, info.name, color, info.reached, False)
 
     def remove(self, oid: int) -> None:
         self.objects.pop(oid, None)

@@ -582,7 +582,6 @@ class SegmentWidget(QWidget):
             for where, value in ((remove, 0), (add, oid)):
                 if where.any():
                     labels.data_setitem(_full_index(where, axis, index), value)
-        labels.refresh()
 
     # ----- corrections ----------------------------------------------------------------------
     def _correct(self, labels, request, mask, stretch) -> None:
@@ -720,7 +719,6 @@ class SegmentWidget(QWidget):
             fresh = found & (labels.data == 0) & inside
             if fresh.any():
                 labels.data_setitem(np.nonzero(fresh), oid)
-        labels.refresh()
         present = np.flatnonzero(
             np.any(labels.data == oid, axis=tuple(a for a in range(3) if a != axis))
         )
@@ -827,7 +825,6 @@ class SegmentWidget(QWidget):
         if labels is not None and (labels.data == oid).any():
             with labels.block_history():
                 labels.data_setitem(np.nonzero(labels.data == oid), 0)
-            labels.refresh()
         if oid in self.table.objects:
             self.table.objects[oid].reached = None
             self._show_objects()

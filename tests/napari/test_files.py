@@ -208,3 +208,14 @@ def test_a_ras_nifti_shows_radiologically(make_napari_viewer, qtbot, tmp_path):
         assert bright.size and np.all(bright.mean(axis=0) > centre)  # lower right
     finally:
         w.shutdown()
+
+
+def test_a_ct_beside_a_labels_json_still_opens_as_an_image(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    src = block_file(tmp_path)
+    labels = np.zeros(read_volume(src).array.shape, np.uint8)
+    write_volume(tmp_path / "labels.nii.gz", labels, read_volume(src))
+    (tmp_path / "labels.json").write_text(json.dumps({"1": "liver"}))
+    (image,) = viewer.open(str(src), plugin="napari-sammed2d")
+    (lab,) = viewer.open(str(tmp_path / "labels.nii.gz"), plugin="napari-sammed2d")
+    assert image.__class__.__name__ == "Image" and lab.__class__.__name__ == "Labels"
