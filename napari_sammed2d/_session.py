@@ -14,7 +14,7 @@ import numpy as np
 
 from sammed2d import EmbeddingCache, load_model
 from sammed2d.errors import SamMed2DError
-from sammed2d.intensity import intensity_range
+from sammed2d.intensity import PRESETS, intensity_range
 from sammed2d.memory import reuse_freed_memory, tuning_wanted_in_host
 from sammed2d.propagate import SlicePrompt, segment_slice
 from sammed2d.segments import Segment, default_segment
@@ -143,6 +143,7 @@ class ObjectInfo:
     color: tuple[int, int, int]
     reached: tuple[int, int] | None = None  # slices the last propagation covered
     color_auto: bool = True  # not chosen by the user: a renamed object takes its anatomy's
+    window: str | None = None  # its own intensity preset; None: the widget's
 
 
 @dataclass
@@ -164,12 +165,17 @@ class ObjectTable:
             raise SamMed2DError("an object needs a name")
         info = self.objects[oid]
         color = default_segment(oid, name).color if info.color_auto else info.color
-        self.objects[oid] = ObjectInfo(oid, name, color, info.reached, info.color_auto)
+        self.objects[oid] = ObjectInfo(oid, name, color, info.reached, info.color_auto, info.window)
 
     def recolor(self, oid: int, color) -> None:
         info = self.objects[oid]
         color = tuple(int(c) for c in color)
-        self.objects[oid] = ObjectInfo(oid, info.name, color, info.reached, False)
+        self.objects[oid] = ObjectInfo(oid, info.name, color, info.reached, False, info.window)
+
+    def set_window(self, oid: int, window: str | None) -> None:
+        if window is not None and window not in PRESETS:
+            raise SamMed2DError(f"window {window!r}: expected one of {', '.join(PRESETS)}")
+        self.objects[oid].window = window
 
     def remove(self, oid: int) -> None:
         self.objects.pop(oid, None)

@@ -113,8 +113,8 @@ class SegmentWidget(QWidget):
         self.preset_combo.addItems(list(PRESETS))
         self.object_spin = QSpinBox()  # the current object's id, kept in step with the table
         self.object_spin.setRange(1, 65535)
-        self.objects_view = QTableWidget(0, 4)
-        self.objects_view.setHorizontalHeaderLabels(["id", "name", "colour", "slices"])
+        self.objects_view = QTableWidget(0, 5)
+        self.objects_view.setHorizontalHeaderLabels(["id", "name", "colour", "window", "slices"])
         self.objects_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.objects_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.objects_view.verticalHeader().setVisible(False)
@@ -378,8 +378,18 @@ class SegmentWidget(QWidget):
             reached = info.reached
             span = QTableWidgetItem("" if reached is None else f"{reached[0]}–{reached[1]}")
             span.setFlags(span.flags() & ~Qt.ItemFlag.ItemIsEditable)
-            for col, item in enumerate((ident, name, color, span)):
+            for col, item in zip((0, 1, 2, 4), (ident, name, color, span)):
                 view.setItem(row, col, item)
+            window = QComboBox()
+            window.addItems(["(Intensity)", *PRESETS])
+            window.setToolTip("this object's intensity window (e.g. lung for a lung lobe)")
+            window.setCurrentText(info.window or "(Intensity)")
+            window.currentTextChanged.connect(
+                lambda text, oid=info.id: self.set_object_window(
+                    oid, None if text == "(Intensity)" else text
+                )
+            )
+            view.setCellWidget(row, 3, window)
         view.blockSignals(False)
         self._select_row(self.object_spin.value())
         self._style_labels()
@@ -422,6 +432,21 @@ class SegmentWidget(QWidget):
     def recolor_object(self, oid: int, color) -> None:
         self.table.recolor(oid, color)
         self._show_objects()
+
+    def set_object_window(self, oid: int, window: str | None) -> None:
+        self.table.set_window(oid, window)
+        view = self.objects_view
+        for row in range(view.rowCount()):
+            combo = view.cellWidget(row, 3)
+            if view.item(row, 0).text() == str(oid) and combo is not None:
+                combo.blockSignals(True)
+                combo.setCurrentText(window or "(Intensity)")
+                combo.blockSignals(False)
+
+    def window_of(self, oid: int) -> str:
+        """The intensity preset object `oid` is segmented in."""
+        info = self.table.objects.get(oid)
+        return (info.window if info else None) or self.preset_combo.currentText()
 
     def new_object(self) -> None:
         labels = self._layer(LABELS_NAME)
@@ -487,6 +512,7 @@ class SegmentWidget(QWidget):
                 else tuple(s for a, s in enumerate(data.shape) if a != axis)
             )
             prompt = clip_box_to(prompt, shape[:2])
+            preset = self.window_of(oid)
             self._seq += 1
             request = SegmentRequest(
                 oid, axis, index, prompt, data, affine, preset, self._model_key(), self._seq
@@ -602,7 +628,7 @@ class SegmentWidget(QWidget):
         seeds = {k: p for k, p in prompts.items() if k is not None and lo <= k <= hi}
         shape = tuple(s for a, s in enumerate(request.data.shape) if a != axis)
         seeds = {k: clip_box_to(p, shape) for k, p in seeds.items()}
-        obj = ObjectPrompts(oid, seeds, (lo, hi))
+        obj = ObjectPrompts(oid, seeds, (lo, hi), window=self.table.add(oid).window)
 
         def land(result):
             labels.data[sl] = before  # the history must see the slice's old content
@@ -632,10 +658,13 @@ class SegmentWidget(QWidget):
             return
         self._seq += 1
         self._propagated_at[oid] = self._seq
-        request = SegmentRequest(oid, axis, None, None, data, affine, preset, self._model_key())
+        info = self.table.add(oid)
+        request = SegmentRequest(
+            oid, axis, None, None, data, affine, self.window_of(oid), self._model_key()
+        )
         self._run_propagation(
             request,
-            [ObjectPrompts(oid, prompts)],
+            [ObjectPrompts(oid, prompts, window=info.window)],
             lambda result: self._land(labels, axis, oid, result),
             f"propagating {self.table.add(oid).name}",
         )
@@ -883,7 +912,11 @@ class SegmentWidget(QWidget):
             prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
             if prompts:
                 info = self.table.add(oid)
-                objects.append(ObjectPrompts(oid, prompts, name=info.name, color=info.color))
+                objects.append(
+                    ObjectPrompts(
+                        oid, prompts, name=info.name, color=info.color, window=info.window
+                    )
+                )
         if not objects:
             raise SamMed2DError("no prompts to save: draw a box first")
         if self._from_our_reader():
@@ -915,6 +948,7 @@ class SegmentWidget(QWidget):
         for obj in objects:
             self.table.remove(obj.id)
             self.table.add(obj.id, obj.name or None, obj.color)
+            self.table.set_window(obj.id, obj.window)
         self._loading = True
         try:
             add_prompt_shapes(points, shapes, axis, objects)

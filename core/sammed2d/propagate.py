@@ -21,7 +21,7 @@ import torch
 
 from .cache import EmbeddingCache
 from .errors import Cancelled, ImageError, PromptError
-from .intensity import intensity_range, to_rgb, to_uint8
+from .intensity import PRESETS, intensity_range, to_rgb, to_uint8
 from .models import SamModel
 from .orientation import SliceView, radiological_view
 from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
@@ -45,6 +45,7 @@ class ObjectPrompts:
     range: tuple[int, int] | None = None  # inclusive; None: until the object stops by itself
     name: str = ""
     color: tuple[int, int, int] | None = None  # sRGB 0-255 for display and export
+    window: str | None = None  # its own intensity preset (a lung lobe in a lung window)
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,16 @@ def propagate(
     slices = volume_slices(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
-    walker = _Walker(slices, settings)
+    walkers = {None: (slices, _Walker(slices, settings))}
+
+    def walker_for(obj):
+        """Slices in the object's own window, when it has one (embedded separately)."""
+        if obj.window not in walkers:
+            own = volume_slices(
+                model, volume, axis, affine, obj.window, None, orientation, cache, batch_size
+            )
+            walkers[obj.window] = (own, _Walker(own, settings))
+        return walkers[obj.window]
 
     spans = [(o.range or (0, n - 1)) for o in objects]
     total = sum(hi - lo + 1 for lo, hi in spans)
@@ -329,6 +339,7 @@ def propagate(
         covered = 0  # slices of the objects finished so far, as counted in `total`
         for obj, (lo, hi) in zip(objects, spans):
             start = time.perf_counter()
+            obj_slices, walker = walker_for(obj)
             out = results[obj.id]
             seeds = {}
             for index in sorted(obj.slices):
@@ -350,7 +361,7 @@ def propagate(
             # or a mask, which belong to their own slice), and the walk goes on from the
             # last mask found.
             strict = obj.range is None
-            retry_boxes = {i: seed_box(slices, obj.slices[i], seeds[i][0]) for i in seeds}
+            retry_boxes = {i: seed_box(obj_slices, obj.slices[i], seeds[i][0]) for i in seeds}
             for seed, direction, limit in walks:
                 mask, low = seeds[seed]
                 index = seed + direction
@@ -477,6 +488,9 @@ def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
                     points=None if points is None else np.asarray(points, np.float64),
                     labels=None if labels is None else np.asarray(labels),
                 )
+            window = item.get("window")
+            if window is not None and window not in PRESETS:
+                raise ValueError(f"window {window!r} is not one of {', '.join(PRESETS)}")
             color = item.get("color")
             if color is not None:
                 color = tuple(int(c) for c in color)
@@ -484,7 +498,9 @@ def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
                     raise ValueError(f"color {item['color']!r} is not [r, g, b] in 0-255")
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise PromptError(f"prompts: object {n} is malformed ({exc})") from None
-        objects.append(ObjectPrompts(oid, slices, rng, str(item.get("name", "")), color))
+        objects.append(
+            ObjectPrompts(oid, slices, rng, str(item.get("name", "")), color, window)
+        )
     return axis, objects
 
 
@@ -510,5 +526,7 @@ def objects_to_json(axis: int, objects: list[ObjectPrompts]) -> dict:
             item["range"] = [int(obj.range[0]), int(obj.range[1])]
         if obj.color is not None:
             item["color"] = [int(c) for c in obj.color]
+        if obj.window is not None:
+            item["window"] = obj.window
         items.append(item)
     return {"axis": int(axis), "objects": items}

@@ -257,3 +257,33 @@ def test_other_slices_are_retried_with_a_box_never_the_seeds_own_mask_or_points(
     for z in (2, 3, 8, 9):  # the disc there is smaller than on the seed slice
         found, here = result.labels[:, :, z] == 1, truth[:, :, z] == 1
         assert dice(found, here) > dice(seed, here) + 0.1, z
+
+
+def test_an_object_in_its_own_window_matches_a_run_in_that_window(tiny_checkpoint):
+    """A per-object intensity preset (a lung lobe in a lung window beside organs in the
+    abdomen window) gives exactly what a run in that window gives for that object."""
+    from sammed2d import load_model
+    from sammed2d.propagate import (
+        ObjectPrompts,
+        SlicePrompt,
+        objects_from_json,
+        objects_to_json,
+        propagate,
+    )
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(-700, 200, (48, 40, 6)).astype(np.int16)
+    volume[10:30, 8:25, 1:5] = -300
+    model = load_model(str(tiny_checkpoint), device="cpu")
+    prompt = {2: SlicePrompt(box=np.array([7, 9, 26, 31.0]))}
+    own = propagate(
+        volume, [ObjectPrompts(1, prompt, (1, 4), window="lung")], model, preset="abdomen"
+    )
+    ref = propagate(volume, [ObjectPrompts(1, prompt, (1, 4))], model, preset="lung")
+    other = propagate(volume, [ObjectPrompts(1, prompt, (1, 4))], model, preset="abdomen")
+    assert np.array_equal(own.labels, ref.labels)
+    assert not np.array_equal(ref.labels, other.labels)  # the window mattered
+    axis, objs = objects_from_json(objects_to_json(2, [ObjectPrompts(1, prompt, window="lung")]))
+    assert objs[0].window == "lung"
+    with pytest.raises(PromptError, match="window"):
+        objects_from_json({"objects": [{"id": 1, "window": "sky", "slices": {}}]})

@@ -186,3 +186,22 @@ def test_the_event_loop_keeps_beating_through_clicks_embedding_and_propagation(
         assert (labels.data > 0).sum(axis=(1, 2)).astype(bool).sum() > 3
     finally:
         w.shutdown()
+
+
+def test_an_object_keeps_its_own_window_through_the_prompts_file(widget, tmp_path):
+    import json
+
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w)
+    w.new_object()
+    w.set_object_window(2, "lung")
+    assert w.window_of(2) == "lung" and w.window_of(1) == "abdomen"
+    assert w.objects_view.cellWidget(1, 3).currentText() == "lung"
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
+    w.save_prompts(tmp_path / "p.json")
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert [o.get("window") for o in saved["objects"]] == ["lung"]
+    w.set_object_window(2, None)
+    w.load_prompts(tmp_path / "p.json")
+    assert w.window_of(2) == "lung"
