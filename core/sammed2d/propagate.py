@@ -498,9 +498,7 @@ def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
                     raise ValueError(f"color {item['color']!r} is not [r, g, b] in 0-255")
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise PromptError(f"prompts: object {n} is malformed ({exc})") from None
-        objects.append(
-            ObjectPrompts(oid, slices, rng, str(item.get("name", "")), color, window)
-        )
+        objects.append(ObjectPrompts(oid, slices, rng, str(item.get("name", "")), color, window))
     return axis, objects
 
 
