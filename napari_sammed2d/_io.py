@@ -22,7 +22,7 @@ import numpy as np
 from sammed2d.errors import SamMed2DError
 from sammed2d.io import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, read_volume, suffix_of
 from sammed2d.labelfiles import is_seg_nrrd, read_labels, write_labels
-from sammed2d.segments import Segment, segments_for, sidecar_path
+from sammed2d.segments import Segment, default_segment, segments_for, sidecar_path
 
 LAYER_ORDER = (2, 1, 0)  # napari axes <- voxel axes (i, j, k)
 
@@ -45,7 +45,11 @@ def layer_geometry(volume: Volume) -> dict:
 def segments_colormap(segments: list[Segment]):
     from napari.utils.colormaps import DirectLabelColormap
 
-    colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    # Labels painted by hand with a new id must stay visible: every id up to 255 gets the
+    # palette colour it would have as a new segment, anything beyond that grey.
+    colors = {None: (0.6, 0.6, 0.6, 1.0), 0: (0, 0, 0, 0)}
+    for label in range(1, 256):
+        colors[label] = (*(c / 255 for c in default_segment(label).color), 1.0)
     for s in segments:
         colors[s.id] = (*(c / 255 for c in s.color), 1.0)
     return DirectLabelColormap(color_dict=colors)

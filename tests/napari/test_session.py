@@ -205,3 +205,10 @@ def test_an_object_keeps_its_own_window_through_the_prompts_file(widget, tmp_pat
     w.set_object_window(2, None)
     w.load_prompts(tmp_path / "p.json")
     assert w.window_of(2) == "lung"
+
+
+def test_a_label_painted_with_a_new_id_stays_visible(widget):
+    viewer, w = widget
+    _, _, labels = setup_volume(viewer, w)
+    assert labels.colormap.map(7)[3] == 1.0 and labels.colormap.map(300)[3] == 1.0
+    assert labels.colormap.map(0)[3] == 0.0
