@@ -102,14 +102,16 @@ def output_path(case: Case, out_dir: Path, suffix: str = "_labels", ext: str | N
     return out_dir / f"{stem}{suffix}{ext}"
 
 
-def _model(name: str, device: str, preprocessing: str | None = None):
+def _model(name: str, device: str, preprocessing: str | None = None, precision: str = "fp32"):
     from .memory import reuse_freed_memory
     from .models import load_model
 
     reuse_freed_memory()  # a batch worker owns its process
-    key = (name, device, preprocessing)
+    key = (name, device, preprocessing, precision)
     if key not in _MODELS:
-        _MODELS[key] = load_model(name, device=device, preprocessing=preprocessing)
+        _MODELS[key] = load_model(
+            name, device=device, preprocessing=preprocessing, precision=precision
+        )
     return _MODELS[key]
 
 
@@ -144,6 +146,7 @@ def propagate_case(
     device: str = "cpu",
     cache_dir: str | None = None,
     preprocessing: str | None = None,
+    precision: str = "fp32",
 ) -> CaseResult:
     """Propagate one case's prompts; never raises (a failure becomes the result's status)."""
     from .io import read_volume
@@ -162,7 +165,7 @@ def propagate_case(
         run = propagate(
             volume.array,
             objects,
-            _model(model or record.model or "litemedsam", device, preprocessing),
+            _model(model or record.model or "litemedsam", device, preprocessing, precision),
             axis=record.axis,
             affine=volume.affine,
             preset=record.window or "auto",
@@ -252,6 +255,7 @@ def evaluate_case(
     device: str = "cpu",
     cache_dir: str | None = None,
     preprocessing: str | None = None,
+    precision: str = "fp32",
 ) -> CaseResult:
     """Dice of one labelled case, written to DIR/<name>_dice.csv; never raises."""
     out = output_path(case, Path(out_dir), "_dice", ".csv")
@@ -259,7 +263,7 @@ def evaluate_case(
     def work(result: CaseResult) -> None:
         if case.labels is None:
             raise SamMed2DError("no labels for this case")
-        net = _model(model, device, preprocessing)
+        net = _model(model, device, preprocessing, precision)
         scores = evaluate_volume(
             case.image, case.labels, prompt, model=net, cache=_cache(cache_dir)
         )
@@ -296,6 +300,7 @@ def run_batch(
     evaluate: str | None = None,
     preprocessing: str | None = None,
     progress=None,
+    precision: str = "fp32",
 ) -> list[CaseResult]:
     """Every case of the manifest as one dask task; returns results in manifest order."""
     try:
@@ -328,6 +333,7 @@ def run_batch(
                 device=device,
                 cache_dir=cache_dir,
                 preprocessing=preprocessing,
+                precision=precision,
                 pure=False,
                 **extra,
             ): i

@@ -26,6 +26,9 @@ def embedding_key(model_input: torch.Tensor, model) -> str:
     """Hex digest naming the embedding of `model_input` (1, 3, S, S) under `model`."""
     digest = hashlib.sha256()
     digest.update(f"{model.spec.name}|{model.weights_id}|{__version__}|".encode())
+    precision = getattr(model, "precision", "fp32")
+    if precision != "fp32":  # fp32 keys stay as they were: existing caches remain valid
+        digest.update(f"{precision}|".encode())
     data = model_input.detach().to("cpu", torch.float32).contiguous().numpy()
     digest.update(str(data.shape).encode())
     digest.update(data.tobytes())

@@ -19,6 +19,7 @@ from .batch import PROMPT_KINDS
 from .errors import SamMed2DError, SourceWarning
 from .intensity import PRESETS
 from .models.registry import PIPELINES
+from .precision import PRECISIONS
 from .progress import progress_reporter
 
 EXIT_USAGE = 2
@@ -30,7 +31,12 @@ def _model(args):
 
     reuse_freed_memory()  # the command line owns its process
 
-    return load_model(args.model, device=args.device, preprocessing=args.preprocessing)
+    return load_model(
+        args.model,
+        device=args.device,
+        preprocessing=args.preprocessing,
+        precision=args.precision,
+    )
 
 
 def _cache(args):
@@ -246,6 +252,7 @@ def cmd_batch(args) -> int:
             cache_dir=args.cache,
             evaluate=args.evaluate,
             preprocessing=args.preprocessing,
+            precision=args.precision,
             progress=update,
         )
     print(format_table(results))
@@ -273,14 +280,14 @@ def cmd_evaluate(args) -> int:
         truth,
         args.prompt,
         classes=args.classes,
-        model=args.model,
+        model=_model(args),  # with --preprocessing and --precision
         device=args.device,
         cache=cache,
         window=args.window,
     )
     if not scores:
         raise SamMed2DError(f"{args.labels}: no labelled classes to evaluate")
-    print(f"prompt {args.prompt}, model {args.model}")
+    print(f"prompt {args.prompt}, model {args.model}, precision {args.precision}")
     print(f"{'class':>5}  {'name':14s}  dice")
     for oid, score in scores.items():
         print(f"{oid:>5}  {names.get(oid, ''):14s}  {score:.3f}")
@@ -297,7 +304,11 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(
-        Path(args.out), model_name=args.model, device=args.device, preprocessing=args.preprocessing
+        Path(args.out),
+        model_name=args.model,
+        device=args.device,
+        preprocessing=args.preprocessing,
+        precision=args.precision,
     )
 
 
@@ -322,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
             choices=PIPELINES,
             help="input pipeline of a checkpoint that is not a known official file "
             "(default: recognised from its SHA-256 or its tensors)",
+        )
+        p.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="fp32",
+            help="image encoder precision: bf16 on CPUs with bf16 instructions and on CUDA "
+            "(faster; embeddings differ slightly, see the README)",
         )
 
     def common(p, cache=False, window_default="auto"):

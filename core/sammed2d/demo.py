@@ -73,14 +73,18 @@ def montage(
 
 
 def run_demo(
-    out: Path, model_name: str = "litemedsam", device: str = "auto", preprocessing=None
+    out: Path,
+    model_name: str = "litemedsam",
+    device: str = "auto",
+    preprocessing=None,
+    precision: str = "fp32",
 ) -> int:
     import imageio.v3 as iio
 
     out.mkdir(parents=True, exist_ok=True)
     ct, truth, affine, names = ct_phantom()
     print(f"phantom CT {ct.shape} (3 mm voxels) with {', '.join(names.values())}", flush=True)
-    model = load_model(model_name, device=device, preprocessing=preprocessing)
+    model = load_model(model_name, device=device, preprocessing=preprocessing, precision=precision)
     print(f"model {model.spec.name} from {model.weights_path}", flush=True)
     objects = protocol_objects(truth, axis=2, protocol="B", names=names)
     start = time.perf_counter()

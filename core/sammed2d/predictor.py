@@ -28,8 +28,12 @@ class ImageEmbedding:
 
 def encode(model: SamModel, batch: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) encoder input -> (B, 256, h, w) embeddings on the CPU."""
+    dtype = getattr(model, "autocast_dtype", None)
     with torch.inference_mode():
-        return model.image_encoder(batch.to(model.device)).float().cpu()
+        if dtype is None:
+            return model.image_encoder(batch.to(model.device)).float().cpu()
+        with torch.autocast(device_type=model.device.type, dtype=dtype):
+            return model.image_encoder(batch.to(model.device)).float().cpu()
 
 
 def embed_slices(

@@ -133,6 +133,8 @@ class SamModel(nn.Module):
         self.mask_decoder = MaskDecoder(256)
         self.weights_id = "random"
         self.weights_path: str | None = None
+        self.precision = "fp32"  # see sammed2d.precision
+        self.autocast_dtype = None
 
     @property
     def device(self) -> torch.device:
@@ -295,6 +297,7 @@ def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     preprocessing: str | None = None,
+    precision: str = "fp32",
 ) -> SamModel:
     """Load a model by registry name (see `SPECS`) or from a checkpoint path.
 
@@ -302,7 +305,8 @@ def load_model(
     (`KNOWN_CHECKPOINTS`), else from its tensors' names and shapes; `preprocessing` (one of
     `PIPELINES`) overrides both, and is required for an unknown SAM ViT-B-shaped file, whose
     layout SAM and MedSAM share. A named model with a pinned hash must match it. Weights
-    load strictly, on `device` (None: the best available), in fp32 and eval mode. Every
+    load strictly, on `device` (None: the best available), in fp32 and eval mode;
+    `precision="bf16"` makes the image encoder run in bf16 (see `sammed2d.precision`). Every
     problem with the file ends in a one-line CheckpointError.
     """
     name_or_path = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
@@ -356,7 +360,9 @@ def load_model(
         ) from None
     model.weights_id = digest
     model.weights_path = str(path)
-    return model.to(pick_device(device))
+    from ..precision import set_precision
+
+    return set_precision(model.to(pick_device(device)), precision)
 
 
 def missing_weights_message(name: str) -> str:

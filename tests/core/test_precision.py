@@ -1,0 +1,42 @@
+"""bf16 encoding: where it is offered, what it changes, and that it never mixes with fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sammed2d import EmbeddingCache, load_model
+from sammed2d.cache import embedding_key
+from sammed2d.errors import CheckpointError
+from sammed2d.precision import autocast_dtype, cpu_has_bf16, set_precision
+from sammed2d.predictor import embed_slices
+
+
+def test_bf16_embeddings_are_close_to_fp32_and_cached_apart(tiny_checkpoint):
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    fp32 = load_model(str(tiny_checkpoint), device="cpu")
+    bf16 = load_model(str(tiny_checkpoint), device="cpu", precision="bf16")
+    cache = EmbeddingCache()
+    a = embed_slices(fp32, images, cache=cache)
+    b = embed_slices(bf16, images, cache=cache)
+    assert len(cache) == 4  # four entries: the precisions never share one
+    for x, y in zip(a, b):
+        assert y.embedding.dtype == torch.float32
+        rel = (x.embedding - y.embedding).norm() / x.embedding.norm()
+        assert 0 < rel < 0.05, rel  # changed, but only by bf16 rounding
+    key = embedding_key(torch.zeros(1, 3, 8, 8), fp32)
+    assert key != embedding_key(torch.zeros(1, 3, 8, 8), bf16)
+
+
+def test_bf16_is_refused_where_there_is_no_fast_path(tiny_checkpoint, monkeypatch):
+    model = load_model(str(tiny_checkpoint), device="cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(CheckpointError, match="no bf16 instructions"):
+        set_precision(model, "bf16")
+    with pytest.raises(CheckpointError, match="expected fp32 or bf16"):
+        autocast_dtype("int8", torch.device("cpu"))
+    assert model.precision == "fp32" and model.autocast_dtype is None
