@@ -5,6 +5,7 @@ SAM-Med2D ViT-B at 256; for LiteMedSAM the FLOPs that torch's counter finds in i
 forward), so work we skip counts as speed. Ratio = effective GFLOP/s / matmul GFLOP/s.
 
     python benchmarks/encoder.py [--batches 1 8] [--repeats 5] [--threads N]
+                                 [--precisions fp32 bf16]
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sammed2d import build_model, load_model
 from sammed2d.memory import reuse_freed_memory
+from sammed2d.precision import set_precision
+from sammed2d.predictor import encode
 
 SAMMED2D_REFERENCE_GFLOP = 92.0
 
@@ -66,6 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,18 +88,18 @@ def main(argv=None) -> int:
         size = model.spec.input_size
         ours = counted_gflop(encoder, torch.randn(1, 3, size, size))
         reference = SAMMED2D_REFERENCE_GFLOP if name.startswith("sam-med2d") else ours
-        for batch in args.batches:
+        for batch, precision in [(b, p) for b in args.batches for p in args.precisions]:
             x = torch.randn(batch, 3, size, size)
+            set_precision(model, precision)
 
-            def run(encoder=encoder, x=x):
-                with torch.inference_mode():
-                    encoder(x)
+            def run(model=model, x=x):
+                encode(model, x)  # the engine's own call, autocast included
 
             elapsed, mm = interleaved_best(run, args.repeats)
             per_slice = elapsed / batch
             effective = reference / per_slice
             print(
-                f"{name:34s} batch {batch}: {per_slice * 1000:7.0f} ms/slice, "
+                f"{name:34s} {precision} batch {batch}: {per_slice * 1000:7.0f} ms/slice, "
                 f"{effective:6.1f} effective GFLOP/s, matmul {mm:6.1f}, "
                 f"ratio {effective / mm:.2f} (reference {reference:.1f} GFLOP/slice, "
                 f"computed {ours:.1f})"

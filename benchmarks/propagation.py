@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--orientation", default="radiological", choices=["radiological", "array"])
     parser.add_argument("--window", default="abdomen")
     parser.add_argument("--no-baseline", action="store_true", help="skip the official chaining")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     for f in fields(PropagationSettings):
         kind = type(f.default)
         if kind is bool:
@@ -72,9 +73,12 @@ def main(argv=None) -> int:
     gt = read_volume(args.data / args.labels).array
     names_file = args.data / (args.labels.split(".")[0] + ".json")  # structures.json
     names = {int(k): v for k, v in json.loads(names_file.read_text()).items()}
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model, device="cpu", precision=args.precision)
     cache = EmbeddingCache(folder=args.cache) if args.cache else EmbeddingCache(max_bytes=4 << 30)
-    print(f"model {args.model}, orientation {args.orientation}, window {args.window}, {settings}")
+    print(
+        f"model {args.model} ({args.precision}), orientation {args.orientation}, "
+        f"window {args.window}, {settings}"
+    )
     width = max(len(v) for v in names.values())
     base = {}  # the official chaining is protocol A whatever the protocol compared
     if not args.no_baseline:

@@ -31,7 +31,7 @@ class SegmentRequest:
     data: np.ndarray
     affine: np.ndarray | None
     preset: str
-    model: tuple[str, str] = ("litemedsam", "auto")  # name or path, device
+    model: tuple[str, ...] = ("litemedsam", "auto", "fp32")  # name or path, device, precision
     seq: int = 0  # order of asking: a click older than a propagation never corrects it
 
 
@@ -79,12 +79,12 @@ class Engine:
         self._range = None
         self._lock = threading.Lock()  # one model call at a time
 
-    def load(self, name: str, device: str):
-        key = (name, device)
+    def load(self, name: str, device: str, precision: str = "fp32"):
+        key = (name, device, precision)
         if self.model is None or self._model_key != key:
             if tuning_wanted_in_host():
                 reuse_freed_memory()
-            self.model = load_model(name, device=device)
+            self.model = load_model(name, device=device, precision=precision)
             self._model_key = key
         return self.model
 
@@ -96,8 +96,8 @@ class Engine:
             self._range_key = key
         return self._range
 
-    def needs_loading(self, name: str, device: str) -> bool:
-        return self.model is None or self._model_key != (name, device)
+    def needs_loading(self, name: str, device: str, precision: str = "fp32") -> bool:
+        return self.model is None or self._model_key != (name, device, precision)
 
     def segment(self, req: SegmentRequest) -> np.ndarray:
         self.load(*req.model)

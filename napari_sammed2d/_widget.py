@@ -50,6 +50,7 @@ from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS
 from sammed2d.models import SPECS
 from sammed2d.orientation import SliceView, radiological_view
+from sammed2d.precision import PRECISIONS
 from sammed2d.prompt_files import PromptFile, model_record, read_prompt_file, write_prompt_file
 from sammed2d.propagate import ObjectPrompts, VolumeSlices, propagate
 
@@ -109,6 +110,11 @@ class SegmentWidget(QWidget):
         browse.clicked.connect(self._browse)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(list(PRECISIONS))
+        self.precision_combo.setToolTip(
+            "bf16: faster image encoding on CPUs with bf16 instructions and on CUDA"
+        )
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(list(PRESETS))
         self.object_spin = QSpinBox()  # the current object's id, kept in step with the table
@@ -147,6 +153,7 @@ class SegmentWidget(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Model", model_row)
         form.addRow("Device", self.device_combo)
+        form.addRow("Precision", self.precision_combo)
         form.addRow("Intensity", self.preset_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -189,6 +196,7 @@ class SegmentWidget(QWidget):
         self.object_spin.valueChanged.connect(self._on_object_changed)
         self.model_edit.editingFinished.connect(self._drop_volume_state)
         self.device_combo.currentTextChanged.connect(self._drop_volume_state)
+        self.precision_combo.currentTextChanged.connect(self._drop_volume_state)
         self.preset_combo.currentTextChanged.connect(self._drop_volume_state)
         viewer.layers.events.inserted.connect(self._refresh_images)
         viewer.layers.events.inserted.connect(self._on_inserted)
@@ -492,8 +500,12 @@ class SegmentWidget(QWidget):
         preset = self.preset_combo.currentText()
         return data, affine, preset
 
-    def _model_key(self) -> tuple[str, str]:
-        return self.model_edit.text().strip(), self.device_combo.currentText()
+    def _model_key(self) -> tuple[str, str, str]:
+        return (
+            self.model_edit.text().strip(),
+            self.device_combo.currentText(),
+            self.precision_combo.currentText(),
+        )
 
     def segment_current_slice(self) -> None:
         """Queue the current slice of the current object (the newest request wins)."""

@@ -212,3 +212,17 @@ def test_a_label_painted_with_a_new_id_stays_visible(widget):
     _, _, labels = setup_volume(viewer, w)
     assert labels.colormap.map(7)[3] == 1.0 and labels.colormap.map(300)[3] == 1.0
     assert labels.colormap.map(0)[3] == 0.0
+
+
+def test_precision_choice_reaches_the_model(widget):
+    from sammed2d.precision import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions")
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w)
+    w.precision_combo.setCurrentText("bf16")
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
+    assert w.engine.model.precision == "bf16"
+    assert (labels.data[3] == 1).any()
