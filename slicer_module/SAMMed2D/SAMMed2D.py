@@ -8,6 +8,7 @@ handling live in the `sammed2d` package. This file only wires Slicer's nodes to 
 import logging
 
 import numpy as np
+import qt
 import slicer
 import vtk
 from slicer.ScriptedLoadableModule import (
@@ -88,6 +89,18 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        # Files: the CLI's prompts JSON both ways, and Slicer's own .seg.nrrd.
+        files = qt.QHBoxLayout()
+        for text, slot, tip in (
+            ("Save prompts…", self.onSavePrompts, "PROMPTS.json that sammed2d propagate replays"),
+            ("Load prompts…", self.onLoadPrompts, "replay a PROMPTS.json into segments"),
+            ("Export .seg.nrrd…", self.onExport, "the segmentation with names and colours"),
+        ):
+            button = qt.QPushButton(text)
+            button.toolTip = tip
+            button.connect("clicked(bool)", slot)
+            files.addWidget(button)
+        self.layout.addLayout(files)
         for selector in (self.ui.positiveSelector, self.ui.negativeSelector, self.ui.roiSelector):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onMarkupsChanged)
         self.ui.presetCombo.addItems(
@@ -149,7 +162,12 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             logic, volume, segmentation, segmentId, view = context
             self.ui.statusLabel.text = logic.segmentCurrentSlice(
-                volume, segmentation, segmentId, view, self._markups()
+                volume,
+                segmentation,
+                segmentId,
+                view,
+                self._markups(),
+                objectId=self.ui.objectSpinBox.value,
             )
 
     def onPropagate(self, *args):
@@ -179,6 +197,49 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 dialog.close()
             self.ui.statusLabel.text = message
 
+    def onSavePrompts(self, *args):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not save the prompts."):
+            logic = self.getLogic()
+            if logic is None:
+                return
+            path = qt.QFileDialog.getSaveFileName(None, "Save prompts", "prompts.json", "*.json")
+            if path:
+                self.ui.statusLabel.text = logic.savePrompts(path)
+
+    def onLoadPrompts(self, *args):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not replay the prompts."):
+            logic = self.getLogic()
+            if logic is None:
+                return
+            volume, segmentation = self._inputs()
+            path = qt.QFileDialog.getOpenFileName(None, "Load prompts", "", "*.json")
+            if not path:
+                return
+            dialog = slicer.util.createProgressDialog(labelText="Replaying…", maximum=100)
+            try:
+
+                def progress(done, total):
+                    dialog.maximum = max(total, 1)
+                    dialog.value = done
+                    slicer.app.processEvents()
+
+                self.ui.statusLabel.text = logic.replayPrompts(
+                    path, volume, segmentation, progress, lambda: dialog.wasCanceled
+                )
+            finally:
+                dialog.close()
+
+    def onExport(self, *args):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not export the segmentation."):
+            _, segmentation = self._inputs()
+            path = qt.QFileDialog.getSaveFileName(
+                None, "Export segmentation", "segmentation.seg.nrrd", "*.seg.nrrd"
+            )
+            if path:
+                if not slicer.util.saveNode(segmentation, path):
+                    raise RuntimeError(f"Slicer could not write {path}")
+                self.ui.statusLabel.text = f"segmentation written to {path}"
+
     def onUndo(self, *args):
         with slicer.util.tryWithErrorDisplay("Nothing to undo."):
             if self.logic is not None:
@@ -204,6 +265,9 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         self.modelName = None
         self.preset = "auto"
         self.undoStack = []
+        from SAMMed2DLib import PromptLog
+
+        self.promptLog = PromptLog()  # every prompt segmented with, for Save prompts
 
     def setModel(self, nameOrPath):
         if nameOrPath != self.modelName:
@@ -296,13 +360,15 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         return segmentId or segments.AddEmptySegment("", name)
 
     # ----- work -----------------------------------------------------------------------------
-    def segmentCurrentSlice(self, volume, segmentation, segmentId, view, markups):
+    def segmentCurrentSlice(self, volume, segmentation, segmentId, view, markups, objectId=1):
         from sammed2d.propagate import segment_slice
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
         axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
         if prompt is None:
             return "no prompt on this slice"
+        name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
+        self.promptLog.record(objectId, axis, index, prompt, name)
         data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
         mask, score = segment_slice(
             data,
@@ -353,6 +419,55 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         reached = result.reached[1]
         text = "no slices" if reached is None else f"slices {reached[0]}-{reached[1]}"
         return text + (" (cancelled)" if result.cancelled else "")
+
+    # ----- prompts files ----------------------------------------------------------------------
+    def savePrompts(self, path):
+        """The session's prompts as the CLI's PROMPTS.json (IJK = the file's voxel order)."""
+        from sammed2d.prompt_files import model_record, write_prompt_file
+
+        name, sha = model_record(self.model) if self.model is not None else (None, None)
+        record = self.promptLog.prompt_file(name, sha, self.preset)
+        write_prompt_file(path, record)
+        return f"{len(record.objects)} object(s) saved to {path}"
+
+    def replayPrompts(self, path, volume, segmentation, progress=None, shouldStop=None):
+        """Propagate a PROMPTS.json's objects, as `sammed2d propagate` does, one segment
+        each with the object's name and colour."""
+        from sammed2d.labelfiles import object_segments
+        from sammed2d.prompt_files import read_prompt_file
+        from sammed2d.propagate import propagate
+        from SAMMed2DLib import ijk_volume_from_slicer_array, slicer_array_from_ijk_volume
+
+        record = read_prompt_file(path)
+        if record.model and record.model != self.modelName:
+            self.setModel(record.model)
+        ijkToRas, parentToWorld = self.matrices(volume)
+        data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
+        result = propagate(
+            data,
+            record.objects,
+            self.model,
+            axis=record.axis,
+            affine=parentToWorld @ ijkToRas,
+            preset=record.window or self.preset,
+            settings=record.settings,
+            cache=self.cache,
+            progress=progress,
+            should_stop=shouldStop,
+        )
+        segments = segmentation.GetSegmentation()
+        for obj, seg in zip(record.objects, object_segments(record.objects)):
+            segmentId = segments.GetSegmentIdBySegmentName(seg.name)
+            if not segmentId:
+                segmentId = segments.AddEmptySegment("", seg.name, [c / 255 for c in seg.color])
+            mask = (result.labels == obj.id).astype(np.uint8)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(
+                slicer_array_from_ijk_volume(mask), segmentation, segmentId, volume
+            )
+            for index, prompt in obj.slices.items():
+                self.promptLog.record(obj.id, record.axis, index, prompt, seg.name)
+        cancelled = " (cancelled)" if result.cancelled else ""
+        return f"{len(record.objects)} object(s) replayed from {path}{cancelled}"
 
     def _segmentIjk(self, segmentation, segmentId, volume):
         from SAMMed2DLib import ijk_volume_from_slicer_array

@@ -14,9 +14,11 @@ from .geometry import (
     world_to_ijk,
     world_to_ijk_matrix,
 )
+from .session import PromptLog
 
 __all__ = [
     "ObliqueViewError",
+    "PromptLog",
     "changed_slices",
     "ijk_volume_from_slicer_array",
     "inside",

@@ -1,0 +1,53 @@
+"""The prompts of a Slicer session, kept so they can be saved as the CLI's PROMPTS.json.
+
+Slicer's markups hold only the prompt being placed; the module records every prompt it
+segments with (object, slice axis, slice, prompt in IJK pixels) here. IJK is the voxel
+order of the file the volume was loaded from, the order `sammed2d propagate` uses, so the
+saved file replays with the CLI, `batch`, or napari's Load prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from sammed2d.errors import PromptError
+from sammed2d.prompt_files import PromptFile
+from sammed2d.propagate import ObjectPrompts, SlicePrompt
+from sammed2d.segments import Segment, default_segment
+
+
+@dataclass
+class PromptLog:
+    axis: int | None = None
+    objects: dict[int, ObjectPrompts] = field(default_factory=dict)
+
+    def record(self, object_id: int, axis: int, index: int, prompt: SlicePrompt, name=""):
+        """Keep `prompt` as object `object_id`'s prompt on slice `index` (a newer prompt on
+        the same slice replaces it). A prompts file has one slice axis: prompts placed in a
+        view with another axis start the log afresh for every object."""
+        if prompt is None or (prompt.box is None and prompt.points is None):
+            return
+        if self.axis is not None and axis != self.axis:
+            self.objects.clear()
+        self.axis = axis
+        obj = self.objects.setdefault(object_id, ObjectPrompts(object_id, {}, name=name))
+        obj.slices[int(index)] = replace(prompt, mask=None)
+        if name:
+            obj.name = name
+
+    def forget(self, object_id: int) -> None:
+        self.objects.pop(object_id, None)
+
+    def prompt_file(self, model=None, sha256=None, window=None) -> PromptFile:
+        if not self.objects or self.axis is None:
+            raise PromptError("no prompts yet: segment a slice first")
+        objects = [self.objects[k] for k in sorted(self.objects)]
+        return PromptFile(self.axis, objects, model=model, sha256=sha256, window=window)
+
+    def segments(self) -> list[Segment]:
+        out = []
+        for oid in sorted(self.objects):
+            obj = self.objects[oid]
+            seg = default_segment(oid, obj.name or None)
+            out.append(Segment(oid, seg.name, tuple(obj.color) if obj.color else seg.color))
+        return out
