@@ -184,7 +184,7 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if logic is None:
             return None
         volume, segmentation = self._inputs()
-        view = logic.viewOfLatestPoint(self.ui, volume) or "Red"
+        view = logic.viewOfLatestPoint(self._markups(), volume) or "Red"
         segmentId = logic.currentSegmentId(segmentation, self.ui.objectSpinBox.value)
         return logic, volume, segmentation, segmentId, view
 
@@ -329,14 +329,13 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         sliceNode = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceNode()
         return slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
 
-    def viewOfLatestPoint(self, ui, volume):
+    def viewOfLatestPoint(self, markups, volume):
+        """The slice view holding the latest control point of (positive, negative, roi);
+        the Logic reads nodes, never the widget, so the Python console and tests can use it."""
         from SAMMed2DLib import view_containing
 
-        for node in (
-            ui.roiSelector.currentNode(),
-            ui.positiveSelector.currentNode(),
-            ui.negativeSelector.currentNode(),
-        ):
+        positive, negative, roi = markups
+        for node in (roi, positive, negative):
             if node is not None and node.GetNumberOfControlPoints():
                 point = node.GetNthControlPointPositionWorld(node.GetNumberOfControlPoints() - 1)
                 spacing = min(volume.GetSpacing())

@@ -80,3 +80,13 @@ def test_the_module_never_installs_the_engine_by_name_and_the_build_bundles_it()
     for script in ("SAMMed2DInstall.py", "SAMMed2DLib/session.py", "SAMMed2DLib/geometry.py"):
         assert "${MODULE_NAME}" + script.removeprefix("SAMMed2D") in cmake
         assert (MODULE_DIR / script).is_file()
+
+
+def test_the_logic_never_reads_the_widget():
+    import ast
+
+    tree = ast.parse((MODULE_DIR / "SAMMed2D.py").read_text())
+    (logic,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SAMMed2DLogic"]
+    names = {n.id for n in ast.walk(logic) if isinstance(n, ast.Name)}
+    attrs = {n.attr for n in ast.walk(logic) if isinstance(n, ast.Attribute)}
+    assert "ui" not in names and "ui" not in attrs
