@@ -1,0 +1,72 @@
+"""Whole volumes: slices per second to embed, and where a propagation's time goes.
+
+    python benchmarks/volume.py [--precisions fp32 bf16]
+
+For the TotalSegmentator example CT (122 x 101 x 30, four organs) and the 512 x 512 x 20
+DICOM series from ../shared: embedding every slice (batch 1, abdomen window, radiological
+view, as propagation sees them), then a propagation of one box per organ (protocol A on the
+CT's labels) twice, once with nothing cached (total) and once with every embedding cached
+(everything but embedding). Goal from the speed issue: everything else < 15 % of the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sammed2d import EmbeddingCache, load_model
+from sammed2d.evaluation import protocol_objects
+from sammed2d.io import read_volume
+from sammed2d.memory import reuse_freed_memory
+from sammed2d.predictor import embed_slices
+from sammed2d.propagate import propagate, volume_slices
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+reuse_freed_memory()  # a benchmark owns its process, as the CLI does
+
+
+def embed_rate(model, volume) -> float:
+    slices = volume_slices(
+        model, volume.array, 2, volume.affine, "abdomen", None, "radiological", None
+    )
+    images = [slices.rgb(i) for i in range(volume.array.shape[2])]
+    start = time.perf_counter()
+    embed_slices(model, images, batch_size=1, cache=None)
+    return len(images) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    args = parser.parse_args(argv)
+    ct = read_volume(SHARED / "abdomen_ct" / "ct.nii.gz")
+    labels = read_volume(SHARED / "abdomen_ct" / "labels.nii.gz").array
+    series = read_volume(SHARED / "ct_dicom")
+    for precision in args.precisions:
+        model = load_model("litemedsam", device="cpu", precision=precision)
+        for name, volume in (("example CT 122x101x30", ct), ("DICOM 512x512x20", series)):
+            rate = embed_rate(model, volume)
+            print(f"litemedsam {precision}: {name}: {rate:.2f} slices/s embedded")
+        objects = protocol_objects(labels, axis=2, protocol="A")
+        cache = EmbeddingCache(max_bytes=4 << 30)
+        timings = []
+        for _ in range(2):  # cold, then every embedding cached
+            start = time.perf_counter()
+            propagate(ct.array, objects, model, 2, ct.affine, preset="abdomen", cache=cache)
+            timings.append(time.perf_counter() - start)
+        total, rest = timings
+        visited = sum(int(np.any(labels == o.id, axis=(0, 1)).sum()) for o in objects)
+        print(
+            f"litemedsam {precision}: propagation of {len(objects)} organs ({visited} "
+            f"object-slices) on the example CT: {total:.1f} s total, {total - rest:.1f} s "
+            f"embedding, {rest:.1f} s everything else ({100 * rest / total:.0f} %)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
