@@ -1,11 +1,12 @@
 """Reduced-precision image encoding: bf16 matrix products where the hardware has them.
 
-`fp32` is the reference. `bf16` runs the image encoder under autocast: matrix products and
-convolutions in bfloat16 with fp32 accumulation (oneDNN on CPUs with AVX512-BF16 or AMX,
-tensor cores on CUDA; GPUs without bf16 get fp16), while normalisations and softmax stay in
-fp32 as autocast decides. The prompt encoder and mask decoder always run in fp32, and
-embeddings come back as fp32. Where there is no fast bf16 path the choice is refused in one
-line rather than silently emulated (emulated bf16 is slower than fp32).
+`fp32` is the reference. `bf16` runs the image encoder and the mask decoder under autocast:
+matrix products and convolutions in bfloat16 with fp32 accumulation (oneDNN on CPUs with
+AVX512-BF16 or AMX, tensor cores on CUDA; GPUs without bf16 get fp16), while normalisations
+and softmax stay in fp32 as autocast decides. The prompt encoder runs in fp32; embeddings,
+logits and IoU predictions come back as fp32. Its effect on Dice is measured in the README.
+Where there is no fast bf16 path the choice is refused in one line rather than silently
+emulated (emulated bf16 is slower than fp32).
 """
 
 from __future__ import annotations

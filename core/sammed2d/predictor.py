@@ -104,15 +104,17 @@ def decode(
     mask_t = None
     if mask_input is not None:
         mask_t = torch.as_tensor(mask_input, dtype=torch.float32).to(device)
+    dtype = getattr(model, "autocast_dtype", None)
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder(points, box_t, mask_t)
-        low_res, iou = model.mask_decoder(
-            image.embedding.to(device),
-            model.prompt_encoder.get_dense_pe(),
-            sparse,
-            dense,
-            multimask_output,
-        )
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            low_res, iou = model.mask_decoder(
+                image.embedding.to(device),
+                model.prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+                multimask_output,
+            )
     return low_res.float().cpu(), iou.float().cpu()
 
 
