@@ -78,6 +78,8 @@ class Engine:
         self._range_key = None
         self._range = None
         self._lock = threading.Lock()  # one model call at a time
+        self._predictor_key = None
+        self._predictor_obj = None
 
     def load(self, name: str, device: str, precision: str = "fp32"):
         key = (name, device, precision)
@@ -96,6 +98,17 @@ class Engine:
             self._range_key = key
         return self._range
 
+    def _predictor(self, req: SegmentRequest):
+        """A 2D image's predictor, prepared once per image, preset and model (not per click)."""
+        from sammed2d import Predictor
+
+        key = (id(req.data), req.data.shape, req.preset, self._model_key)
+        if self._predictor_key != key:
+            self._predictor_obj = Predictor(self.model, cache=self.cache)
+            self._predictor_obj.set_image(req.data, preset=req.preset)
+            self._predictor_key = key
+        return self._predictor_obj
+
     def needs_loading(self, name: str, device: str, precision: str = "fp32") -> bool:
         return self.model is None or self._model_key != (name, device, precision)
 
@@ -108,11 +121,7 @@ class Engine:
             )
         with self._lock:
             if req.axis is None:
-                from sammed2d import Predictor
-
-                predictor = Predictor(self.model, cache=self.cache)
-                predictor.set_image(req.data, preset=req.preset)
-                masks, _, _ = predictor.predict(
+                masks, _, _ = self._predictor(req).predict(
                     req.prompt.points, req.prompt.labels, req.prompt.box
                 )
                 return masks[0]

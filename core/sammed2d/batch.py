@@ -165,7 +165,7 @@ def propagate_case(
         run = propagate(
             volume.array,
             objects,
-            _model(model or record.model or "litemedsam", device, preprocessing, precision),
+            _model(model, device, preprocessing, precision),
             axis=record.axis,
             affine=volume.affine,
             preset=record.window or "auto",

@@ -59,12 +59,7 @@ def read_labels(
         ids = [int(i) for i in np.unique(volume.array) if i > 0]
         segments = segments_for(sorted(set(ids) | set(known)), known)
     if reference is not None:
-        if volume.array.shape == reference.array.shape[:3] and np.allclose(
-            volume.affine, reference.affine, atol=1e-3
-        ):
-            array = volume.array
-        else:
-            array = onto_grid(volume.array, volume.affine, reference, f"labels {path}")
+        array = onto_grid(volume.array, volume.affine, reference, f"labels {path}")
         volume = Volume(array, reference.affine, reference.header)
     return volume, segments
 

@@ -5,6 +5,7 @@ in SAMMed2DLib and is tested outside Slicer; the models, propagation and intensi
 handling live in the `sammed2d` package. This file only wires Slicer's nodes to them.
 """
 
+import contextlib
 import logging
 
 import numpy as np
@@ -106,6 +107,22 @@ def ensure_dependencies():
         slicer.util.errorDisplay(f"The SAM-Med2D engine does not import: {exc}")
         return False
     return True
+
+
+@contextlib.contextmanager
+def progress_dialog(label):
+    """A progress dialog with Cancel: yields (progress(done, total), cancelled())."""
+    dialog = slicer.util.createProgressDialog(labelText=label, maximum=100)
+
+    def progress(done, total):
+        dialog.maximum = max(total, 1)
+        dialog.value = done
+        slicer.app.processEvents()
+
+    try:
+        yield progress, lambda: dialog.wasCanceled
+    finally:
+        dialog.close()
 
 
 class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -211,25 +228,10 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if context is None:
                 return
             logic, volume, segmentation, segmentId, view = context
-            dialog = slicer.util.createProgressDialog(labelText="Propagating…", maximum=100)
-            try:
-
-                def progress(done, total):
-                    dialog.maximum = max(total, 1)
-                    dialog.value = done
-                    slicer.app.processEvents()
-
+            with progress_dialog("Propagating…") as (progress, cancelled):
                 message = logic.propagateSegment(
-                    volume,
-                    segmentation,
-                    segmentId,
-                    view,
-                    self._markups(),
-                    progress,
-                    lambda: dialog.wasCanceled,
+                    volume, segmentation, segmentId, view, self._markups(), progress, cancelled
                 )
-            finally:
-                dialog.close()
             self.ui.statusLabel.text = message
 
     def onSavePrompts(self, *args):
@@ -250,19 +252,10 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path = qt.QFileDialog.getOpenFileName(None, "Load prompts", "", "*.json")
             if not path:
                 return
-            dialog = slicer.util.createProgressDialog(labelText="Replaying…", maximum=100)
-            try:
-
-                def progress(done, total):
-                    dialog.maximum = max(total, 1)
-                    dialog.value = done
-                    slicer.app.processEvents()
-
+            with progress_dialog("Replaying…") as (progress, cancelled):
                 self.ui.statusLabel.text = logic.replayPrompts(
-                    path, volume, segmentation, progress, lambda: dialog.wasCanceled
+                    path, volume, segmentation, progress, cancelled
                 )
-            finally:
-                dialog.close()
 
     def onExport(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not export the segmentation."):

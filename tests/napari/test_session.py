@@ -19,14 +19,6 @@ from ..conftest import ABDOMEN_CT  # noqa: E402
 from .test_widget import draw_box, setup_volume  # noqa: E402
 
 
-@pytest.fixture
-def widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    yield viewer, w
-    w.shutdown()
-
-
 def wait_propagation(w, qtbot):
     w.wait_idle()
     if w._busy is not None:

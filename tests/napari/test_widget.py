@@ -22,14 +22,6 @@ def block_volume():
     return vol
 
 
-@pytest.fixture
-def widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    yield viewer, w
-    w.shutdown()
-
-
 def setup_volume(viewer, w, scale=(1, 1, 1), model="litemedsam"):
     viewer.add_image(block_volume(), name="ct", scale=scale)
     w.model_edit.setText(model)

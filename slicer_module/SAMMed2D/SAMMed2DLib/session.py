@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from sammed2d.errors import PromptError
 from sammed2d.prompt_files import PromptFile
 from sammed2d.propagate import ObjectPrompts, SlicePrompt
-from sammed2d.segments import Segment, default_segment
 
 
 @dataclass
@@ -43,11 +42,3 @@ class PromptLog:
             raise PromptError("no prompts yet: segment a slice first")
         objects = [self.objects[k] for k in sorted(self.objects)]
         return PromptFile(self.axis, objects, model=model, sha256=sha256, window=window)
-
-    def segments(self) -> list[Segment]:
-        out = []
-        for oid in sorted(self.objects):
-            obj = self.objects[oid]
-            seg = default_segment(oid, obj.name or None)
-            out.append(Segment(oid, seg.name, tuple(obj.color) if obj.color else seg.color))
-        return out
