@@ -1,19 +1,29 @@
-"""sammed2d: promptable segmentation of medical images with SAM-Med2D and its relatives."""
+"""sammed2d: promptable segmentation of medical images with SAM-Med2D and its relatives.
+
+The engine's names load on first use, so that the parts a remote client needs (`remote`,
+`objects`, `io`, the label formats) import without torch.
+"""
 
 __version__ = "0.1.0"
 
-from .cache import EmbeddingCache  # noqa: E402
-from .errors import SamMed2DError  # noqa: E402
-from .models import SPECS, build_model, load_model  # noqa: E402
-from .predictor import Predictor, embed_slices  # noqa: E402
+_LAZY = {
+    "EmbeddingCache": ".cache",
+    "SamMed2DError": ".errors",
+    "SPECS": ".models",
+    "build_model": ".models",
+    "load_model": ".models",
+    "Predictor": ".predictor",
+    "embed_slices": ".predictor",
+}
 
-__all__ = [
-    "SPECS",
-    "EmbeddingCache",
-    "Predictor",
-    "SamMed2DError",
-    "__version__",
-    "build_model",
-    "embed_slices",
-    "load_model",
-]
+__all__ = [*sorted(_LAZY), "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,10 +16,9 @@ import numpy as np
 
 from . import __version__
 from .batch import PROMPT_KINDS
+from .choices import PIPELINES, PRECISIONS
 from .errors import SamMed2DError, SourceWarning
 from .intensity import PRESETS
-from .models.registry import PIPELINES
-from .precision import PRECISIONS
 from .progress import progress_reporter
 
 EXIT_USAGE = 2

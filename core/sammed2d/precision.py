@@ -11,15 +11,21 @@ emulated (emulated bf16 is slower than fp32).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from .choices import PRECISIONS
 from .errors import CheckpointError
 
-PRECISIONS = ("fp32", "bf16")
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["PRECISIONS", "autocast_dtype", "cpu_has_bf16", "set_precision"]
 
 
 def cpu_has_bf16() -> bool:
     """Native bf16 dot products (AVX512-BF16 or AMX) through oneDNN."""
+    import torch
+
     try:
         return bool(torch.backends.mkldnn.is_available()) and bool(
             torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -31,6 +37,8 @@ def cpu_has_bf16() -> bool:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The dtype the encoder is autocast to on `device` (None: plain fp32), or a one-line
     CheckpointError where `precision` has no fast path."""
+    import torch
+
     if precision not in PRECISIONS:
         raise CheckpointError(f"precision {precision!r}: expected {' or '.join(PRECISIONS)}")
     if precision == "fp32":

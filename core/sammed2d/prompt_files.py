@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import PromptError
 from .intensity import PRESETS
 from .io import atomic_write
-from .propagate import ObjectPrompts, PropagationSettings, objects_from_json, objects_to_json
+from .objects import ObjectPrompts, PropagationSettings, objects_from_json, objects_to_json
 
 
 @dataclass

@@ -13,67 +13,26 @@ Slices are shown to the model in the radiological orientation derived from the a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .cache import EmbeddingCache
 from .errors import Cancelled, ImageError, PromptError
-from .intensity import PRESETS, intensity_range, to_rgb, to_uint8
+from .intensity import intensity_range, to_rgb, to_uint8
 from .models import SamModel
+from .objects import (  # noqa: F401 (re-exported: the engine's public names)
+    ObjectPrompts,
+    PropagationResult,
+    PropagationSettings,
+    SlicePrompt,
+    objects_from_json,
+    objects_to_json,
+)
 from .orientation import SliceView, radiological_view
 from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
 from .prompts import box_from_mask, check_boxes, check_points, interior_point
-
-
-@dataclass
-class SlicePrompt:
-    """Prompts on one slice, in its raw (x, y) pixels: x indexes the later axis, y the earlier."""
-
-    box: np.ndarray | None = None
-    points: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    mask: np.ndarray | None = None  # a finished 2D mask for this slice (taken as given)
-
-
-@dataclass
-class ObjectPrompts:
-    id: int
-    slices: dict[int, SlicePrompt]
-    range: tuple[int, int] | None = None  # inclusive; None: until the object stops by itself
-    name: str = ""
-    color: tuple[int, int, int] | None = None  # sRGB 0-255 for display and export
-    window: str | None = None  # its own intensity preset (a lung lobe in a lung window)
-
-
-@dataclass(frozen=True)
-class PropagationSettings:
-    """Defaults chosen by measurement on a real abdominal CT (see benchmarks/propagation.py)."""
-
-    # Growth of the previous mask's box, in pixels at 256 px per longest side.
-    box_margin: float = 5.0
-    mask_prompt: bool = False  # also feed the previous slice's logits as a mask prompt
-    point_prompt: bool = False  # also try the previous mask's innermost point
-    min_area: int = 1  # pixels; a smaller mask counts as vanished
-    iou_threshold: float = 0.7  # stop when the predicted IoU falls below this
-    overlap_threshold: float = 0.3  # stop when IoU with the previous slice's mask falls below
-    multimask: bool = False  # let the decoder propose three masks and keep the best
-    follow_splits: bool = True  # one box per connected part of the previous mask
-    min_part_fraction: float = 0.1  # smaller parts (of the largest) are not followed
-    # Stop when the median 8-bit intensity under the mask jumps by more than this from the
-    # previous slice: the mask has left the structure for its surroundings.
-    intensity_change: float | None = 40.0
-
-
-@dataclass
-class PropagationResult:
-    labels: np.ndarray  # same shape as the volume, one id per object
-    scores: dict[int, np.ndarray]  # per object: predicted IoU per slice, NaN where none
-    reached: dict[int, tuple[int, int] | None]  # per object: first and last slice with a mask
-    cancelled: bool = False
-    seconds: dict[int, float] = field(default_factory=dict)
 
 
 class VolumeSlices:
@@ -460,71 +419,3 @@ def _compose(shape, axis, view, objects, results, seconds, cancelled) -> Propaga
         scores[obj.id] = per
         reached[obj.id] = (min(hits), max(hits)) if hits else None
     return PropagationResult(labels, scores, reached, cancelled, seconds)
-
-
-def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
-    """Parse PROMPTS.json: {"axis": 2, "objects": [{"id", "name", "range", "slices"}]}."""
-    if not isinstance(data, Mapping) or not isinstance(data.get("objects"), list):
-        raise PromptError('prompts: expected {"axis": A, "objects": [...]}')
-    axis = data.get("axis", 2)
-    if not isinstance(axis, int):
-        raise PromptError(f"prompts: axis {axis!r} is not an integer")
-    objects = []
-    for n, item in enumerate(data["objects"]):
-        if not isinstance(item, Mapping) or "slices" not in item:
-            raise PromptError(f"prompts: object {n} needs an id and slices")
-        try:
-            oid = int(item.get("id", n + 1))
-            rng = item.get("range")
-            rng = None if rng is None else (int(rng[0]), int(rng[1]))
-            slices = {}
-            for key, sp in item["slices"].items():
-                points = sp.get("points")
-                labels = sp.get("labels")
-                if points is not None and labels is None:
-                    labels = [1] * len(points)
-                slices[int(key)] = SlicePrompt(
-                    box=None if sp.get("box") is None else np.asarray(sp["box"], np.float64),
-                    points=None if points is None else np.asarray(points, np.float64),
-                    labels=None if labels is None else np.asarray(labels),
-                )
-            window = item.get("window")
-            if window is not None and window not in PRESETS:
-                raise ValueError(f"window {window!r} is not one of {', '.join(PRESETS)}")
-            color = item.get("color")
-            if color is not None:
-                color = tuple(int(c) for c in color)
-                if len(color) != 3 or not all(0 <= c <= 255 for c in color):
-                    raise ValueError(f"color {item['color']!r} is not [r, g, b] in 0-255")
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-            raise PromptError(f"prompts: object {n} is malformed ({exc})") from None
-        objects.append(ObjectPrompts(oid, slices, rng, str(item.get("name", "")), color, window))
-    return axis, objects
-
-
-def objects_to_json(axis: int, objects: list[ObjectPrompts]) -> dict:
-    """The inverse of `objects_from_json` (masks are not saved: they are results)."""
-
-    def floats(a):
-        return [float(v) for v in np.asarray(a, np.float64).ravel()]
-
-    items = []
-    for obj in objects:
-        slices = {}
-        for index, sp in sorted(obj.slices.items()):
-            entry = {}
-            if sp.box is not None:
-                entry["box"] = floats(sp.box)
-            if sp.points is not None and len(sp.points):
-                entry["points"] = np.asarray(sp.points, np.float64).reshape(-1, 2).tolist()
-                entry["labels"] = [int(v) for v in np.asarray(sp.labels).ravel()]
-            slices[str(int(index))] = entry
-        item = {"id": int(obj.id), "name": obj.name, "slices": slices}
-        if obj.range is not None:
-            item["range"] = [int(obj.range[0]), int(obj.range[1])]
-        if obj.color is not None:
-            item["color"] = [int(c) for c in obj.color]
-        if obj.window is not None:
-            item["window"] = obj.window
-        items.append(item)
-    return {"axis": int(axis), "objects": items}

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..choices import PIPELINES
 from ..errors import CheckpointError
 from .checkpoint import file_sha256, read_state_dict, require_file
 from .mask_decoder import MaskDecoder
@@ -108,7 +109,6 @@ SPECS: dict[str, ModelSpec] = {
 }
 
 DEFAULT_MODEL = "litemedsam"
-PIPELINES = ("sammed2d", "litemedsam", "sam", "medsam")
 
 # SHA-256 of official checkpoint files -> registry name. A file found here gets its
 # model's input pipeline whatever its name; others are recognised from their tensors, and
