@@ -147,12 +147,14 @@ def propagate_case(
     cache_dir: str | None = None,
     preprocessing: str | None = None,
     precision: str = "fp32",
+    server: str | None = None,
+    api_key: str | None = None,
 ) -> CaseResult:
-    """Propagate one case's prompts; never raises (a failure becomes the result's status)."""
+    """Propagate one case's prompts, here or on a `sammed2d serve` at `server`; never raises
+    (a failure becomes the result's status)."""
     from .io import read_volume
     from .labelfiles import object_segments, write_labels
     from .prompt_files import read_prompt_file
-    from .propagate import propagate
 
     out = output_path(case, Path(out_dir))
 
@@ -162,16 +164,21 @@ def propagate_case(
         record = read_prompt_file(case.prompts)
         objects = record.objects
         volume = read_volume(case.image)
-        run = propagate(
-            volume.array,
-            objects,
-            _model(model, device, preprocessing, precision),
+        options = dict(
             axis=record.axis,
             affine=volume.affine,
             preset=record.window or "auto",
             settings=record.settings,
-            cache=_cache(cache_dir),
         )
+        if server:
+            from .remote import Client
+
+            run = Client(server, api_key).propagate(volume.array, objects, **options)
+        else:
+            from .propagate import propagate
+
+            net = _model(model, device, preprocessing, precision)
+            run = propagate(volume.array, objects, net, cache=_cache(cache_dir), **options)
         write_labels(out, run.labels, volume, object_segments(objects))
         result.objects = len(objects)
         result.slices = sum(hi - lo + 1 for r in run.reached.values() if r for lo, hi in [r])
@@ -197,7 +204,7 @@ def evaluate_volume(
     box3d-multi: boxes on three slices)."""
     from .evaluation import dice, protocol_objects, simulated_prompt_2d
     from .io import read_volume
-    from .propagate import SlicePrompt, propagate, segment_slice
+    from .objects import SlicePrompt
 
     if prompt not in PROMPT_KINDS:
         raise SamMed2DError(f"prompt {prompt!r}: expected one of {', '.join(PROMPT_KINDS)}")
@@ -210,13 +217,20 @@ def evaluate_volume(
     ids = [int(i) for i in np.unique(truth) if i != 0]
     if classes:
         ids = [i for i in ids if i in set(classes)]
-    net = _model(model, device) if isinstance(model, str) else model
-    cache = cache if cache is not None else _cache(None)
+    if hasattr(model, "propagate"):  # a remote.Client: the server's model
+        propagate = model.propagate
+        segment_slice = model.segment_slice
+        engine = {}
+    else:
+        from .propagate import propagate, segment_slice
+
+        net = _model(model, device) if isinstance(model, str) else model
+        engine = {"model": net, "cache": cache if cache is not None else _cache(None)}
     scores = {}
     if prompt in _PROTOCOL:
         objects = [o for o in protocol_objects(truth, axis, _PROTOCOL[prompt]) if o.id in ids]
         run = propagate(
-            volume.array, objects, net, axis=axis, affine=volume.affine, preset=window, cache=cache
+            volume.array, objects, axis=axis, affine=volume.affine, preset=window, **engine
         )
         return {oid: dice(run.labels == oid, truth == oid) for oid in ids}
     rng = np.random.default_rng(seed)
@@ -234,11 +248,10 @@ def evaluate_volume(
                 volume.array,
                 int(index),
                 sp,
-                net,
                 axis=axis,
                 affine=volume.affine,
                 preset=window,
-                cache=cache,
+                **engine,
             )
             sl = [slice(None)] * 3
             sl[axis] = int(index)
@@ -256,6 +269,8 @@ def evaluate_case(
     cache_dir: str | None = None,
     preprocessing: str | None = None,
     precision: str = "fp32",
+    server: str | None = None,
+    api_key: str | None = None,
 ) -> CaseResult:
     """Dice of one labelled case, written to DIR/<name>_dice.csv; never raises."""
     out = output_path(case, Path(out_dir), "_dice", ".csv")
@@ -263,7 +278,12 @@ def evaluate_case(
     def work(result: CaseResult) -> None:
         if case.labels is None:
             raise SamMed2DError("no labels for this case")
-        net = _model(model, device, preprocessing, precision)
+        if server:
+            from .remote import Client
+
+            net = Client(server, api_key)
+        else:
+            net = _model(model, device, preprocessing, precision)
         scores = evaluate_volume(
             case.image, case.labels, prompt, model=net, cache=_cache(cache_dir)
         )
@@ -301,8 +321,11 @@ def run_batch(
     preprocessing: str | None = None,
     progress=None,
     precision: str = "fp32",
+    server: str | None = None,
+    api_key: str | None = None,
 ) -> list[CaseResult]:
-    """Every case of the manifest as one dask task; returns results in manifest order."""
+    """Every case of the manifest as one dask task; returns results in manifest order.
+    With `server`, the workers are clients of that `sammed2d serve` and load no model."""
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -334,6 +357,8 @@ def run_batch(
                 cache_dir=cache_dir,
                 preprocessing=preprocessing,
                 precision=precision,
+                server=server,
+                api_key=api_key,
                 pure=False,
                 **extra,
             ): i

@@ -38,6 +38,42 @@ def _model(args):
     )
 
 
+def _remote(args):
+    from .remote import Client
+
+    return Client(args.server, args.api_key)
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from .server import ServerConfig, check_exposure, serve
+
+    key = args.api_key or os.environ.get("SAMMED2D_API_KEY") or None
+    check_exposure(args.host, key)  # before loading a model for nothing
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise SamMed2DError(
+            "serve needs FastAPI and uvicorn, an extra: pip install 'sammed2d[serve]'"
+        ) from None
+    config = ServerConfig(
+        model=args.model,
+        device=args.device,
+        precision=args.precision,
+        preprocessing=args.preprocessing,
+        api_key=key,
+        max_sessions=args.max_sessions,
+        max_memory=int(args.max_memory * 2**30),
+        max_upload=int(args.max_upload * 2**30),
+        session_ttl=args.session_ttl,
+        cache_dir=str(args.cache) if args.cache else None,
+    )
+    serve(config, args.host, args.port)
+    return 0
+
+
 def _cache(args):
     from .cache import EmbeddingCache
 
@@ -55,8 +91,7 @@ def cmd_segment(args) -> int:
         write_mask,
         write_volume,
     )
-    from .predictor import Predictor
-    from .propagate import SlicePrompt, segment_slice
+    from .objects import SlicePrompt
 
     if args.box is None and not args.point:
         raise SamMed2DError("segment: give --box X0 Y0 X1 Y1 or at least one --point X Y")
@@ -64,7 +99,8 @@ def cmd_segment(args) -> int:
     labels = [1] * len(args.point) + [0] * len(args.negative)
     coords = np.array(points, np.float64) if points else None
     point_labels = np.array(labels) if points else None
-    model = _model(args)
+    engine = _remote(args) if args.server else None
+    model = None if engine else _model(args)
     if args.slice is not None:
         volume = read_volume(args.image)
         if volume.array.ndim != 3:
@@ -72,20 +108,25 @@ def cmd_segment(args) -> int:
                 f"{args.image}: --slice needs a 3D volume, got {volume.array.ndim}D"
             )
         prompt = SlicePrompt(box=args.box, points=coords, labels=point_labels)
-        mask, score = segment_slice(
-            volume.array,
-            args.slice,
-            prompt,
-            model,
-            axis=args.axis,
-            affine=volume.affine,
-            preset=args.window,
-        )
+        where = dict(axis=args.axis, affine=volume.affine, preset=args.window)
+        if engine:
+            mask, score = engine.segment_slice(volume.array, args.slice, prompt, **where)
+        else:
+            from .propagate import segment_slice
+
+            mask, score = segment_slice(volume.array, args.slice, prompt, model, **where)
     else:
         image = read_image(args.image)
-        predictor = Predictor(model)
-        predictor.set_image(image, preset=args.window)
-        masks, scores, _ = predictor.predict(coords, point_labels, args.box)
+        if engine:
+            masks, scores, _ = engine.predict(
+                image, coords, point_labels, args.box, preset=args.window
+            )
+        else:
+            from .predictor import Predictor
+
+            predictor = Predictor(model)
+            predictor.set_image(image, preset=args.window)
+            masks, scores, _ = predictor.predict(coords, point_labels, args.box)
         mask, score = masks[0], float(scores[0])
     if args.slice is not None and suffix_of(args.out) in NIFTI_SUFFIXES + ITK_SUFFIXES:
         # A one-slice volume on the volume's own grid, so it overlays the source.
@@ -101,37 +142,43 @@ def cmd_propagate(args) -> int:
     from .io import read_volume
     from .labelfiles import object_segments, write_labels
     from .prompt_files import read_prompt_file
-    from .propagate import propagate
 
     record = read_prompt_file(args.prompts)
     volume = read_volume(args.volume)
-    args.model = args.model or record.model or "litemedsam"
-    model = _model(args)
-    if record.sha256 and model.weights_id != record.sha256:
+    options = dict(
+        axis=record.axis,
+        affine=volume.affine,
+        preset=args.window or record.window or "auto",
+        settings=record.settings,
+    )
+    if args.server:
+        engine = _remote(args)
+        served = engine.info()["model"]
+        family, weights = served["family"], served.get("sha256")
+        run = engine.propagate
+    else:
+        from .propagate import propagate
+
+        args.model = args.model or record.model or "litemedsam"
+        model = _model(args)
+        family, weights = model.spec.name, model.weights_id
+        options.update(model=model, cache=_cache(args))
+        run = propagate
+    if record.sha256 and weights != record.sha256:
         _warn(
             f"{args.prompts} was made with weights {record.sha256[:12]}…, this run uses "
-            f"{model.weights_id[:12]}…: labels may differ"
+            f"{(weights or 'random')[:12]}…: labels may differ"
         )
     objects = record.objects
     with progress_reporter("propagating") as update:
-        result = propagate(
-            volume.array,
-            objects,
-            model,
-            axis=record.axis,
-            affine=volume.affine,
-            preset=args.window or record.window or "auto",
-            settings=record.settings,
-            cache=_cache(args),
-            progress=update,
-        )
+        result = run(volume.array, objects, progress=update, **options)
     write_labels(
         args.out,
         result.labels,
         volume,
         object_segments(objects),
         source_series=args.volume if Path(args.volume).is_dir() else None,
-        algorithm=f"SAM-Med2D suite ({model.spec.name})",
+        algorithm=f"SAM-Med2D suite ({family})",
     )
     for obj in objects:
         reached = result.reached[obj.id]
@@ -253,6 +300,8 @@ def cmd_batch(args) -> int:
             preprocessing=args.preprocessing,
             precision=args.precision,
             progress=update,
+            server=args.server,
+            api_key=args.api_key,
         )
     print(format_table(results))
     failed = [r for r in results if r.status.startswith("failed")]
@@ -353,7 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
         if cache:
             p.add_argument("--cache", type=Path, help="folder for embeddings kept between runs")
 
+    def remote_options(p):
+        p.add_argument(
+            "--server",
+            metavar="URL",
+            help="run the model on a `sammed2d serve` at URL (then --model, --device and "
+            "--precision are the server's)",
+        )
+        p.add_argument("--api-key", help="the server's key (default: $SAMMED2D_API_KEY)")
+
     p = sub.add_parser("segment", help="one 2D mask from a 2D image or one slice of a volume")
+    remote_options(p)
     p.add_argument("image", type=Path)
     p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
     p.add_argument("--point", type=float, nargs=2, action="append", default=[], metavar=("X", "Y"))
@@ -375,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("propagate", help="segment objects through a volume from prompts")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
     p.add_argument("--prompts", type=Path, required=True, help="PROMPTS.json")
+    remote_options(p)
     p.add_argument(
         "--out",
         type=Path,
@@ -409,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("batch", help="run a manifest of cases on dask.distributed")
     p.add_argument("manifest", type=Path, help="CSV with header image,prompts,labels")
+    remote_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--scheduler", help="tcp://host:port of a running dask scheduler")
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
@@ -425,6 +486,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="also write the Dice table here")
     common(p, cache=True)
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP to napari, Slicer and CLI clients")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--api-key",
+        help="key clients must send; required off loopback (default: $SAMMED2D_API_KEY)",
+    )
+    p.add_argument("--max-sessions", type=int, default=32)
+    p.add_argument(
+        "--max-memory", type=float, default=8.0, help="GB for volumes and embeddings (default 8)"
+    )
+    p.add_argument("--max-upload", type=float, default=2.0, help="GB per volume (default 2)")
+    p.add_argument(
+        "--session-ttl", type=float, default=3600.0, help="seconds idle before a session goes"
+    )
+    p.add_argument("--cache", type=Path, help="folder for embeddings kept between runs")
+    model_options(p)
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("info", help="models, where their weights are, devices")
     p.set_defaults(run=cmd_info)

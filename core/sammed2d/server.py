@@ -53,6 +53,7 @@ class ServerConfig:
     model: str = "litemedsam"
     device: str = "auto"
     precision: str = "fp32"
+    preprocessing: str | None = None  # a checkpoint's input pipeline, when not recognised
     api_key: str | None = None
     max_sessions: int = 32
     max_memory: int = 8 << 30  # bytes: volumes plus embeddings held in memory
@@ -168,7 +169,10 @@ class State:
 
         self.config = config
         self.model = model or load_model(
-            config.model, device=config.device, precision=config.precision
+            config.model,
+            device=config.device,
+            precision=config.precision,
+            preprocessing=config.preprocessing,
         )
         self.queue = DeviceQueue()
         # Half the memory bound for embeddings, half for volumes.
@@ -438,14 +442,14 @@ class State:
         while True:
             with self.lock:
                 wake = self.wake
-            now = (job.state, job.done, job.total)
+            now = (job.state, job.done, job.total, job.error)
             if now != last:
                 last = now
-                line = {"state": job.state, "done": job.done, "total": job.total}
-                if job.error:
-                    line["error"] = job.error
+                line = {"state": now[0], "done": now[1], "total": now[2]}
+                if now[3]:
+                    line["error"] = now[3]
                 yield json.dumps(line) + "\n"
-                if job.state != "running":
+                if now[0] != "running":  # as sent: the state may have moved on since
                     return
             elif not wake.wait(10.0):
                 yield json.dumps({"state": job.state, "done": job.done, "total": job.total}) + "\n"
@@ -509,6 +513,7 @@ class State:
         spec = self.model.spec
         with self.lock:
             sessions = len(self.sessions)
+            running = sum(s.running for s in self.sessions.values())
         return {
             "sammed2d": __version__,
             "torch": torch.__version__,
@@ -522,6 +527,7 @@ class State:
             "device": str(self.model.device),
             "precision": getattr(self.model, "precision", "fp32"),
             "sessions": sessions,
+            "jobs_running": running,
             "memory_bytes": self.memory(),
             "limits": {
                 "max_sessions": self.config.max_sessions,
