@@ -540,6 +540,15 @@ def main(argv=None) -> int:
     except SamMed2DError as exc:
         print(f"sammed2d: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "torch":
+            raise
+        print(
+            "sammed2d: error: running a model here needs PyTorch: pip install torch (the "
+            "build for your machine, see the README), or use --server URL",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("sammed2d: interrupted", file=sys.stderr)
         return 130

@@ -15,34 +15,49 @@ def _name(requirement: str) -> str:
 
 
 def _closure(root: str, extras: set[str]) -> set[str]:
-    seen, todo = set(), [(root, extras)]
+    """Names of the distributions installing `root[extras]` brings, extras followed."""
+    names, seen, todo = set(), set(), [(root, frozenset(extras))]
     while todo:
         name, wanted = todo.pop()
-        if name in seen:
+        if (name, wanted) in seen:
             continue
-        seen.add(name)
+        seen.add((name, wanted))
+        names.add(name)
         try:
             requires = metadata.requires(name) or []
         except metadata.PackageNotFoundError:
             continue
         for req in requires:
-            marker = req.split(";", 1)[1] if ";" in req else ""
+            spec, _, marker = req.partition(";")
             extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
             if extra and extra.group(1) not in wanted:
                 continue
-            todo.append((_name(req), set()))
-    return seen
+            asked = re.search(r"\[([^\]]+)\]", spec)
+            more = {e.strip() for e in asked.group(1).split(",")} if asked else set()
+            todo.append((_name(req), frozenset(more)))
+    return names
 
 
 @pytest.mark.parametrize(
     ("root", "extras"),
-    [("sammed2d", {"distributed"}), ("napari-sammed2d", {"qt", "testing"})],
+    [
+        ("sammed2d", {"torch", "distributed", "serve", "dicom"}),
+        ("napari-sammed2d", {"local", "qt", "testing"}),
+    ],
 )
 def test_nothing_we_install_pulls_timm_or_torchvision(root, extras):
     pytest.importorskip(root.replace("-", "_"))
     reached = _closure(root, extras)
-    assert "torch" in reached or root == "napari-sammed2d"
+    assert "torch" in reached
     assert not reached & FORBIDDEN, reached & FORBIDDEN
+
+
+@pytest.mark.parametrize(("root", "extras"), [("sammed2d", {"dicom"}), ("napari-sammed2d", {"qt"})])
+def test_a_client_install_pulls_no_torch(root, extras):
+    """napari or a script talking to a `sammed2d serve` elsewhere needs no torch."""
+    pytest.importorskip(root.replace("-", "_"))
+    reached = _closure(root, extras)
+    assert "sammed2d" in reached and "torch" not in reached
 
 
 def test_missing_litemedsam_weights_name_the_exact_command(monkeypatch, tmp_path):

@@ -172,7 +172,7 @@ import importlib.abc, sys, json
 class NoTorch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torch", "torchvision", "timm"):
-            raise ImportError("no torch in this environment: " + name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, NoTorch())
 import numpy as np
 from sammed2d.remote import Client
@@ -214,3 +214,17 @@ def test_serve_refuses_to_listen_openly_without_a_key(capsys, monkeypatch):
     monkeypatch.delenv("SAMMED2D_API_KEY", raising=False)
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "needs an API key" in capsys.readouterr().err
+
+
+def test_without_torch_the_cli_says_so_in_one_line(tmp_path):
+    image, prompts = write_case(tmp_path)
+    script = textwrap.dedent(NO_TORCH.split("import numpy as np")[0]) + textwrap.dedent(
+        f"""
+        from sammed2d.cli import main
+        raise SystemExit(main(["propagate", {str(image)!r}, "--prompts", {str(prompts)!r},
+                               "--out", {str(tmp_path / "x.nii.gz")!r}]))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "needs PyTorch" in out.stderr
