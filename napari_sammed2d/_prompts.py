@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sammed2d.propagate import SlicePrompt
+from sammed2d.objects import SlicePrompt
 
 
 def to_image_coords(layer, image_layer, coords: np.ndarray) -> np.ndarray:

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sammed2d import EmbeddingCache, load_model
 from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS, intensity_range
-from sammed2d.memory import reuse_freed_memory, tuning_wanted_in_host
-from sammed2d.propagate import SlicePrompt, segment_slice
+from sammed2d.objects import SlicePrompt
 from sammed2d.segments import Segment, default_segment
+
+# The local engine's modules (torch) load when it is first used: with a remote engine
+# the plugin runs without torch.
 
 
 @dataclass
@@ -69,10 +70,12 @@ class Latest:
 
 
 class Engine:
-    """The model and the per-volume state that clicks share: loaded once, reused."""
+    """The model in this process and the per-volume state that clicks share."""
 
-    def __init__(self, cache: EmbeddingCache | None = None) -> None:
-        self.cache = cache or EmbeddingCache(max_bytes=2 << 30)
+    remote = False
+
+    def __init__(self, cache=None) -> None:
+        self.cache = cache
         self.model = None
         self._model_key = None
         self._range_key = None
@@ -84,11 +87,37 @@ class Engine:
     def load(self, name: str, device: str, precision: str = "fp32"):
         key = (name, device, precision)
         if self.model is None or self._model_key != key:
+            try:
+                from sammed2d import EmbeddingCache, load_model
+                from sammed2d.memory import reuse_freed_memory, tuning_wanted_in_host
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] != "torch":
+                    raise
+                raise SamMed2DError(
+                    "the local engine needs PyTorch: pip install torch (or "
+                    "'napari-sammed2d[local]'), or choose Engine: remote"
+                ) from None
             if tuning_wanted_in_host():
                 reuse_freed_memory()
+            if self.cache is None:
+                self.cache = EmbeddingCache(max_bytes=2 << 30)
             self.model = load_model(name, device=device, precision=precision)
             self._model_key = key
         return self.model
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    @property
+    def boxes_only(self) -> bool | None:
+        return None if self.model is None else bool(self.model.spec.boxes_only)
+
+    def record(self) -> tuple[str, str | None] | None:
+        """(model name, weights SHA-256) for a prompts file; None before loading."""
+        from sammed2d.prompt_files import model_record
+
+        return None if self.model is None else model_record(self.model)
 
     def value_range(self, data: np.ndarray, preset: str) -> tuple[float, float]:
         """The volume's intensity window, computed once per volume and preset."""
@@ -113,12 +142,10 @@ class Engine:
         return self.model is None or self._model_key != (name, device, precision)
 
     def segment(self, req: SegmentRequest) -> np.ndarray:
+        from sammed2d.propagate import segment_slice
+
         self.load(*req.model)
-        if req.prompt.box is None and self.model.spec.boxes_only:
-            raise BoxOnly(
-                f"{self.model.spec.name} was trained with boxes only: draw a rectangle "
-                "(a point alone gives a poor mask)"
-            )
+        _refuse_points_alone(req, self.model.spec.boxes_only, self.model.spec.name)
         with self._lock:
             if req.axis is None:
                 masks, _, _ = self._predictor(req).predict(
@@ -136,6 +163,117 @@ class Engine:
                 cache=self.cache,
             )
             return mask
+
+    def propagate(self, req: SegmentRequest, objects, progress, should_stop):
+        from sammed2d.propagate import propagate
+
+        model = self.load(*req.model)
+        return propagate(
+            req.data,
+            objects,
+            model,
+            axis=req.axis,
+            affine=req.affine,
+            value_range=self.value_range(req.data, req.preset),
+            cache=self.cache,
+            progress=progress,
+            should_stop=should_stop,
+        )
+
+    def embed_ahead(self, data, affine, preset, axis, order, keep_going) -> None:
+        """Embed slices `order` into the cache while keep_going() says so (blocks)."""
+        from sammed2d.orientation import SliceView, radiological_view
+        from sammed2d.propagate import VolumeSlices
+
+        view = radiological_view(affine, axis) if affine is not None else SliceView()
+        slices = VolumeSlices(
+            self.model, data, axis, view, self.value_range(data, preset), self.cache
+        )
+        for i in order:
+            if not keep_going():
+                return
+            slices.embedding(i)
+
+
+class RemoteEngine:
+    """The same calls, run by a `sammed2d serve` elsewhere: the plugin needs no torch."""
+
+    remote = True
+
+    def __init__(self, url: str, api_key: str | None = None) -> None:
+        from sammed2d.remote import Client
+
+        self.client = Client(url, api_key or None)
+        self.info = None
+
+    def load(self, *model):
+        if self.info is None:
+            self.info = self.client.info()
+        return self.info
+
+    @property
+    def ready(self) -> bool:
+        return self.info is not None
+
+    @property
+    def boxes_only(self) -> bool | None:
+        return None if self.info is None else bool(self.info["model"]["boxes_only"])
+
+    def record(self):
+        if self.info is None:
+            return None
+        return self.info["model"]["name"], self.info["model"].get("sha256")
+
+    def needs_loading(self, *model) -> bool:
+        return self.info is None
+
+    def describe(self) -> str:
+        info = self.load()
+        return (
+            f"{info['model']['name']} on {info['device']} ({info['precision']}) at "
+            f"{self.client.url}"
+        )
+
+    def segment(self, req: SegmentRequest) -> np.ndarray:
+        info = self.load()
+        _refuse_points_alone(req, info["model"]["boxes_only"], info["model"]["family"])
+        if req.axis is None:
+            p = req.prompt
+            masks, _, _ = self.client.predict(
+                req.data, p.points, p.labels, p.box, preset=req.preset
+            )
+            return masks[0]
+        mask, _ = self.client.segment_slice(
+            req.data, req.index, req.prompt, axis=req.axis, affine=req.affine, preset=req.preset
+        )
+        return mask
+
+    def propagate(self, req: SegmentRequest, objects, progress, should_stop):
+        self.load()
+        return self.client.propagate(
+            req.data,
+            objects,
+            axis=req.axis,
+            affine=req.affine,
+            preset=req.preset,
+            progress=progress,
+            should_stop=should_stop,
+        )
+
+    def embed_ahead(self, data, affine, preset, axis, order, keep_going) -> None:
+        """The server embeds while it is idle; one request, nothing to wait for."""
+        self.client.embed_ahead(data, list(order), axis=axis, affine=affine, preset=preset)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _refuse_points_alone(req: SegmentRequest, boxes_only: bool, name: str) -> None:
+    if req.prompt.box is None and boxes_only:
+        raise BoxOnly(
+            f"{name} was trained with boxes only: draw a rectangle "
+            "(a point alone gives a poor mask)"
+        )
 
 
 class BoxOnly(SamMed2DError):

@@ -19,6 +19,7 @@ What the widget computes and the rules it merges masks by live in `_session.py`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -46,13 +47,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from sammed2d.choices import PRECISIONS
 from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS
-from sammed2d.models import SPECS
-from sammed2d.orientation import SliceView, radiological_view
-from sammed2d.precision import PRECISIONS
-from sammed2d.prompt_files import PromptFile, model_record, read_prompt_file, write_prompt_file
-from sammed2d.propagate import ObjectPrompts, VolumeSlices, propagate
+from sammed2d.objects import ObjectPrompts
+from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
 
 from ._io import labels_layer_kwargs
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
@@ -61,6 +60,7 @@ from ._session import (
     Engine,
     Latest,
     ObjectTable,
+    RemoteEngine,
     SegmentRequest,
     correction_stretch,
     slice_changes,
@@ -104,8 +104,21 @@ class SegmentWidget(QWidget):
         self._propagated_at: dict[int, int] = {}  # object id -> seq when its run started
 
         self.image_combo = QComboBox()
+        self.engine_combo = QComboBox()
+        self.engine_combo.addItems(["local", "remote"])
+        self.engine_combo.setToolTip(
+            "local: the model runs in napari (needs torch); remote: a `sammed2d serve` "
+            "on another machine runs it"
+        )
+        self.server_edit = QLineEdit(os.environ.get("SAMMED2D_SERVER", "http://127.0.0.1:8765"))
+        self.server_edit.setToolTip("URL of a `sammed2d serve` (https:// behind a proxy)")
+        self.key_edit = QLineEdit(os.environ.get("SAMMED2D_API_KEY", ""))
+        self.key_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.key_edit.setToolTip("the server's API key (needed off loopback)")
         self.model_edit = QLineEdit("litemedsam")
-        self.model_edit.setToolTip("a registry name (" + ", ".join(SPECS) + ") or a .pth file")
+        self.model_edit.setToolTip(
+            "a registry name (sam-med2d, litemedsam, medsam, sam) or a .pth file"
+        )
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         self.device_combo = QComboBox()
@@ -151,6 +164,11 @@ class SegmentWidget(QWidget):
         model_row.addWidget(browse)
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
+        form.addRow("Engine", self.engine_combo)
+        form.addRow("Server", self.server_edit)
+        form.addRow("API key", self.key_edit)
+        self._remote_rows = (self.server_edit, self.key_edit)
+        self._local_rows = (self.model_edit, browse, self.device_combo, self.precision_combo)
         form.addRow("Model", model_row)
         form.addRow("Device", self.device_combo)
         form.addRow("Precision", self.precision_combo)
@@ -193,6 +211,9 @@ class SegmentWidget(QWidget):
         self.objects_view.itemChanged.connect(self._on_table_edit)
         self.objects_view.cellDoubleClicked.connect(self._on_table_double_click)
         self.image_combo.currentTextChanged.connect(self._drop_volume_state)
+        self.engine_combo.currentTextChanged.connect(self._on_engine_changed)
+        self.server_edit.editingFinished.connect(self._on_engine_changed)
+        self.key_edit.editingFinished.connect(self._on_engine_changed)
         self.object_spin.valueChanged.connect(self._on_object_changed)
         self.model_edit.editingFinished.connect(self._drop_volume_state)
         self.device_combo.currentTextChanged.connect(self._drop_volume_state)
@@ -201,6 +222,7 @@ class SegmentWidget(QWidget):
         viewer.layers.events.inserted.connect(self._refresh_images)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._refresh_images)
+        self._on_engine_changed()
         self._refresh_images()
         self._bind_keys()
         self.table.add(1)
@@ -234,10 +256,10 @@ class SegmentWidget(QWidget):
         except (SamMed2DError, RuntimeError):
             return  # a 4D layer (said when the user asks to segment), or a closed viewer
         self.show_radiologically()
-        name = self.model_edit.text().strip()
-        model = self.engine.model
-        spec = model.spec if model is not None else SPECS.get(name)
-        if spec is None or spec.boxes_only:
+        boxes_only = self.engine.boxes_only
+        if boxes_only is None and not self.engine.remote:
+            boxes_only = self.model_edit.text().strip() in ("litemedsam", "medsam")
+        if boxes_only is None or boxes_only:
             shapes.mode = "add_rectangle"
             self.viewer.layers.selection.active = shapes
         else:
@@ -365,6 +387,30 @@ class SegmentWidget(QWidget):
         if labels is not None:
             labels.selected_label = value
         self._select_row(value)
+
+    def _on_engine_changed(self, *args) -> None:
+        """Local or remote: the model rows or the server rows; a new engine for a change."""
+        remote = self.engine_combo.currentText() == "remote"
+        for w in self._remote_rows:
+            w.setEnabled(remote)
+        for w in self._local_rows:
+            w.setEnabled(not remote)
+        if remote:
+            url, key = self.server_edit.text().strip(), self.key_edit.text().strip()
+            current = self.engine
+            same = current.remote and (current.client.url, current.client.api_key or "") == (
+                url.rstrip("/"),
+                key,
+            )
+            if not same:
+                try:
+                    self.engine = RemoteEngine(url, key)
+                except SamMed2DError as exc:
+                    self.status.setText(str(exc))
+                    return
+        elif self.engine.remote:
+            self.engine = Engine()
+        self._drop_volume_state()
 
     def _drop_volume_state(self, *args) -> None:
         self._prefetch = None  # a running embedding thread sees this and stops
@@ -546,18 +592,25 @@ class SegmentWidget(QWidget):
         long-lived one there would leave a propagation waiting for a free thread."""
         if self._server is not None:
             return
-        engine, mailbox, send = self.engine, self.mailbox, self._bridge.message.emit
+        mailbox, send = self.mailbox, self._bridge.message.emit
 
         def serve():
             while not self._stopping:
                 request = mailbox.take(0.1)
                 if request is None:
                     continue
+                engine = self.engine  # the user may switch engines between clicks
                 try:
                     if engine.needs_loading(*request.model):
-                        send(("status", f"loading {request.model[0]}…"))
+                        where = self.server_edit.text() if engine.remote else request.model[0]
+                        send(
+                            (
+                                "status",
+                                f"{'connecting to' if engine.remote else 'loading'} {where}…",
+                            )
+                        )
                         engine.load(*request.model)
-                        send(("loaded", None))
+                        send(("loaded", engine.describe() if engine.remote else ""))
                     send(("mask", request, engine.segment(request)))
                 except BoxOnly as exc:
                     send(("info", str(exc)))
@@ -574,7 +627,7 @@ class SegmentWidget(QWidget):
         if kind == "status":
             self.status.setText(message[1])
         elif kind == "loaded":
-            self.status.setText("")
+            self.status.setText(message[1])
             QTimer.singleShot(0, self.prepare_prompt_layers)
         elif kind == "info":
             self.status.setText(message[1])
@@ -697,15 +750,9 @@ class SegmentWidget(QWidget):
 
             def run():
                 try:
-                    model = engine.load(*request.model)
-                    result["value"] = propagate(
-                        request.data,
+                    result["value"] = engine.propagate(
+                        request,
                         objects,
-                        model,
-                        axis=request.axis,
-                        affine=request.affine,
-                        value_range=engine.value_range(request.data, request.preset),
-                        cache=engine.cache,
                         progress=lambda done, total: state.update(progress=(done, total)),
                         should_stop=lambda: self._cancel,
                     )
@@ -793,26 +840,22 @@ class SegmentWidget(QWidget):
     def _start_prefetch(self, axis: int, index: int) -> None:
         """Embed the other slices in the background, nearest first, through the cache,
         pausing while a click is served or a propagation runs."""
-        if self._prefetch is not None or self.engine.model is None:
+        if self._prefetch is not None or not self.engine.ready:
             return
         data, affine, preset = self.volume_context()
-        view = radiological_view(affine, axis) if affine is not None else SliceView()
         engine, mailbox = self.engine, self.mailbox
-        slices = VolumeSlices(
-            engine.model, data, axis, view, engine.value_range(data, preset), engine.cache
-        )
         order = sorted(range(data.shape[axis]), key=lambda i: abs(i - index))
 
         send = self._bridge.message.emit
 
+        def keep_going() -> bool:
+            while (mailbox.busy or self._busy is not None) and not self._stopping:
+                time.sleep(0.02)
+            return not self._stopping and self._prefetch is thread
+
         def prefetch():
             try:
-                for i in order:
-                    while (mailbox.busy or self._busy is not None) and not self._stopping:
-                        time.sleep(0.02)
-                    if self._stopping or self._prefetch is not thread:
-                        return
-                    slices.embedding(i)
+                engine.embed_ahead(data, affine, preset, axis, order, keep_going)
             except Exception as exc:  # noqa: BLE001 - shown to the user
                 send(("error", exc))
 
@@ -933,8 +976,9 @@ class SegmentWidget(QWidget):
             raise SamMed2DError("no prompts to save: draw a box first")
         if self._from_our_reader():
             axis, objects = reorder_objects(axis, objects, self.image_layer.ndim)
-        if self.engine.model is not None:
-            name, sha = model_record(self.engine.model)
+        record = self.engine.record()
+        if record is not None:
+            name, sha = record
         else:
             name, sha = self.model_edit.text().strip(), None
         return PromptFile(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from sammed2d.errors import PromptError
-from sammed2d.propagate import SlicePrompt
+from sammed2d.objects import SlicePrompt
 
 OBLIQUE_TOLERANCE_DEG = 1.0
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from sammed2d.errors import PromptError
 from sammed2d.prompt_files import PromptFile
-from sammed2d.propagate import ObjectPrompts, SlicePrompt
+from sammed2d.objects import ObjectPrompts, SlicePrompt
 
 
 @dataclass
