@@ -184,7 +184,7 @@ class State:
         self.wake = threading.Event()  # replaced after each job change (see _notify)
         self.embed_wake = threading.Event()
         self.closing = False
-        self.clicks = 0
+        self.clicks = self.runs = 0  # requests served, for operators and tests
         self.embedder = threading.Thread(target=self._embed_ahead, daemon=True)
         self.embedder.start()
 
@@ -398,6 +398,7 @@ class State:
 
         try:
             with self.queue.turn():
+                self.runs += 1
                 result = propagate(
                     volume,
                     objects,
