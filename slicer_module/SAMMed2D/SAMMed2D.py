@@ -41,16 +41,24 @@ class SAMMed2D(ScriptedLoadableModule):
         )
 
 
-def ensure_dependencies():
+def ensure_dependencies(remote=False):
     """torch from the PyTorch extension; the engine from this extension; what the engine
     needs and Slicer lacks installed once, after the user agrees, never replacing anything
-    Slicer has (see SAMMed2DInstall)."""
+    Slicer has (see SAMMed2DInstall). With a remote engine only the bundled client is
+    needed: no torch, no packages (it uses numpy and the standard library)."""
     import os
     import tempfile
     from pathlib import Path
 
     import SAMMed2DInstall as install
 
+    if remote:
+        if not install.add_engine_to_path(Path(__file__).resolve().parent):
+            slicer.util.errorDisplay(
+                "The SAM-Med2D engine is missing from this extension: reinstall the extension."
+            )
+            return False
+        return True
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -158,10 +166,36 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.presetCombo.addItems(
             ["auto", "abdomen", "lung", "bone", "brain", "percentile", "minmax", "none"]
         )
+        # Engine: the model here (torch) or on a `sammed2d serve` (no torch in Slicer).
+        settings = qt.QSettings()
+        engineForm = qt.QFormLayout()
+        self.engineCombo = qt.QComboBox()
+        self.engineCombo.addItems(["local", "remote"])
+        self.engineCombo.toolTip = (
+            "local: the model runs in Slicer (PyTorch extension); remote: a `sammed2d serve` "
+            "on another machine runs it, and Slicer needs no torch"
+        )
+        self.serverEdit = qt.QLineEdit(settings.value("SAMMed2D/server", "http://127.0.0.1:8765"))
+        self.keyEdit = qt.QLineEdit()
+        self.keyEdit.echoMode = qt.QLineEdit.Password
+        self.keyEdit.toolTip = "the server's API key (or set SAMMED2D_API_KEY)"
+        engineForm.addRow("Engine:", self.engineCombo)
+        engineForm.addRow("Server:", self.serverEdit)
+        engineForm.addRow("API key:", self.keyEdit)
+        self.layout.addLayout(engineForm)
+        self.engineCombo.currentText = settings.value("SAMMed2D/engine", "local")
+        self.engineCombo.connect("currentIndexChanged(int)", self.onEngineChanged)
+        self.onEngineChanged()
         self.onMarkupsChanged()
 
     def cleanup(self):
         self.removeObservers()
+
+    def onEngineChanged(self, *args):
+        remote = self.engineCombo.currentText == "remote"
+        self.serverEdit.enabled = self.keyEdit.enabled = remote
+        self.ui.modelLineEdit.enabled = not remote
+        qt.QSettings().setValue("SAMMed2D/engine", self.engineCombo.currentText)
 
     def onMarkupsChanged(self, *args):
         self.removeObservers()
@@ -177,11 +211,17 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(node, node.PointEndInteractionEvent, self.onPointPlaced)
 
     def getLogic(self):
+        remote = self.engineCombo.currentText == "remote"
+        if not ensure_dependencies(remote=remote):
+            return None
         if self.logic is None:
-            if not ensure_dependencies():
-                return None
             self.logic = SAMMed2DLogic()
-        self.logic.setModel(self.ui.modelLineEdit.text.strip() or "litemedsam")
+        if remote:
+            url = self.serverEdit.text.strip()
+            qt.QSettings().setValue("SAMMed2D/server", url)
+            self.logic.setEngine("remote", url, self.keyEdit.text.strip() or None)
+        else:
+            self.logic.setEngine("local", self.ui.modelLineEdit.text.strip() or "litemedsam")
         self.logic.preset = self.ui.presetCombo.currentText
         return self.logic
 
@@ -286,23 +326,25 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        from sammed2d import EmbeddingCache
-
-        self.cache = EmbeddingCache(max_bytes=2 << 30)
-        self.model = None
-        self.modelName = None
+        self.engine = None  # SAMMed2DLib.LocalEngine or RemoteEngine
+        self.engineKey = None
         self.preset = "auto"
         self.undoStack = []
         from SAMMed2DLib import PromptLog
 
         self.promptLog = PromptLog()  # every prompt segmented with, for Save prompts
 
-    def setModel(self, nameOrPath):
-        if nameOrPath != self.modelName:
-            from sammed2d import load_model
+    def setEngine(self, kind, modelOrUrl, apiKey=None):
+        """ "local" with a model name or checkpoint path, or "remote" with a server URL."""
+        key = (kind, modelOrUrl, apiKey)
+        if key != self.engineKey:
+            from SAMMed2DLib import make_engine
 
-            self.model = load_model(nameOrPath)
-            self.modelName = nameOrPath
+            self.engine = make_engine(kind, modelOrUrl, apiKey)
+            self.engineKey = key
+
+    def setModel(self, nameOrPath):
+        self.setEngine("local", nameOrPath)
 
     # ----- geometry read off the scene ------------------------------------------------------
     @staticmethod
@@ -388,7 +430,6 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
 
     # ----- work -----------------------------------------------------------------------------
     def segmentCurrentSlice(self, volume, segmentation, segmentId, view, markups, objectId=1):
-        from sammed2d.propagate import segment_slice
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
         axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
@@ -397,15 +438,8 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
         self.promptLog.record(objectId, axis, index, prompt, name)
         data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
-        mask, score = segment_slice(
-            data,
-            index,
-            prompt,
-            self.model,
-            axis=axis,
-            affine=parentToWorld @ ijkToRas,
-            preset=self.preset,
-            cache=self.cache,
+        mask, score = self.engine.segment_slice(
+            data, index, prompt, axis, parentToWorld @ ijkToRas, self.preset
         )
         labels = self._segmentIjk(segmentation, segmentId, volume)
         updated = labels.copy()
@@ -418,7 +452,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
     def propagateSegment(
         self, volume, segmentation, segmentId, view, markups, progress, shouldStop
     ):
-        from sammed2d.propagate import ObjectPrompts, SlicePrompt, propagate
+        from sammed2d.objects import ObjectPrompts, SlicePrompt
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
         axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
@@ -430,16 +464,14 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         if seed is None:
             raise ValueError("segment a slice first, or place a prompt on this slice")
         data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
-        result = propagate(
+        result = self.engine.propagate(
             data,
             [ObjectPrompts(1, {index: seed})],
-            self.model,
-            axis=axis,
-            affine=parentToWorld @ ijkToRas,
-            preset=self.preset,
-            cache=self.cache,
+            axis,
+            parentToWorld @ ijkToRas,
+            self.preset,
             progress=progress,
-            should_stop=shouldStop,
+            shouldStop=shouldStop,
         )
         updated = labels | (result.labels == 1)
         self._write(segmentation, segmentId, volume, labels, updated, axis)
@@ -450,9 +482,9 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
     # ----- prompts files ----------------------------------------------------------------------
     def savePrompts(self, path):
         """The session's prompts as the CLI's PROMPTS.json (IJK = the file's voxel order)."""
-        from sammed2d.prompt_files import model_record, write_prompt_file
+        from sammed2d.prompt_files import write_prompt_file
 
-        name, sha = model_record(self.model) if self.model is not None else (None, None)
+        name, sha = self.engine.record() if self.engine is not None else (None, None)
         record = self.promptLog.prompt_file(name, sha, self.preset)
         write_prompt_file(path, record)
         return f"{len(record.objects)} object(s) saved to {path}"
@@ -462,25 +494,22 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         each with the object's name and colour."""
         from sammed2d.labelfiles import object_segments
         from sammed2d.prompt_files import read_prompt_file
-        from sammed2d.propagate import propagate
         from SAMMed2DLib import ijk_volume_from_slicer_array, slicer_array_from_ijk_volume
 
         record = read_prompt_file(path)
-        if record.model and record.model != self.modelName:
+        if record.model and not self.engine.remote and record.model != self.engine.name:
             self.setModel(record.model)
         ijkToRas, parentToWorld = self.matrices(volume)
         data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
-        result = propagate(
+        result = self.engine.propagate(
             data,
             record.objects,
-            self.model,
-            axis=record.axis,
-            affine=parentToWorld @ ijkToRas,
-            preset=record.window or self.preset,
+            record.axis,
+            parentToWorld @ ijkToRas,
+            record.window or self.preset,
             settings=record.settings,
-            cache=self.cache,
             progress=progress,
-            should_stop=shouldStop,
+            shouldStop=shouldStop,
         )
         segments = segmentation.GetSegmentation()
         for obj, seg in zip(record.objects, object_segments(record.objects)):

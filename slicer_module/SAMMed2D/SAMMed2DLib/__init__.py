@@ -1,5 +1,6 @@
 """Slicer-free parts of the SAMMed2D module: tested with pytest outside Slicer."""
 
+from .engines import LocalEngine, RemoteEngine, make_engine
 from .geometry import (
     ObliqueViewError,
     changed_slices,
@@ -17,11 +18,14 @@ from .geometry import (
 from .session import PromptLog
 
 __all__ = [
+    "LocalEngine",
     "ObliqueViewError",
     "PromptLog",
+    "RemoteEngine",
     "changed_slices",
     "ijk_volume_from_slicer_array",
     "inside",
+    "make_engine",
     "prompt_from_markups",
     "roi_corners",
     "view_containing",

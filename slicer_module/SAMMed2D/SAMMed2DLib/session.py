@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from sammed2d.errors import PromptError
-from sammed2d.prompt_files import PromptFile
 from sammed2d.objects import ObjectPrompts, SlicePrompt
+from sammed2d.prompt_files import PromptFile
 
 
 @dataclass

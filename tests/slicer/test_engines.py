@@ -1,0 +1,108 @@
+"""The module's engines outside Slicer: local and remote give the same masks, and the
+remote one works in a Python without torch (as a Slicer without the PyTorch extension)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "slicer_module" / "SAMMed2D"
+CORE_DIR = Path(__file__).resolve().parents[2] / "core"
+sys.path.insert(0, str(MODULE_DIR))
+
+from sammed2d.objects import ObjectPrompts, SlicePrompt  # noqa: E402
+from SAMMed2DLib import LocalEngine, make_engine  # noqa: E402
+from tests.remote.conftest import running_server  # noqa: E402
+
+AFFINE = np.diag([-0.8, -0.8, 2.5, 1.0])
+
+
+def volume():
+    rng = np.random.default_rng(5)
+    data = rng.normal(-80, 8, (44, 40, 9)).astype(np.int16)
+    data[10:28, 12:30, 2:7] = 170
+    return data
+
+
+@pytest.fixture(scope="module")
+def slicer_server(tiny_checkpoint):
+    from sammed2d import load_model
+
+    with running_server(load_model(str(tiny_checkpoint), device="cpu"), api_key="s1") as served:
+        yield served
+
+
+def test_remote_engine_equals_the_local_one(slicer_server, tiny_checkpoint):
+    url, _ = slicer_server
+    local = make_engine("local", str(tiny_checkpoint))
+    remote = make_engine("remote", url, "s1")
+    assert isinstance(local, LocalEngine) and remote.remote and "at http://" in remote.describe()
+    data, prompt = volume(), SlicePrompt(box=np.array([10.0, 8, 32, 30]))
+    a = local.segment_slice(data, 4, prompt, 2, AFFINE, "abdomen")
+    b = remote.segment_slice(data, 4, prompt, 2, AFFINE, "abdomen")
+    assert a[0].any() and np.array_equal(a[0], b[0]) and a[1] == b[1]
+    objects = [ObjectPrompts(1, {4: prompt}, (1, 7), "tumour")]
+    seen = []
+    ra = local.propagate(data, objects, 2, AFFINE, "abdomen")
+    rb = remote.propagate(data, objects, 2, AFFINE, "abdomen", progress=lambda d, t: seen.append(t))
+    assert np.array_equal(ra.labels, rb.labels) and seen
+    assert remote.record()[0] == local.record()[0]
+
+
+def test_a_wrong_key_fails_when_the_engine_is_chosen(slicer_server):
+    from sammed2d.remote import RemoteError
+
+    url, _ = slicer_server
+    with pytest.raises(RemoteError, match="API key"):
+        make_engine("remote", url, "nope")
+
+
+REMOTE_WITHOUT_TORCH = """
+import importlib.abc, json, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "scipy", "skimage", "SimpleITK", "nibabel"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
+import numpy as np
+from SAMMed2DLib import PromptLog, make_engine
+from sammed2d.objects import SlicePrompt
+rng = np.random.default_rng(5)
+data = rng.normal(-80, 8, (44, 40, 9)).astype(np.int16)
+data[10:28, 12:30, 2:7] = 170
+engine = make_engine("remote", sys.argv[1], sys.argv[2])
+mask, score = engine.segment_slice(data, 4, SlicePrompt(box=np.array([10.0, 8, 32, 30])), 2,
+                                   np.diag([-0.8, -0.8, 2.5, 1.0]), "abdomen")
+log = PromptLog()
+log.record(1, 2, 4, SlicePrompt(box=np.array([10.0, 8, 32, 30])), "tumour")
+objects = len(log.prompt_file("m", None, "abdomen").objects)
+print(json.dumps({"pixels": int(mask.sum()), "score": score,
+                  "torch": "torch" in sys.modules, "objects": objects}))
+"""
+
+
+def test_remote_mode_needs_no_torch_nor_the_engines_scientific_stack(
+    slicer_server, tiny_checkpoint
+):
+    url, _ = slicer_server
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(REMOTE_WITHOUT_TORCH), url, "s1",
+         str(MODULE_DIR), str(CORE_DIR)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    local = make_engine("local", str(tiny_checkpoint))
+    mask, score = local.segment_slice(
+        volume(), 4, SlicePrompt(box=np.array([10.0, 8, 32, 30])), 2, AFFINE, "abdomen"
+    )
+    assert report == {"pixels": int(mask.sum()), "score": score, "torch": False, "objects": 1}
