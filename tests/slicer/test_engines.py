@@ -106,3 +106,28 @@ def test_remote_mode_needs_no_torch_nor_the_engines_scientific_stack(
         volume(), 4, SlicePrompt(box=np.array([10.0, 8, 32, 30])), 2, AFFINE, "abdomen"
     )
     assert report == {"pixels": int(mask.sum()), "score": score, "torch": False, "objects": 1}
+
+
+def test_remote_mode_in_a_fresh_environment_without_torch(slicer_server, tmp_path):
+    """A virtual environment holding numpy only, as a Slicer without the PyTorch extension."""
+    import venv
+
+    url, _ = slicer_server
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    got = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "numpy"], capture_output=True, text=True
+    )
+    if got.returncode != 0:
+        pytest.skip(f"numpy could not be installed into a fresh environment: {got.stderr[-300:]}")
+    out = subprocess.run(
+        [str(python), "-c", textwrap.dedent(REMOTE_WITHOUT_TORCH), url, "s1",
+         str(MODULE_DIR), str(CORE_DIR)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["torch"] is False and report["pixels"] > 0 and report["objects"] == 1
+    listed = subprocess.run([str(python), "-m", "pip", "list"], capture_output=True, text=True)
+    assert "torch" not in listed.stdout.lower()
