@@ -39,8 +39,10 @@ class ObjectPrompts:
 class PropagationSettings:
     """Defaults chosen by measurement on a real abdominal CT (see benchmarks/propagation.py)."""
 
-    # Growth of the previous mask's box, in pixels at 256 px per longest side.
+    # Growth of the previous mask's box on each side: `box_margin_fraction` of the box's own
+    # width (height), but at least `box_margin` pixels at 256 px per longest side.
     box_margin: float = 5.0
+    box_margin_fraction: float = 0.0
     mask_prompt: bool = False  # also feed the previous slice's logits as a mask prompt
     point_prompt: bool = False  # also try the previous mask's innermost point
     min_area: int = 1  # pixels; a smaller mask counts as vanished

@@ -32,7 +32,7 @@ from .objects import (  # noqa: F401 (re-exported: the engine's public names)
 )
 from .orientation import SliceView, radiological_view
 from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
-from .prompts import box_from_mask, check_boxes, check_points, interior_point
+from .prompts import box_from_mask, check_boxes, check_points, clip_box, interior_point
 
 
 class VolumeSlices:
@@ -143,6 +143,15 @@ class _Walker:
         )
         return self._best(low_res, iou, emb)
 
+    def _grown_box(self, part: np.ndarray) -> np.ndarray:
+        """The box around one part of the previous mask, grown relative to its own size."""
+        s = self.settings
+        box = box_from_mask(part)
+        floor = s.box_margin * self.pixels_per_unit
+        mx = max(floor, s.box_margin_fraction * float(box[2] - box[0]))
+        my = max(floor, s.box_margin_fraction * float(box[3] - box[1]))
+        return clip_box(box + np.array([-mx, -my, mx, my], np.float32), part.shape)
+
     def step(self, index: int, prev_mask: np.ndarray, prev_low_res, direction: int, strict=True):
         """Mask on slice `index` from the previous slice's mask; None where it should stop.
 
@@ -156,8 +165,7 @@ class _Walker:
         s = self.settings
         emb = self.slices.embedding(index, direction)
         parts = _parts(prev_mask, s.min_part_fraction) if s.follow_splits else [prev_mask]
-        margin = s.box_margin * self.pixels_per_unit
-        boxes = np.stack([box_from_mask(part, margin) for part in parts])
+        boxes = np.stack([self._grown_box(part) for part in parts])
         k = len(boxes)
         mask_in = None
         if s.mask_prompt and prev_low_res is not None:
