@@ -152,6 +152,23 @@ class _Walker:
         my = max(floor, s.box_margin_fraction * float(box[3] - box[1]))
         return clip_box(box + np.array([-mx, -my, mx, my], np.float32), part.shape)
 
+    def _zoom_region(self, boxes: np.ndarray):
+        """(y0, y1, x0, x1) of the square to segment in when the boxes are small, else None."""
+        s = self.settings
+        if s.zoom_below <= 0:
+            return None
+        x0, y0 = boxes[:, 0].min(), boxes[:, 1].min()
+        x1, y1 = boxes[:, 2].max(), boxes[:, 3].max()
+        h, w = self.view_shape
+        side = max(x1 - x0, y1 - y0)
+        if side >= s.zoom_below * max(h, w):
+            return None
+        side = min(side * s.zoom_context, max(h, w))
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        left = int(np.clip(np.floor(cx - side / 2), 0, max(w - side, 0)))
+        top = int(np.clip(np.floor(cy - side / 2), 0, max(h - side, 0)))
+        return top, min(h, top + int(np.ceil(side))), left, min(w, left + int(np.ceil(side)))
+
     def step(self, index: int, prev_mask: np.ndarray, prev_low_res, direction: int, strict=True):
         """Mask on slice `index` from the previous slice's mask; None where it should stop.
 
@@ -163,27 +180,42 @@ class _Walker:
         at a bifurcation, an organ's two lobes) keeps both branches.
         """
         s = self.settings
-        emb = self.slices.embedding(index, direction)
         parts = _parts(prev_mask, s.min_part_fraction) if s.follow_splits else [prev_mask]
         boxes = np.stack([self._grown_box(part) for part in parts])
         k = len(boxes)
+        region = self._zoom_region(boxes)
         mask_in = None
-        if s.mask_prompt and prev_low_res is not None:
+        if s.mask_prompt and prev_low_res is not None and region is None:
             mask_in = np.repeat(prev_low_res[None].numpy(), k, axis=0)
         model = self.slices.model
         points = labels = None
         if s.point_prompt:
             points = np.stack([interior_point(part)[None] for part in parts])
             labels = np.ones((k, 1), np.int64)
+        if region is None:
+            emb = self.slices.embedding(index, direction)
+            offset = np.zeros(2, np.float32)
+        else:
+            y0, y1, x0, x1 = region
+            crop = np.ascontiguousarray(self.slices.rgb(index)[y0:y1, x0:x1])
+            emb = embed_slices(model, [crop], 1, self.slices.cache)[0]
+            offset = np.array([x0, y0], np.float32)
+            boxes = boxes - np.tile(offset, 2)
+            if points is not None:
+                points = points - offset
         low_res, iou = decode(model, emb, points, labels, boxes, mask_in, s.multimask)
         best = iou.argmax(dim=1)
         rows = torch.arange(k)
         low_res, iou = low_res[rows, best][:, None], iou[rows, best]
         masks = (emb.geometry.logits_to_original(low_res)[:, 0] > 0).numpy()
+        if region is not None:
+            full = np.zeros((k, *self.view_shape), bool)
+            full[:, y0:y1, x0:x1] = masks
+            masks = full
         mask = masks.any(axis=0)
         areas = masks.reshape(k, -1).sum(axis=1)
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
-        low = low_res.max(dim=0).values
+        low = low_res.max(dim=0).values if region is None else None
         if mask.sum() < s.min_area:
             return None
         if not strict:

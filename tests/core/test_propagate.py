@@ -287,3 +287,44 @@ def test_an_object_in_its_own_window_matches_a_run_in_that_window(tiny_checkpoin
     assert objs[0].window == "lung"
     with pytest.raises(PromptError, match="window"):
         objects_from_json({"objects": [{"id": 1, "window": "sky", "slices": {}}]})
+
+
+def _walker(shape=(256, 256), **settings):
+    from sammed2d.cache import EmbeddingCache
+    from sammed2d.orientation import SliceView
+    from sammed2d.propagate import PropagationSettings, VolumeSlices, _Walker
+
+    slices = VolumeSlices(
+        None, np.zeros((*shape, 3), np.float32), 2, SliceView(), (0.0, 1.0), EmbeddingCache()
+    )
+    return _Walker(slices, PropagationSettings(**settings))
+
+
+def test_the_box_margin_follows_the_objects_size():
+    walker = _walker(box_margin=2.0, box_margin_fraction=0.1)
+    big = np.zeros((256, 256), bool)
+    big[50:150, 40:200] = True  # 160 wide, 100 high
+    np.testing.assert_allclose(walker._grown_box(big), [24, 40, 216, 160])
+    small = np.zeros((256, 256), bool)
+    small[100:105, 100:106] = True  # the floor of 2 px applies
+    np.testing.assert_allclose(walker._grown_box(small), [98, 98, 108, 107])
+    edge = np.zeros((256, 256), bool)
+    edge[0:100, 0:100] = True  # clipped to the image
+    assert walker._grown_box(edge)[:2].tolist() == [0.0, 0.0]
+    # the old absolute margin, scaled to the slice (5 px at 256 -> 10 px at 512)
+    wide = _walker((512, 512), box_margin=5.0)
+    mask = np.zeros((512, 512), bool)
+    mask[200:300, 200:300] = True
+    np.testing.assert_allclose(wide._grown_box(mask), [190, 190, 310, 310])
+
+
+def test_zoom_squares_small_boxes_only():
+    walker = _walker(zoom_below=0.25, zoom_context=3.0)
+    region = walker._zoom_region(np.array([[100.0, 100, 120, 110]]))
+    top, bottom, left, right = region
+    assert bottom - top == right - left == 60  # 3 x the longest side, square
+    assert (left + right) / 2 == 110 and (top + bottom) / 2 == 105
+    assert walker._zoom_region(np.array([[10.0, 10, 200, 200]])) is None  # large: whole slice
+    corner = walker._zoom_region(np.array([[0.0, 0, 20, 20]]))
+    assert corner == (0, 60, 0, 60)  # slid inside the image, not cut
+    assert _walker()._zoom_region(np.array([[100.0, 100, 120, 110]])) is None  # off by default
