@@ -628,6 +628,8 @@ class SegmentWidget(QWidget):
             self.status.setText(message[1])
         elif kind == "loaded":
             self.status.setText(message[1])
+            if message[1]:  # a remote engine: which model, device and server, kept at hand
+                self.engine_combo.setToolTip(f"connected: {message[1]}")
             QTimer.singleShot(0, self.prepare_prompt_layers)
         elif kind == "info":
             self.status.setText(message[1])
