@@ -240,6 +240,14 @@ class State:
 
     # ----- volumes and sessions ---------------------------------------------------------
 
+    def _volume_of(self, session: Session) -> np.ndarray:
+        """The session's volume; NotFound (the client reopens) if it was dropped meanwhile."""
+        with self.lock:
+            volume = self.volumes.get(session.volume)
+        if volume is None:
+            raise NotFound(f"session {session.id[:8]}…: unknown or expired (volume dropped)")
+        return volume
+
     def has_volume(self, digest: str) -> bool:
         with self.lock:
             return digest in self.volumes
@@ -318,7 +326,7 @@ class State:
 
     def segment(self, sid: str, body: dict) -> dict:
         session = self.session(sid)
-        volume = self.volumes[session.volume]
+        volume = self._volume_of(session)
         prompt = prompt_from_json(body.get("prompt") or {}, self.config.max_upload)
         with self.queue.turn():
             self.clicks += 1
@@ -373,7 +381,7 @@ class State:
         session = self.session(sid)
         if session.axis is None:
             raise PromptError("propagate: the session holds a 2D image, not a volume")
-        volume = self.volumes[session.volume]
+        volume = self._volume_of(session)
         axis, objects = objects_from_wire(body.get("objects") or {}, self.config.max_upload)
         if axis != session.axis:
             raise PromptError(f"propagate: objects along axis {axis}, session along {session.axis}")
@@ -473,7 +481,7 @@ class State:
         session = self.session(sid)
         if session.axis is None:
             return 0
-        n = self.volumes[session.volume].shape[session.axis]
+        n = self._volume_of(session).shape[session.axis]
         wanted = [int(i) for i in indices if isinstance(i, int) and 0 <= i < n]
         with self.lock:
             session.pending = deque(wanted)  # the newest list replaces the old one
