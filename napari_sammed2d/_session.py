@@ -204,6 +204,7 @@ class RemoteEngine:
         from sammed2d.remote import Client
 
         self.client = Client(url, api_key or None)
+        self.source = (url, api_key)  # as the user typed them: a change means a new engine
         self.info = None
 
     def load(self, *model):

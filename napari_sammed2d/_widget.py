@@ -397,12 +397,7 @@ class SegmentWidget(QWidget):
             w.setEnabled(not remote)
         if remote:
             url, key = self.server_edit.text().strip(), self.key_edit.text().strip()
-            current = self.engine
-            same = current.remote and (current.client.url, current.client.api_key or "") == (
-                url.rstrip("/"),
-                key,
-            )
-            if not same:
+            if not self.engine.remote or self.engine.source != (url, key):
                 try:
                     self.engine = RemoteEngine(url, key)
                 except SamMed2DError as exc:

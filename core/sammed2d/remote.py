@@ -60,7 +60,6 @@ class Client:
         self._lock = threading.Lock()
         self._digests: dict[int, tuple[weakref.ref, str]] = {}
         self._sessions: dict[tuple, str] = {}
-        self._info = None
 
     # ----- HTTP ----------------------------------------------------------------------------
 
@@ -125,8 +124,7 @@ class Client:
 
     def info(self) -> dict:
         """The server's model, device, precision, version and limits."""
-        self._info = self._json("GET", "/info")
-        return self._info
+        return self._json("GET", "/info")
 
     def digest(self, array: np.ndarray) -> str:
         """Content hash of an array, remembered per array object (napari layers reuse theirs)."""
@@ -316,12 +314,12 @@ class Client:
         final = self._follow(base, progress, should_stop)
         if final["state"] == "failed":
             raise RemoteError(f"server {self.url}: {final.get('error', 'propagation failed')}")
-        if final["state"] == "cancelled" and should_stop is not None:
-            try:
-                return result_from_json(self._json("GET", f"{base}/result"), MAX_REPLY)
-            except RemoteError:
-                raise Cancelled("propagation cancelled") from None
-        return result_from_json(self._json("GET", f"{base}/result"), MAX_REPLY)
+        try:
+            return result_from_json(self._json("GET", f"{base}/result"), MAX_REPLY)
+        except RemoteError as exc:
+            if final["state"] == "cancelled" and "HTTP 409" in str(exc):
+                raise Cancelled("propagation cancelled before any result") from None
+            raise
 
     def _follow(self, base: str, progress, should_stop) -> dict:
         """Read a job's progress lines until it ends; cancel it when asked."""

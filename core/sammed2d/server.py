@@ -116,10 +116,6 @@ class DeviceQueue:
                 self._busy = False
                 self._cond.notify_all()
 
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
 
 @dataclass
 class Job:
@@ -192,7 +188,7 @@ class State:
 
     def memory(self) -> int:
         with self.lock:
-            return sum(v.nbytes for v in self.volumes.values()) + self.cache.nbytes
+            return self._volume_bytes() + self.cache.nbytes
 
     def _volume_bytes(self) -> int:
         return sum(v.nbytes for v in self.volumes.values())
@@ -285,11 +281,20 @@ class State:
                 affine = np.asarray(affine, np.float64)
                 if affine.shape != (4, 4) or not np.isfinite(affine).all():
                     raise PromptError("affine: expected a finite 4 x 4 matrix")
+        # The window, once per session: outside the lock and the device queue (it reads the
+        # whole volume). A 2D image is windowed by its Predictor.
+        if value_range is not None:
+            value_range = (float(value_range[0]), float(value_range[1]))
+        elif axis is not None:
+            from .intensity import intensity_range
+
+            value_range = intensity_range(volume, preset)
+        with self.lock:
+            if digest not in self.volumes:
+                raise NotFound(f"volume {digest[:12]}…: not uploaded (or dropped)")
             self._make_room(0, sessions=1)
             sid = secrets.token_urlsafe(16)
-            session = Session(sid, digest, axis, affine, preset, orientation)
-            if value_range is not None:
-                session.value_range = (float(value_range[0]), float(value_range[1]))
+            session = Session(sid, digest, axis, affine, preset, orientation, value_range)
             self.sessions[sid] = session
             return session
 
@@ -301,26 +306,23 @@ class State:
 
     # ----- model work --------------------------------------------------------------------
 
-    def _value_range(self, session: Session, volume: np.ndarray):
-        if session.value_range is None:
-            from .intensity import intensity_range
-
-            session.value_range = intensity_range(volume, session.preset)
-        return session.value_range
+    @staticmethod
+    def _where(session: Session) -> dict:
+        """The slicing and window a session's model calls share, as keyword arguments."""
+        return {
+            "axis": session.axis,
+            "affine": session.affine,
+            "preset": session.preset,
+            "value_range": session.value_range,
+            "orientation": session.orientation,
+        }
 
     def _volume_slices(self, session: Session, volume: np.ndarray):
         from .propagate import volume_slices
 
         if session.slices is None:
             session.slices = volume_slices(
-                self.model,
-                volume,
-                session.axis,
-                session.affine,
-                session.preset,
-                self._value_range(session, volume),
-                session.orientation,
-                self.cache,
+                self.model, volume, cache=self.cache, **self._where(session)
             )
         return session.slices
 
@@ -338,16 +340,7 @@ class State:
             if not isinstance(index, int):
                 raise PromptError("segment: a volume needs an integer slice index")
             mask, score = segment_slice(
-                volume,
-                index,
-                prompt,
-                self.model,
-                axis=session.axis,
-                affine=session.affine,
-                preset=session.preset,
-                value_range=self._value_range(session, volume),
-                orientation=session.orientation,
-                cache=self.cache,
+                volume, index, prompt, self.model, cache=self.cache, **self._where(session)
             )
         return {"masks": encode_array(mask[None]), "scores": [float(score)]}
 
@@ -411,15 +404,11 @@ class State:
                     volume,
                     objects,
                     self.model,
-                    axis=session.axis,
-                    affine=session.affine,
-                    preset=session.preset,
-                    value_range=self._value_range(session, volume),
-                    orientation=session.orientation,
                     settings=settings,
                     cache=self.cache,
                     progress=progress,
                     should_stop=job.cancel.is_set,
+                    **self._where(session),
                 )
             job.result = result_to_json(result)
             job.state = "cancelled" if result.cancelled else "finished"
