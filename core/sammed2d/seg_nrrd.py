@@ -21,7 +21,8 @@ CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
-def _terminology(segment: Segment) -> str:
+def terminology(segment: Segment) -> str:
+    """Slicer's terminology entry for `segment` (its SNOMED CT category and type)."""
     (cat_code, cat_meaning), (type_code, type_meaning) = segment.code
     return (
         f"{CONTEXT}~SCT^{cat_code}^{cat_meaning}~SCT^{type_code}^{type_meaning}~^^~"
@@ -70,7 +71,7 @@ def write_seg_nrrd(path: Path, labels: np.ndarray, affine: np.ndarray, segments)
                 f"Segment{n}_LabelValue": str(seg.id),
                 f"Segment{n}_Layer": "0",
                 f"Segment{n}_Extent": _extent(labels == seg.id),
-                f"Segment{n}_Tags": f"TerminologyEntry:{_terminology(seg)}|",
+                f"Segment{n}_Tags": f"TerminologyEntry:{terminology(seg)}|",
             }
         )
     dtype = np.uint8 if header["type"] == "unsigned char" else np.uint16

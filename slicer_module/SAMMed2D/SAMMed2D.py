@@ -1,17 +1,25 @@
 """SAM-Med2D for 3D Slicer: markups become prompts, masks become segments.
 
-The geometry (RAS <-> IJK, which view and slice, markups -> prompts, changed slices) lives
-in SAMMed2DLib and is tested outside Slicer; the models, propagation and intensity
-handling live in the `sammed2d` package. This file only wires Slicer's nodes to them.
+The geometry (RAS <-> IJK, which view and slice, markups -> prompts, slabs of changed
+slices), the parameter list and the background runner live in SAMMed2DLib and are tested
+outside Slicer; the models, propagation and intensity handling live in the `sammed2d`
+package. This file only wires Slicer's nodes to them.
 """
 
-import contextlib
 import logging
+from typing import Annotated
 
 import numpy as np
 import qt
 import slicer
 import vtk
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -19,6 +27,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+from SAMMed2DLib.parameters import DEFAULTS, ENGINES, MAX_OBJECT_ID, PRESETS
 
 VIEWS = ("Red", "Yellow", "Green")
 
@@ -28,17 +38,37 @@ class SAMMed2D(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "SAM-Med2D"
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = ["Markups", "Segmentations"]
+        self.parent.dependencies = ["Markups", "Segmentations", "SegmentEditor"]
         self.parent.contributors = ["The SAM-Med2D suite developers"]
         self.parent.helpText = (
             "Promptable segmentation with SAM-Med2D, LiteMedSAM, MedSAM and SAM. Place "
             "positive/negative points or an ROI box in a slice view: that slice is segmented. "
-            "Propagate carries the segment through the volume. LiteMedSAM (default, bundled) "
-            "was trained on boxes: use the ROI."
+            "Propagate carries the segment through the volume while Slicer stays usable. "
+            "Each object is a segment named after it; Undo (and Ctrl+Z in the Segment "
+            "Editor) takes back the last segmentation or propagation. LiteMedSAM (default, "
+            "bundled) was trained on boxes: use the ROI."
         )
         self.parent.acknowledgementText = (
             "SAM-Med2D (OpenGVLab), LiteMedSAM and MedSAM (bowang-lab), Segment Anything (Meta)."
         )
+
+
+@parameterNodeWrapper
+class SAMMed2DParameterNode:
+    """Saved with the scene: the inputs, the engine and model, the intensity window, and the
+    object being segmented (its id, and the name of the segment it writes to). The server
+    URL and API key stay in this computer's settings, never in a scene file."""
+
+    volume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    positive: vtkMRMLMarkupsFiducialNode
+    negative: vtkMRMLMarkupsFiducialNode
+    roi: vtkMRMLMarkupsROINode
+    engine: Annotated[str, Choice(list(ENGINES))] = DEFAULTS["engine"]
+    model: str = DEFAULTS["model"]
+    preset: Annotated[str, Choice(list(PRESETS))] = DEFAULTS["preset"]
+    objectId: Annotated[int, WithinRange(1, MAX_OBJECT_ID)] = DEFAULTS["objectId"]
+    objectName: str = DEFAULTS["objectName"]
 
 
 def ensure_dependencies(remote=False):
@@ -117,28 +147,16 @@ def ensure_dependencies(remote=False):
     return True
 
 
-@contextlib.contextmanager
-def progress_dialog(label):
-    """A progress dialog with Cancel: yields (progress(done, total), cancelled())."""
-    dialog = slicer.util.createProgressDialog(labelText=label, maximum=100)
-
-    def progress(done, total):
-        dialog.maximum = max(total, 1)
-        dialog.value = done
-        slicer.app.processEvents()
-
-    try:
-        yield progress, lambda: dialog.wasCanceled
-    finally:
-        dialog.close()
-
-
 class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._observed = []
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._observedMarkups = []
+        self._run = None  # the BackgroundRun of a propagation or replay, while it lasts
+        self._finish = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -146,104 +164,144 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SAMMed2DLogic()
+
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
-        # Files: the CLI's prompts JSON both ways, and Slicer's own .seg.nrrd.
-        files = qt.QHBoxLayout()
-        for text, slot, tip in (
-            ("Save prompts…", self.onSavePrompts, "PROMPTS.json that sammed2d propagate replays"),
-            ("Load prompts…", self.onLoadPrompts, "replay a PROMPTS.json into segments"),
-            ("Export .seg.nrrd…", self.onExport, "the segmentation with names and colours"),
-        ):
-            button = qt.QPushButton(text)
-            button.toolTip = tip
-            button.connect("clicked(bool)", slot)
-            files.addWidget(button)
-        self.layout.addLayout(files)
-        for selector in (self.ui.positiveSelector, self.ui.negativeSelector, self.ui.roiSelector):
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onMarkupsChanged)
-        self.ui.presetCombo.addItems(
-            ["auto", "abdomen", "lung", "bone", "brain", "percentile", "minmax", "none"]
-        )
-        # Engine: the model here (torch) or on a `sammed2d serve` (no torch in Slicer).
+        self.ui.savePromptsButton.connect("clicked(bool)", self.onSavePrompts)
+        self.ui.loadPromptsButton.connect("clicked(bool)", self.onLoadPrompts)
+        self.ui.exportSegNrrdButton.connect("clicked(bool)", self.onExportSegNrrd)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+        self.ui.progressBar.visible = self.ui.cancelButton.visible = False
+
+        # The server and key belong to this computer, not to the scene.
         settings = qt.QSettings()
-        engineForm = qt.QFormLayout()
-        self.engineCombo = qt.QComboBox()
-        self.engineCombo.addItems(["local", "remote"])
-        self.engineCombo.toolTip = (
-            "local: the model runs in Slicer (PyTorch extension); remote: a `sammed2d serve` "
-            "on another machine runs it, and Slicer needs no torch"
-        )
-        self.serverEdit = qt.QLineEdit(settings.value("SAMMed2D/server", "http://127.0.0.1:8765"))
-        self.keyEdit = qt.QLineEdit()
-        self.keyEdit.echoMode = qt.QLineEdit.Password
-        self.keyEdit.toolTip = "the server's API key (or set SAMMED2D_API_KEY)"
-        engineForm.addRow("Engine:", self.engineCombo)
-        engineForm.addRow("Server:", self.serverEdit)
-        engineForm.addRow("API key:", self.keyEdit)
-        self.layout.addLayout(engineForm)
-        self.engineCombo.currentText = settings.value("SAMMed2D/engine", "local")
-        self.engineCombo.connect("currentIndexChanged(int)", self.onEngineChanged)
-        self.onEngineChanged()
-        self.onMarkupsChanged()
+        self.ui.serverLineEdit.text = settings.value("SAMMed2D/server", "http://127.0.0.1:8765")
+        self.ui.apiKeyLineEdit.echoMode = qt.QLineEdit.Password
+
+        # Polls the background run: Slicer's objects are touched on this thread only.
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.interval = 100
+        self.pollTimer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        self.initializeParameterNode()
 
     def cleanup(self):
+        self._abandonRun()
         self.removeObservers()
 
-    def onEngineChanged(self, *args):
-        remote = self.engineCombo.currentText == "remote"
-        self.serverEdit.enabled = self.keyEdit.enabled = remote
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters
+            )
+
+    # ----- parameter node and scene ----------------------------------------------------------
+    def onSceneStartClose(self, caller, event):
+        self._abandonRun()
+        self.setParameterNode(None)
+        self.logic.reset()
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event):
+        # A loaded scene brings its own parameter node: show it.
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.volume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.volume = first
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters
+            )
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
+        self.onParameters()
+
+    def onParameters(self, caller=None, event=None):
+        p = self._parameterNode
+        remote = bool(p) and p.engine == "remote"
+        self.ui.serverLineEdit.enabled = self.ui.apiKeyLineEdit.enabled = remote
         self.ui.modelLineEdit.enabled = not remote
-        qt.QSettings().setValue("SAMMed2D/engine", self.engineCombo.currentText)
+        ready = bool(p and p.volume and p.segmentation)
+        busy = self._run is not None
+        for button in (self.ui.segmentButton, self.ui.propagateButton, self.ui.loadPromptsButton):
+            button.enabled = ready and not busy
+            button.toolTip = "" if ready else "choose a volume and a segmentation first"
+        self.ui.undoButton.enabled = not busy
+        self._observeMarkups(p.positive, p.negative, p.roi) if p else self._observeMarkups()
 
-    def onMarkupsChanged(self, *args):
-        self.removeObservers()
-        for node in (
-            self.ui.positiveSelector.currentNode(),
-            self.ui.negativeSelector.currentNode(),
-            self.ui.roiSelector.currentNode(),
-        ):
-            if node is None:
-                continue
+    def _observeMarkups(self, *nodes):
+        nodes = [n for n in nodes if n is not None]
+        if [n for n, _, _ in self._observedMarkups] == nodes:
+            return
+        for node, event, method in self._observedMarkups:
+            self.removeObserver(node, event, method)
+        self._observedMarkups = []
+        for node in nodes:
             # Markup events, not timers: segment when a point is placed or let go.
-            self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
-            self.addObserver(node, node.PointEndInteractionEvent, self.onPointPlaced)
+            for event in (node.PointPositionDefinedEvent, node.PointEndInteractionEvent):
+                self.addObserver(node, event, self.onPointPlaced)
+                self._observedMarkups.append((node, event, self.onPointPlaced))
 
+    # ----- engine -------------------------------------------------------------------------------
     def getLogic(self):
-        remote = self.engineCombo.currentText == "remote"
+        p = self._parameterNode
+        remote = p.engine == "remote"
         if not ensure_dependencies(remote=remote):
             return None
-        if self.logic is None:
-            self.logic = SAMMed2DLogic()
         if remote:
-            url = self.serverEdit.text.strip()
+            url = self.ui.serverLineEdit.text.strip()
             qt.QSettings().setValue("SAMMed2D/server", url)
-            self.logic.setEngine("remote", url, self.keyEdit.text.strip() or None)
+            self.logic.setEngine("remote", url, self.ui.apiKeyLineEdit.text.strip() or None)
         else:
-            self.logic.setEngine("local", self.ui.modelLineEdit.text.strip() or "litemedsam")
-        self.logic.preset = self.ui.presetCombo.currentText
+            self.logic.setEngine("local", p.model.strip() or "litemedsam")
+        self.logic.preset = p.preset
+        self.ui.engineStatusLabel.text = f"connected: {self.logic.engine.describe()}"
         return self.logic
-
-    def _inputs(self):
-        volume = self.ui.volumeSelector.currentNode()
-        segmentation = self.ui.segmentationSelector.currentNode()
-        if volume is None or segmentation is None:
-            raise ValueError("choose a volume and a segmentation first")
-        return volume, segmentation
-
-    def onPointPlaced(self, caller=None, event=None):
-        self.onSegment()
 
     def _context(self):
         """(logic, volume, segmentation, segmentId, view), or None if dependencies are missing."""
+        p = self._parameterNode
+        if not (p.volume and p.segmentation):
+            raise ValueError("choose a volume and a segmentation first")
         logic = self.getLogic()
         if logic is None:
             return None
-        volume, segmentation = self._inputs()
-        view = logic.viewOfLatestPoint(self._markups(), volume) or "Red"
-        segmentId = logic.currentSegmentId(segmentation, self.ui.objectSpinBox.value)
-        return logic, volume, segmentation, segmentId, view
+        view = logic.viewOfLatestPoint(self._markups(), p.volume) or "Red"
+        segmentId = logic.objectSegmentId(p.segmentation, p.objectId, p.objectName)
+        return logic, p.volume, p.segmentation, segmentId, view
+
+    def _markups(self):
+        p = self._parameterNode
+        return p.positive, p.negative, p.roi
+
+    # ----- work ------------------------------------------------------------------------------
+    def onPointPlaced(self, caller=None, event=None):
+        if self._run is None:  # placing points while the model runs changes nothing
+            self.onSegment()
 
     def onSegment(self, *args):
         with slicer.util.tryWithErrorDisplay(
@@ -254,52 +312,96 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             logic, volume, segmentation, segmentId, view = context
             self.ui.statusLabel.text = logic.segmentCurrentSlice(
-                volume,
-                segmentation,
-                segmentId,
-                view,
-                self._markups(),
-                objectId=self.ui.objectSpinBox.value,
-            )
+                volume, segmentation, segmentId, view, self._markups(),
+                objectId=self._parameterNode.objectId,
+            )  # fmt: skip
 
     def onPropagate(self, *args):
-        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not propagate.", waitCursor=False):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not propagate."):
             context = self._context()
             if context is None:
                 return
             logic, volume, segmentation, segmentId, view = context
-            with progress_dialog("Propagating…") as (progress, cancelled):
-                message = logic.propagateSegment(
-                    volume, segmentation, segmentId, view, self._markups(), progress, cancelled
-                )
-            self.ui.statusLabel.text = message
-
-    def onSavePrompts(self, *args):
-        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not save the prompts."):
-            logic = self.getLogic()
-            if logic is None:
-                return
-            path = qt.QFileDialog.getSaveFileName(None, "Save prompts", "prompts.json", "*.json")
-            if path:
-                self.ui.statusLabel.text = logic.savePrompts(path)
+            work, finish = logic.preparePropagation(
+                volume, segmentation, segmentId, view, self._markups()
+            )
+            self._start("Propagating", work, finish)
 
     def onLoadPrompts(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not replay the prompts."):
-            logic = self.getLogic()
-            if logic is None:
-                return
-            volume, segmentation = self._inputs()
             path = qt.QFileDialog.getOpenFileName(None, "Load prompts", "", "*.json")
             if not path:
                 return
-            with progress_dialog("Replaying…") as (progress, cancelled):
-                self.ui.statusLabel.text = logic.replayPrompts(
-                    path, volume, segmentation, progress, cancelled
-                )
+            logic = self.getLogic()
+            if logic is None:
+                return
+            p = self._parameterNode
+            work, finish = logic.prepareReplay(path, p.volume, p.segmentation)
+            self._start("Replaying", work, finish)
 
-    def onExport(self, *args):
+    def _start(self, label, work, finish):
+        from SAMMed2DLib import BackgroundRun
+
+        self._run, self._finish = BackgroundRun(work), finish
+        self.ui.progressBar.format = f"{label}: %v of %m slices"
+        self.ui.progressBar.value, self.ui.progressBar.maximum = 0, 0  # busy until the first slice
+        self.ui.progressBar.visible = self.ui.cancelButton.visible = True
+        self.ui.cancelButton.enabled = True
+        self.ui.statusLabel.text = f"{label.lower()}…"
+        self.onParameters()
+        self.pollTimer.start()
+
+    def onPoll(self):
+        if self._run is None:
+            self.pollTimer.stop()
+            return
+        progress, outcome = self._run.poll()
+        if progress is not None:
+            done, total = progress
+            self.ui.progressBar.maximum = max(total, 1)
+            self.ui.progressBar.value = done
+        if outcome is None:
+            return
+        finish = self._finish
+        self._endRun()
+        if outcome[0] == "error":
+            logging.error(outcome[2])
+            slicer.util.errorDisplay(f"SAM-Med2D: {outcome[1]}", detailedText=outcome[2])
+            self.ui.statusLabel.text = f"failed: {outcome[1]}"
+            return
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not write the result."):
+            self.ui.statusLabel.text = finish(outcome[1])
+
+    def onCancel(self, *args):
+        if self._run is not None:
+            self._run.cancel()
+            self.ui.cancelButton.enabled = False
+            self.ui.statusLabel.text = "cancelling after the current slice…"
+
+    def _endRun(self):
+        self.pollTimer.stop()
+        self._run = self._finish = None
+        self.ui.progressBar.visible = self.ui.cancelButton.visible = False
+        self.onParameters()
+
+    def _abandonRun(self):
+        """Stop a running propagation and drop its result (the scene is going away)."""
+        if self._run is not None:
+            self._run.cancel()
+            self._endRun()
+
+    # ----- files and undo ------------------------------------------------------------------------
+    def onSavePrompts(self, *args):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not save the prompts."):
+            path = qt.QFileDialog.getSaveFileName(None, "Save prompts", "prompts.json", "*.json")
+            if path:
+                self.ui.statusLabel.text = self.logic.savePrompts(path)
+
+    def onExportSegNrrd(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not export the segmentation."):
-            _, segmentation = self._inputs()
+            segmentation = self._parameterNode.segmentation
+            if segmentation is None:
+                raise ValueError("choose a segmentation first")
             path = qt.QFileDialog.getSaveFileName(
                 None, "Export segmentation", "segmentation.seg.nrrd", "*.seg.nrrd"
             )
@@ -308,31 +410,45 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     raise RuntimeError(f"Slicer could not write {path}")
                 self.ui.statusLabel.text = f"segmentation written to {path}"
 
+    def onExportDicomSeg(self, *args):
+        with slicer.util.tryWithErrorDisplay(
+            "SAM-Med2D could not export a DICOM SEG.", waitCursor=True
+        ):
+            p = self._parameterNode
+            if not (p.volume and p.segmentation):
+                raise ValueError("choose a volume and a segmentation first")
+            if not ensure_dependencies(remote=True):
+                return
+            path = qt.QFileDialog.getSaveFileName(None, "Export DICOM SEG", "seg.dcm", "*.dcm")
+            if path:
+                self.ui.statusLabel.text = self.logic.exportDicomSeg(p.volume, p.segmentation, path)
+
     def onUndo(self, *args):
         with slicer.util.tryWithErrorDisplay("Nothing to undo."):
-            if self.logic is not None:
-                self.ui.statusLabel.text = self.logic.undo()
-
-    def _markups(self):
-        return (
-            self.ui.positiveSelector.currentNode(),
-            self.ui.negativeSelector.currentNode(),
-            self.ui.roiSelector.currentNode(),
-        )
+            p = self._parameterNode
+            self.ui.statusLabel.text = self.logic.undo(p.segmentation, p.volume)
 
 
 class SAMMed2DLogic(ScriptedLoadableModuleLogic):
-    """Reads nodes into arrays and matrices, calls the core, writes segments back."""
+    """Reads nodes into arrays and matrices, calls the core, writes segments back. Usable
+    from the Python console and tests without the widget."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.engine = None  # SAMMed2DLib.LocalEngine or RemoteEngine
         self.engineKey = None
         self.preset = "auto"
-        self.undoStack = []
+        self.promptLog = None  # every prompt segmented with, for Save prompts
+        self.reset()
+
+    def getParameterNode(self):
+        return SAMMed2DParameterNode(super().getParameterNode())
+
+    def reset(self):
+        """Forget the scene's prompts (the scene was closed); the model stays loaded."""
         from SAMMed2DLib import PromptLog
 
-        self.promptLog = PromptLog()  # every prompt segmented with, for Save prompts
+        self.promptLog = PromptLog()
 
     def setEngine(self, kind, modelOrUrl, apiKey=None):
         """ "local" with a model name or checkpoint path, or "remote" with a server URL."""
@@ -348,16 +464,19 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
 
     # ----- geometry read off the scene ------------------------------------------------------
     @staticmethod
-    def matrices(volume):
+    def toWorld(node):
+        """The node's linear parent transform to world, as a 4 x 4 array."""
+        matrix = vtk.vtkMatrix4x4()
+        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+            node.GetParentTransformNode(), None, matrix
+        )
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    @classmethod
+    def matrices(cls, volume):
         ijkToRas = vtk.vtkMatrix4x4()
         volume.GetIJKToRASMatrix(ijkToRas)
-        parentToWorld = vtk.vtkMatrix4x4()
-        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
-            volume.GetParentTransformNode(), None, parentToWorld
-        )
-        return slicer.util.arrayFromVTKMatrix(ijkToRas), slicer.util.arrayFromVTKMatrix(
-            parentToWorld
-        )
+        return slicer.util.arrayFromVTKMatrix(ijkToRas), cls.toWorld(volume)
 
     @staticmethod
     def sliceToRas(viewName):
@@ -365,8 +484,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         return slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
 
     def viewOfLatestPoint(self, markups, volume):
-        """The slice view holding the latest control point of (positive, negative, roi);
-        the Logic reads nodes, never the widget, so the Python console and tests can use it."""
+        """The slice view holding the latest control point of (positive, negative, roi)."""
         from SAMMed2DLib import view_containing
 
         positive, negative, roi = markups
@@ -422,13 +540,81 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         ).reshape(-1, 3)
 
     @staticmethod
-    def currentSegmentId(segmentation, objectId):
-        name = f"SAM object {objectId}"
-        segments = segmentation.GetSegmentation()
-        segmentId = segments.GetSegmentIdBySegmentName(name)
-        return segmentId or segments.AddEmptySegment("", name)
+    def objectSegmentId(segmentation, objectId, name=""):
+        """The segment of object `objectId`: named `name` (default "SAM object N"), made on
+        first use with the anatomy's colour and terminology when the name is anatomy."""
+        from SAMMed2DLib import object_segment
 
-    # ----- work -----------------------------------------------------------------------------
+        segmentName, color, terminology = object_segment(objectId, name)
+        segments = segmentation.GetSegmentation()
+        segmentId = segments.GetSegmentIdBySegmentName(segmentName)
+        if not segmentId:
+            segmentId = segments.AddEmptySegment("", segmentName, color)
+            segments.GetSegment(segmentId).SetTerminology(terminology)
+        return segmentId
+
+    # ----- segments in and out -----------------------------------------------------------------
+    def _readSegment(self, segmentation, segmentId, volume):
+        from SAMMed2DLib import ijk_volume_from_slicer_array
+
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        return ijk_volume_from_slicer_array(array) > 0
+
+    def _writeSlab(self, segmentation, segmentId, volume, slab, axis, lo):
+        """Replace slices lo, lo+1, ... along `axis` of the segment with `slab` (IJK order);
+        the rest of the segment is not touched."""
+        from SAMMed2DLib import ijk_to_segmentation, slab_image
+
+        ijkToRas, volumeToWorld = self.matrices(volume)
+        matrix = ijk_to_segmentation(ijkToRas, volumeToWorld, self.toWorld(segmentation))
+        oriented = slicer.vtkOrientedImageData()
+        oriented.ShallowCopy(slab_image(slab, axis, lo, volume.GetImageData().GetDimensions()))
+        oriented.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(matrix))
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.SetBinaryLabelmapToSegment(
+            oriented, segmentation, segmentId, logic.MODE_REPLACE, oriented.GetExtent()
+        ):
+            raise RuntimeError("Slicer did not accept the mask for the segment")
+
+    def _writeChanges(self, segmentation, segmentId, volume, before, after, axis, saveUndo=True):
+        """Write the slab of slices that differ; returns how many slices it spans."""
+        from SAMMed2DLib import changed_range
+
+        span = changed_range(before, after, axis)
+        if span is None:
+            return 0
+        lo, hi = span
+        if saveUndo:
+            self.saveStateForUndo(segmentation, volume)
+        slab = np.take(after, np.arange(lo, hi + 1), axis=axis)
+        self._writeSlab(segmentation, segmentId, volume, slab, axis, lo)
+        return hi - lo + 1
+
+    # ----- undo: the Segment Editor's own ---------------------------------------------------
+    @staticmethod
+    def segmentEditor(segmentation, volume):
+        """The Segment Editor's widget, editing `segmentation`: its undo history is the one
+        Ctrl+Z in the Segment Editor walks back."""
+        module = slicer.modules.segmenteditor.widgetRepresentation().self()
+        module.selectParameterNode()
+        editor = module.editor
+        if editor.segmentationNode() != segmentation:
+            editor.setSegmentationNode(segmentation)
+        if volume is not None and editor.sourceVolumeNode() != volume:
+            editor.setSourceVolumeNode(volume)
+        return editor
+
+    def saveStateForUndo(self, segmentation, volume):
+        self.segmentEditor(segmentation, volume).saveStateForUndo()
+
+    def undo(self, segmentation, volume=None):
+        """The Segment Editor's Undo (its Redo brings the change back)."""
+        if segmentation is None:
+            return "nothing to undo: no segmentation chosen"
+        self.segmentEditor(segmentation, volume).undo()
+        return "the last change undone, if there was one (the Segment Editor's Redo restores it)"
+
+    # ----- work ---------------------------------------------------------------------------------
     def segmentCurrentSlice(self, volume, segmentation, segmentId, view, markups, objectId=1):
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
@@ -441,43 +627,57 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         mask, score = self.engine.segment_slice(
             data, index, prompt, axis, parentToWorld @ ijkToRas, self.preset
         )
-        labels = self._segmentIjk(segmentation, segmentId, volume)
-        updated = labels.copy()
-        sl = [slice(None)] * 3
-        sl[axis] = index
-        updated[tuple(sl)] = mask
-        self._write(segmentation, segmentId, volume, labels, updated, axis)
+        self.saveStateForUndo(segmentation, volume)
+        self._writeSlab(segmentation, segmentId, volume, np.expand_dims(mask, axis), axis, index)
         return f"slice {index}: {int(mask.sum())} voxels, predicted IoU {score:.2f}"
 
-    def propagateSegment(
-        self, volume, segmentation, segmentId, view, markups, progress, shouldStop
-    ):
+    def preparePropagation(self, volume, segmentation, segmentId, view, markups):
+        """(work, finish): `work(progress, shouldStop)` runs the model and touches no Slicer
+        object, so it may run on another thread; `finish(result)` writes the segment on the
+        GUI thread and returns a status line."""
         from sammed2d.objects import ObjectPrompts, SlicePrompt
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
         axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
-        labels = self._segmentIjk(segmentation, segmentId, volume)
-        sl = [slice(None)] * 3
-        sl[axis] = index
-        current = labels[tuple(sl)]
+        current = np.take(self._readSegment(segmentation, segmentId, volume), index, axis=axis)
         seed = SlicePrompt(mask=current) if current.any() else prompt
         if seed is None:
             raise ValueError("segment a slice first, or place a prompt on this slice")
-        data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
-        result = self.engine.propagate(
-            data,
-            [ObjectPrompts(1, {index: seed})],
-            axis,
-            parentToWorld @ ijkToRas,
-            self.preset,
-            progress=progress,
-            shouldStop=shouldStop,
-        )
-        updated = labels | (result.labels == 1)
-        self._write(segmentation, segmentId, volume, labels, updated, axis)
-        reached = result.reached[1]
-        text = "no slices" if reached is None else f"slices {reached[0]}-{reached[1]}"
-        return text + (" (cancelled)" if result.cancelled else "")
+        # A copy: the thread must not read memory that belongs to a VTK object.
+        data = np.array(ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume)))
+        engine, preset, affine = self.engine, self.preset, parentToWorld @ ijkToRas
+
+        def work(progress, shouldStop):
+            return engine.propagate(
+                data, [ObjectPrompts(1, {index: seed})], axis, affine, preset,
+                progress=progress, shouldStop=shouldStop,
+            )  # fmt: skip
+
+        def finish(result):
+            self._checkPresent(volume, segmentation)
+            before = self._readSegment(segmentation, segmentId, volume)
+            written = self._writeChanges(
+                segmentation, segmentId, volume, before, before | (result.labels == 1), axis
+            )
+            reached = result.reached[1]
+            text = "no slices" if reached is None else f"slices {reached[0]}-{reached[1]}"
+            text += f" ({written} written)"
+            return text + (" (cancelled)" if result.cancelled else "")
+
+        return work, finish
+
+    def propagateSegment(self, volume, segmentation, segmentId, view, markups, progress=None,
+                         shouldStop=None):  # fmt: skip
+        """Propagate on this thread (the console, tests); the widget runs `work` in the
+        background instead."""
+        work, finish = self.preparePropagation(volume, segmentation, segmentId, view, markups)
+        return finish(work(progress, shouldStop or (lambda: False)))
+
+    @staticmethod
+    def _checkPresent(*nodes):
+        for node in nodes:
+            if node is None or not slicer.mrmlScene.IsNodePresent(node):
+                raise RuntimeError("the volume or segmentation was removed meanwhile")
 
     # ----- prompts files ----------------------------------------------------------------------
     def savePrompts(self, path):
@@ -489,97 +689,111 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         write_prompt_file(path, record)
         return f"{len(record.objects)} object(s) saved to {path}"
 
-    def replayPrompts(self, path, volume, segmentation, progress=None, shouldStop=None):
-        """Propagate a PROMPTS.json's objects, as `sammed2d propagate` does, one segment
-        each with the object's name and colour."""
+    def prepareReplay(self, path, volume, segmentation):
+        """(work, finish) as `preparePropagation`, for a PROMPTS.json's objects: propagated as
+        `sammed2d propagate` does, one segment each with the object's name and colour."""
         from sammed2d.labelfiles import object_segments
         from sammed2d.prompt_files import read_prompt_file
-        from SAMMed2DLib import ijk_volume_from_slicer_array, slicer_array_from_ijk_volume
+        from SAMMed2DLib import ijk_volume_from_slicer_array
 
         record = read_prompt_file(path)
         if record.model and not self.engine.remote and record.model != self.engine.name:
             self.setModel(record.model)
         ijkToRas, parentToWorld = self.matrices(volume)
-        data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
-        result = self.engine.propagate(
-            data,
-            record.objects,
-            record.axis,
-            parentToWorld @ ijkToRas,
-            record.window or self.preset,
-            settings=record.settings,
-            progress=progress,
-            shouldStop=shouldStop,
-        )
+        data = np.array(ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume)))
+        engine, preset, affine = self.engine, record.window or self.preset, parentToWorld @ ijkToRas
+
+        def work(progress, shouldStop):
+            return engine.propagate(
+                data, record.objects, record.axis, affine, preset, settings=record.settings,
+                progress=progress, shouldStop=shouldStop,
+            )  # fmt: skip
+
+        def finish(result):
+            self._checkPresent(volume, segmentation)
+            self.saveStateForUndo(segmentation, volume)  # the whole replay is one undo step
+            for obj, seg in zip(record.objects, object_segments(record.objects)):
+                segmentId = self.objectSegmentId(segmentation, obj.id, seg.name)
+                segmentation.GetSegmentation().GetSegment(segmentId).SetColor(
+                    *[c / 255 for c in seg.color]
+                )
+                before = self._readSegment(segmentation, segmentId, volume)
+                self._writeChanges(
+                    segmentation, segmentId, volume, before, result.labels == obj.id,
+                    record.axis, saveUndo=False,
+                )  # fmt: skip
+                for index, prompt in obj.slices.items():
+                    self.promptLog.record(obj.id, record.axis, index, prompt, seg.name)
+            cancelled = " (cancelled)" if result.cancelled else ""
+            return f"{len(record.objects)} object(s) replayed from {path}{cancelled}"
+
+        return work, finish
+
+    def replayPrompts(self, path, volume, segmentation, progress=None, shouldStop=None):
+        work, finish = self.prepareReplay(path, volume, segmentation)
+        return finish(work(progress, shouldStop or (lambda: False)))
+
+    # ----- export ------------------------------------------------------------------------------
+    def labelsOf(self, segmentation, volume):
+        """Every segment as one label volume (IJK; value n = the n-th segment) and the
+        suite's Segment list (names and colours as in Slicer)."""
+        from sammed2d.segments import Segment
+
         segments = segmentation.GetSegmentation()
-        for obj, seg in zip(record.objects, object_segments(record.objects)):
-            segmentId = segments.GetSegmentIdBySegmentName(seg.name)
-            if not segmentId:
-                segmentId = segments.AddEmptySegment("", seg.name, [c / 255 for c in seg.color])
-            mask = (result.labels == obj.id).astype(np.uint8)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(
-                slicer_array_from_ijk_volume(mask), segmentation, segmentId, volume
+        labels, out = None, []
+        for n in range(segments.GetNumberOfSegments()):
+            segmentId = segments.GetNthSegmentID(n)
+            mask = self._readSegment(segmentation, segmentId, volume)
+            if labels is None:
+                labels = np.zeros(mask.shape, np.uint16)
+            labels[mask] = n + 1
+            segment = segments.GetSegment(segmentId)
+            color = tuple(int(round(c * 255)) for c in segment.GetColor())
+            out.append(Segment(n + 1, segment.GetName(), color))
+        if labels is None:
+            raise ValueError("the segmentation has no segments")
+        return labels, out
+
+    def exportDicomSeg(self, volume, segmentation, path):
+        """A DICOM SEG referencing the series `volume` was loaded from (Slicer's DICOM
+        database), written by the suite's writer."""
+        from SAMMed2DLib import write_dicom_seg
+
+        uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = slicer.dicomDatabase
+        files = [database.fileForInstance(uid) if database else "" for uid in uids]
+        if not uids or not all(files):
+            raise ValueError(
+                "this volume was not loaded through Slicer's DICOM module, so there is no "
+                "series to reference: export .seg.nrrd instead"
             )
-            for index, prompt in obj.slices.items():
-                self.promptLog.record(obj.id, record.axis, index, prompt, seg.name)
-        cancelled = " (cancelled)" if result.cancelled else ""
-        return f"{len(record.objects)} object(s) replayed from {path}{cancelled}"
-
-    def _segmentIjk(self, segmentation, segmentId, volume):
-        from SAMMed2DLib import ijk_volume_from_slicer_array
-
-        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
-        return ijk_volume_from_slicer_array(array) > 0
-
-    def _write(self, segmentation, segmentId, volume, before, after, axis):
-        """Write the segment if any slice changed; keep those slices for undo."""
-        from SAMMed2DLib import changed_slices, slicer_array_from_ijk_volume
-
-        changed = changed_slices(before, after, axis)
-        if not changed:
-            return
-        self.undoStack.append(
-            (
-                segmentation,
-                segmentId,
-                volume,
-                axis,
-                {i: np.take(before, i, axis=axis).copy() for i in changed},
-            )
-        )
-        slicer.util.updateSegmentBinaryLabelmapFromArray(
-            slicer_array_from_ijk_volume(after.astype(np.uint8)), segmentation, segmentId, volume
-        )
-
-    def undo(self):
-        if not self.undoStack:
-            return "nothing to undo"
-        from SAMMed2DLib import slicer_array_from_ijk_volume
-
-        segmentation, segmentId, volume, axis, slices = self.undoStack.pop()
-        labels = self._segmentIjk(segmentation, segmentId, volume)
-        for i, previous in slices.items():
-            sl = [slice(None)] * 3
-            sl[axis] = i
-            labels[tuple(sl)] = previous
-        slicer.util.updateSegmentBinaryLabelmapFromArray(
-            slicer_array_from_ijk_volume(labels.astype(np.uint8)), segmentation, segmentId, volume
-        )
-        return f"undid the last operation ({len(slices)} slices)"
+        labels, segments = self.labelsOf(segmentation, volume)
+        ijkToRas, _ = self.matrices(volume)  # patient coordinates: scene transforms left out
+        written = write_dicom_seg(path, labels, ijkToRas, segments, files)
+        return f"DICOM SEG with {len(segments)} segment(s) written to {written}"
 
 
 class SAMMed2DTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: a phantom volume, an ROI on the liver, segment and propagate."""
+    """Runs inside Slicer only (Slicer's "Reload and Test", or ctest in an extension build):
+    the install check, a click, propagation in the background with Cancel, undo through
+    the Segment Editor, and scene close, on the suite's CT phantom."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_segment_and_propagate()
+        for test in (
+            self.test_install_check,
+            self.test_segment_propagate_undo,
+            self.test_cancel_in_the_background,
+            self.test_scene_close_resets_the_module,
+        ):
+            self.setUp()
+            test()
+        self.delayDisplay("SAM-Med2D tests passed")
 
-    def test_segment_and_propagate(self):
-        from sammed2d.evaluation import dice
+    def _phantom(self):
+        """(logic, volume, segmentation, roi, liver mask in IJK, mid-liver slice)."""
         from sammed2d.phantom import ct_phantom
         from SAMMed2DLib import slicer_array_from_ijk_volume
 
@@ -590,11 +804,9 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
         slicer.util.setSliceViewerLayers(background=volume, fit=True)
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-
         liver = truth == 1
-        z = int(
-            np.flatnonzero(liver.any(axis=(0, 1)))[len(np.flatnonzero(liver.any(axis=(0, 1)))) // 2]
-        )
+        present = np.flatnonzero(liver.any(axis=(0, 1)))
+        z = int(present[len(present) // 2])
         i, j = np.nonzero(liver[:, :, z])
         ijkToRas, _ = SAMMed2DLogic.matrices(volume)
         lo = ijkToRas @ np.array([i.min(), j.min(), z, 1.0])
@@ -604,25 +816,73 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
         roi.SetSize(*(np.abs(hi[:3] - lo[:3]) + [3.0, 3.0, 1.0]))
         red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
         red.JumpSliceByCentering(*((lo[:3] + hi[:3]) / 2))
-
         logic = SAMMed2DLogic()
         logic.setModel("litemedsam")
         logic.preset = "abdomen"
-        segmentId = logic.currentSegmentId(segmentation, 1)
+        return logic, volume, segmentation, roi, liver, z
+
+    def test_install_check(self):
+        self.assertTrue(ensure_dependencies(remote=True))
+        import SAMMed2DInstall as install
+
+        for name in ("timm", "torchvision", "huggingface-hub"):
+            self.assertIsNone(install.installed_version(name), name)
+
+    def test_segment_propagate_undo(self):
+        from sammed2d.evaluation import dice
+
+        logic, volume, segmentation, roi, liver, z = self._phantom()
+        segmentId = logic.objectSegmentId(segmentation, 1, "liver")
+        segment = segmentation.GetSegmentation().GetSegment(segmentId)
+        self.assertEqual(segment.GetName(), "liver")
+        self.assertIn("10200004", segment.GetTerminology())  # SNOMED CT liver
         logic.segmentCurrentSlice(volume, segmentation, segmentId, "Red", (None, None, roi))
-        logic.propagateSegment(
+        clicked = logic._readSegment(segmentation, segmentId, volume)
+        self.assertTrue(clicked[:, :, z].any())
+        self.assertEqual(int(clicked.sum()), int(clicked[:, :, z].sum()))  # that slice only
+        logic.propagateSegment(volume, segmentation, segmentId, "Red", (None, None, roi))
+        result = logic._readSegment(segmentation, segmentId, volume)
+        self.assertGreater(dice(result, liver), 0.8)
+        # Ctrl+Z in the Segment Editor: the propagation goes, the clicked slice stays.
+        logic.segmentEditor(segmentation, volume).undo()
+        self.assertTrue(
+            np.array_equal(logic._readSegment(segmentation, segmentId, volume), clicked)
+        )
+        logic.undo(segmentation, volume)
+        self.assertFalse(logic._readSegment(segmentation, segmentId, volume).any())
+
+    def test_cancel_in_the_background(self):
+        from SAMMed2DLib import BackgroundRun
+
+        logic, volume, segmentation, roi, liver, z = self._phantom()
+        segmentId = logic.objectSegmentId(segmentation, 1)
+        logic.segmentCurrentSlice(volume, segmentation, segmentId, "Red", (None, None, roi))
+        work, finish = logic.preparePropagation(
+            volume, segmentation, segmentId, "Red", (None, None, roi)
+        )
+        run = BackgroundRun(work)
+        run.cancel()
+        self.assertTrue(run.wait(60))
+        _, outcome = run.poll()
+        self.assertEqual(outcome[0], "done")
+        self.assertTrue(outcome[1].cancelled)
+        self.assertIn("cancelled", finish(outcome[1]))
+
+    def test_scene_close_resets_the_module(self):
+        logic, volume, segmentation, roi, liver, z = self._phantom()
+        parameters = logic.getParameterNode()
+        parameters.volume, parameters.segmentation, parameters.objectName = (
             volume,
             segmentation,
-            segmentId,
-            "Red",
-            (None, None, roi),
-            lambda done, total: None,
-            lambda: False,
+            "x",
         )
-        result = logic._segmentIjk(segmentation, segmentId, volume)
-        score = dice(result, liver)
-        logging.info(f"liver Dice {score:.3f}")
-        self.assertGreater(score, 0.8)
-        logic.undo()
-        self.assertTrue(logic._segmentIjk(segmentation, segmentId, volume)[:, :, z].any())
-        self.delayDisplay("SAM-Med2D test passed")
+        segmentId = logic.objectSegmentId(segmentation, 1)
+        logic.segmentCurrentSlice(volume, segmentation, segmentId, "Red", (None, None, roi))
+        self.assertTrue(logic.promptLog.objects)
+        widget = slicer.modules.sammed2d.widgetRepresentation().self()
+        widget.logic = logic
+        slicer.mrmlScene.Clear()
+        self.assertFalse(logic.promptLog.objects)
+        parameters = logic.getParameterNode()
+        self.assertIsNone(parameters.volume)
+        self.assertEqual(parameters.objectName, DEFAULTS["objectName"])

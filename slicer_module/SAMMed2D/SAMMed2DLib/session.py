@@ -42,3 +42,17 @@ class PromptLog:
             raise PromptError("no prompts yet: segment a slice first")
         objects = [self.objects[k] for k in sorted(self.objects)]
         return PromptFile(self.axis, objects, model=model, sha256=sha256, window=window)
+
+
+def object_segment(object_id: int, name: str = ""):
+    """(name, colour as 0..1 floats, Slicer terminology entry) of object `object_id`'s
+    segment: anatomy it is named after gets the anatomy's colour and SNOMED CT code (the
+    colours of Slicer's generic anatomy list), anything else a distinct palette colour and
+    "Tissue", the same as every file the suite writes."""
+    from sammed2d.seg_nrrd import terminology
+    from sammed2d.segments import default_segment
+
+    from .parameters import object_name
+
+    segment = default_segment(int(object_id), object_name(object_id, name))
+    return segment.name, tuple(c / 255 for c in segment.color), terminology(segment)
