@@ -155,8 +155,10 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedMarkups = []
-        self._run = None  # the BackgroundRun of a propagation or replay, while it lasts
+        self._run = None  # the BackgroundRun of a click, propagation or replay, while it lasts
         self._finish = None
+        self._runKind = None
+        self._clickPending = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -251,7 +253,10 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.enabled = ready and not busy
             button.toolTip = "" if ready else "choose a volume and a segmentation first"
         self.ui.undoButton.enabled = not busy
-        self._observeMarkups(p.positive, p.negative, p.roi) if p else self._observeMarkups()
+        if p:
+            self._observeMarkups(p.positive, p.negative, p.roi)
+        else:
+            self._observeMarkups()
 
     def _observeMarkups(self, *nodes):
         nodes = [n for n in nodes if n is not None]
@@ -300,10 +305,15 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ----- work ------------------------------------------------------------------------------
     def onPointPlaced(self, caller=None, event=None):
-        if self._run is None:  # placing points while the model runs changes nothing
+        # While a propagation runs, placing points changes nothing.
+        if self._run is None or self._runKind == "click":
             self.onSegment()
 
     def onSegment(self, *args):
+        if self._run is not None:
+            if self._runKind == "click":
+                self._clickPending = True  # served when this one ends, from the newest markups
+            return
         with slicer.util.tryWithErrorDisplay(
             "SAM-Med2D could not segment this slice.", waitCursor=True
         ):
@@ -311,10 +321,14 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if context is None:
                 return
             logic, volume, segmentation, segmentId, view = context
-            self.ui.statusLabel.text = logic.segmentCurrentSlice(
+            prepared = logic.prepareSegment(
                 volume, segmentation, segmentId, view, self._markups(),
                 objectId=self._parameterNode.objectId,
             )  # fmt: skip
+            if prepared is None:
+                self.ui.statusLabel.text = "no prompt on this slice"
+                return
+            self._start("Segmenting", *prepared, kind="click")
 
     def onPropagate(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not propagate."):
@@ -339,10 +353,17 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             work, finish = logic.prepareReplay(path, p.volume, p.segmentation)
             self._start("Replaying", work, finish)
 
-    def _start(self, label, work, finish):
+    def _start(self, label, work, finish, kind="long"):
+        """Run `work` in the background; a "click" shows no progress bar and lets newer
+        clicks queue behind it, a "long" run (propagate, replay) has progress and Cancel."""
         from SAMMed2DLib import BackgroundRun
 
-        self._run, self._finish = BackgroundRun(work), finish
+        self._run, self._finish, self._runKind = BackgroundRun(work), finish, kind
+        if kind == "click":
+            self.ui.statusLabel.text = f"{label.lower()}…"
+            self.onParameters()
+            self.pollTimer.start()
+            return
         self.ui.progressBar.format = f"{label}: %v of %m slices"
         self.ui.progressBar.value, self.ui.progressBar.maximum = 0, 0  # busy until the first slice
         self.ui.progressBar.visible = self.ui.cancelButton.visible = True
@@ -362,15 +383,18 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = done
         if outcome is None:
             return
-        finish = self._finish
+        finish, kind = self._finish, self._runKind
         self._endRun()
         if outcome[0] == "error":
             logging.error(outcome[2])
             slicer.util.errorDisplay(f"SAM-Med2D: {outcome[1]}", detailedText=outcome[2])
             self.ui.statusLabel.text = f"failed: {outcome[1]}"
-            return
-        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not write the result."):
-            self.ui.statusLabel.text = finish(outcome[1])
+        else:
+            with slicer.util.tryWithErrorDisplay("SAM-Med2D could not write the result."):
+                self.ui.statusLabel.text = finish(outcome[1])
+        if kind == "click" and self._clickPending:
+            self._clickPending = False
+            self.onSegment()
 
     def onCancel(self, *args):
         if self._run is not None:
@@ -380,12 +404,13 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _endRun(self):
         self.pollTimer.stop()
-        self._run = self._finish = None
+        self._run = self._finish = self._runKind = None
         self.ui.progressBar.visible = self.ui.cancelButton.visible = False
         self.onParameters()
 
     def _abandonRun(self):
         """Stop a running propagation and drop its result (the scene is going away)."""
+        self._clickPending = False
         if self._run is not None:
             self._run.cancel()
             self._endRun()
@@ -615,21 +640,43 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         return "the last change undone, if there was one (the Segment Editor's Redo restores it)"
 
     # ----- work ---------------------------------------------------------------------------------
-    def segmentCurrentSlice(self, volume, segmentation, segmentId, view, markups, objectId=1):
+    def prepareSegment(self, volume, segmentation, segmentId, view, markups, objectId=1):
+        """(work, finish) for the slice of the latest prompt, as `preparePropagation`; None
+        when no prompt lies on that slice."""
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
         axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
         if prompt is None:
-            return "no prompt on this slice"
+            return None
         name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
         self.promptLog.record(objectId, axis, index, prompt, name)
+        # A view, not a copy (a click must stay cheap); numpy's view keeps the VTK array
+        # alive, and the volume's voxels are not edited while a click is served.
         data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
-        mask, score = self.engine.segment_slice(
-            data, index, prompt, axis, parentToWorld @ ijkToRas, self.preset
-        )
-        self.saveStateForUndo(segmentation, volume)
-        self._writeSlab(segmentation, segmentId, volume, np.expand_dims(mask, axis), axis, index)
-        return f"slice {index}: {int(mask.sum())} voxels, predicted IoU {score:.2f}"
+        engine, preset, affine = self.engine, self.preset, parentToWorld @ ijkToRas
+
+        def work(progress, shouldStop):
+            return engine.segment_slice(data, index, prompt, axis, affine, preset)
+
+        def finish(result):
+            mask, score = result
+            self._checkPresent(volume, segmentation)
+            self.saveStateForUndo(segmentation, volume)
+            self._writeSlab(
+                segmentation, segmentId, volume, np.expand_dims(mask, axis), axis, index
+            )
+            return f"slice {index}: {int(mask.sum())} voxels, predicted IoU {score:.2f}"
+
+        return work, finish
+
+    def segmentCurrentSlice(self, volume, segmentation, segmentId, view, markups, objectId=1):
+        """Segment on this thread (the console, tests); the widget runs `work` in the
+        background instead."""
+        prepared = self.prepareSegment(volume, segmentation, segmentId, view, markups, objectId)
+        if prepared is None:
+            return "no prompt on this slice"
+        work, finish = prepared
+        return finish(work(None, lambda: False))
 
     def preparePropagation(self, volume, segmentation, segmentId, view, markups):
         """(work, finish): `work(progress, shouldStop)` runs the model and touches no Slicer
