@@ -132,3 +132,47 @@ def test_the_logic_writes_through_slicers_own_segment_and_undo_calls():
     # Only the changed slab is written: no whole-volume write-back remains.
     assert "updateSegmentBinaryLabelmapFromArray" not in logic
     assert "undoStack" not in logic
+
+
+# Names the module takes from the `slicer` package itself, each present in Slicer (Slicer/
+# Slicer at 583e9b37d50e): the application objects and the wrapped C++ classes it uses.
+SLICER_NAMES = {
+    "app",
+    "dicomDatabase",
+    "modules",
+    "mrmlScene",
+    "util",
+    "vtkMRMLTransformNode",
+    "vtkOrientedImageData",
+    "vtkSlicerSegmentationsModuleLogic",
+}
+SLICER_IMPORTS = {
+    "vtkMRMLMarkupsFiducialNode",
+    "vtkMRMLMarkupsROINode",
+    "vtkMRMLScalarVolumeNode",
+    "vtkMRMLSegmentationNode",
+}
+
+
+def test_the_module_uses_only_names_slicer_has():
+    used = {
+        n.attr
+        for n in ast.walk(TREE)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "slicer"
+    }
+    assert used <= SLICER_NAMES, used - SLICER_NAMES
+    imported = {
+        alias.name
+        for n in ast.walk(TREE)
+        if isinstance(n, ast.ImportFrom) and n.module == "slicer"
+        for alias in n.names
+    }
+    assert imported == SLICER_IMPORTS
+    wrapper = {
+        alias.name
+        for n in ast.walk(TREE)
+        if isinstance(n, ast.ImportFrom) and n.module == "slicer.parameterNodeWrapper"
+        for alias in n.names
+    }
+    # Exported by slicer.parameterNodeWrapper (wrapper.py, validators.py).
+    assert wrapper <= {"parameterNodeWrapper", "Choice", "WithinRange", "Default"}
