@@ -25,6 +25,7 @@ import numpy as np
 
 from sammed2d import EmbeddingCache, load_model
 from sammed2d.evaluation import dice, official_chaining, protocol_objects
+from sammed2d.intensity import resolve_preset
 from sammed2d.io import read_volume
 from sammed2d.memory import reuse_freed_memory
 from sammed2d.propagate import PropagationSettings, propagate
@@ -53,7 +54,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="on-disk embedding cache")
     parser.add_argument("--protocols", default="ABC")
     parser.add_argument("--orientation", default="radiological", choices=["radiological", "array"])
-    parser.add_argument("--window", default="abdomen")
+    parser.add_argument(
+        "--window",
+        default="auto",
+        help="ours; auto gives each CT object the window its box asks for. The official "
+        "chaining always sees one window for the volume (auto: the CT soft-tissue window)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the official chaining")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     for f in fields(PropagationSettings):
@@ -82,9 +88,10 @@ def main(argv=None) -> int:
     width = max(len(v) for v in names.values())
     base = {}  # the official chaining is protocol A whatever the protocol compared
     if not args.no_baseline:
+        single = resolve_preset(ct.array, args.window)
         for obj in protocol_objects(gt, axis=2, protocol="A", names=names):
             found = official_chaining(
-                ct.array, obj, model, 2, ct.affine, args.window, args.orientation, cache
+                ct.array, obj, model, 2, ct.affine, single, args.orientation, cache
             )
             base[obj.id] = dice(found, gt == obj.id)
     for protocol in args.protocols:
@@ -104,13 +111,16 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - start
         ours = {o.id: dice(result.labels == o.id, gt == o.id) for o in objects}
         print(f"protocol {protocol} ({seconds:.1f} s)")
-        print(f"  {'structure':{width}s}  ours   official  visited/true slices")
+        print(f"  {'structure':{width}s}  ours   official  visited/true slices  window")
         for obj in objects:
             truth = np.flatnonzero((gt == obj.id).any(axis=(0, 1)))
             reached = result.reached[obj.id]
             visited = 0 if reached is None else reached[1] - reached[0] + 1
             b = f"{base[obj.id]:.3f}" if base else "  -  "
-            print(f"  {names[obj.id]:{width}s}  {ours[obj.id]:.3f}  {b}     {visited}/{len(truth)}")
+            print(
+                f"  {names[obj.id]:{width}s}  {ours[obj.id]:.3f}  {b}     "
+                f"{f'{visited}/{len(truth)}':20s} {result.windows.get(obj.id, '')}"
+            )
         mean_b = f"{np.mean(list(base.values())):.3f}" if base else "-"
         print(
             f"protocol {protocol}: mean {np.mean(list(ours.values())):.3f}  "

@@ -188,7 +188,9 @@ def cmd_propagate(args) -> int:
             else (f"slices {reached[0]}-{reached[1]} ({reached[1] - reached[0] + 1} slices)")
         )
         name = f" {obj.name}" if obj.name else ""
-        print(f"object {obj.id}{name}: {span}, {result.seconds.get(obj.id, 0.0):.1f} s")
+        window = result.windows.get(obj.id)
+        shown = f", {window} window" if window else ""
+        print(f"object {obj.id}{name}: {span}{shown}, {result.seconds.get(obj.id, 0.0):.1f} s")
     print(f"labels written to {args.out}")
     return 0
 

@@ -19,6 +19,33 @@ CT_WINDOWS = {
     "brain": (80.0, 40.0),
 }
 PRESETS = ("auto", *CT_WINDOWS, "percentile", "minmax", "none")
+# The windows `auto` may give one object of a CT (brain only when asked: its 80 HU would
+# clip every organ that is not brain).
+OBJECT_WINDOWS = ("abdomen", "lung", "bone")
+
+
+def object_window(hu: np.ndarray) -> str:
+    """The CT window for an object whose first box holds the intensities `hu` (HU): the
+    narrowest of the soft-tissue, lung and bone windows that holds the box's middle 80 %
+    (10th to 90th percentile), else the one that holds most of the box. A lung lobe's box
+    is mostly air and gets the lung window; a vertebra's reaches into bone and gets the
+    bone window; organs get the soft-tissue window."""
+    hu = np.asarray(hu, dtype=np.float64).ravel()
+    hu = hu[np.isfinite(hu)]
+    if hu.size == 0:
+        return "abdomen"
+    lo, hi = np.percentile(hu, [10, 90])
+    ranked = sorted(OBJECT_WINDOWS, key=lambda name: CT_WINDOWS[name][0])
+    for name in ranked:
+        width, level = CT_WINDOWS[name]
+        if level - width / 2 <= lo and hi <= level + width / 2:
+            return name
+
+    def held(name):
+        width, level = CT_WINDOWS[name]
+        return np.mean((hu >= level - width / 2) & (hu <= level + width / 2))
+
+    return max(ranked, key=held)
 
 
 def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:

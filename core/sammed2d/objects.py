@@ -72,6 +72,8 @@ class PropagationResult:
     reached: dict[int, tuple[int, int] | None]  # per object: first and last slice with a mask
     cancelled: bool = False
     seconds: dict[int, float] = field(default_factory=dict)
+    # per object: the intensity window its slices were shown in (preset name)
+    windows: dict[int, str] = field(default_factory=dict)
 
 
 def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:

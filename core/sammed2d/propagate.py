@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from .cache import EmbeddingCache
 from .errors import Cancelled, ImageError, PromptError
-from .intensity import intensity_range, to_rgb, to_uint8
+from .intensity import (
+    CT_WINDOWS,
+    intensity_range,
+    object_window,
+    resolve_preset,
+    to_rgb,
+    to_uint8,
+)
 from .models import SamModel
 from .objects import (  # noqa: F401 (re-exported: the engine's public names)
     ObjectPrompts,
@@ -254,6 +262,43 @@ def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
     return [labelled == i for i in keep]
 
 
+def prompt_window(volume: np.ndarray, axis: int, index: int, prompt: SlicePrompt) -> str | None:
+    """`auto` on a CT: the window this prompt's box (or mask) asks for
+    (`intensity.object_window`) where it is not the volume's own soft-tissue window; None
+    for points only, a soft-tissue box, or a volume that is not a CT."""
+    own = resolve_preset(volume, "auto")
+    if own not in CT_WINDOWS:
+        return None
+    raw = np.take(volume, index, axis=axis)
+    if prompt.mask is not None:
+        mask = np.asarray(prompt.mask, bool)
+        if mask.shape != raw.shape or not mask.any():
+            return None
+        window = object_window(raw[mask])
+    elif prompt.box is not None:
+        x0, y0, x1, y1 = check_boxes(prompt.box, raw.shape)[0]
+        box = raw[int(y0) : int(np.ceil(y1)) + 1, int(x0) : int(np.ceil(x1)) + 1]
+        window = object_window(box)
+    else:
+        return None
+    return None if window == own else window
+
+
+def with_object_windows(volume: np.ndarray, axis: int, objects: list[ObjectPrompts]):
+    """`auto` on a CT: each object without a window of its own gets the one its first
+    prompted slice's box asks for (the lung window for a lung lobe, bone for a vertebra)."""
+    out = []
+    for obj in objects:
+        if obj.window is None and obj.slices:
+            index = sorted(obj.slices)[0]
+            if 0 <= index < volume.shape[axis]:
+                window = prompt_window(volume, axis, index, obj.slices[index])
+                if window is not None:
+                    obj = replace(obj, window=window)
+        out.append(obj)
+    return out
+
+
 def propagate(
     volume: np.ndarray,
     objects: list[ObjectPrompts],
@@ -301,19 +346,27 @@ def propagate(
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()
+    if preset == "auto":
+        objects = with_object_windows(volume, axis, objects)
     slices = volume_slices(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
-    walkers = {None: (slices, _Walker(slices, settings))}
+    walkers = {slices.value_range: (slices, _Walker(slices, settings))}
+    shown = "custom" if value_range is not None else resolve_preset(volume, preset)
+    windows = {o.id: o.window or shown for o in objects}
 
     def walker_for(obj):
-        """Slices in the object's own window, when it has one (embedded separately)."""
-        if obj.window not in walkers:
+        """Slices in the object's own window, when it has one (embedded separately, once
+        per distinct window)."""
+        if obj.window is None:
+            return walkers[slices.value_range]
+        key = intensity_range(volume, obj.window)
+        if key not in walkers:
             own = volume_slices(
-                model, volume, axis, affine, obj.window, None, orientation, cache, batch_size
+                model, volume, axis, affine, obj.window, key, orientation, cache, batch_size
             )
-            walkers[obj.window] = (own, _Walker(own, settings))
-        return walkers[obj.window]
+            walkers[key] = (own, _Walker(own, settings))
+        return walkers[key]
 
     spans = [(o.range or (0, n - 1)) for o in objects]
     total = sum(hi - lo + 1 for lo, hi in spans)
@@ -386,7 +439,9 @@ def propagate(
     except Cancelled:
         cancelled = True
 
-    return _compose(volume.shape, axis, slices.view, objects, results, seconds, cancelled)
+    result = _compose(volume.shape, axis, slices.view, objects, results, seconds, cancelled)
+    result.windows = windows
+    return result
 
 
 def segment_slice(
@@ -404,7 +459,9 @@ def segment_slice(
     """One slice of a volume from prompts in its raw (x, y) pixels: (mask, predicted IoU).
 
     The slice is windowed with the whole volume's intensity range and shown to the model in
-    the same orientation that `propagate` uses, so a slice and its propagation agree.
+    the same orientation that `propagate` uses, so a slice and its propagation agree; with
+    `auto` on a CT the window is the one the box asks for, as `propagate` gives an object
+    prompted with this box first.
     """
     volume = np.asarray(volume)
     axis = _checked_axis(volume, axis, "expected a 3D volume")
@@ -412,6 +469,10 @@ def segment_slice(
         raise PromptError(
             f"slice {index} is outside the volume's 0..{volume.shape[axis] - 1} along axis {axis}"
         )
+    if preset == "auto":
+        window = prompt_window(volume, axis, index, prompt)
+        if window is not None:
+            preset, value_range = window, intensity_range(volume, window)
     slices = volume_slices(model, volume, axis, affine, preset, value_range, orientation, cache)
     mask, score, _ = _Walker(slices, PropagationSettings()).from_prompt(index, prompt)
     return slices.view.from_view(mask), score

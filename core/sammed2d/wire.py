@@ -145,6 +145,7 @@ def result_to_json(result: PropagationResult) -> dict:
         "reached": {str(k): None if v is None else list(v) for k, v in result.reached.items()},
         "cancelled": bool(result.cancelled),
         "seconds": {str(k): float(v) for k, v in result.seconds.items()},
+        "windows": {str(k): str(v) for k, v in result.windows.items()},
     }
 
 
@@ -155,4 +156,5 @@ def result_from_json(data: dict, max_bytes: int) -> PropagationResult:
         reached={int(k): None if v is None else tuple(v) for k, v in data["reached"].items()},
         cancelled=bool(data["cancelled"]),
         seconds={int(k): float(v) for k, v in data["seconds"].items()},
+        windows={int(k): str(v) for k, v in data.get("windows", {}).items()},
     )

@@ -328,3 +328,73 @@ def test_zoom_squares_small_boxes_only():
     corner = walker._zoom_region(np.array([[0.0, 0, 20, 20]]))
     assert corner == (0, 60, 0, 60)  # slid inside the image, not cut
     assert _walker()._zoom_region(np.array([[100.0, 100, 120, 110]])) is None  # off by default
+
+
+def test_object_window_follows_the_hu_inside_the_box():
+    from sammed2d.intensity import object_window
+
+    rng = np.random.default_rng(1)
+    soft = rng.normal(40, 20, 500)
+    assert object_window(soft) == "abdomen"
+    # A lung base: mostly air-filled parenchyma with some liver dome in the box.
+    assert object_window(np.r_[rng.normal(-820, 60, 400), rng.normal(50, 15, 100)]) == "lung"
+    # A vertebra: soft tissue around trabecular and cortical bone.
+    assert object_window(np.r_[rng.normal(30, 20, 250), rng.normal(450, 150, 250)]) == "bone"
+    assert object_window(np.array([np.nan])) == "abdomen"
+    # None of the three holds the middle 80 %: the one that holds most of it.
+    assert object_window(np.r_[np.full(40, -1000.0), np.full(60, 1200.0)]) == "bone"
+
+
+def ct_with_lung_and_bone():
+    """A 64 x 64 x 6 CT in HU: soft tissue (40), a lung in air (-850 with -700 vessels),
+    and a bright bone (700 cortex around 250 marrow)."""
+    rng = np.random.default_rng(2)
+    vol = np.full((64, 64, 6), 40, np.int16)
+    vol[:2] = vol[-2:] = -1000  # air outside the body
+    vol[6:28, 6:30, :] = -850
+    vol[14:18, 10:26, :] = -700
+    vol[36:58, 34:58, :] = 700
+    vol[40:54, 38:54, :] = 250
+    return (vol + rng.normal(0, 5, vol.shape)).astype(np.int16)
+
+
+def test_auto_gives_each_ct_object_the_window_its_box_asks_for(tiny_checkpoint):
+    """`auto` on a CT: the lung gets the lung window, the bone the bone window, soft tissue
+    keeps the volume's; each scores as a run in that window does, and a slice agrees with
+    its propagation."""
+    from sammed2d import load_model
+    from sammed2d.propagate import segment_slice
+
+    vol = ct_with_lung_and_bone()
+    model = load_model(str(tiny_checkpoint), device="cpu")
+    lung = SlicePrompt(box=np.array([5, 5, 30, 28.0]))  # x along columns, y along rows
+    bone = SlicePrompt(box=np.array([33, 35, 58, 58.0]))
+    soft = SlicePrompt(box=np.array([30, 4, 50, 24.0]))
+    objects = [ObjectPrompts(i + 1, {2: p}, (1, 4)) for i, p in enumerate((lung, bone, soft))]
+    result = propagate(vol, objects, model, preset="auto")
+    assert result.windows == {1: "lung", 2: "bone", 3: "abdomen"}
+    for oid, prompt, window in ((1, lung, "lung"), (2, bone, "bone"), (3, soft, "abdomen")):
+        alone = propagate(vol, [ObjectPrompts(oid, {2: prompt}, (1, 4))], model, preset=window)
+        # Scores come before overlaps are settled: the same window gives the same ones.
+        assert np.array_equal(result.scores[oid], alone.scores[oid], equal_nan=True), window
+        mask, _ = segment_slice(vol, 2, prompt, model, preset="auto")
+        shown, _ = segment_slice(vol, 2, prompt, model, preset=window)
+        assert np.array_equal(mask, shown), window
+    other = propagate(vol, objects[:1], model, preset="abdomen")
+    assert not np.array_equal(other.scores[1], result.scores[1], equal_nan=True)  # it mattered
+    # A window the user chose is kept; an explicit preset turns the choice off.
+    chosen = propagate(vol, [ObjectPrompts(1, {2: lung}, window="bone")], model, preset="auto")
+    assert chosen.windows == {1: "bone"}
+    assert other.windows == {1: "abdomen"}
+
+
+def test_auto_windows_only_ct():
+    from sammed2d.propagate import prompt_window
+
+    mr = np.random.default_rng(3).normal(300, 50, (32, 32, 3)).astype(np.float32)
+    assert prompt_window(mr, 2, 1, SlicePrompt(box=np.array([2, 2, 20, 20.0]))) is None
+    ct = ct_with_lung_and_bone()
+    assert prompt_window(ct, 2, 1, SlicePrompt(points=np.array([[10, 10.0]]), labels=[1])) is None
+    mask = np.zeros(ct.shape[:2], bool)
+    mask[8:26, 8:28] = True
+    assert prompt_window(ct, 2, 1, SlicePrompt(mask=mask)) == "lung"

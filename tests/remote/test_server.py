@@ -250,3 +250,20 @@ def test_wire_prompts_refuse_junk():
         prompt_from_json({"box": "not numbers"}, 1 << 20)
     with pytest.raises(PromptError):
         prompt_from_json(["a list"], 1 << 20)
+
+
+def test_remote_gives_ct_objects_the_same_auto_windows(server, tiny_model):
+    url, _ = server
+    client = Client(url, api_key="secret-key")
+    ct = np.full((48, 48, 5), 40, np.int16)
+    ct[4:24, 4:26, :] = -850  # a lung
+    ct[8:12, 8:22, :] = -700
+    lung = [ObjectPrompts(1, {2: SlicePrompt(box=np.array([3.0, 3, 26, 24]))}, (1, 3))]
+    remote = client.propagate(ct, lung, affine=AFFINE)
+    local = propagate(ct, lung, tiny_model, affine=AFFINE)
+    assert remote.windows == local.windows == {1: "lung"}
+    assert np.array_equal(remote.labels, local.labels)
+    mask, score = client.segment_slice(ct, 2, lung[0].slices[2], affine=AFFINE)
+    assert np.array_equal(
+        mask, segment_slice(ct, 2, lung[0].slices[2], tiny_model, affine=AFFINE)[0]
+    )
