@@ -36,6 +36,17 @@ class SegmentRequest:
     seq: int = 0  # order of asking: a click older than a propagation never corrects it
 
 
+def auto_window(req: SegmentRequest) -> str | None:
+    """The window a click's object gets when its window is the widget's `auto`: the one
+    its box asks for on a CT, else the volume's own (None for a 2D image or another preset)."""
+    from sammed2d.intensity import prompt_window, resolve_preset
+
+    if req.preset != "auto" or req.axis is None:
+        return None
+    chosen = prompt_window(req.data, req.axis, req.index, req.prompt)
+    return chosen or resolve_preset(req.data, "auto")
+
+
 class Latest:
     """A mailbox of one: a newer request replaces one not yet taken (the newest click wins)."""
 
@@ -159,6 +170,7 @@ class Engine:
                 self.model,
                 axis=req.axis,
                 affine=req.affine,
+                preset=req.preset,
                 value_range=self.value_range(req.data, req.preset),
                 cache=self.cache,
             )
@@ -174,6 +186,7 @@ class Engine:
             model,
             axis=req.axis,
             affine=req.affine,
+            preset=req.preset,
             value_range=self.value_range(req.data, req.preset),
             cache=self.cache,
             progress=progress,

@@ -62,6 +62,7 @@ from ._session import (
     ObjectTable,
     RemoteEngine,
     SegmentRequest,
+    auto_window,
     correction_stretch,
     slice_changes,
 )
@@ -606,7 +607,8 @@ class SegmentWidget(QWidget):
                         )
                         engine.load(*request.model)
                         send(("loaded", engine.describe() if engine.remote else ""))
-                    send(("mask", request, engine.segment(request)))
+                    mask = engine.segment(request)
+                    send(("mask", request, mask, auto_window(request)))
                 except BoxOnly as exc:
                     send(("info", str(exc)))
                 except Exception as exc:  # noqa: BLE001 - shown to the user, loop goes on
@@ -632,7 +634,13 @@ class SegmentWidget(QWidget):
         elif kind == "error":
             self._report_error("segmenting failed", message[1])
         elif kind == "mask":
-            self._apply_click(message[1], message[2])
+            _, request, mask, window = message
+            info = self.table.objects.get(request.object_id)
+            if window is not None and info is not None and info.window is None:
+                # `auto`: the object keeps the window its first box asked for (lung,
+                # bone or soft tissue), shown in the table and used from now on.
+                self.set_object_window(request.object_id, window)
+            self._apply_click(request, mask)
 
     def _apply_click(self, request: SegmentRequest, mask: np.ndarray) -> None:
         labels = self._layer(LABELS_NAME)

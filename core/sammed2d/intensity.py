@@ -62,6 +62,31 @@ def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
     return "percentile"
 
 
+def prompt_window(volume: np.ndarray, axis: int, index: int, prompt) -> str | None:
+    """`auto` on a CT: the window this prompt's box (or mask; a `SlicePrompt` on slice
+    `index` along `axis`, in raw pixels) asks for
+    (`intensity.object_window`) where it is not the volume's own soft-tissue window; None
+    for points only, a soft-tissue box, or a volume that is not a CT."""
+    own = resolve_preset(volume, "auto")
+    if own not in CT_WINDOWS:
+        return None
+    raw = np.take(volume, index, axis=axis)
+    if prompt.mask is not None:
+        mask = np.asarray(prompt.mask, bool)
+        if mask.shape != raw.shape or not mask.any():
+            return None
+        window = object_window(raw[mask])
+    elif prompt.box is not None:
+        from .prompts import check_boxes
+
+        x0, y0, x1, y1 = check_boxes(prompt.box, raw.shape)[0]
+        box = raw[int(y0) : int(np.ceil(y1)) + 1, int(x0) : int(np.ceil(x1)) + 1]
+        window = object_window(box)
+    else:
+        return None
+    return None if window == own else window
+
+
 def intensity_range(data: np.ndarray, preset: str = "auto") -> tuple[float, float]:
     """The [lo, hi] that `preset` maps to 0..255 for this image or whole volume."""
     data = np.asarray(data)

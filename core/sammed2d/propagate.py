@@ -21,14 +21,7 @@ import torch
 
 from .cache import EmbeddingCache
 from .errors import Cancelled, ImageError, PromptError
-from .intensity import (
-    CT_WINDOWS,
-    intensity_range,
-    object_window,
-    resolve_preset,
-    to_rgb,
-    to_uint8,
-)
+from .intensity import intensity_range, prompt_window, resolve_preset, to_rgb, to_uint8
 from .models import SamModel
 from .objects import (  # noqa: F401 (re-exported: the engine's public names)
     ObjectPrompts,
@@ -260,28 +253,6 @@ def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
     sizes = np.bincount(labelled.ravel())[1:]
     keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
     return [labelled == i for i in keep]
-
-
-def prompt_window(volume: np.ndarray, axis: int, index: int, prompt: SlicePrompt) -> str | None:
-    """`auto` on a CT: the window this prompt's box (or mask) asks for
-    (`intensity.object_window`) where it is not the volume's own soft-tissue window; None
-    for points only, a soft-tissue box, or a volume that is not a CT."""
-    own = resolve_preset(volume, "auto")
-    if own not in CT_WINDOWS:
-        return None
-    raw = np.take(volume, index, axis=axis)
-    if prompt.mask is not None:
-        mask = np.asarray(prompt.mask, bool)
-        if mask.shape != raw.shape or not mask.any():
-            return None
-        window = object_window(raw[mask])
-    elif prompt.box is not None:
-        x0, y0, x1, y1 = check_boxes(prompt.box, raw.shape)[0]
-        box = raw[int(y0) : int(np.ceil(y1)) + 1, int(x0) : int(np.ceil(x1)) + 1]
-        window = object_window(box)
-    else:
-        return None
-    return None if window == own else window
 
 
 def with_object_windows(volume: np.ndarray, axis: int, objects: list[ObjectPrompts]):

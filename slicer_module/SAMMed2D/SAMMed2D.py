@@ -337,8 +337,9 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             logic, volume, segmentation, segmentId, view = context
             work, finish = logic.preparePropagation(
-                volume, segmentation, segmentId, view, self._markups()
-            )
+                volume, segmentation, segmentId, view, self._markups(),
+                self._parameterNode.objectId,
+            )  # fmt: skip
             self._start("Propagating", work, finish)
 
     def onLoadPrompts(self, *args):
@@ -464,6 +465,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         self.engineKey = None
         self.preset = "auto"
         self.promptLog = None  # every prompt segmented with, for Save prompts
+        self.objectWindows = {}  # object id -> the window its first box asked for (auto)
         self.reset()
 
     def getParameterNode(self):
@@ -474,6 +476,20 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         from SAMMed2DLib import PromptLog
 
         self.promptLog = PromptLog()
+        self.objectWindows = {}
+
+    def windowFor(self, objectId, data, axis, index, prompt):
+        """The intensity window object `objectId` is segmented in: the chosen preset, or
+        with `auto` the one its first box asked for (lung, bone or soft tissue on a CT),
+        kept for the object from then on."""
+        if self.preset != "auto":
+            return self.preset
+        if objectId not in self.objectWindows:
+            from sammed2d.intensity import prompt_window, resolve_preset
+
+            chosen = prompt_window(data, axis, index, prompt) or resolve_preset(data, "auto")
+            self.objectWindows[objectId] = chosen
+        return self.objectWindows[objectId]
 
     def setEngine(self, kind, modelOrUrl, apiKey=None):
         """ "local" with a model name or checkpoint path, or "remote" with a server URL."""
@@ -653,10 +669,11 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         # A view, not a copy (a click must stay cheap); numpy's view keeps the VTK array
         # alive, and the volume's voxels are not edited while a click is served.
         data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
-        engine, preset, affine = self.engine, self.preset, parentToWorld @ ijkToRas
+        engine, affine = self.engine, parentToWorld @ ijkToRas
+        window = self.windowFor(objectId, data, axis, index, prompt)
 
         def work(progress, shouldStop):
-            return engine.segment_slice(data, index, prompt, axis, affine, preset)
+            return engine.segment_slice(data, index, prompt, axis, affine, window)
 
         def finish(result):
             mask, score = result
@@ -665,7 +682,10 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             self._writeSlab(
                 segmentation, segmentId, volume, np.expand_dims(mask, axis), axis, index
             )
-            return f"slice {index}: {int(mask.sum())} voxels, predicted IoU {score:.2f}"
+            return (
+                f"slice {index}: {int(mask.sum())} voxels, predicted IoU {score:.2f}, "
+                f"{window} window"
+            )
 
         return work, finish
 
@@ -678,7 +698,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         work, finish = prepared
         return finish(work(None, lambda: False))
 
-    def preparePropagation(self, volume, segmentation, segmentId, view, markups):
+    def preparePropagation(self, volume, segmentation, segmentId, view, markups, objectId=1):
         """(work, finish): `work(progress, shouldStop)` runs the model and touches no Slicer
         object, so it may run on another thread; `finish(result)` writes the segment on the
         GUI thread and returns a status line."""
@@ -693,10 +713,11 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         # A copy: the thread must not read memory that belongs to a VTK object.
         data = np.array(ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume)))
         engine, preset, affine = self.engine, self.preset, parentToWorld @ ijkToRas
+        window = self.objectWindows.get(objectId) if preset == "auto" else None
 
         def work(progress, shouldStop):
             return engine.propagate(
-                data, [ObjectPrompts(1, {index: seed})], axis, affine, preset,
+                data, [ObjectPrompts(1, {index: seed}, window=window)], axis, affine, preset,
                 progress=progress, shouldStop=shouldStop,
             )  # fmt: skip
 
@@ -708,16 +729,18 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             )
             reached = result.reached[1]
             text = "no slices" if reached is None else f"slices {reached[0]}-{reached[1]}"
-            text += f" ({written} written)"
+            text += f" ({written} written), {result.windows.get(1, preset)} window"
             return text + (" (cancelled)" if result.cancelled else "")
 
         return work, finish
 
     def propagateSegment(self, volume, segmentation, segmentId, view, markups, progress=None,
-                         shouldStop=None):  # fmt: skip
+                         shouldStop=None, objectId=1):  # fmt: skip
         """Propagate on this thread (the console, tests); the widget runs `work` in the
         background instead."""
-        work, finish = self.preparePropagation(volume, segmentation, segmentId, view, markups)
+        work, finish = self.preparePropagation(
+            volume, segmentation, segmentId, view, markups, objectId
+        )
         return finish(work(progress, shouldStop or (lambda: False)))
 
     @staticmethod

@@ -389,7 +389,7 @@ def test_auto_gives_each_ct_object_the_window_its_box_asks_for(tiny_checkpoint):
 
 
 def test_auto_windows_only_ct():
-    from sammed2d.propagate import prompt_window
+    from sammed2d.intensity import prompt_window
 
     mr = np.random.default_rng(3).normal(300, 50, (32, 32, 3)).astype(np.float32)
     assert prompt_window(mr, 2, 1, SlicePrompt(box=np.array([2, 2, 20, 20.0]))) is None

@@ -218,3 +218,31 @@ def test_precision_choice_reaches_the_model(widget):
     w.wait_idle()
     assert w.engine.model.precision == "bf16"
     assert (labels.data[3] == 1).any()
+
+
+def test_auto_gives_each_object_the_window_its_first_box_asks_for(widget):
+    """`auto` on a CT: a box over the lung gives that object the lung window, shown in the
+    object table and used from then on; soft tissue gets the soft-tissue window. A preset the
+    user chose turns the choice off."""
+    viewer, w = widget
+    ct = np.full((6, 64, 64), 40, np.int16)  # (slice, row, column) as napari shows it
+    ct[:, :, :2] = -1000
+    ct[:, 6:28, 6:30] = -850
+    ct[:, 14:18, 10:26] = -700
+    viewer.add_image(ct, name="ct")
+    w.model_edit.setText("litemedsam")
+    w.preset_combo.setCurrentText("auto")
+    _, shapes, _ = w.ensure_prompt_layers()
+    draw_box(viewer, shapes, 2, 5, 5, 28, 30)
+    w.wait_idle()
+    assert w.window_of(1) == "lung"
+    assert w.objects_view.cellWidget(0, 3).currentText() == "lung"
+    w.new_object()
+    draw_box(viewer, shapes, 3, 36, 34, 58, 58)
+    w.wait_idle()
+    assert w.window_of(2) == "abdomen"
+    w.preset_combo.setCurrentText("abdomen")
+    w.new_object()
+    draw_box(viewer, shapes, 2, 5, 5, 28, 30)
+    w.wait_idle()
+    assert w.table.objects[3].window is None and w.window_of(3) == "abdomen"
