@@ -3,14 +3,22 @@
 Effective GFLOP/s counts the reference implementation's own work per slice (92 GFLOP for
 SAM-Med2D ViT-B at 256; for LiteMedSAM the FLOPs that torch's counter finds in its
 forward), so work we skip counts as speed. Ratio = effective GFLOP/s / matmul GFLOP/s.
+"litemedsam, whole maps" is our TinyViT with its cache-sized bands and window groups turned
+off: the previous release's code, which ran as fast as the public TinyViT code in the same
+process (that code itself cannot be imported beside this torch: it needs timm, whose
+torchvision does not load).
 
     python benchmarks/encoder.py [--batches 1 8] [--repeats 5] [--threads N]
-                                 [--precisions fp32 bf16]
+                                 [--precisions fp32 bf16] [--profile]
+
+--profile adds, for LiteMedSAM fp32, where the time goes per kind of layer (forward hooks;
+"other" is what lies between them: window partitions, layout changes, residual adds).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -18,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sammed2d import build_model, load_model
 from sammed2d.memory import reuse_freed_memory
+from sammed2d.models import tiny_vit
 from sammed2d.precision import set_precision
 from sammed2d.predictor import encode
 
@@ -61,6 +70,63 @@ def counted_gflop(encoder, x) -> float:
     return counter.get_total_flops() / 1e9
 
 
+@contextlib.contextmanager
+def whole_maps(on: bool):
+    """TinyViT without its cache-sized bands and window groups (the previous code path)."""
+    saved = tiny_vit.BAND_BYTES
+    tiny_vit.BAND_BYTES = 1 << 62 if on else saved
+    try:
+        yield
+    finally:
+        tiny_vit.BAND_BYTES = saved
+
+
+def profile_tinyvit(encoder, batch: int, repeats: int) -> None:
+    """Time per kind of TinyViT layer, per slice, with the share of the whole forward."""
+    kinds = {
+        "stem (1x1 convs at 256 x 256)": [encoder.patch_embed.seq],
+        "MBConv (stage 1, 256 x 256)": list(encoder.layers[0].blocks),
+        "patch merging": [layer.downsample for layer in encoder.layers if layer.downsample],
+        "window attention": [b.attn for layer in encoder.layers[1:] for b in layer.blocks],
+        "local 3x3 depthwise conv": [
+            b.local_conv for layer in encoder.layers[1:] for b in layer.blocks
+        ],
+        "MLP": [b.mlp for layer in encoder.layers[1:] for b in layer.blocks],
+        "neck": [encoder.neck],
+    }
+    spent = dict.fromkeys(kinds, 0.0)
+    handles = []
+    for kind, modules in kinds.items():
+        for module in modules:
+            start = {}
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda m, i, start=start: start.__setitem__(0, time.perf_counter())
+                )
+            )
+
+            def done(m, i, o, start=start, kind=kind):
+                spent[kind] += time.perf_counter() - start[0]
+
+            handles.append(module.register_forward_hook(done))
+    x = torch.randn(batch, 3, 256, 256)
+    with torch.inference_mode():
+        encoder(x)
+        spent.update(dict.fromkeys(kinds, 0.0))
+        start = time.perf_counter()
+        for _ in range(repeats):
+            encoder(x)
+        total = (time.perf_counter() - start) / repeats
+    for handle in handles:
+        handle.remove()
+    print(f"litemedsam fp32 batch {batch}, per layer kind ({total / batch * 1000:.0f} ms/slice):")
+    for kind, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+        share = seconds / repeats / total
+        print(f"  {kind:32s} {seconds / repeats / batch * 1000:6.1f} ms/slice  {share:5.1%}")
+    other = total - sum(spent.values()) / repeats
+    print(f"  {'other':32s} {other / batch * 1000:6.1f} ms/slice  {other / total:5.1%}")
+
+
 reuse_freed_memory()  # a benchmark owns its process, as the CLI does
 
 
@@ -70,20 +136,23 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--profile", action="store_true", help="time per TinyViT layer kind")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    litemedsam = load_model("litemedsam", device="cpu")
     models = {
-        "sam-med2d (ViT-B, random weights)": build_model("sam-med2d"),
-        "litemedsam": load_model("litemedsam", device="cpu"),
+        "sam-med2d (ViT-B, random weights)": (build_model("sam-med2d"), False),
+        "litemedsam, whole maps": (litemedsam, True),
+        "litemedsam": (litemedsam, False),
     }
     mm = matmul_gflops(args.repeats)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"fp32 matmul 4096x4096: {mm:.1f} GFLOP/s"
     )
-    for name, model in models.items():
+    for name, (model, whole) in models.items():
         encoder = model.image_encoder.eval()
         size = model.spec.input_size
         ours = counted_gflop(encoder, torch.randn(1, 3, size, size))
@@ -95,7 +164,8 @@ def main(argv=None) -> int:
             def run(model=model, x=x):
                 encode(model, x)  # the engine's own call, autocast included
 
-            elapsed, mm = interleaved_best(run, args.repeats)
+            with whole_maps(whole):
+                elapsed, mm = interleaved_best(run, args.repeats)
             per_slice = elapsed / batch
             effective = reference / per_slice
             print(
@@ -104,6 +174,10 @@ def main(argv=None) -> int:
                 f"ratio {effective / mm:.2f} (reference {reference:.1f} GFLOP/slice, "
                 f"computed {ours:.1f})"
             )
+    if args.profile:
+        set_precision(litemedsam, "fp32")
+        for batch in args.batches:
+            profile_tinyvit(litemedsam.image_encoder.eval(), batch, args.repeats)
     return 0
 
 

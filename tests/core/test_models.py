@@ -156,3 +156,30 @@ def test_token_major_upscaling_matches_transposed_convolutions():
         ref = (hyper @ up.flatten(2)).view(2, 4, 48, 40)
     assert ours.shape == ref.shape
     assert (ours - ref).abs().max() < 1e-4
+
+
+def test_tinyvit_bands_and_window_groups_match_whole_maps(monkeypatch):
+    """The cache-sized bands (MBConv), window groups (attention) and channels-last layout
+    give the embeddings of the plain whole-map computation, at batch 1 and 8."""
+    import torch
+
+    from sammed2d.models import tiny_vit
+
+    torch.manual_seed(0)
+    encoder = tiny_vit.TinyViTEncoder().eval()
+    for module in encoder.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(8, 3, 256, 256)
+    with torch.inference_mode():
+        monkeypatch.setattr(tiny_vit, "BAND_BYTES", 1 << 62)
+        whole = encoder(x)
+        monkeypatch.setattr(tiny_vit, "BAND_BYTES", 1 << 20)  # many bands and groups
+        banded = encoder(x)
+        single = encoder(x[3:4])
+    assert tiny_vit._band_rows(256, torch.empty(1, 64, 256, 256)) < 256  # bands were used
+    assert banded.is_contiguous() and banded.shape == (8, 256, 64, 64)
+    assert (banded - whole).abs().max().item() < 1e-5
+    assert (single[0] - whole[3]).abs().max().item() < 1e-5

@@ -21,16 +21,27 @@ class Conv2dBN(nn.Sequential):
         self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(b))
 
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the convolution with the BatchNorm folded in (inference)."""
+        conv, bn = self.c, self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return super().forward(x)
         # Inference: fold the BatchNorm into the convolution, one pass over the activations
         # instead of two (these maps are up to 256 x 256 x 256 floats).
-        conv, bn = self.c, self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = conv.weight * scale[:, None, None, None]
-        bias = bn.bias - bn.running_mean * scale
+        conv = self.c
+        weight, bias = self.folded()
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+# An MBConv's hidden map is 4x its input: at LiteMedSAM's 256 x 256 grid that is 64 MB per
+# image, far past the caches, and the block spent most of its time moving it. Inference
+# runs it in bands of rows per image whose hidden map fits this budget (each band reads one
+# halo row above and below for the 3 x 3 convolution): the same sums, about 4x faster.
+BAND_BYTES = 8 << 20
 
 
 class MBConv(nn.Module):
@@ -42,9 +53,43 @@ class MBConv(nn.Module):
         self.conv3 = Conv2dBN(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            rows = _band_rows(self.conv1.c.out_channels, x)
+            if rows < x.shape[2]:
+                return self._banded(x, rows)
         y = F.gelu(self.conv1(x))
         y = F.gelu(self.conv2(y))
         return F.gelu(self.conv3(y) + x)
+
+    def _banded(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        (w1, b1), (w2, b2), (w3, b3) = (c.folded() for c in (self.conv1, self.conv2, self.conv3))
+        groups = self.conv2.c.groups
+        h = x.shape[2]
+        out = torch.empty_like(x)
+        for i in range(x.shape[0]):
+            image = x[i : i + 1]
+            for top in range(0, h, rows):
+                bottom = min(h, top + rows)
+                lo, hi = max(0, top - 1), min(h, bottom + 1)
+                y = F.gelu(F.conv2d(image[:, :, lo:hi], w1, b1))
+                # The 3 x 3 conv pads with zeros; rows that read padding instead of the next
+                # band's halo are cut off, so only the image's own edges see zeros.
+                y = F.conv2d(y, w2, b2, padding=1, groups=groups)[:, :, top - lo : bottom - lo]
+                z = F.conv2d(F.gelu(y), w3, b3) + image[:, :, top:bottom]
+                out[i : i + 1, :, top:bottom] = F.gelu(z)
+        return out
+
+
+def _band_rows(hidden: int, x: torch.Tensor) -> int:
+    """Rows per band for a hidden map of `hidden` channels: a power of two >= 8 within
+    BAND_BYTES, or all rows when the whole map fits."""
+    per_row = hidden * x.shape[3] * x.element_size()
+    if x.shape[2] * per_row <= BAND_BYTES:
+        return x.shape[2]
+    rows = 8
+    while rows * 2 * per_row <= BAND_BYTES:
+        rows *= 2
+    return rows
 
 
 class PatchMerging(nn.Module):
@@ -65,7 +110,8 @@ class PatchMerging(nn.Module):
             x = x.view(b, self.resolution, self.resolution, -1).permute(0, 3, 1, 2)
         x = F.gelu(self.conv1(x))
         x = F.gelu(self.conv2(x))
-        return self.conv3(x).flatten(2).transpose(1, 2)
+        x = self.conv3(x)
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 class WindowAttention(nn.Module):
@@ -127,7 +173,7 @@ class TinyViTBlock(nn.Module):
         h = w = self.resolution
         ws = self.window_size
         if h == ws and w == ws:
-            attn = self.attn(x)
+            attn = self._attend(x)
         else:
             grid = x.view(b, h, w, c)
             pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
@@ -136,12 +182,26 @@ class TinyViTBlock(nn.Module):
             hp, wp = h + pad_b, w + pad_r
             nh, nw = hp // ws, wp // ws
             windows = grid.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(-1, ws * ws, c)
-            attn = self.attn(windows)
+            attn = self._attend(windows)
             attn = attn.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, hp, wp, c)
             attn = attn[:, :h, :w].reshape(b, n, c)
         x = x + attn
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        # Tokens (b, n, c) are a channels-last image: the 3 x 3 conv runs on that layout and
+        # its result is read back as tokens, with no transposed copies either way.
+        x = self.local_conv(x.view(b, h, w, c).permute(0, 3, 1, 2))
+        x = x.permute(0, 2, 3, 1).reshape(b, n, c)
         return x + self.mlp(x)
+
+    def _attend(self, windows: torch.Tensor) -> torch.Tensor:
+        """Attention over (windows, tokens, channels), a cache-sized group of windows at a
+        time: all of a batch's 14 x 14 windows at once make score tensors of tens of MB
+        (and a bias copy as large), and a batch of 8 ran twice as slow per image as one."""
+        n = windows.shape[1]
+        per_window = self.attn.num_heads * n * n * windows.element_size()
+        group = max(1, BAND_BYTES // per_window)
+        if windows.shape[0] <= group:
+            return self.attn(windows)
+        return torch.cat([self.attn(part) for part in windows.split(group)])
 
 
 class ConvStage(nn.Module):
@@ -211,9 +271,11 @@ class TinyViTEncoder(nn.Module):
         self.neck = sam_neck(embed_dims[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed.seq(x)
+        # Channels-last from the start: the 1 x 1 and depthwise convolutions run faster on
+        # it, and the token stages read it without copies.
+        x = self.patch_embed.seq(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
         b, _, c = x.shape
         x = x.view(b, self.out_grid, self.out_grid, c).permute(0, 3, 1, 2)
-        return self.neck(x)
+        return self.neck(x).contiguous()
