@@ -39,12 +39,11 @@ class SegmentRequest:
 def auto_window(req: SegmentRequest) -> str | None:
     """The window a click's object gets when its window is the widget's `auto`: the one
     its box asks for on a CT, else the volume's own (None for a 2D image or another preset)."""
-    from sammed2d.intensity import prompt_window, resolve_preset
+    from sammed2d.intensity import auto_object_window
 
     if req.preset != "auto" or req.axis is None:
         return None
-    chosen = prompt_window(req.data, req.axis, req.index, req.prompt)
-    return chosen or resolve_preset(req.data, "auto")
+    return auto_object_window(req.data, req.axis, req.index, req.prompt)
 
 
 class Latest:

@@ -62,12 +62,13 @@ def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
     return "percentile"
 
 
-def prompt_window(volume: np.ndarray, axis: int, index: int, prompt) -> str | None:
+def prompt_window(volume: np.ndarray, axis: int, index: int, prompt, own=None) -> str | None:
     """`auto` on a CT: the window this prompt's box (or mask; a `SlicePrompt` on slice
     `index` along `axis`, in raw pixels) asks for
     (`intensity.object_window`) where it is not the volume's own soft-tissue window; None
-    for points only, a soft-tissue box, or a volume that is not a CT."""
-    own = resolve_preset(volume, "auto")
+    for points only, a soft-tissue box, or a volume that is not a CT. `own` is
+    `resolve_preset(volume, "auto")` when the caller has it (it reads the whole volume)."""
+    own = own or resolve_preset(volume, "auto")
     if own not in CT_WINDOWS:
         return None
     raw = np.take(volume, index, axis=axis)
@@ -85,6 +86,13 @@ def prompt_window(volume: np.ndarray, axis: int, index: int, prompt) -> str | No
     else:
         return None
     return None if window == own else window
+
+
+def auto_object_window(volume: np.ndarray, axis: int, index: int, prompt) -> str:
+    """The window an object prompted with `prompt` gets under `auto`: the one its box asks
+    for on a CT, else the volume's own (what the front ends show and keep per object)."""
+    own = resolve_preset(volume, "auto")
+    return prompt_window(volume, axis, index, prompt, own) or own
 
 
 def intensity_range(data: np.ndarray, preset: str = "auto") -> tuple[float, float]:

@@ -255,15 +255,16 @@ def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
     return [labelled == i for i in keep]
 
 
-def with_object_windows(volume: np.ndarray, axis: int, objects: list[ObjectPrompts]):
+def with_object_windows(volume: np.ndarray, axis: int, objects: list[ObjectPrompts], own: str):
     """`auto` on a CT: each object without a window of its own gets the one its first
-    prompted slice's box asks for (the lung window for a lung lobe, bone for a vertebra)."""
+    prompted slice's box asks for (the lung window for a lung lobe, bone for a vertebra).
+    `own` is `resolve_preset(volume, "auto")`."""
     out = []
     for obj in objects:
         if obj.window is None and obj.slices:
             index = sorted(obj.slices)[0]
             if 0 <= index < volume.shape[axis]:
-                window = prompt_window(volume, axis, index, obj.slices[index])
+                window = prompt_window(volume, axis, index, obj.slices[index], own)
                 if window is not None:
                     obj = replace(obj, window=window)
         out.append(obj)
@@ -317,13 +318,14 @@ def propagate(
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()
+    resolved = resolve_preset(volume, preset)  # once: `auto` reads the whole volume
     if preset == "auto":
-        objects = with_object_windows(volume, axis, objects)
+        objects = with_object_windows(volume, axis, objects, resolved)
     slices = volume_slices(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
     walkers = {slices.value_range: (slices, _Walker(slices, settings))}
-    shown = "custom" if value_range is not None else resolve_preset(volume, preset)
+    shown = "custom" if value_range is not None else resolved
     windows = {o.id: o.window or shown for o in objects}
 
     def walker_for(obj):

@@ -485,10 +485,9 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         if self.preset != "auto":
             return self.preset
         if objectId not in self.objectWindows:
-            from sammed2d.intensity import prompt_window, resolve_preset
+            from sammed2d.intensity import auto_object_window
 
-            chosen = prompt_window(data, axis, index, prompt) or resolve_preset(data, "auto")
-            self.objectWindows[objectId] = chosen
+            self.objectWindows[objectId] = auto_object_window(data, axis, index, prompt)
         return self.objectWindows[objectId]
 
     def setEngine(self, kind, modelOrUrl, apiKey=None):
