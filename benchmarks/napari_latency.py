@@ -71,15 +71,22 @@ def main() -> int:
     viewer = napari.Viewer(show=True)
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w)
-    (image,) = viewer.open(str(CT), plugin="napari-sammed2d")
-    pump(0.5)
-    points, shapes, labels = w.ensure_prompt_layers()
     beat = Heartbeat()
+    # 0. The model loads in the click thread as soon as the widget has an image.
+    start = time.perf_counter()
+    (image,) = viewer.open(str(CT), plugin="napari-sammed2d")
+    opened = time.perf_counter() - start
+    beat.reset()
+    pump(until=lambda: w.engine.ready, timeout=120)
+    loaded = time.perf_counter() - start
+    load_gap = max(beat.gaps)
+    pump(0.3)
+    points, shapes, labels = w.ensure_prompt_layers()
     z = 15
     viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
     pump(0.3)
 
-    # 1. First click: model load and the slice's embedding happen off the Qt thread.
+    # 1. First click on a slice not yet embedded: the embedding happens off the Qt thread.
     beat.reset()
     start = time.perf_counter()
     box_prompt(shapes, z, (40, 20, 85, 70))
@@ -90,6 +97,9 @@ def main() -> int:
 
     # 2. Clicks on embedded slices (wait until the neighbours are embedded).
     pump(until=lambda: w._prefetch is None or not w._prefetch.is_alive(), timeout=120)
+    # A box inside the liver: under `auto` each object takes the window its first box asks
+    # for, and a box that holds bowel gas asks for the lung window, whose slices the
+    # background (soft-tissue) embedding has not made; this click measures embedded slices.
     times = []
     for n in range(args.clicks):
         zz = 5 + n % 10  # slices without object 1 (on slice 15)
@@ -99,10 +109,11 @@ def main() -> int:
         w.object_spin.setValue(oid)
         beat.reset()
         start = time.perf_counter()
-        box_prompt(shapes, zz, (40, 20, 85, 70))
+        box_prompt(shapes, zz, (40, 60, 70, 90))
         pump(until=lambda zz=zz, oid=oid: (labels.data[zz] == oid).any(), timeout=30)
         times.append(time.perf_counter() - start)
     click_gap = max(beat.gaps)
+    windows = sorted({w.table.objects[2 + n].window for n in range(args.clicks)})
 
     # 3. A propagation of the first object.
     w.object_spin.setValue(1)
@@ -116,13 +127,17 @@ def main() -> int:
 
     print("napari plugin, LiteMedSAM, TotalSegmentator example CT (122 x 101 x 30)")
     print(
-        f"first click (model load + embedding) -> mask: {first:.2f} s; "
+        f"image opened in {opened:.2f} s; model loaded in the background {loaded:.2f} s after "
+        f"the open began; longest Qt stall meanwhile {load_gap * 1000:.0f} ms"
+    )
+    print(
+        f"first click (slice not yet embedded) -> mask: {first:.2f} s; "
         f"longest Qt stall {first_gap * 1000:.0f} ms"
     )
     print(
         f"click -> mask on an embedded slice: median {statistics.median(times) * 1000:.0f} ms, "
         f"max {max(times) * 1000:.0f} ms over {len(times)} clicks; "
-        f"longest Qt stall {click_gap * 1000:.0f} ms"
+        f"longest Qt stall {click_gap * 1000:.0f} ms; objects' windows: {', '.join(windows)}"
     )
     print(f"propagation: {propagation:.1f} s; longest Qt stall {prop_gap * 1000:.0f} ms")
     return 0

@@ -36,6 +36,14 @@ class SegmentRequest:
     seq: int = 0  # order of asking: a click older than a propagation never corrects it
 
 
+@dataclass
+class Warmup:
+    """Load `model` ahead of the first click, when the widget first has an image: importing
+    torch holds Python's lock for about a second, better spent before anyone clicks."""
+
+    model: tuple[str, ...]
+
+
 def auto_window(req: SegmentRequest) -> str | None:
     """The window a click's object gets when its window is the widget's `auto`: the one
     its box asks for on a CT, else the volume's own (None for a 2D image or another preset)."""
@@ -111,8 +119,14 @@ class Engine:
                 reuse_freed_memory()
             if self.cache is None:
                 self.cache = EmbeddingCache(max_bytes=2 << 30)
-            self.model = load_model(name, device=device, precision=precision)
-            self._model_key = key
+            model = load_model(name, device=device, precision=precision)
+            # napari's GUI thread shares Python's lock with the model's thread: graphs run
+            # the model without it (sammed2d.graphs), traced here rather than in a click.
+            from sammed2d import graphs
+
+            graphs.enable(model)
+            graphs.warm(model)
+            self.model, self._model_key = model, key
         return self.model
 
     @property

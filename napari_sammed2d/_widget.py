@@ -62,6 +62,7 @@ from ._session import (
     ObjectTable,
     RemoteEngine,
     SegmentRequest,
+    Warmup,
     auto_window,
     correction_stretch,
     slice_changes,
@@ -266,6 +267,19 @@ class SegmentWidget(QWidget):
         else:
             points.mode = "add"
             self.viewer.layers.selection.active = points
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Load the local model in the click thread as soon as there is an image."""
+        engine = self.engine
+        if engine.remote or not engine.needs_loading(*self._model_key()) or self.mailbox.busy:
+            return
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return  # said when the user clicks (or uses a remote engine)
+        self._serve()
+        self.mailbox.put(Warmup(self._model_key()))
 
     def show_radiologically(self) -> None:
         """Turn the 2D camera so the image reads as radiologists expect: anterior (or
@@ -596,7 +610,10 @@ class SegmentWidget(QWidget):
                 if request is None:
                     continue
                 engine = self.engine  # the user may switch engines between clicks
+                warmup = isinstance(request, Warmup)
                 try:
+                    if warmup and engine.remote:
+                        continue
                     if engine.needs_loading(*request.model):
                         where = self.server_edit.text() if engine.remote else request.model[0]
                         send(
@@ -607,12 +624,16 @@ class SegmentWidget(QWidget):
                         )
                         engine.load(*request.model)
                         send(("loaded", engine.describe() if engine.remote else ""))
+                    if warmup:
+                        continue
                     mask = engine.segment(request)
                     send(("mask", request, mask, auto_window(request)))
                 except BoxOnly as exc:
                     send(("info", str(exc)))
                 except Exception as exc:  # noqa: BLE001 - shown to the user, loop goes on
-                    send(("error", exc))
+                    # A model that fails to load ahead of time is named in the status line;
+                    # the click that needs it raises the notification.
+                    send(("status", f"model not loaded: {exc}") if warmup else ("error", exc))
                 finally:
                     mailbox.done()
 
@@ -624,7 +645,7 @@ class SegmentWidget(QWidget):
         if kind == "status":
             self.status.setText(message[1])
         elif kind == "loaded":
-            self.status.setText(message[1])
+            self.status.setText(message[1] or f"{self.model_edit.text().strip()} loaded")
             if message[1]:  # a remote engine: which model, device and server, kept at hand
                 self.engine_combo.setToolTip(f"connected: {message[1]}")
             QTimer.singleShot(0, self.prepare_prompt_layers)

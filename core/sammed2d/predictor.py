@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import graphs
 from .cache import EmbeddingCache, embedding_key
 from .errors import Cancelled, PromptError
 from .intensity import prepare_rgb
@@ -30,6 +31,8 @@ def encode(model: SamModel, batch: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) encoder input -> (B, 256, h, w) embeddings on the CPU."""
     dtype = getattr(model, "autocast_dtype", None)
     with torch.inference_mode():
+        if graphs.wanted(model):
+            return graphs.encode(model, batch.to(model.device)).float().cpu()
         if dtype is None:
             return model.image_encoder(batch.to(model.device)).float().cpu()
         with torch.autocast(device_type=model.device.type, dtype=dtype):
@@ -105,6 +108,12 @@ def decode(
     if mask_input is not None:
         mask_t = torch.as_tensor(mask_input, dtype=torch.float32).to(device)
     dtype = getattr(model, "autocast_dtype", None)
+    if graphs.wanted(model):
+        with torch.inference_mode():
+            low_res, iou = graphs.decode(
+                model, image.embedding.to(device), points, box_t, mask_t, multimask_output
+            )
+        return low_res.float().cpu(), iou.float().cpu()
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder(points, box_t, mask_t)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -170,6 +170,10 @@ class State:
             precision=config.precision,
             preprocessing=config.preprocessing,
         )
+        # Request threads share Python's lock with the model's: graphs run without it.
+        from . import graphs
+
+        graphs.enable(self.model)
         self.queue = DeviceQueue()
         # Half the memory bound for embeddings, half for volumes.
         self.cache = EmbeddingCache(max_bytes=config.max_memory // 2, folder=config.cache_dir)

@@ -108,8 +108,9 @@ def test_cancel_leaves_labels_consistent(widget, qtbot):
     w.wait_idle()
     w.propagate_object()
     w.cancel()
-    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
-        pass
+    # Not waitSignal(finished): a run cancelled at once can finish in the worker thread
+    # before the wait connects to the signal, and the wait would then never end.
+    qtbot.waitUntil(lambda: w._busy is None, timeout=120_000)
     assert set(np.unique(labels.data)) <= {0, 1}
     assert (labels.data[3] == 1).any()  # the annotated slice survives
     # cancelled before its first step: it stopped, said so, and did not fill the block
@@ -268,3 +269,27 @@ def test_prompt_layers_wait_with_the_box_tool_and_a_point_alone_is_refused(
     w.wait_idle()
     assert said and "trained with boxes only" in said[0]
     assert not viewer.layers["SAM labels"].data.any()
+
+
+def test_model_loads_in_the_background_once_there_is_an_image(widget, qtbot):
+    """Importing torch and loading weights hold Python's lock for about a second: that
+    happens when the image arrives, in the click thread, not in the first click."""
+    viewer, w = widget
+    assert not w.engine.ready
+    viewer.add_image(block_volume(), name="ct")
+    qtbot.waitUntil(lambda: w.engine.ready, timeout=60_000)
+    qtbot.waitUntil(lambda: "loaded" in w.status.text(), timeout=5000)
+    assert w.engine.model.spec.name == "litemedsam"
+    assert not viewer.layers["SAM labels"].data.any()  # loaded, nothing segmented
+
+
+def test_a_model_that_fails_to_load_ahead_is_named_without_a_popup(widget, qtbot, monkeypatch):
+    from napari_sammed2d import _widget
+
+    viewer, w = widget
+    shown = []
+    monkeypatch.setattr(_widget, "show_error", shown.append)
+    w.model_edit.setText("no-such-model.pth")
+    viewer.add_image(block_volume(), name="ct")
+    qtbot.waitUntil(lambda: "model not loaded" in w.status.text(), timeout=30_000)
+    assert not w.engine.ready and not shown

@@ -12,10 +12,13 @@ class LocalEngine:
     remote = False
 
     def __init__(self, nameOrPath: str) -> None:
-        from sammed2d import EmbeddingCache, load_model
+        from sammed2d import EmbeddingCache, graphs, load_model
 
         self.name = nameOrPath
         self.model = load_model(nameOrPath)
+        # Background runs share Python's lock with Slicer's GUI thread: graphs run the model
+        # without it (sammed2d.graphs).
+        graphs.enable(self.model)
         self.cache = EmbeddingCache(max_bytes=2 << 30)
 
     def describe(self) -> str:

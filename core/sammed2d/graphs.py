@@ -1,0 +1,122 @@
+"""Model calls as TorchScript graphs, for hosts whose GUI thread shares Python's lock.
+
+An eager forward pass is hundreds of small operator calls, and each one takes Python's
+global lock to start. In napari or Slicer the GUI thread holds that lock between its own
+events, so a click's decoder call (35 ms alone) measured 130-190 ms in a live napari viewer,
+and 2.1 s beside a thread that never lets go of the lock. A traced graph runs all its
+operators in C++ without the lock: 7 ms against 3.2 s eager for 300 small operations beside
+such a thread (`benchmarks/predictor.py --busy-thread` measures ours).
+
+The graphs run the same operators in the same order as the eager modules (graph
+optimisation is off), so their outputs are identical. One graph is traced per input
+signature (prompt kinds and shapes, batch size) the first time it is needed; tracing runs
+the module once. fp32 only: bf16 models run under autocast, which tracing does not keep.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import torch
+from torch import nn
+
+MAX_GRAPHS = 16  # per model; an interactive session uses a handful of prompt layouts
+
+
+def enable(model: nn.Module, on: bool = True) -> None:
+    """Run `model`'s encoder and decoder as traced graphs from now on (fp32 models)."""
+    model.use_graphs = on
+    if not on:
+        model.__dict__.pop("_graphs", None)
+
+
+def wanted(model: nn.Module) -> bool:
+    return (
+        bool(getattr(model, "use_graphs", False)) and getattr(model, "autocast_dtype", None) is None
+    )
+
+
+class _Encode(nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.encoder(batch)
+
+
+class _Decode(nn.Module):
+    """Prompt encoder and mask decoder for one layout of prompts (which kinds are given)."""
+
+    def __init__(self, model, points: bool, boxes: bool, masks: bool, multimask: bool) -> None:
+        super().__init__()
+        self.prompt_encoder, self.mask_decoder = model.prompt_encoder, model.mask_decoder
+        self.points, self.boxes, self.masks, self.multimask = points, boxes, masks, multimask
+
+    def forward(self, embedding: torch.Tensor, *prompts: torch.Tensor):
+        it = iter(prompts)
+        points = (next(it), next(it)) if self.points else None
+        boxes = next(it) if self.boxes else None
+        masks = next(it) if self.masks else None
+        sparse, dense = self.prompt_encoder(points, boxes, masks)
+        pe = self.prompt_encoder.get_dense_pe()
+        return self.mask_decoder(embedding, pe, sparse, dense, self.multimask)
+
+
+_lock = threading.Lock()
+
+
+def _graph(model: nn.Module, key: tuple, make, inputs: tuple):
+    graphs = model.__dict__.setdefault("_graphs", {})
+    graph = graphs.get(key)
+    if graph is None:
+        with _lock, warnings.catch_warnings(), torch.no_grad():
+            # Shapes are in the key, so the shape arithmetic the tracer warns about is fixed
+            # per graph by design.
+            warnings.simplefilter("ignore")
+            graph = torch.jit.trace(make(), inputs, check_trace=False)
+        if len(graphs) >= MAX_GRAPHS:
+            graphs.pop(next(iter(graphs)))
+        graphs[key] = graph
+    return graph
+
+
+def _signature(tensors) -> tuple:
+    return tuple((tuple(t.shape), t.dtype, t.device.type) for t in tensors)
+
+
+def encode(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The image encoder on `batch` through its graph (call under inference mode)."""
+    key = ("encode", *_signature([batch]))
+    graph = _graph(model, key, lambda: _Encode(model.image_encoder), (batch,))
+    with torch.jit.optimized_execution(False):
+        return graph(batch)
+
+
+def decode(model, embedding, points, boxes, masks, multimask: bool):
+    """Prompt encoder and mask decoder through the graph for this prompt layout."""
+    prompts = [*(points or ()), *([boxes] if boxes is not None else [])]
+    prompts += [masks] if masks is not None else []
+    layout = (points is not None, boxes is not None, masks is not None, bool(multimask))
+    key = ("decode", layout, *_signature([embedding, *prompts]))
+    graph = _graph(model, key, lambda: _Decode(model, *layout), (embedding, *prompts))
+    with torch.jit.optimized_execution(False):
+        return graph(embedding, *prompts)
+
+
+def warm(model) -> None:
+    """Trace the encoder and the one-box decoder now (about two forward passes), so that
+    the first click does not: tracing itself runs in Python and holds the lock."""
+    import numpy as np
+
+    from .predictor import decode as decode_prompts
+    from .predictor import embed_slices
+
+    if not wanted(model):
+        return
+    size = model.spec.input_size
+    (emb,) = embed_slices(model, [np.zeros((size, size, 3), np.uint8)], 1)
+    box = np.array([[0, 0, size / 2, size / 2]], np.float32)
+    for multimask in (True, False):  # the Predictor's default, and the volume walk's
+        decode_prompts(model, emb, boxes=box, multimask_output=multimask)
