@@ -95,6 +95,7 @@ class SegmentWidget(QWidget):
         self.mailbox = Latest()
         self._server = None  # the worker serving clicks
         self._prefetch = None
+        self._styled = None  # the objects' names and colours last given to the Labels layer
         self._busy = None  # the running propagation worker
         self._cancel = False
         self._stopping = False
@@ -368,9 +369,14 @@ class SegmentWidget(QWidget):
         if labels is None:
             return
         segments = self.table.segments()
-        kwargs = labels_layer_kwargs(segments)
-        labels.colormap = kwargs["colormap"]
-        labels.features = kwargs["features"]
+        styled = (id(labels), tuple((sg.id, sg.name, tuple(sg.color)) for sg in segments))
+        if styled != self._styled:
+            # A new colormap makes napari rebuild its colour texture on the GUI thread (tens
+            # of ms): only when a name or colour changed, not when a propagation lands.
+            kwargs = labels_layer_kwargs(segments)
+            labels.colormap = kwargs["colormap"]
+            labels.features = kwargs["features"]
+            self._styled = styled
         info = dict((labels.metadata or {}).get("sammed2d") or {})
         info["segments"] = segments
         labels.metadata = {**labels.metadata, "sammed2d": info}

@@ -144,11 +144,11 @@ class _Walker:
         )
         return self._best(low_res, iou, emb)
 
-    def _grown_box(self, part: np.ndarray) -> np.ndarray:
+    def _grown_box(self, part: np.ndarray, margin: float | None = None) -> np.ndarray:
         """The box around one part of the previous mask, grown relative to its own size."""
         s = self.settings
         box = box_from_mask(part)
-        floor = s.box_margin * self.pixels_per_unit
+        floor = (s.box_margin if margin is None else margin) * self.pixels_per_unit
         mx = max(floor, s.box_margin_fraction * float(box[2] - box[0]))
         my = max(floor, s.box_margin_fraction * float(box[3] - box[1]))
         return clip_box(box + np.array([-mx, -my, mx, my], np.float32), part.shape)
@@ -182,7 +182,41 @@ class _Walker:
         """
         s = self.settings
         parts = _parts(prev_mask, s.min_part_fraction) if s.follow_splits else [prev_mask]
-        boxes = np.stack([self._grown_box(part) for part in parts])
+        mask, score, low = self._from_parts(index, parts, direction, prev_low_res)
+        if s.cycle_margin is not None and mask.sum() >= s.min_area:
+            alt = self._from_parts(index, parts, direction, prev_low_res, s.cycle_margin)
+            if alt[0].sum() >= s.min_area and not np.array_equal(alt[0], mask):
+                back = index - direction
+                if self._back_iou(back, alt[0], prev_mask) > s.cycle_gain + self._back_iou(
+                    back, mask, prev_mask
+                ):
+                    mask, score, low = alt
+        if mask.sum() < s.min_area:
+            return None
+        if not strict:
+            return mask, score, low
+        if score < s.iou_threshold:
+            return None
+        if _iou(mask, prev_mask) < s.overlap_threshold:
+            return None
+        if s.intensity_change is not None:
+            before = np.median(self.slices.gray(index - direction)[prev_mask])
+            after = np.median(self.slices.gray(index)[mask])
+            if abs(float(after) - float(before)) > s.intensity_change:
+                return None
+        return mask, score, low
+
+    def _back_iou(self, index: int, mask: np.ndarray, prev_mask: np.ndarray) -> float:
+        """How well `mask`, carried back to the slice it came from, gives that slice's mask."""
+        s = self.settings
+        parts = _parts(mask, s.min_part_fraction) if s.follow_splits else [mask]
+        back, _, _ = self._from_parts(index, parts, 0, None)
+        return _iou(back, prev_mask)
+
+    def _from_parts(self, index, parts, direction, prev_low_res, margin=None):
+        """(mask, score, low-res logits) on slice `index` from boxes around `parts`."""
+        s = self.settings
+        boxes = np.stack([self._grown_box(part, margin) for part in parts])
         k = len(boxes)
         region = self._zoom_region(boxes)
         mask_in = None
@@ -194,7 +228,7 @@ class _Walker:
             points = np.stack([interior_point(part)[None] for part in parts])
             labels = np.ones((k, 1), np.int64)
         if region is None:
-            emb = self.slices.embedding(index, direction)
+            emb = self.slices.embedding(index, direction or 1)
             offset = np.zeros(2, np.float32)
         else:
             y0, y1, x0, x1 = region
@@ -217,19 +251,6 @@ class _Walker:
         areas = masks.reshape(k, -1).sum(axis=1)
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
         low = low_res.max(dim=0).values if region is None else None
-        if mask.sum() < s.min_area:
-            return None
-        if not strict:
-            return mask, score, low
-        if score < s.iou_threshold:
-            return None
-        if _iou(mask, prev_mask) < s.overlap_threshold:
-            return None
-        if s.intensity_change is not None:
-            before = np.median(self.slices.gray(index - direction)[prev_mask])
-            after = np.median(self.slices.gray(index)[mask])
-            if abs(float(after) - float(before)) > s.intensity_change:
-                return None
         return mask, score, low
 
 
