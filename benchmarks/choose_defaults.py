@@ -74,7 +74,8 @@ def main() -> int:
     cache = EmbeddingCache(folder=args.cache, max_bytes=4 << 30)
     a_runs, b_runs = {}, {}
     if args.grid == "cycle":
-        return choose_cycle(ct, gt, names, model, cache)
+        grid = {k: dict(cycle_margin=k[0], cycle_gain=k[1]) for k in CYCLE}
+        return choose_from(ct, gt, names, model, cache, grid, "cycle", "(cycle_margin, cycle_gain)")
     for margin, fraction in MARGINS:
         base = dict(box_margin=margin, box_margin_fraction=fraction)
         a_runs[(margin, fraction)] = run(
@@ -126,16 +127,18 @@ def main() -> int:
     return 0
 
 
-def choose_cycle(ct, gt, names, model, cache) -> int:
+def choose_from(ct, gt, names, model, cache, grid, short, label) -> int:
+    """Leave-one-structure-out over `grid` ({key: settings}; the first key is today's),
+    with the per-object windows of `auto`."""
     runs = {}
-    for margin, gain in CYCLE:
-        settings = PropagationSettings(cycle_margin=margin, cycle_gain=gain)
+    for key, overrides in grid.items():
+        settings = PropagationSettings(**overrides)
         a = run(ct, gt, names, model, cache, "A", settings, preset="auto")
         b = run(ct, gt, names, model, cache, "B", settings, preset="auto")
-        runs[(margin, gain)] = (a, b)
+        runs[key] = (a, b)
         mean_a = np.mean([v[0] for v in a.values()])
         mean_b = np.mean([v[0] for v in b.values()])
-        print(f"cycle {(margin, gain)}: A {mean_a:.3f}  B {mean_b:.3f}", flush=True)
+        print(f"{short} {key}: A {mean_a:.3f}  B {mean_b:.3f}", flush=True)
     structures = list(names.values())
 
     def score(key, keep):
@@ -151,14 +154,15 @@ def choose_cycle(ct, gt, names, model, cache) -> int:
         picks.append(pick)
         held_a.append(runs[pick][0][held][0])
         held_b.append(runs[pick][1][held][0])
-    off = runs[(None, 0.0)]
-    print("setting: (cycle_margin, cycle_gain)")
+    off = runs[next(iter(grid))]
+    print(f"setting: {label}")
     print(f"chosen on all 14: {chosen}")
     print(f"held-out picks: {Counter(picks).most_common(3)}")
     print(f"leave-one-structure-out: A {np.mean(held_a):.3f}, B {np.mean(held_b):.3f}")
     for name, a, b in zip(structures, held_a, held_b):
+        _, visited, true = runs[chosen][1][name]
         print(f"  {name:30s} A {a:.3f}  B {b:.3f}  (off: A {off[0][name][0]:.3f}  "
-              f"B {off[1][name][0]:.3f})")  # fmt: skip
+              f"B {off[1][name][0]:.3f})  visited/true (B, chosen) {visited}/{true}")  # fmt: skip
     return 0
 
 
