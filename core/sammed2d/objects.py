@@ -63,8 +63,9 @@ class PropagationSettings:
     # Stop when the median 8-bit intensity under the mask jumps by more than this from the
     # previous slice: the mask has left the structure for its surroundings.
     intensity_change: float | None = 40.0
-    # Cycle check: also decode with boxes grown by this margin (px at 256) and keep the mask
-    # that, carried back to the previous slice, better gives that slice's mask. None: off.
+    # Cycle check of ranged walks: also decode with boxes grown by this margin (px at 256)
+    # and keep that mask where, carried back to the previous slice, it gives that slice's
+    # mask better. None: off (measured and not kept, see the README).
     cycle_margin: float | None = None
     cycle_gain: float = 0.0  # by at least this much IoU
 

@@ -183,7 +183,9 @@ class _Walker:
         s = self.settings
         parts = _parts(prev_mask, s.min_part_fraction) if s.follow_splits else [prev_mask]
         mask, score, low = self._from_parts(index, parts, direction, prev_low_res)
-        if s.cycle_margin is not None and mask.sum() >= s.min_area:
+        # The cycle check guards ranged walks, whose only failure is drift; a walk without
+        # a range has the stopping rules, and a tighter mask there only walks it further.
+        if not strict and s.cycle_margin is not None and mask.sum() >= s.min_area:
             alt = self._from_parts(index, parts, direction, prev_low_res, s.cycle_margin)
             if alt[0].sum() >= s.min_area and not np.array_equal(alt[0], mask):
                 back = index - direction

@@ -75,30 +75,37 @@ def test_grows_shrinks_and_stops_where_it_vanishes(phantom, litemedsam, shared_c
     assert (result.scores[1][2:10] > 0.7).all()
 
 
-def test_cycle_check_keeps_the_walk_and_never_switches_without_its_gain(
+def test_cycle_check_keeps_ranged_walks_and_leaves_unranged_ones_alone(
     phantom, litemedsam, shared_cache
 ):
-    """The cycle check (an option, measured and off by default) decodes each step with a
-    tighter box too; what it keeps still follows the disc, and a gain no candidate can reach
-    leaves every slice as without it."""
+    """The cycle check decodes each step of a ranged walk with a tighter box too; what it
+    keeps still follows the disc, a gain no candidate can reach changes nothing, and a walk
+    without a range (which has its stopping rules) is left as it was."""
     from sammed2d.propagate import PropagationSettings
 
     _, truth = phantom
-    objects = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]
-    off = run(phantom, litemedsam, shared_cache, objects)
+    ranged = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)}, (2, 9))]
     checked = run(
-        phantom, litemedsam, shared_cache, objects,
+        phantom, litemedsam, shared_cache, ranged,
         settings=PropagationSettings(cycle_margin=2.0, cycle_gain=0.1),
     )  # fmt: skip
     assert checked.reached[1] == (2, 9)
     for z in range(2, 10):
         expected = 0.75 if RADII[z] <= 7 else 0.9
         assert dice(checked.labels[:, :, z] == 1, truth[:, :, z] == 1) > expected, z
-    never = run(
-        phantom, litemedsam, shared_cache, objects,
-        settings=PropagationSettings(cycle_margin=2.0, cycle_gain=1.0),
+    off = PropagationSettings(cycle_margin=None)
+    never = PropagationSettings(cycle_margin=2.0, cycle_gain=1.0)
+    for objects in (ranged, [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]):
+        plain = run(phantom, litemedsam, shared_cache, objects, settings=off)
+        same = run(phantom, litemedsam, shared_cache, objects, settings=never)
+        assert np.array_equal(same.labels, plain.labels)
+    unranged = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]
+    plain = run(phantom, litemedsam, shared_cache, unranged, settings=off)
+    checked = run(
+        phantom, litemedsam, shared_cache, unranged,
+        settings=PropagationSettings(cycle_margin=2.0, cycle_gain=0.0),
     )  # fmt: skip
-    assert np.array_equal(never.labels, off.labels)
+    assert np.array_equal(checked.labels, plain.labels)
 
 
 def test_follows_a_split(phantom, litemedsam, shared_cache):
