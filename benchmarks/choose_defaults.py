@@ -72,10 +72,10 @@ def main() -> int:
     names = {int(k): v for k, v in json.loads((args.data / "structures.json").read_text()).items()}
     model = load_model("litemedsam", device="cpu")
     cache = EmbeddingCache(folder=args.cache, max_bytes=4 << 30)
-    a_runs, b_runs = {}, {}
     if args.grid == "cycle":
         grid = {k: dict(cycle_margin=k[0], cycle_gain=k[1]) for k in CYCLE}
         return choose_from(ct, gt, names, model, cache, grid, "cycle", "(cycle_margin, cycle_gain)")
+    a_runs, b_runs = {}, {}
     for margin, fraction in MARGINS:
         base = dict(box_margin=margin, box_margin_fraction=fraction)
         a_runs[(margin, fraction)] = run(

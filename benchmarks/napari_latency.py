@@ -5,13 +5,19 @@ heartbeat records the longest gap in the Qt event loop while (1) a click is serv
 slice not yet embedded, with background embedding starting after it, and (2) a
 propagation runs; then click -> mask on screen is timed on slices already embedded.
 Uses the TotalSegmentator example CT from ../shared (LiteMedSAM, the default model).
+Also printed: the engine's own time per click in the viewer; with --sample-stalls, where
+the GUI thread was while the heartbeat was late.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
+import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +45,33 @@ class Heartbeat:
     def reset(self):
         self.gaps.clear()
         self.last = time.perf_counter()
+        self.armed = True
+
+
+class StallSampler:
+    """Where the GUI thread is while the heartbeat is late (> 50 ms), sampled every 10 ms
+    from a side thread once the heartbeat has been reset: napari's work or ours?"""
+
+    def __init__(self, beat: Heartbeat) -> None:
+        self.beat, self.main = beat, threading.get_ident()
+        self.counts = collections.Counter()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.01)
+            if getattr(self.beat, "armed", False) and time.perf_counter() - self.beat.last > 0.05:
+                frame = sys._current_frames().get(self.main)
+                if frame is not None:
+                    stack = traceback.extract_stack(frame)[-3:][::-1]
+                    where = " <- ".join(f"{f.name} ({f.filename.split('/')[-1]})" for f in stack)
+                    self.counts[where] += 1
+
+    def report(self, top: int = 6) -> None:
+        total = sum(self.counts.values())
+        print(f"GUI thread during stalls ({total} samples of 10 ms), top {top}:")
+        for where, count in self.counts.most_common(top):
+            print(f"  {count:4d}  {where}")
 
 
 def pump(seconds=None, until=None, timeout=300.0):
@@ -63,6 +96,9 @@ def box_prompt(shapes, z, box):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument(
+        "--sample-stalls", action="store_true", help="print where the GUI thread was in stalls"
+    )
     args = parser.parse_args()
     import napari
 
@@ -72,6 +108,19 @@ def main() -> int:
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w)
     beat = Heartbeat()
+    sampler = StallSampler(beat) if args.sample_stalls else None
+    # The engine's own time per click, in the viewer (the rest is napari's and Qt's).
+    engine_ms = []
+    segment = w.engine.segment
+
+    def timed_segment(request):
+        start = time.perf_counter()
+        try:
+            return segment(request)
+        finally:
+            engine_ms.append((time.perf_counter() - start) * 1000)
+
+    w.engine.segment = timed_segment
     # 0. The model loads in the click thread as soon as the widget has an image.
     start = time.perf_counter()
     (image,) = viewer.open(str(CT), plugin="napari-sammed2d")
@@ -101,6 +150,7 @@ def main() -> int:
     # for, and a box that holds bowel gas asks for the lung window, whose slices the
     # background (soft-tissue) embedding has not made; this click measures embedded slices.
     times = []
+    engine_ms.clear()
     for n in range(args.clicks):
         zz = 5 + n % 10  # slices without object 1 (on slice 15)
         viewer.dims.set_point(0, image.data_to_world((zz, 0, 0))[0])
@@ -113,6 +163,7 @@ def main() -> int:
         pump(until=lambda zz=zz, oid=oid: (labels.data[zz] == oid).any(), timeout=30)
         times.append(time.perf_counter() - start)
     click_gap = max(beat.gaps)
+    engine_click = statistics.median(engine_ms)
     windows = sorted({w.table.objects[2 + n].window for n in range(args.clicks)})
 
     # 3. A propagation of the first object.
@@ -139,7 +190,10 @@ def main() -> int:
         f"max {max(times) * 1000:.0f} ms over {len(times)} clicks; "
         f"longest Qt stall {click_gap * 1000:.0f} ms; objects' windows: {', '.join(windows)}"
     )
+    print(f"  of which the engine's call (model and post-processing): median {engine_click:.0f} ms")
     print(f"propagation: {propagation:.1f} s; longest Qt stall {prop_gap * 1000:.0f} ms")
+    if sampler is not None:
+        sampler.report()
     return 0
 
 

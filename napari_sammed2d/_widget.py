@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -95,7 +96,8 @@ class SegmentWidget(QWidget):
         self.mailbox = Latest()
         self._server = None  # the worker serving clicks
         self._prefetch = None
-        self._styled = None  # the objects' names and colours last given to the Labels layer
+        # (Labels layer, objects' names and colours) last styled: the layer held weakly
+        self._styled = (lambda: None, None)
         self._busy = None  # the running propagation worker
         self._cancel = False
         self._stopping = False
@@ -369,14 +371,16 @@ class SegmentWidget(QWidget):
         if labels is None:
             return
         segments = self.table.segments()
-        styled = (id(labels), tuple((sg.id, sg.name, tuple(sg.color)) for sg in segments))
-        if styled != self._styled:
+        style = tuple((sg.id, sg.name, tuple(sg.color)) for sg in segments)
+        layer, last = self._styled
+        if layer() is not labels or style != last:
             # A new colormap makes napari rebuild its colour texture on the GUI thread (tens
-            # of ms): only when a name or colour changed, not when a propagation lands.
+            # of ms): only when a name or colour changed, not when a propagation lands. The
+            # layer is held weakly: a new layer at a freed one's address is still styled.
             kwargs = labels_layer_kwargs(segments)
             labels.colormap = kwargs["colormap"]
             labels.features = kwargs["features"]
-            self._styled = styled
+            self._styled = (weakref.ref(labels), style)
         info = dict((labels.metadata or {}).get("sammed2d") or {})
         info["segments"] = segments
         labels.metadata = {**labels.metadata, "sammed2d": info}

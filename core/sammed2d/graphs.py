@@ -2,10 +2,10 @@
 
 An eager forward pass is hundreds of small operator calls, and each one takes Python's
 global lock to start. In napari or Slicer the GUI thread holds that lock between its own
-events, so a click's decoder call (35 ms alone) measured 130-190 ms in a live napari viewer,
-and 2.1 s beside a thread that never lets go of the lock. A traced graph runs all its
-operators in C++ without the lock: 7 ms against 3.2 s eager for 300 small operations beside
-such a thread (`benchmarks/predictor.py --busy-thread` measures ours).
+events, which slowed a click's decoder call about 4x in a live napari viewer
+(`benchmarks/napari_latency.py` prints the engine's own time). A traced graph runs all its
+operators in C++ without the lock: beside a spinning Python thread the LiteMedSAM decoder
+took a 1536 ms median eager and 63.5 ms as a graph (`benchmarks/predictor.py --busy-thread`).
 
 The graphs run the same operators in the same order as the eager modules (graph
 optimisation is off), so their outputs are identical. One graph is traced per input
@@ -15,8 +15,10 @@ the module once. fp32 only: bf16 models run under autocast, which tracing does n
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -68,17 +70,25 @@ _lock = threading.Lock()
 
 
 def _graph(model: nn.Module, key: tuple, make, inputs: tuple):
-    graphs = model.__dict__.setdefault("_graphs", {})
+    """The graph for `key`, traced by the first thread that needs it (the click thread and
+    the background embedding may ask at once). Least recently used goes first, so a run of
+    new point layouts does not push out the encoder."""
+    graphs = model.__dict__.setdefault("_graphs", OrderedDict())
     graph = graphs.get(key)
     if graph is None:
-        with _lock, warnings.catch_warnings(), torch.no_grad():
-            # Shapes are in the key, so the shape arithmetic the tracer warns about is fixed
-            # per graph by design.
-            warnings.simplefilter("ignore")
-            graph = torch.jit.trace(make(), inputs, check_trace=False)
-        if len(graphs) >= MAX_GRAPHS:
-            graphs.pop(next(iter(graphs)))
-        graphs[key] = graph
+        with _lock:
+            graph = graphs.get(key)  # traced meanwhile by the thread that held the lock?
+            if graph is None:
+                with warnings.catch_warnings(), torch.no_grad():
+                    # Shapes are in the key, so the shape arithmetic the tracer warns about
+                    # is fixed per graph by design.
+                    warnings.simplefilter("ignore")
+                    graph = torch.jit.trace(make(), inputs, check_trace=False)
+                if len(graphs) >= MAX_GRAPHS:
+                    graphs.popitem(last=False)
+                graphs[key] = graph
+    with contextlib.suppress(KeyError):  # evicted by another thread meanwhile
+        graphs.move_to_end(key)
     return graph
 
 

@@ -93,6 +93,18 @@ def test_cycle_check_keeps_ranged_walks_and_leaves_unranged_ones_alone(
     for z in range(2, 10):
         expected = 0.75 if RADII[z] <= 7 else 0.9
         assert dice(checked.labels[:, :, z] == 1, truth[:, :, z] == 1) > expected, z
+    # A gain every candidate clears (-1) keeps the tighter box's mask wherever it finds one:
+    # the walk is then the plain walk with that margin, and differs from the default's.
+    always = run(
+        phantom, litemedsam, shared_cache, ranged,
+        settings=PropagationSettings(cycle_margin=2.0, cycle_gain=-1.0),
+    )  # fmt: skip
+    tight = run(
+        phantom, litemedsam, shared_cache, ranged, settings=PropagationSettings(box_margin=2.0)
+    )
+    default = run(phantom, litemedsam, shared_cache, ranged)
+    assert np.array_equal(always.labels, tight.labels)
+    assert not np.array_equal(tight.labels, default.labels)
     off = PropagationSettings(cycle_margin=None)
     never = PropagationSettings(cycle_margin=2.0, cycle_gain=1.0)
     for objects in (ranged, [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]):
