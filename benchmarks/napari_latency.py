@@ -42,7 +42,8 @@ class Heartbeat:
         self.gaps.append(now - self.last)
         self.last = now
 
-    def reset(self):
+    def reset(self, phase: str = ""):
+        self.phase = phase
         self.gaps.clear()
         self.last = time.perf_counter()
         self.armed = True
@@ -54,7 +55,7 @@ class StallSampler:
 
     def __init__(self, beat: Heartbeat) -> None:
         self.beat, self.main = beat, threading.get_ident()
-        self.counts = collections.Counter()
+        self.counts = collections.defaultdict(collections.Counter)
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
@@ -63,15 +64,38 @@ class StallSampler:
             if getattr(self.beat, "armed", False) and time.perf_counter() - self.beat.last > 0.05:
                 frame = sys._current_frames().get(self.main)
                 if frame is not None:
-                    stack = traceback.extract_stack(frame)[-3:][::-1]
+                    stack = traceback.extract_stack(frame)[-4:][::-1]
                     where = " <- ".join(f"{f.name} ({f.filename.split('/')[-1]})" for f in stack)
-                    self.counts[where] += 1
+                    self.counts[self.beat.phase][where] += 1
 
-    def report(self, top: int = 6) -> None:
-        total = sum(self.counts.values())
-        print(f"GUI thread during stalls ({total} samples of 10 ms), top {top}:")
-        for where, count in self.counts.most_common(top):
-            print(f"  {count:4d}  {where}")
+    def report(self, top: int = 4) -> None:
+        for phase, counts in self.counts.items():
+            total = sum(counts.values())
+            print(f"GUI thread during stalls, {phase} ({total} samples of 10 ms), top {top}:")
+            for where, count in counts.most_common(top):
+                print(f"  {count:4d}  {where}")
+
+
+class CollectorLog:
+    """Python's cyclic garbage collector pauses every thread while it runs; its full
+    (generation 2) passes over napari's heap, per phase."""
+
+    def __init__(self, beat: Heartbeat) -> None:
+        import gc
+
+        self.beat, self.passes, self._start = beat, collections.defaultdict(list), 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif info["generation"] == 2:
+            self.passes[getattr(self.beat, "phase", "")].append(time.perf_counter() - self._start)
+
+    def report(self) -> None:
+        for phase, passes in self.passes.items():
+            ms = ", ".join(f"{p * 1000:.0f}" for p in passes)
+            print(f"full garbage-collector passes, {phase}: {ms} ms")
 
 
 def pump(seconds=None, until=None, timeout=300.0):
@@ -109,6 +133,7 @@ def main() -> int:
     viewer.window.add_dock_widget(w)
     beat = Heartbeat()
     sampler = StallSampler(beat) if args.sample_stalls else None
+    collector = CollectorLog(beat)
     # The engine's own time per click, in the viewer (the rest is napari's and Qt's).
     engine_ms = []
     segment = w.engine.segment
@@ -125,7 +150,7 @@ def main() -> int:
     start = time.perf_counter()
     (image,) = viewer.open(str(CT), plugin="napari-sammed2d")
     opened = time.perf_counter() - start
-    beat.reset()
+    beat.reset("model load")
     pump(until=lambda: w.engine.ready, timeout=120)
     loaded = time.perf_counter() - start
     load_gap = max(beat.gaps)
@@ -136,7 +161,7 @@ def main() -> int:
     pump(0.3)
 
     # 1. First click on a slice not yet embedded: the embedding happens off the Qt thread.
-    beat.reset()
+    beat.reset("first click")
     start = time.perf_counter()
     box_prompt(shapes, z, (40, 20, 85, 70))
     pump(until=lambda: (labels.data[z] > 0).any())
@@ -157,7 +182,7 @@ def main() -> int:
         pump(0.05)
         oid = 2 + n
         w.object_spin.setValue(oid)
-        beat.reset()
+        beat.reset("embedded clicks")
         start = time.perf_counter()
         box_prompt(shapes, zz, (40, 60, 70, 90))
         pump(until=lambda zz=zz, oid=oid: (labels.data[zz] == oid).any(), timeout=30)
@@ -168,7 +193,7 @@ def main() -> int:
 
     # 3. A propagation of the first object.
     w.object_spin.setValue(1)
-    beat.reset()
+    beat.reset("propagation")
     start = time.perf_counter()
     w.propagate_object()
     pump(until=lambda: w._busy is None, timeout=600)
@@ -192,6 +217,7 @@ def main() -> int:
     )
     print(f"  of which the engine's call (model and post-processing): median {engine_click:.0f} ms")
     print(f"propagation: {propagation:.1f} s; longest Qt stall {prop_gap * 1000:.0f} ms")
+    collector.report()
     if sampler is not None:
         sampler.report()
     return 0

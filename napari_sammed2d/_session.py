@@ -106,6 +106,11 @@ class Engine:
         key = (name, device, precision)
         if self.model is None or self._model_key != key:
             try:
+                from sammed2d.torch_import import import_torch
+
+                # Mapping torch's libraries while holding Python's lock froze the
+                # viewer for 0.2-0.7 s (see sammed2d.torch_import).
+                import_torch()
                 from sammed2d import EmbeddingCache, load_model
                 from sammed2d.memory import reuse_freed_memory, tuning_wanted_in_host
             except ModuleNotFoundError as exc:

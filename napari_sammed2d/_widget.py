@@ -53,6 +53,7 @@ from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS
 from sammed2d.objects import ObjectPrompts
 from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
+from sammed2d.segments import default_segment
 
 from ._io import labels_layer_kwargs
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
@@ -97,7 +98,7 @@ class SegmentWidget(QWidget):
         self._server = None  # the worker serving clicks
         self._prefetch = None
         # (Labels layer, objects' names and colours) last styled: the layer held weakly
-        self._styled = (lambda: None, None)
+        self._styled = (lambda: None, None, None)
         self._busy = None  # the running propagation worker
         self._cancel = False
         self._stopping = False
@@ -371,16 +372,25 @@ class SegmentWidget(QWidget):
         if labels is None:
             return
         segments = self.table.segments()
-        style = tuple((sg.id, sg.name, tuple(sg.color)) for sg in segments)
-        layer, last = self._styled
-        if layer() is not labels or style != last:
-            # A new colormap makes napari rebuild its colour texture on the GUI thread (tens
-            # of ms): only when a name or colour changed, not when a propagation lands. The
-            # layer is held weakly: a new layer at a freed one's address is still styled.
+        # The colormap already gives every id its default colour, so only colours that
+        # differ from it need a new one: a new colormap makes napari rebuild its shader and
+        # texture on the GUI thread (40-130 ms with software OpenGL), and a new object (or
+        # a propagation landing) must not cost that. The layer is held weakly: a new layer
+        # at a freed one's address is still styled.
+        colours = tuple(
+            (sg.id, tuple(sg.color))
+            for sg in segments
+            if tuple(sg.color) != tuple(default_segment(sg.id).color)
+        )
+        names = tuple((sg.id, sg.name) for sg in segments)
+        layer, last_colours, last_names = self._styled
+        fresh = layer() is not labels
+        if fresh or colours != last_colours or names != last_names:
             kwargs = labels_layer_kwargs(segments)
-            labels.colormap = kwargs["colormap"]
+            if fresh or colours != last_colours:
+                labels.colormap = kwargs["colormap"]
             labels.features = kwargs["features"]
-            self._styled = (weakref.ref(labels), style)
+            self._styled = (weakref.ref(labels), colours, names)
         info = dict((labels.metadata or {}).get("sammed2d") or {})
         info["segments"] = segments
         labels.metadata = {**labels.metadata, "sammed2d": info}

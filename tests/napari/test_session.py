@@ -66,6 +66,22 @@ def test_a_broken_model_is_one_notification_and_no_hang(widget, tmp_path, monkey
     assert (labels.data[4] == 1).any()
 
 
+def test_new_objects_do_not_rebuild_the_colormap_and_a_new_colour_does(widget):
+    # napari rebuilds its shader and texture on the GUI thread for each new colormap.
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w)
+    before = labels.colormap
+    draw_box(viewer, shapes, 3, 11, 9, 20, 26)
+    w.wait_idle()
+    w.new_object()
+    w.rename_object(2, "lesion")
+    assert labels.colormap is before
+    assert dict(zip(labels.features["index"], labels.features["name"]))[2] == "lesion"
+    w.recolor_object(2, (0, 255, 0))
+    assert labels.colormap is not before
+    assert np.allclose(labels.colormap.map(2)[:3], (0, 1, 0))
+
+
 def test_objects_carry_names_and_colours_into_the_layer_and_the_file(widget, tmp_path):
     viewer, w = widget
     _, shapes, labels = setup_volume(viewer, w)
