@@ -87,6 +87,41 @@ class Latest:
             return self._item is not None or self._serving
 
 
+def serve_clicks(mailbox: Latest, engine, send, stopping, server_url=lambda: "") -> None:
+    """The click thread's loop, until `stopping()`: take the newest request, load the model
+    it names if needed, segment, and `send` a message tuple to the GUI thread:
+    ("status", text), ("loaded", remote description or ""), ("mask", request, mask,
+    window), ("info", text) for a box-only model given points, ("error", exception).
+    `engine()` is read per request: the user may switch engines between clicks. A
+    `Warmup` only loads; if that fails, the status line names the reason, and the click
+    that needs the model raises the notification."""
+    while not stopping():
+        request = mailbox.take(0.1)
+        if request is None:
+            continue
+        current = engine()
+        warmup = isinstance(request, Warmup)
+        try:
+            if warmup and current.remote:
+                continue
+            if current.needs_loading(*request.model):
+                where = server_url() if current.remote else request.model[0]
+                verb = "connecting to" if current.remote else "loading"
+                send(("status", f"{verb} {where}…"))
+                current.load(*request.model)
+                send(("loaded", current.describe() if current.remote else ""))
+            if warmup:
+                continue
+            mask = current.segment(request)
+            send(("mask", request, mask, auto_window(request)))
+        except BoxOnly as exc:
+            send(("info", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the loop goes on
+            send(("status", f"model not loaded: {exc}") if warmup else ("error", exc))
+        finally:
+            mailbox.done()
+
+
 class Engine:
     """The model in this process and the per-volume state that clicks share."""
 

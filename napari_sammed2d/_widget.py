@@ -58,15 +58,14 @@ from sammed2d.segments import default_segment
 from ._io import labels_layer_kwargs
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
 from ._session import (
-    BoxOnly,
     Engine,
     Latest,
     ObjectTable,
     RemoteEngine,
     SegmentRequest,
     Warmup,
-    auto_window,
     correction_stretch,
+    serve_clicks,
     slice_changes,
 )
 
@@ -622,42 +621,18 @@ class SegmentWidget(QWidget):
         long-lived one there would leave a propagation waiting for a free thread."""
         if self._server is not None:
             return
-        mailbox, send = self.mailbox, self._bridge.message.emit
-
-        def serve():
-            while not self._stopping:
-                request = mailbox.take(0.1)
-                if request is None:
-                    continue
-                engine = self.engine  # the user may switch engines between clicks
-                warmup = isinstance(request, Warmup)
-                try:
-                    if warmup and engine.remote:
-                        continue
-                    if engine.needs_loading(*request.model):
-                        where = self.server_edit.text() if engine.remote else request.model[0]
-                        send(
-                            (
-                                "status",
-                                f"{'connecting to' if engine.remote else 'loading'} {where}…",
-                            )
-                        )
-                        engine.load(*request.model)
-                        send(("loaded", engine.describe() if engine.remote else ""))
-                    if warmup:
-                        continue
-                    mask = engine.segment(request)
-                    send(("mask", request, mask, auto_window(request)))
-                except BoxOnly as exc:
-                    send(("info", str(exc)))
-                except Exception as exc:  # noqa: BLE001 - shown to the user, loop goes on
-                    # A model that fails to load ahead of time is named in the status line;
-                    # the click that needs it raises the notification.
-                    send(("status", f"model not loaded: {exc}") if warmup else ("error", exc))
-                finally:
-                    mailbox.done()
-
-        self._server = threading.Thread(target=serve, name="sammed2d-clicks", daemon=True)
+        self._server = threading.Thread(
+            target=serve_clicks,
+            args=(
+                self.mailbox,
+                lambda: self.engine,  # the user may switch engines between clicks
+                self._bridge.message.emit,
+                lambda: self._stopping,
+                self.server_edit.text,
+            ),
+            name="sammed2d-clicks",
+            daemon=True,
+        )
         self._server.start()
 
     def _on_served(self, message) -> None:
