@@ -81,10 +81,11 @@ def whole_maps(on: bool):
         tiny_vit.BAND_BYTES = saved
 
 
-def profile_tinyvit(encoder, batch: int, repeats: int) -> None:
+def profile_tinyvit(model, batch: int, repeats: int, precision: str = "fp32") -> None:
     """Time per kind of TinyViT layer, per slice, with the share of the whole forward."""
+    encoder = model.image_encoder.eval()
     kinds = {
-        "stem (1x1 convs at 256 x 256)": [encoder.patch_embed.seq],
+        "stem (1x1 convs at 256 x 256)": [encoder.patch_embed],
         "MBConv (stage 1, 256 x 256)": list(encoder.layers[0].blocks),
         "patch merging": [layer.downsample for layer in encoder.layers if layer.downsample],
         "window attention": [b.attn for layer in encoder.layers[1:] for b in layer.blocks],
@@ -110,16 +111,19 @@ def profile_tinyvit(encoder, batch: int, repeats: int) -> None:
 
             handles.append(module.register_forward_hook(done))
     x = torch.randn(batch, 3, 256, 256)
-    with torch.inference_mode():
-        encoder(x)
-        spent.update(dict.fromkeys(kinds, 0.0))
-        start = time.perf_counter()
-        for _ in range(repeats):
-            encoder(x)
-        total = (time.perf_counter() - start) / repeats
+    set_precision(model, precision)
+    encode(model, x)
+    spent.update(dict.fromkeys(kinds, 0.0))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        encode(model, x)
+    total = (time.perf_counter() - start) / repeats
     for handle in handles:
         handle.remove()
-    print(f"litemedsam fp32 batch {batch}, per layer kind ({total / batch * 1000:.0f} ms/slice):")
+    print(
+        f"litemedsam {precision} batch {batch}, per layer kind "
+        f"({total / batch * 1000:.0f} ms/slice):"
+    )
     for kind, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
         share = seconds / repeats / total
         print(f"  {kind:32s} {seconds / repeats / batch * 1000:6.1f} ms/slice  {share:5.1%}")
@@ -175,9 +179,9 @@ def main(argv=None) -> int:
                 f"computed {ours:.1f})"
             )
     if args.profile:
-        set_precision(litemedsam, "fp32")
-        for batch in args.batches:
-            profile_tinyvit(litemedsam.image_encoder.eval(), batch, args.repeats)
+        for precision in args.precisions:
+            for batch in args.batches:
+                profile_tinyvit(litemedsam, batch, args.repeats, precision)
     return 0
 
 

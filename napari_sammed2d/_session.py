@@ -38,8 +38,9 @@ class SegmentRequest:
 
 @dataclass
 class Warmup:
-    """Load `model` ahead of the first click, when the widget first has an image: importing
-    torch holds Python's lock for about a second, better spent before anyone clicks."""
+    """Load `model` ahead of the first click, when the widget first has an image: loading
+    and tracing take seconds, and the garbage-collector pass that torch's import sets off
+    stalls the viewer once; better before anyone clicks."""
 
     model: tuple[str, ...]
 
