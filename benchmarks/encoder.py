@@ -3,16 +3,17 @@
 Effective GFLOP/s counts the reference implementation's own work per slice (92 GFLOP for
 SAM-Med2D ViT-B at 256; for LiteMedSAM the FLOPs that torch's counter finds in its
 forward), so work we skip counts as speed. Ratio = effective GFLOP/s / matmul GFLOP/s.
-"litemedsam, whole maps" is our TinyViT with its cache-sized bands and window groups turned
-off: the previous release's code, which ran as fast as the public TinyViT code in the same
-process (that code itself cannot be imported beside this torch: it needs timm, whose
-torchvision does not load).
+"litemedsam, whole maps" is our TinyViT with its cache-sized bands, window groups and
+fused GELUs turned off: the previous release's code, which ran as fast as the public
+TinyViT code in the same process (that code itself cannot be imported beside this torch:
+it needs timm, whose torchvision does not load).
 
     python benchmarks/encoder.py [--batches 1 8] [--repeats 5] [--threads N]
                                  [--precisions fp32 bf16] [--profile]
 
---profile adds, for LiteMedSAM fp32, where the time goes per kind of layer (forward hooks;
-"other" is what lies between them: window partitions, layout changes, residual adds).
+--profile adds, for LiteMedSAM in each precision, where the time goes per kind of layer
+(forward hooks; "other" is what lies between them: window partitions, layout changes,
+residual adds).
 """
 
 from __future__ import annotations
@@ -65,20 +66,27 @@ def interleaved_best(fn, repeats: int) -> tuple[float, float]:
 
 
 def counted_gflop(encoder, x) -> float:
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        encoder(x)
+    # The counter does not know oneDNN's fused convolution: count the two-pass path.
+    saved, tiny_vit.FUSE_GELU = tiny_vit.FUSE_GELU, False
+    try:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            encoder(x)
+    finally:
+        tiny_vit.FUSE_GELU = saved
     return counter.get_total_flops() / 1e9
 
 
 @contextlib.contextmanager
 def whole_maps(on: bool):
-    """TinyViT without its cache-sized bands and window groups (the previous code path)."""
-    saved = tiny_vit.BAND_BYTES
-    tiny_vit.BAND_BYTES = 1 << 62 if on else saved
+    """TinyViT without its cache-sized bands, window groups and fused GELUs (the previous
+    release's code path)."""
+    saved = tiny_vit.BAND_BYTES, tiny_vit.FUSE_GELU
+    if on:
+        tiny_vit.BAND_BYTES, tiny_vit.FUSE_GELU = 1 << 62, False
     try:
         yield
     finally:
-        tiny_vit.BAND_BYTES = saved
+        tiny_vit.BAND_BYTES, tiny_vit.FUSE_GELU = saved
 
 
 def profile_tinyvit(model, batch: int, repeats: int, precision: str = "fp32") -> None:
