@@ -4,7 +4,7 @@ Effective GFLOP/s counts the reference implementation's own work per slice (92 G
 SAM-Med2D ViT-B at 256; for LiteMedSAM the FLOPs that torch's counter finds in its
 forward), so work we skip counts as speed. Ratio = effective GFLOP/s / matmul GFLOP/s.
 "litemedsam, whole maps" is our TinyViT with its cache-sized bands, window groups and
-fused GELUs turned off: the previous release's code, which ran as fast as the public
+fused oneDNN calls turned off: the previous release's code, which ran as fast as the public
 TinyViT code in the same process (that code itself cannot be imported beside this torch:
 it needs timm, whose torchvision does not load).
 
@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sammed2d import build_model, load_model
 from sammed2d.memory import reuse_freed_memory
-from sammed2d.models import tiny_vit
+from sammed2d.models import fused, tiny_vit
 from sammed2d.precision import set_precision
 from sammed2d.predictor import encode
 
@@ -66,27 +66,27 @@ def interleaved_best(fn, repeats: int) -> tuple[float, float]:
 
 
 def counted_gflop(encoder, x) -> float:
-    # The counter does not know oneDNN's fused convolution: count the two-pass path.
-    saved, tiny_vit.FUSE_GELU = tiny_vit.FUSE_GELU, False
+    # The counter does not know oneDNN's fused calls: count the plain path.
+    saved, fused.ENABLED = fused.ENABLED, False
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             encoder(x)
     finally:
-        tiny_vit.FUSE_GELU = saved
+        fused.ENABLED = saved
     return counter.get_total_flops() / 1e9
 
 
 @contextlib.contextmanager
 def whole_maps(on: bool):
-    """TinyViT without its cache-sized bands, window groups and fused GELUs (the previous
+    """TinyViT without its cache-sized bands, window groups and fused calls (the previous
     release's code path)."""
-    saved = tiny_vit.BAND_BYTES, tiny_vit.FUSE_GELU
+    saved = tiny_vit.BAND_BYTES, fused.ENABLED
     if on:
-        tiny_vit.BAND_BYTES, tiny_vit.FUSE_GELU = 1 << 62, False
+        tiny_vit.BAND_BYTES, fused.ENABLED = 1 << 62, False
     try:
         yield
     finally:
-        tiny_vit.BAND_BYTES, tiny_vit.FUSE_GELU = saved
+        tiny_vit.BAND_BYTES, fused.ENABLED = saved
 
 
 def profile_tinyvit(model, batch: int, repeats: int, precision: str = "fp32") -> None:

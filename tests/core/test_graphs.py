@@ -58,11 +58,11 @@ def test_graphs_equal_eager_for_sammed2d(tiny_checkpoint):
 
 
 def test_graphs_equal_eager_for_litemedsam(litemedsam, monkeypatch):
-    # Eager TinyViT fuses its GELUs into oneDNN convolutions, which the tracer cannot
-    # record; the graph takes the two-pass path, compared here with the same path eager.
-    from sammed2d.models import tiny_vit
+    # Eager TinyViT runs fused oneDNN calls, which the tracer cannot record; the graph
+    # takes the plain path, compared here with the same path eager.
+    from sammed2d.models import fused
 
-    monkeypatch.setattr(tiny_vit, "FUSE_GELU", False)
+    monkeypatch.setattr(fused, "ENABLED", False)
     assert _same(litemedsam) == 7
 
 

@@ -185,15 +185,16 @@ def test_tinyvit_bands_and_window_groups_match_whole_maps(monkeypatch):
     assert (single[0] - whole[3]).abs().max().item() < 1e-5
 
 
-def test_tinyvit_gelu_fused_into_convolutions_matches_two_passes(monkeypatch):
-    """oneDNN's convolution with the GELU applied on its output blocks gives the two-pass
-    embeddings within 1e-5 (fp32), and in bf16 stays as close to fp32 as two passes do."""
+def test_tinyvit_fused_onednn_calls_match_the_plain_path(monkeypatch):
+    """oneDNN's convolutions and matrix products with the bias and GELU in their epilogue
+    give the plain embeddings within 1e-5 (fp32), and in bf16 stay as close to fp32 as the
+    plain path does."""
     import torch
 
-    from sammed2d.models import tiny_vit
+    from sammed2d.models import fused, tiny_vit
 
-    if not tiny_vit._fused_available():
-        pytest.skip("this torch has no oneDNN fused convolution")
+    if not fused.available():
+        pytest.skip("this torch has no oneDNN fused calls")
     torch.manual_seed(0)
     encoder = tiny_vit.TinyViTEncoder().eval()
     for module in encoder.modules():
@@ -202,20 +203,25 @@ def test_tinyvit_gelu_fused_into_convolutions_matches_two_passes(monkeypatch):
             module.running_var.uniform_(0.5, 1.5)
     x = torch.rand(2, 3, 256, 256)
     calls = []
-    fused_op = tiny_vit._pointwise()
-    monkeypatch.setattr(tiny_vit, "_pointwise", lambda: lambda *a: calls.append(1) or fused_op(*a))
+    for name in ("_convolution_pointwise", "_linear_pointwise"):
+        op = getattr(torch.ops.mkldnn, name)
+        monkeypatch.setattr(
+            torch.ops.mkldnn, name, lambda *a, op=op, name=name: calls.append(name) or op(*a)
+        )
     with torch.inference_mode():
-        fused = encoder(x)
-        assert len(calls) >= 4  # stem, MBConv bands, patch merging
+        fast = encoder(x)
+        # stem, MBConv bands, patch merging; qkv, proj, fc1 and fc2 of every block
+        assert calls.count("_convolution_pointwise") >= 4
+        assert calls.count("_linear_pointwise") >= 4 * 10  # 10 blocks (attention per group)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            fused_bf16 = encoder(x).float()
-        monkeypatch.setattr(tiny_vit, "FUSE_GELU", False)
+            fast_bf16 = encoder(x).float()
+        monkeypatch.setattr(fused, "ENABLED", False)
         calls.clear()
         plain = encoder(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             plain_bf16 = encoder(x).float()
         assert not calls
-    assert (fused - plain).abs().max().item() < 1e-5
-    err_fused = (fused_bf16 - plain).abs().max().item()
+    assert (fast - plain).abs().max().item() < 1e-5
+    err_fast = (fast_bf16 - plain).abs().max().item()
     err_plain = (plain_bf16 - plain).abs().max().item()
-    assert err_fused < 1.5 * err_plain, (err_fused, err_plain)
+    assert err_fast < 1.5 * err_plain, (err_fast, err_plain)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .common import sam_neck
 
 
@@ -37,63 +38,10 @@ class Conv2dBN(nn.Sequential):
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-FUSE_GELU = True  # off: the two-pass path everywhere (the parity tests compare both)
-
-
 def conv_gelu(conv: Conv2dBN, x: torch.Tensor, folded=None) -> torch.Tensor:
-    """gelu(conv(x)) at inference. On CPUs, one oneDNN call applies the GELU to each block
-    of output while it is still in cache, instead of a second pass over a map of up to 64
-    MB: the stage-1 maps' GELUs took a quarter of the bf16 encoder's time. Same arithmetic
-    (oneDNN's erf; within 2e-6 of the two-pass result in fp32)."""
+    """gelu(conv(x)) at inference, the GELU inside the convolution where oneDNN has it."""
     weight, bias = folded if folded is not None else conv.folded()
-    c = conv.c
-    dtype = _compute_dtype(x)
-    # TorchScript's tracer cannot record the fused call's argument types: a traced graph
-    # (sammed2d.graphs) takes the two passes.
-    if FUSE_GELU and dtype is not None and not torch.jit.is_tracing() and _fused_available():
-        return _pointwise()(
-            x.to(dtype), weight.to(dtype), bias.to(dtype), list(c.padding), list(c.stride),
-            list(c.dilation), c.groups, "gelu", [None], "none",
-        )  # fmt: skip
-    return F.gelu(F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups))
-
-
-def _pointwise():
-    return torch.ops.mkldnn._convolution_pointwise
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype a CPU convolution of `x` computes in (autocast's, if on), or None where
-    the fused call does not apply (other devices, dtypes, or autograd)."""
-    if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
-        return None
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return dtype if dtype in (torch.float32, torch.bfloat16) else None
-
-
-_FUSED: list[bool] = []
-
-
-def _fused_available() -> bool:
-    """Whether this torch has oneDNN's fused convolution and it matches the two-pass result
-    (checked once on a small map; a build without it, or a CPU it rejects, takes F.conv2d)."""
-    if not _FUSED:
-        ok = False
-        try:
-            if torch.backends.mkldnn.is_available():
-                g = torch.Generator().manual_seed(0)
-                x = torch.randn(1, 4, 5, 5, generator=g).contiguous(
-                    memory_format=torch.channels_last
-                )
-                w, b = torch.randn(8, 4, 3, 3, generator=g), torch.randn(8, generator=g)
-                with torch.inference_mode():
-                    got = _pointwise()(x, w, b, [1, 1], [1, 1], [1, 1], 1, "gelu", [None], "none")
-                    want = F.gelu(F.conv2d(x, w, b, padding=1))
-                ok = bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5))
-        except (RuntimeError, AttributeError, NotImplementedError):
-            ok = False
-        _FUSED.append(ok)
-    return _FUSED[0]
+    return fused.conv(x, conv.c, weight, bias)
 
 
 # An MBConv's hidden map is 4x its input: at LiteMedSAM's 256 x 256 grid that is 64 MB per
@@ -208,7 +156,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.key_dim)
+        qkv = fused.linear(self.norm(x), self.qkv).view(b, n, self.num_heads, 3 * self.key_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
         # Plain softmax attention: with a float mask, SDPA on the CPU spends more time
@@ -220,7 +168,7 @@ class WindowAttention(nn.Module):
             alpha=self.key_dim**-0.5,
         )
         out = (attn.softmax(dim=-1) @ v.reshape(-1, n, self.key_dim)).view(b, -1, n, self.key_dim)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return fused.linear(out.transpose(1, 2).reshape(b, n, c), self.proj)
 
 
 class MLP(nn.Module):
@@ -231,7 +179,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+        return fused.linear(fused.linear(self.norm(x), self.fc1, gelu=True), self.fc2)
 
 
 class TinyViTBlock(nn.Module):
