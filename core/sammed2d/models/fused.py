@@ -35,15 +35,16 @@ def conv(x: torch.Tensor, conv2d: nn.Conv2d, weight, bias, gelu: bool = True) ->
     return F.gelu(y) if gelu else y
 
 
-def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
-    """layer(x), and gelu of it, with the bias added in the product's epilogue."""
+def linear(x: torch.Tensor, weight, bias, gelu: bool = False) -> torch.Tensor:
+    """F.linear(x, weight, bias), and gelu of it, with the bias added in the product's
+    epilogue (`weight` is (out, in), as nn.Linear's)."""
     dtype = _dtype(x)
     if dtype is not None:
         return torch.ops.mkldnn._linear_pointwise(
-            x.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype),
+            x.to(dtype), weight.to(dtype), bias.to(dtype),
             "gelu" if gelu else "none", [None], "none" if gelu else "",
         )  # fmt: skip
-    y = layer(x)
+    y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
 
 

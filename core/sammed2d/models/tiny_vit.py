@@ -156,7 +156,8 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = fused.linear(self.norm(x), self.qkv).view(b, n, self.num_heads, 3 * self.key_dim)
+        qkv = fused.linear(self.norm(x), self.qkv.weight, self.qkv.bias)
+        qkv = qkv.view(b, n, self.num_heads, 3 * self.key_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
         # Plain softmax attention: with a float mask, SDPA on the CPU spends more time
@@ -168,7 +169,8 @@ class WindowAttention(nn.Module):
             alpha=self.key_dim**-0.5,
         )
         out = (attn.softmax(dim=-1) @ v.reshape(-1, n, self.key_dim)).view(b, -1, n, self.key_dim)
-        return fused.linear(out.transpose(1, 2).reshape(b, n, c), self.proj)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return fused.linear(out, self.proj.weight, self.proj.bias)
 
 
 class MLP(nn.Module):
@@ -179,7 +181,8 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.linear(fused.linear(self.norm(x), self.fc1, gelu=True), self.fc2)
+        hidden = fused.linear(self.norm(x), self.fc1.weight, self.fc1.bias, gelu=True)
+        return fused.linear(hidden, self.fc2.weight, self.fc2.bias)
 
 
 class TinyViTBlock(nn.Module):
