@@ -21,18 +21,17 @@ ENABLED = True  # off: the plain path everywhere (the parity tests compare both)
 _AVAILABLE: list[bool] = []
 
 
-def conv(x: torch.Tensor, conv2d: nn.Conv2d, weight, bias, gelu: bool = True) -> torch.Tensor:
-    """gelu(conv2d(x)) (or the convolution alone) with `conv2d`'s geometry and the given
-    (BatchNorm-folded) weight and bias."""
+def conv(x: torch.Tensor, conv2d: nn.Conv2d, weight, bias) -> torch.Tensor:
+    """gelu(conv2d(x)) with `conv2d`'s geometry and the given (BatchNorm-folded) weight and
+    bias."""
     dtype = _dtype(x)
     if dtype is not None:
         return torch.ops.mkldnn._convolution_pointwise(
             x.to(dtype), weight.to(dtype), bias.to(dtype), list(conv2d.padding),
-            list(conv2d.stride), list(conv2d.dilation), conv2d.groups,
-            "gelu" if gelu else "none", [None], "none" if gelu else "",
+            list(conv2d.stride), list(conv2d.dilation), conv2d.groups, "gelu", [None], "none",
         )  # fmt: skip
     y = F.conv2d(x, weight, bias, conv2d.stride, conv2d.padding, conv2d.dilation, conv2d.groups)
-    return F.gelu(y) if gelu else y
+    return F.gelu(y)
 
 
 def linear(x: torch.Tensor, weight, bias, gelu: bool = False) -> torch.Tensor:

@@ -12,9 +12,6 @@ class LocalEngine:
     remote = False
 
     def __init__(self, nameOrPath: str) -> None:
-        from sammed2d.torch_import import import_torch
-
-        import_torch()  # maps torch's libraries without holding Python's lock
         from sammed2d import EmbeddingCache, graphs, load_model
 
         self.name = nameOrPath
