@@ -2,11 +2,12 @@
 
 Effective GFLOP/s counts the reference implementation's own work per slice (92 GFLOP for
 SAM-Med2D ViT-B at 256; for LiteMedSAM the FLOPs that torch's counter finds in its
-forward), so work we skip counts as speed. Ratio = effective GFLOP/s / matmul GFLOP/s.
-"litemedsam, whole maps" is our TinyViT with its cache-sized bands, window groups and
-fused oneDNN calls turned off: the previous release's code, which ran as fast as the public
-TinyViT code in the same process (that code itself cannot be imported beside this torch:
-it needs timm, whose torchvision does not load).
+forward when it projects its windows' padding, as the reference does), so work we skip
+counts as speed. Ratio = effective GFLOP/s / matmul GFLOP/s.
+"litemedsam, whole maps" is our TinyViT with its cache-sized bands, window groups, fused
+oneDNN calls and unpadded window attention turned off: the previous release's code, which
+ran as fast as the public TinyViT code in the same process (that code itself cannot be
+imported beside this torch: it needs timm, whose torchvision does not load).
 
     python benchmarks/encoder.py [--batches 1 8] [--repeats 5] [--threads N]
                                  [--precisions fp32 bf16] [--profile]
@@ -65,28 +66,31 @@ def interleaved_best(fn, repeats: int) -> tuple[float, float]:
     return best, mm
 
 
-def counted_gflop(encoder, x) -> float:
+def counted_gflop(encoder, x, reference: bool = False) -> float:
+    """FLOPs of our forward, or with `reference` of the reference's order of work (TinyViT
+    projecting its windows' padding)."""
     # The counter does not know oneDNN's fused calls: count the plain path.
-    saved, fused.ENABLED = fused.ENABLED, False
+    saved = fused.ENABLED, tiny_vit.GRID_ATTENTION
+    fused.ENABLED, tiny_vit.GRID_ATTENTION = False, not reference
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             encoder(x)
     finally:
-        fused.ENABLED = saved
+        fused.ENABLED, tiny_vit.GRID_ATTENTION = saved
     return counter.get_total_flops() / 1e9
 
 
 @contextlib.contextmanager
 def whole_maps(on: bool):
-    """TinyViT without its cache-sized bands, window groups and fused calls (the previous
-    release's code path)."""
-    saved = tiny_vit.BAND_BYTES, fused.ENABLED
+    """TinyViT without its cache-sized bands, window groups, fused calls and attention over
+    the unpadded grid (the previous release's code path)."""
+    saved = tiny_vit.BAND_BYTES, fused.ENABLED, tiny_vit.GRID_ATTENTION
     if on:
-        tiny_vit.BAND_BYTES, fused.ENABLED = 1 << 62, False
+        tiny_vit.BAND_BYTES, fused.ENABLED, tiny_vit.GRID_ATTENTION = 1 << 62, False, False
     try:
         yield
     finally:
-        tiny_vit.BAND_BYTES, fused.ENABLED = saved
+        tiny_vit.BAND_BYTES, fused.ENABLED, tiny_vit.GRID_ATTENTION = saved
 
 
 def profile_tinyvit(model, batch: int, repeats: int, precision: str = "fp32") -> None:
@@ -167,8 +171,12 @@ def main(argv=None) -> int:
     for name, (model, whole) in models.items():
         encoder = model.image_encoder.eval()
         size = model.spec.input_size
-        ours = counted_gflop(encoder, torch.randn(1, 3, size, size))
-        reference = SAMMED2D_REFERENCE_GFLOP if name.startswith("sam-med2d") else ours
+        probe = torch.randn(1, 3, size, size)
+        ours = counted_gflop(encoder, probe)
+        if name.startswith("sam-med2d"):
+            reference = SAMMED2D_REFERENCE_GFLOP
+        else:
+            reference = counted_gflop(encoder, probe, reference=True)
         for batch, precision in [(b, p) for b in args.batches for p in args.precisions]:
             x = torch.randn(batch, 3, size, size)
             set_precision(model, precision)

@@ -225,3 +225,30 @@ def test_tinyvit_fused_onednn_calls_match_the_plain_path(monkeypatch):
     err_fast = (fast_bf16 - plain).abs().max().item()
     err_plain = (plain_bf16 - plain).abs().max().item()
     assert err_fast < 1.5 * err_plain, (err_fast, err_plain)
+
+
+@pytest.mark.parametrize("resolution, window", [(64, 7), (64, 14), (28, 7), (30, 7)])
+def test_tinyvit_attention_over_the_grid_matches_padding_first(monkeypatch, resolution, window):
+    """Attention over the unpadded grid (padding tokens' q, k, v computed once from the
+    LayerNorm's bias) gives the reference's pad-normalise-project result, with a LayerNorm
+    bias that is not zero, partial last windows or none, and several window groups."""
+    from sammed2d.models import tiny_vit
+
+    torch.manual_seed(2)
+    block = tiny_vit.TinyViTBlock(40, resolution, num_heads=4, window_size=window).eval()
+    for p in block.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(2, resolution * resolution, 40)
+    monkeypatch.setattr(tiny_vit, "BAND_BYTES", 40_000)  # several groups per head
+    with torch.inference_mode():
+        monkeypatch.setattr(tiny_vit, "GRID_ATTENTION", False)
+        reference = block(x)
+        monkeypatch.setattr(tiny_vit, "GRID_ATTENTION", True)
+        calls = []
+        hook = block.attn.register_forward_hook(
+            lambda m, a, kw, o: calls.append(kw), with_kwargs=True
+        )
+        ours = block(x)
+        hook.remove()
+    assert [kw["grid"] for kw in calls] == [(resolution, resolution, window)]  # grid path
+    assert (ours - reference).abs().max().item() < 1e-5 * max(1.0, reference.abs().max().item())
