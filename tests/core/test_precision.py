@@ -40,3 +40,38 @@ def test_bf16_is_refused_where_there_is_no_fast_path(tiny_checkpoint, monkeypatc
     with pytest.raises(CheckpointError, match="expected fp32 or bf16"):
         autocast_dtype("int8", torch.device("cpu"))
     assert model.precision == "fp32" and model.autocast_dtype is None
+
+
+def test_bf16_masks_agree_with_fp32_on_the_shared_ct(litemedsam):
+    """The example CT's four organs, the label's box on three slices: bf16's masks match
+    fp32's (Dice over the 4 x 30 masks in benchmarks/bf16_masks.py: 0.991-0.995 per organ)."""
+    from ..conftest import ABDOMEN_CT, need
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions")
+    from sammed2d.io import read_volume
+    from sammed2d.predictor import Predictor
+    from sammed2d.propagate import volume_slices
+
+    ct = read_volume(need(ABDOMEN_CT / "ct.nii.gz"))
+    labels = read_volume(need(ABDOMEN_CT / "labels.nii.gz")).array
+    bf16 = load_model("litemedsam", device="cpu", precision="bf16")
+    runs = []
+    for model in (litemedsam, bf16):
+        slices = volume_slices(model, ct.array, 2, ct.affine, "abdomen", None, "array", None)
+        runs.append((Predictor(model), slices))
+    dices = []
+    for index in (8, 15, 22):
+        label_slice = labels[:, :, index]
+        for predictor, slices in runs:
+            predictor.set_embedding(slices.embedding(index))
+        for organ in (v for v in np.unique(label_slice) if v):
+            rows, cols = np.nonzero(label_slice == organ)
+            if rows.size < 100:  # an organ's tip: a few pixels either way swing its Dice
+                continue
+            box = [cols.min(), rows.min(), cols.max(), rows.max()]
+            a, b = (p.predict(box=box, multimask_output=False)[0][0] for p, _ in runs)
+            assert a.sum() > 50  # a real organ mask, not two empty ones
+            dices.append(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+    assert len(dices) >= 8
+    assert min(dices) >= 0.95 and np.mean(dices) >= 0.985, dices
