@@ -21,6 +21,9 @@ at 256 px, on (A + B) / 2 with the per-object windows of `auto`.
 `--grid relative` does the same for a margin relative to the object: the larger of a floor
 (3-5 px at 256 px) and a fraction (5 or 10 %) of the box's own side, beside 5 and 3 px.
 
+`--grid capped` bounds that relative margin above (5 or 7 px at 256 px), with floors of 2
+or 3 px: a margin that grows with the box feeds back on itself.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -52,6 +55,10 @@ CYCLE = [(None, 0.0)] + [(m, g) for m in (1.0, 2.0, 3.0) for g in (0.05, 0.1, 0.
 BOX_MARGINS = [5.0, 4.0, 3.0, 2.0, 1.0]  # px at 256 px per longest side; 5 is today's
 # (floor in px at 256, fraction of the box's side): the first is today's
 RELATIVE = [(5.0, 0.0)] + [(f, r) for f in (3.0, 4.0, 5.0) for r in (0.05, 0.1)] + [(3.0, 0.0)]
+# (floor, fraction, cap in px at 256): the relative margin bounded above
+CAPPED = [(5.0, 0.0, None), (3.0, 0.1, None)] + [
+    (f, r, c) for f in (2.0, 3.0) for r in (0.05, 0.1) for c in (5.0, 7.0)
+]
 
 
 def run(ct, gt, names, model, cache, protocol, settings, preset="abdomen"):
@@ -73,7 +80,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--cache", type=Path, help="on-disk embedding cache (embeds once)")
-    ap.add_argument("--grid", choices=["stops", "cycle", "margin", "relative"], default="stops")
+    ap.add_argument(
+        "--grid", choices=["stops", "cycle", "margin", "relative", "capped"], default="stops"
+    )
     args = ap.parse_args()
     reuse_freed_memory()
     ct = read_volume(args.data / "ct.nii.gz")
@@ -88,6 +97,12 @@ def main() -> int:
         grid = {k: dict(box_margin=k[0], box_margin_fraction=k[1]) for k in RELATIVE}
         label = "(box_margin floor, box_margin_fraction)"
         return choose_from(ct, gt, names, model, cache, grid, "relative", label, both=True)
+    if args.grid == "capped":
+        grid = {
+            k: dict(box_margin=k[0], box_margin_fraction=k[1], box_margin_max=k[2]) for k in CAPPED
+        }
+        label = "(box_margin floor, box_margin_fraction, box_margin_max)"
+        return choose_from(ct, gt, names, model, cache, grid, "capped", label, both=True)
     if args.grid == "margin":
         grid = {m: dict(box_margin=m) for m in BOX_MARGINS}
         return choose_from(ct, gt, names, model, cache, grid, "margin", "box_margin", both=True)

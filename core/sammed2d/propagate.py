@@ -151,6 +151,9 @@ class _Walker:
         floor = (s.box_margin if margin is None else margin) * self.pixels_per_unit
         mx = max(floor, s.box_margin_fraction * float(box[2] - box[0]))
         my = max(floor, s.box_margin_fraction * float(box[3] - box[1]))
+        if s.box_margin_max is not None:
+            cap = max(floor, s.box_margin_max * self.pixels_per_unit)
+            mx, my = min(mx, cap), min(my, cap)
         return clip_box(box + np.array([-mx, -my, mx, my], np.float32), part.shape)
 
     def _zoom_region(self, boxes: np.ndarray):

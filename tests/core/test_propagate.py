@@ -75,6 +75,24 @@ def test_grows_shrinks_and_stops_where_it_vanishes(phantom, litemedsam, shared_c
     assert (result.scores[1][2:10] > 0.7).all()
 
 
+def test_a_bounded_relative_margin_follows_the_shrinking_disc(phantom, litemedsam, shared_cache):
+    """A margin proportional to the box feeds back on itself (the mask takes in background,
+    the next box grows with it) and the walk ends early; bounded above, it follows the disc
+    to where it vanishes."""
+    from sammed2d.propagate import PropagationSettings
+
+    _, truth = phantom
+    objects = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]
+    loose = PropagationSettings(box_margin=3.0, box_margin_fraction=0.1)
+    bounded = PropagationSettings(box_margin=3.0, box_margin_fraction=0.1, box_margin_max=5.0)
+    assert run(phantom, litemedsam, shared_cache, objects, settings=loose).reached[1] != (2, 9)
+    result = run(phantom, litemedsam, shared_cache, objects, settings=bounded)
+    assert result.reached[1] == (2, 9)
+    for z in range(2, 10):
+        expected = 0.75 if RADII[z] <= 7 else 0.9
+        assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > expected, z
+
+
 def test_cycle_check_keeps_ranged_walks_and_leaves_unranged_ones_alone(
     phantom, litemedsam, shared_cache
 ):
@@ -361,6 +379,13 @@ def test_the_box_margin_follows_the_objects_size():
     mask = np.zeros((512, 512), bool)
     mask[200:300, 200:300] = True
     np.testing.assert_allclose(wide._grown_box(mask), [190, 190, 310, 310])
+    # bounded above: 16 and 10 px become 5; the floor still applies to small parts
+    capped = _walker(box_margin=2.0, box_margin_fraction=0.1, box_margin_max=5.0)
+    np.testing.assert_allclose(capped._grown_box(big), [35, 45, 205, 155])
+    np.testing.assert_allclose(capped._grown_box(small), [98, 98, 108, 107])
+    # the bound scales with the slice as the floor does (5 px at 256 -> 10 px at 512)
+    capped_wide = _walker((512, 512), box_margin=2.0, box_margin_fraction=0.2, box_margin_max=5.0)
+    np.testing.assert_allclose(capped_wide._grown_box(mask), [190, 190, 310, 310])
 
 
 def test_zoom_squares_small_boxes_only():
