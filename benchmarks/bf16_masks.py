@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sammed2d import load_model
+from sammed2d.evaluation import dice, slice_box
 from sammed2d.io import read_volume
 from sammed2d.memory import reuse_freed_memory
 from sammed2d.precision import cpu_has_bf16
@@ -28,16 +29,6 @@ from sammed2d.propagate import volume_slices
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "abdomen_ct"
 
 reuse_freed_memory()  # a benchmark owns its process, as the CLI does
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
-
-
-def label_box(mask: np.ndarray) -> list[int]:
-    rows, cols = np.nonzero(mask)
-    return [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())]
 
 
 def main(argv=None) -> int:
@@ -70,7 +61,7 @@ def main(argv=None) -> int:
         for predictor, slices in predictors.values():
             predictor.set_embedding(slices.embedding(index))
         for value in present:
-            box = label_box(label_slice == value)
+            box = slice_box(label_slice == value)
             masks = [
                 p.predict(box=box, multimask_output=False)[0][0] for p, _ in predictors.values()
             ]

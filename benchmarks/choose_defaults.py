@@ -59,6 +59,24 @@ RELATIVE = [(5.0, 0.0)] + [(f, r) for f in (3.0, 4.0, 5.0) for r in (0.05, 0.1)]
 CAPPED = [(5.0, 0.0, None), (3.0, 0.1, None)] + [
     (f, r, c) for f in (2.0, 3.0) for r in (0.05, 0.1) for c in (5.0, 7.0)
 ]
+# grid name: (settings tried, the PropagationSettings fields they set, label, scored on
+# (A + B) / 2 rather than A alone)
+SINGLE_GRIDS = {
+    "cycle": (CYCLE, ("cycle_margin", "cycle_gain"), "(cycle_margin, cycle_gain)", False),
+    "margin": (BOX_MARGINS, ("box_margin",), "box_margin", True),
+    "relative": (
+        RELATIVE,
+        ("box_margin", "box_margin_fraction"),
+        "(box_margin floor, box_margin_fraction)",
+        True,
+    ),
+    "capped": (
+        CAPPED,
+        ("box_margin", "box_margin_fraction", "box_margin_max"),
+        "(box_margin floor, box_margin_fraction, box_margin_max)",
+        True,
+    ),
+}
 
 
 def run(ct, gt, names, model, cache, protocol, settings, preset="abdomen"):
@@ -80,9 +98,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--cache", type=Path, help="on-disk embedding cache (embeds once)")
-    ap.add_argument(
-        "--grid", choices=["stops", "cycle", "margin", "relative", "capped"], default="stops"
-    )
+    ap.add_argument("--grid", choices=["stops", *SINGLE_GRIDS], default="stops")
     args = ap.parse_args()
     reuse_freed_memory()
     ct = read_volume(args.data / "ct.nii.gz")
@@ -90,22 +106,10 @@ def main() -> int:
     names = {int(k): v for k, v in json.loads((args.data / "structures.json").read_text()).items()}
     model = load_model("litemedsam", device="cpu")
     cache = EmbeddingCache(folder=args.cache, max_bytes=4 << 30)
-    if args.grid == "cycle":
-        grid = {k: dict(cycle_margin=k[0], cycle_gain=k[1]) for k in CYCLE}
-        return choose_from(ct, gt, names, model, cache, grid, "cycle", "(cycle_margin, cycle_gain)")
-    if args.grid == "relative":
-        grid = {k: dict(box_margin=k[0], box_margin_fraction=k[1]) for k in RELATIVE}
-        label = "(box_margin floor, box_margin_fraction)"
-        return choose_from(ct, gt, names, model, cache, grid, "relative", label, both=True)
-    if args.grid == "capped":
-        grid = {
-            k: dict(box_margin=k[0], box_margin_fraction=k[1], box_margin_max=k[2]) for k in CAPPED
-        }
-        label = "(box_margin floor, box_margin_fraction, box_margin_max)"
-        return choose_from(ct, gt, names, model, cache, grid, "capped", label, both=True)
-    if args.grid == "margin":
-        grid = {m: dict(box_margin=m) for m in BOX_MARGINS}
-        return choose_from(ct, gt, names, model, cache, grid, "margin", "box_margin", both=True)
+    if args.grid != "stops":
+        keys, fields, label, both = SINGLE_GRIDS[args.grid]
+        grid = {k: dict(zip(fields, k if isinstance(k, tuple) else (k,))) for k in keys}
+        return choose_from(ct, gt, names, model, cache, grid, args.grid, label, both=both)
     a_runs, b_runs = {}, {}
     for margin, fraction in MARGINS:
         base = dict(box_margin=margin, box_margin_fraction=fraction)

@@ -10,7 +10,10 @@ ran as fast as the public TinyViT code in the same process (that code itself can
 imported beside this torch: it needs timm, whose torchvision does not load).
 
     python benchmarks/encoder.py [--batches 1 8] [--repeats 5] [--threads N]
-                                 [--precisions fp32 bf16] [--profile]
+                                 [--precisions fp32 bf16] [--profile] [--grid-attention]
+
+--grid-attention adds, for LiteMedSAM, the window attention over the unpadded grid against
+the padded one, alternating in this process (best of --repeats each).
 
 --profile adds, for LiteMedSAM in each precision, where the time goes per kind of layer
 (forward hooks; "other" is what lies between them: window partitions, layout changes,
@@ -143,6 +146,32 @@ def profile_tinyvit(model, batch: int, repeats: int, precision: str = "fp32") ->
     print(f"  {'other':32s} {other / batch * 1000:6.1f} ms/slice  {other / total:5.1%}")
 
 
+def compare_grid_attention(model, batch: int, repeats: int, precision: str) -> None:
+    """Best time per slice with tiny_vit.GRID_ATTENTION on and off, alternating runs in
+    this process so that both meet the same clock."""
+    x = torch.randn(batch, 3, 256, 256)
+    set_precision(model, precision)
+    best = {True: float("inf"), False: float("inf")}
+    saved = tiny_vit.GRID_ATTENTION
+    try:
+        for flag in best:  # warm-up
+            tiny_vit.GRID_ATTENTION = flag
+            encode(model, x)
+        for _ in range(repeats):
+            for flag in best:
+                tiny_vit.GRID_ATTENTION = flag
+                start = time.perf_counter()
+                encode(model, x)
+                best[flag] = min(best[flag], (time.perf_counter() - start) / batch)
+    finally:
+        tiny_vit.GRID_ATTENTION = saved
+    print(
+        f"litemedsam {precision} batch {batch}, alternating {repeats}x: attention over the "
+        f"padded grid {best[False] * 1000:.0f} ms/slice, over the unpadded grid "
+        f"{best[True] * 1000:.0f} ms/slice ({best[True] / best[False] - 1:+.0%})"
+    )
+
+
 reuse_freed_memory()  # a benchmark owns its process, as the CLI does
 
 
@@ -153,6 +182,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--profile", action="store_true", help="time per TinyViT layer kind")
+    parser.add_argument(
+        "--grid-attention",
+        action="store_true",
+        help="LiteMedSAM with the attention over the unpadded grid on and off, alternating",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,6 +228,9 @@ def main(argv=None) -> int:
                 f"ratio {effective / mm:.2f} (reference {reference:.1f} GFLOP/slice, "
                 f"computed {ours:.1f})"
             )
+    if args.grid_attention:
+        for batch, precision in [(b, p) for b in args.batches for p in args.precisions]:
+            compare_grid_attention(litemedsam, batch, args.repeats, precision)
     if args.profile:
         for precision in args.precisions:
             for batch in args.batches:

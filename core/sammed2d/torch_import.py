@@ -1,11 +1,12 @@
 """Import torch from a worker thread without freezing the host's GUI thread.
 
 Mapping torch's shared libraries takes 0.2-0.7 s of dynamic linking, and Python's import
-machinery holds Python's lock (the GIL) throughout, so napari's or Slicer's GUI thread
-cannot run meanwhile. A foreign call through ctypes releases the lock, so the C library's
-own dlopen, called that way, maps the libraries while the GUI thread goes on; `import
-torch` then finds them loaded and only runs Python code, which yields the lock every few
-milliseconds (`benchmarks/torch_import.py` prints both stalls).
+machinery holds Python's lock (the GIL) throughout, so a host's GUI thread (napari's, whose
+engine loads in a worker thread) cannot run meanwhile. A foreign call through ctypes
+releases the lock, so the C library's own dlopen, called that way, maps the libraries while
+the GUI thread goes on; `import torch` then finds them loaded and only runs Python code,
+which yields the lock every few milliseconds (`benchmarks/torch_import.py` prints both
+stalls).
 """
 
 from __future__ import annotations

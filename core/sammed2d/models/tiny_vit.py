@@ -167,7 +167,7 @@ class WindowAttention(nn.Module):
         qkv = fused.linear(self.norm(x), self.qkv.weight, self.qkv.bias)
         qkv = qkv.view(b, n, self.num_heads, 3 * self.key_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.key_dim, dim=3)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        bias = self._bias(q.dtype)
         # Plain softmax attention: with a float mask, SDPA on the CPU spends more time
         # checking the mask than attending over these 49- and 196-token windows.
         attn = torch.baddbmm(
@@ -179,6 +179,10 @@ class WindowAttention(nn.Module):
         out = (attn.softmax(dim=-1) @ v.reshape(-1, n, self.key_dim)).view(b, -1, n, self.key_dim)
         out = out.transpose(1, 2).reshape(b, n, c)
         return fused.linear(out, self.proj.weight, self.proj.bias)
+
+    def _bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """(heads, tokens, tokens) attention bias, gathered from the learned offsets."""
+        return self.attention_biases[:, self.attention_bias_idxs].to(dtype)
 
     def _over_grid(self, x: torch.Tensor, h: int, w: int, ws: int) -> torch.Tensor:
         """Window attention over a (b, h * w, c) grid of tokens, padded to whole windows as
@@ -207,7 +211,7 @@ class WindowAttention(nn.Module):
             as_grid[:, :, :, -1, w % ws :] = filler
         tokens = ws * ws
         q, k, v = windows.view(3, heads, -1, tokens, kd).unbind(0)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        bias = self._bias(q.dtype)
         out = torch.empty_like(q)
         group = max(1, BAND_BYTES // (tokens * tokens * q.element_size()))
         for head in range(heads):
