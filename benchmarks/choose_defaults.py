@@ -24,6 +24,10 @@ at 256 px, on (A + B) / 2 with the per-object windows of `auto`.
 `--grid capped` bounds that relative margin above (5 or 7 px at 256 px), with floors of 2
 or 3 px: a margin that grows with the box feeds back on itself.
 
+`--grid band` chooses the grey-level band of carried masks: pixels further than this many
+8-bit grey levels of the object's window outside the 5th-95th percentiles of the previous
+slice's mask are dropped before the next box is taken (or off).
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -52,15 +56,20 @@ IOU = [0.4, 0.5, 0.6, 0.7]
 OVERLAP = [0.1, 0.3]
 INTENSITY = [20.0, 40.0, None]
 CYCLE = [(None, 0.0)] + [(m, g) for m in (1.0, 2.0, 3.0) for g in (0.05, 0.1, 0.2)]
-BOX_MARGINS = [5.0, 4.0, 3.0, 2.0, 1.0]  # px at 256 px per longest side; 5 is today's
-# (floor in px at 256, fraction of the box's side): the first is today's
+BOX_MARGINS = [5.0, 4.0, 3.0, 2.0, 1.0]  # px at 256 px per longest side
+# (floor in px at 256, fraction of the box's side): the first is the fixed 5 px margin
 RELATIVE = [(5.0, 0.0)] + [(f, r) for f in (3.0, 4.0, 5.0) for r in (0.05, 0.1)] + [(3.0, 0.0)]
 # (floor, fraction, cap in px at 256): the relative margin bounded above
 CAPPED = [(5.0, 0.0, None), (3.0, 0.1, None)] + [
     (f, r, c) for f in (2.0, 3.0) for r in (0.05, 0.1) for c in (5.0, 7.0)
 ]
+# grey levels (8-bit, of the object's window) around the previous mask's 5th-95th percentiles
+BANDS = [None, 10.0, 20.0, 30.0, 40.0, 60.0]
 # grid name: (settings tried, the PropagationSettings fields they set, label, scored on
 # (A + B) / 2 rather than A alone)
+# The grids before "capped-band" were run against the defaults of their time; they hold
+# those fixed, so that they print what the README records.
+PREVIOUS = dict(box_margin=5.0, box_margin_fraction=0.0, box_margin_max=None, intensity_band=None)
 SINGLE_GRIDS = {
     "cycle": (CYCLE, ("cycle_margin", "cycle_gain"), "(cycle_margin, cycle_gain)", False),
     "margin": (BOX_MARGINS, ("box_margin",), "box_margin", True),
@@ -68,6 +77,13 @@ SINGLE_GRIDS = {
         RELATIVE,
         ("box_margin", "box_margin_fraction"),
         "(box_margin floor, box_margin_fraction)",
+        True,
+    ),
+    "band": (BANDS, ("intensity_band",), "intensity_band", True),
+    "capped-band": (
+        [(*c, b) for b in (None, 20.0) for c in CAPPED],
+        ("box_margin", "box_margin_fraction", "box_margin_max", "intensity_band"),
+        "(box_margin floor, box_margin_fraction, box_margin_max, intensity_band)",
         True,
     ),
     "capped": (
@@ -99,6 +115,13 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--cache", type=Path, help="on-disk embedding cache (embeds once)")
     ap.add_argument("--grid", choices=["stops", *SINGLE_GRIDS], default="stops")
+    ap.add_argument(
+        "--windows",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "percentile"],
+        help="single-setting grids: score each structure in these window presets (mean)",
+    )
     args = ap.parse_args()
     reuse_freed_memory()
     ct = read_volume(args.data / "ct.nii.gz")
@@ -108,11 +131,14 @@ def main() -> int:
     cache = EmbeddingCache(folder=args.cache, max_bytes=4 << 30)
     if args.grid != "stops":
         keys, fields, label, both = SINGLE_GRIDS[args.grid]
-        grid = {k: dict(zip(fields, k if isinstance(k, tuple) else (k,))) for k in keys}
-        return choose_from(ct, gt, names, model, cache, grid, args.grid, label, both=both)
+        base = {} if args.grid == "capped-band" else PREVIOUS
+        grid = {k: {**base, **dict(zip(fields, k if isinstance(k, tuple) else (k,)))} for k in keys}
+        return choose_from(
+            ct, gt, names, model, cache, grid, args.grid, label, both, tuple(args.windows)
+        )
     a_runs, b_runs = {}, {}
     for margin, fraction in MARGINS:
-        base = dict(box_margin=margin, box_margin_fraction=fraction)
+        base = {**PREVIOUS, "box_margin": margin, "box_margin_fraction": fraction}
         a_runs[(margin, fraction)] = run(
             ct, gt, names, model, cache, "A", PropagationSettings(**base)
         )
@@ -162,46 +188,67 @@ def main() -> int:
     return 0
 
 
-def choose_from(ct, gt, names, model, cache, grid, short, label, both=False) -> int:
-    """Leave-one-structure-out over `grid` ({key: settings}; the first key is today's),
-    with the per-object windows of `auto`. The cycle check acts on ranged walks only, so
-    B is run once and the choice rests on A; with `both` (a setting that moves B too) each
-    setting runs B and the choice rests on (A + B) / 2."""
-    runs = {}
-    b = None
+def choose_from(ct, gt, names, model, cache, grid, short, label, both=False, windows=("auto",)):
+    """Leave-one-structure-out over `grid` ({key: settings}; the first key is the
+    reference printed in brackets).
+    The cycle check acts on ranged walks only, so B is run once and the choice rests on A;
+    with `both` (a setting that moves B too) each setting runs B and the choice rests on
+    (A + B) / 2. Each structure is scored in every window preset of `windows` (`auto`: the
+    per-object CT windows; `percentile`: the MR default, here a low-contrast view of the
+    same CT) and its score is the mean over them."""
+    runs = {}  # key -> window -> (A results, B results)
+    b_once = {}
     for key, overrides in grid.items():
         settings = PropagationSettings(**overrides)
-        a = run(ct, gt, names, model, cache, "A", settings, preset="auto")
-        if both or b is None:
-            b = run(ct, gt, names, model, cache, "B", settings, preset="auto")
-        runs[key] = (a, b)
-        mean_a = np.mean([v[0] for v in a.values()])
-        mean_b = np.mean([v[0] for v in b.values()])
-        print(f"{short} {key}: A {mean_a:.3f}  B {mean_b:.3f}", flush=True)
+        runs[key] = {}
+        line = []
+        for window in windows:
+            a = run(ct, gt, names, model, cache, "A", settings, preset=window)
+            if both or window not in b_once:
+                b_once[window] = run(ct, gt, names, model, cache, "B", settings, preset=window)
+            b = b_once[window]
+            runs[key][window] = (a, b)
+            mean_a = np.mean([v[0] for v in a.values()])
+            mean_b = np.mean([v[0] for v in b.values()])
+            line.append(f"{window}: A {mean_a:.3f}  B {mean_b:.3f}")
+        print(f"{short} {key}: " + ";  ".join(line), flush=True)
     structures = list(names.values())
 
+    def per_structure(key, name):
+        scores = []
+        for a, b in runs[key].values():
+            scores.append((a[name][0] + b[name][0]) / 2 if both else a[name][0])
+        return float(np.mean(scores))
+
     def score(key, keep):
-        a, b = runs[key]
-        return float(np.mean([(a[n][0] + b[n][0]) / 2 if both else a[n][0] for n in keep]))
+        return float(np.mean([per_structure(key, n) for n in keep]))
 
     keys = list(runs)
     chosen = max(keys, key=lambda k: score(k, structures))
-    held_a, held_b, picks = [], [], []
-    for held in structures:
-        keep = [n for n in structures if n != held]
+    picks = []
+    held = {w: ([], []) for w in windows}
+    for name in structures:
+        keep = [n for n in structures if n != name]
         pick = max(keys, key=lambda k: score(k, keep))
         picks.append(pick)
-        held_a.append(runs[pick][0][held][0])
-        held_b.append(runs[pick][1][held][0])
+        for window in windows:
+            a, b = runs[pick][window]
+            held[window][0].append(a[name][0])
+            held[window][1].append(b[name][0])
     off = runs[next(iter(grid))]
     print(f"setting: {label}")
     print(f"chosen on all 14: {chosen}")
     print(f"held-out picks: {Counter(picks).most_common(3)}")
-    print(f"leave-one-structure-out: A {np.mean(held_a):.3f}, B {np.mean(held_b):.3f}")
-    for name, a, b in zip(structures, held_a, held_b):
-        _, visited, true = runs[chosen][1][name]
-        print(f"  {name:30s} A {a:.3f}  B {b:.3f}  (off: A {off[0][name][0]:.3f}  "
-              f"B {off[1][name][0]:.3f})  visited/true (B, chosen) {visited}/{true}")  # fmt: skip
+    for window in windows:
+        ha, hb = held[window]
+        print(f"leave-one-structure-out, {window}: A {np.mean(ha):.3f}, B {np.mean(hb):.3f}")
+    for window in windows:
+        ha, hb = held[window]
+        print(f"{window}: held out (the grid's first setting in brackets), B visited/true")
+        for name, a, b in zip(structures, ha, hb):
+            oa, ob = off[window][0][name][0], off[window][1][name][0]
+            _, visited, true = runs[chosen][window][1][name]
+            print(f"  {name:30s} A {a:.3f}  B {b:.3f}  (A {oa:.3f}  B {ob:.3f})  {visited}/{true}")
     return 0
 
 

@@ -10,6 +10,7 @@ embeddings: middle-slice box, then the previous mask's box + 3 px at 256 scale, 
 Prints per-structure 3D Dice, the mean, the slices each object visited (B) and the time.
 
     python benchmarks/propagation.py [--data DIR] [--labels structures.nii.gz] [--cache DIR]
+                                     [--drift HU_PER_SLICE] [--<setting> VALUE ...]
 """
 
 from __future__ import annotations
@@ -34,9 +35,16 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "abdomen_ct"
 
 
+OFF = "off"
+
+
+def _number_or_off(value: str):
+    return OFF if value == OFF else float(value)
+
+
 def _settings(args) -> PropagationSettings:
     overrides = {
-        f.name: getattr(args, f.name)
+        f.name: None if getattr(args, f.name) == OFF else getattr(args, f.name)
         for f in fields(PropagationSettings)
         if getattr(args, f.name) is not None
     }
@@ -61,15 +69,23 @@ def main(argv=None) -> int:
         "chaining always sees one window for the volume (auto: the CT soft-tissue window)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the official chaining")
+    parser.add_argument(
+        "--drift",
+        type=float,
+        default=0.0,
+        help="HU per slice added along the slice axis (0 at the middle slice): a stand-in "
+        "for an MR bias field or contrast that fades along a vessel, to check that a rule "
+        "does not depend on a structure keeping its grey level",
+    )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     for f in fields(PropagationSettings):
         kind = type(f.default)
         if kind is bool:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v == "on")
+        elif "None" in str(f.type):  # optional: a number, or "off"
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=_number_or_off)
         else:
-            parser.add_argument(
-                f"--{f.name.replace('_', '-')}", type=kind if f.default is not None else float
-            )
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
     args = parser.parse_args(argv)
     if not (args.data / "ct.nii.gz").exists():
         print(f"no data at {args.data}", file=sys.stderr)
@@ -77,13 +93,18 @@ def main(argv=None) -> int:
     settings = _settings(args)
     ct = read_volume(args.data / "ct.nii.gz")
     gt = read_volume(args.data / args.labels).array
+    if args.drift:
+        n = ct.array.shape[2]
+        ramp = args.drift * (np.arange(n, dtype=np.float32) - n // 2)
+        drifted = np.rint(ct.array.astype(np.float32) + ramp[None, None, :])
+        ct.array = drifted.astype(ct.array.dtype)  # still integers in HU: still a CT
     names_file = args.data / (args.labels.split(".")[0] + ".json")  # structures.json
     names = {int(k): v for k, v in json.loads(names_file.read_text()).items()}
     model = load_model(args.model, device="cpu", precision=args.precision)
     cache = EmbeddingCache(folder=args.cache) if args.cache else EmbeddingCache(max_bytes=4 << 30)
     print(
         f"model {args.model} ({args.precision}), orientation {args.orientation}, "
-        f"window {args.window}, {settings}"
+        f"window {args.window}, drift {args.drift} HU/slice, {settings}"
     )
     width = max(len(v) for v in names.values())
     base = {}  # the official chaining is protocol A whatever the protocol compared

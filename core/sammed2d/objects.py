@@ -38,25 +38,29 @@ class ObjectPrompts:
 @dataclass(frozen=True)
 class PropagationSettings:
     """Defaults chosen by leave-one-structure-out on the fourteen structures of the
-    TotalSegmentator example CT (benchmarks/propagation.py; README, Performance)."""
+    TotalSegmentator example CT, each scored in its CT window and in the percentile window
+    (MR's default, a low-contrast view of the same CT): benchmarks/choose_defaults.py
+    --grid capped-band --windows auto percentile; README, Performance."""
 
     # Growth of the previous mask's box on each side: `box_margin_fraction` of the box's own
-    # width (height), but at least `box_margin` pixels at 256 px per longest side. The
-    # relative part is off by default: it won protocol B of the CT (0.659 vs 0.643) but lost a
-    # quickly shrinking disc (tests/core/test_propagate.py), so it is not taken.
-    box_margin: float = 5.0
-    box_margin_fraction: float = 0.0
-    # At most this many pixels at 256 px (None: no bound). A margin that grows with the box
-    # feeds back on itself: a mask that takes in background widens the next box, which
-    # takes in more (a shrinking disc in tests/core/test_propagate.py). Off: 3-5 px with
-    # 10 % in between won on all fourteen structures but lost protocol B held out (README).
-    box_margin_max: float | None = None
+    # width (height), at least `box_margin` and at most `box_margin_max` pixels at 256 px per
+    # longest side. A small object gets a tight box (3 px: beside the spinal cord lies bone)
+    # and a large one room to grow (5 px); without the bound the margin feeds back on itself
+    # (a mask that takes in background widens the next box, which takes in more).
+    box_margin: float = 3.0
+    box_margin_fraction: float = 0.1
+    box_margin_max: float | None = 5.0
     # Zoom: where the boxes span less than `zoom_below` of the slice's longest side, the
     # slice is segmented inside a square `zoom_context` times their size (embedded on its
     # own), so a small structure gets the model's full input resolution. 0: never (measured
     # worse with LiteMedSAM: see the README).
     zoom_below: float = 0.0
     zoom_context: float = 3.0
+    # Grey levels (8-bit, of the object's window) beyond the 5th-95th percentiles of the
+    # previous slice's mask: pixels of the next mask outside that band are dropped before
+    # its box is taken (None: off). Relative to the window, and it follows the walk, so a
+    # gradual change of grey level along the object moves it.
+    intensity_band: float | None = 20.0
     mask_prompt: bool = False  # also feed the previous slice's logits as a mask prompt
     point_prompt: bool = False  # also try the previous mask's innermost point
     min_area: int = 1  # pixels; a smaller mask counts as vanished

@@ -35,7 +35,15 @@ class PromptFile:
     version: str | None = None
 
 
-def settings_from_json(data, where: str) -> PropagationSettings:
+# Settings that later releases turned on, with the value that reproduces what a release
+# before them did: a file one of those wrote records every setting it had but not these.
+TURNED_ON_LATER = {"box_margin_max": None, "intensity_band": None}
+
+
+def settings_from_json(data, where: str, written_by_release: bool = False) -> PropagationSettings:
+    """`written_by_release`: the file names the version that wrote it, so a setting it does
+    not record did not exist then and replays as it behaved (`TURNED_ON_LATER`); in files
+    written by hand a missing setting takes today's default."""
     if data is None:
         return PropagationSettings()
     if not isinstance(data, dict):
@@ -44,6 +52,8 @@ def settings_from_json(data, where: str) -> PropagationSettings:
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise PromptError(f"{where}: unknown propagation setting(s) {', '.join(unknown)}")
+    if written_by_release:
+        data = {**TURNED_ON_LATER, **data}
     return PropagationSettings(**data)
 
 
@@ -64,7 +74,7 @@ def prompt_file_from_json(data, where: str = "prompts") -> PromptFile:
         model=model.get("name"),
         sha256=model.get("sha256"),
         window=window,
-        settings=settings_from_json(data.get("settings"), where),
+        settings=settings_from_json(data.get("settings"), where, "sammed2d" in data),
         version=data.get("sammed2d"),
     )
 

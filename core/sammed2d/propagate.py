@@ -97,6 +97,7 @@ class _Walker:
         shape = slices.view.view_shape(slices.raw_shape)
         self.view_shape = shape
         self.pixels_per_unit = max(shape) / 256.0
+        self.band: tuple[float, float] | None = None
 
     def _best(self, low_res: torch.Tensor, iou: torch.Tensor, emb: ImageEmbedding):
         k = int(iou.argmax())
@@ -128,8 +129,9 @@ class _Walker:
         return self._decode(index, coords, labels, boxes)
 
     def from_box(self, index: int, box: np.ndarray):
-        """Mask on slice `index` from one box in view pixels."""
-        return self._decode(index, None, None, np.asarray(box, np.float32)[None])
+        """Mask on slice `index` from one box in view pixels, inside the walk's band."""
+        mask, score, low = self._decode(index, None, None, np.asarray(box, np.float32)[None])
+        return self._in_band(index, mask), score, low
 
     def _decode(self, index: int, coords, labels, boxes):
         emb = self.slices.embedding(index)
@@ -211,6 +213,31 @@ class _Walker:
                 return None
         return mask, score, low
 
+    def _in_band(self, index: int, mask: np.ndarray) -> np.ndarray:
+        """`mask` without the pixels whose grey level is outside the object's band."""
+        if self.band is None:
+            return mask
+        gray = self.slices.gray(index)
+        return mask & (gray >= self.band[0]) & (gray <= self.band[1])
+
+    def set_band(self, index: int, mask: np.ndarray) -> None:
+        """The grey-level band for the next step, from the mask on slice `index`.
+
+        A box grown around the previous mask takes in some of the neighbourhood, and the
+        model often fills part of it: the canal and bone around the spinal cord, fat beside
+        a muscle. That excess widens the next box, which takes in more. Pixels far outside
+        the grey levels of the previous slice's mask are dropped before the next box is
+        taken. The band follows the walk slice by slice, so a gradual change along the
+        object (an MR bias field, contrast fading along a vessel) moves it with it: a band
+        fixed at the prompted slice lost the liver and spleen (0.93 -> 0.68, 0.96 -> 0.72)
+        under a drift of 6 HU per slice. Its 5th and 95th percentiles leave out the mask's
+        edge pixels, which mix with the neighbours."""
+        self.band = None
+        if self.settings.intensity_band is None or not mask.any():
+            return
+        lo, hi = np.percentile(self.slices.gray(index)[mask], [5, 95])
+        self.band = (lo - self.settings.intensity_band, hi + self.settings.intensity_band)
+
     def _back_iou(self, index: int, mask: np.ndarray, prev_mask: np.ndarray) -> float:
         """How well `mask`, carried back to the slice it came from, gives that slice's mask."""
         s = self.settings
@@ -252,7 +279,7 @@ class _Walker:
             full = np.zeros((k, *self.view_shape), bool)
             full[:, y0:y1, x0:x1] = masks
             masks = full
-        mask = masks.any(axis=0)
+        mask = self._in_band(index, masks.any(axis=0))
         areas = masks.reshape(k, -1).sum(axis=1)
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
         low = low_res.max(dim=0).values if region is None else None
@@ -415,6 +442,7 @@ def propagate(
             retry_boxes = {i: seed_box(obj_slices, obj.slices[i], seeds[i][0]) for i in seeds}
             for seed, direction, limit in walks:
                 mask, low = seeds[seed]
+                walker.set_band(seed, mask)
                 index = seed + direction
                 while (index - limit) * direction <= 0 and 0 <= index < n:
                     check_stop()
@@ -429,6 +457,7 @@ def propagate(
                     if stepped is not None:
                         mask, score, low = stepped
                         out[index] = (mask, score)
+                        walker.set_band(index, mask)
                     tick()
                     index += direction
             seconds[obj.id] = time.perf_counter() - start

@@ -77,20 +77,26 @@ def test_grows_shrinks_and_stops_where_it_vanishes(phantom, litemedsam, shared_c
 
 def test_a_bounded_relative_margin_follows_the_shrinking_disc(phantom, litemedsam, shared_cache):
     """A margin proportional to the box feeds back on itself (the mask takes in background,
-    the next box grows with it) and the walk ends early; bounded above, it follows the disc
-    to where it vanishes."""
+    the next box grows with it) and the walk ends early; bounded above, or with the
+    background's grey levels dropped from each carried mask (the intensity band), it follows
+    the disc to where it vanishes."""
     from sammed2d.propagate import PropagationSettings
 
     _, truth = phantom
     objects = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]
-    loose = PropagationSettings(box_margin=3.0, box_margin_fraction=0.1)
-    bounded = PropagationSettings(box_margin=3.0, box_margin_fraction=0.1, box_margin_max=5.0)
+    relative = dict(box_margin=3.0, box_margin_fraction=0.1)
+    loose = PropagationSettings(**relative, box_margin_max=None, intensity_band=None)
     assert run(phantom, litemedsam, shared_cache, objects, settings=loose).reached[1] != (2, 9)
-    result = run(phantom, litemedsam, shared_cache, objects, settings=bounded)
-    assert result.reached[1] == (2, 9)
-    for z in range(2, 10):
-        expected = 0.75 if RADII[z] <= 7 else 0.9
-        assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > expected, z
+    for settings in (
+        PropagationSettings(**relative, box_margin_max=5.0, intensity_band=None),
+        PropagationSettings(**relative, box_margin_max=None, intensity_band=20.0),
+        PropagationSettings(),  # both, the defaults
+    ):
+        result = run(phantom, litemedsam, shared_cache, objects, settings=settings)
+        assert result.reached[1] == (2, 9), settings
+        for z in range(2, 10):
+            expected = 0.75 if RADII[z] <= 7 else 0.9
+            assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > expected, z
 
 
 def test_cycle_check_keeps_ranged_walks_and_leaves_unranged_ones_alone(
@@ -112,17 +118,22 @@ def test_cycle_check_keeps_ranged_walks_and_leaves_unranged_ones_alone(
         expected = 0.75 if RADII[z] <= 7 else 0.9
         assert dice(checked.labels[:, :, z] == 1, truth[:, :, z] == 1) > expected, z
     # A gain every candidate clears (-1) keeps the tighter box's mask wherever it finds one:
-    # the walk is then the plain walk with that margin, and differs from the default's.
+    # the walk is then the plain walk with that margin, and differs from the 5 px one's.
+    fixed = dict(box_margin_fraction=0.0)
     always = run(
         phantom, litemedsam, shared_cache, ranged,
-        settings=PropagationSettings(cycle_margin=2.0, cycle_gain=-1.0),
+        settings=PropagationSettings(**fixed, box_margin=5.0, cycle_margin=2.0, cycle_gain=-1.0),
     )  # fmt: skip
     tight = run(
-        phantom, litemedsam, shared_cache, ranged, settings=PropagationSettings(box_margin=2.0)
-    )
-    default = run(phantom, litemedsam, shared_cache, ranged)
+        phantom, litemedsam, shared_cache, ranged,
+        settings=PropagationSettings(**fixed, box_margin=2.0),
+    )  # fmt: skip
+    wide = run(
+        phantom, litemedsam, shared_cache, ranged,
+        settings=PropagationSettings(**fixed, box_margin=5.0),
+    )  # fmt: skip
     assert np.array_equal(always.labels, tight.labels)
-    assert not np.array_equal(tight.labels, default.labels)
+    assert not np.array_equal(tight.labels, wide.labels)
     off = PropagationSettings(cycle_margin=None)
     never = PropagationSettings(cycle_margin=2.0, cycle_gain=1.0)
     for objects in (ranged, [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]):
@@ -364,7 +375,7 @@ def _walker(shape=(256, 256), **settings):
 
 
 def test_the_box_margin_follows_the_objects_size():
-    walker = _walker(box_margin=2.0, box_margin_fraction=0.1)
+    walker = _walker(box_margin=2.0, box_margin_fraction=0.1, box_margin_max=None)
     big = np.zeros((256, 256), bool)
     big[50:150, 40:200] = True  # 160 wide, 100 high
     np.testing.assert_allclose(walker._grown_box(big), [24, 40, 216, 160])
@@ -375,7 +386,7 @@ def test_the_box_margin_follows_the_objects_size():
     edge[0:100, 0:100] = True  # clipped to the image
     assert walker._grown_box(edge)[:2].tolist() == [0.0, 0.0]
     # the old absolute margin, scaled to the slice (5 px at 256 -> 10 px at 512)
-    wide = _walker((512, 512), box_margin=5.0)
+    wide = _walker((512, 512), box_margin=5.0, box_margin_fraction=0.0)
     mask = np.zeros((512, 512), bool)
     mask[200:300, 200:300] = True
     np.testing.assert_allclose(wide._grown_box(mask), [190, 190, 310, 310])
@@ -468,3 +479,58 @@ def test_auto_windows_only_ct():
     mask = np.zeros(ct.shape[:2], bool)
     mask[8:26, 8:28] = True
     assert prompt_window(ct, 2, 1, SlicePrompt(mask=mask)) == "lung"
+
+
+def ring_phantom():
+    """A disc (40 HU) inside a bone ring (700 HU) with a gap of background (-80 HU) between
+    them, the same on 12 slices: the spinal cord in its canal, drawn simply."""
+    rng = np.random.default_rng(1)
+    shape = (64 * S, 64 * S)
+    vol = np.full((*shape, 12), -80.0, np.float32)
+    truth = np.zeros(vol.shape, np.uint8)
+    centre = (32 * S, 32 * S)
+    ring = disc(shape, centre, 9 * S) & ~disc(shape, centre, 6 * S)
+    truth[disc(shape, centre, 5 * S)] = 1
+    vol[truth == 1] = 40.0
+    vol[ring] = 700.0
+    return vol + rng.normal(0, 5, vol.shape).astype(np.float32), truth, ring
+
+
+def test_the_intensity_band_keeps_the_walk_off_the_gap_around_a_disc(litemedsam, shared_cache):
+    """Grown by its margin, the box takes in the gap around the disc and the model fills
+    it (Dice 0.84 without the band); the band drops the gap's grey levels from each carried
+    mask, and nothing of the ring is labelled."""
+    from sammed2d.propagate import PropagationSettings
+
+    vol, truth, ring = ring_phantom()
+    objects = [ObjectPrompts(1, {6: box_prompt(truth, 1, 6)})]
+    found = {}
+    for band in (None, 20.0):
+        result = propagate(
+            vol, objects, litemedsam, axis=2, preset="abdomen", cache=shared_cache,
+            settings=PropagationSettings(intensity_band=band),
+        )  # fmt: skip
+        assert result.reached[1] == (0, 11)
+        found[band] = result.labels == 1
+    assert dice(found[None], truth == 1) < 0.9
+    assert dice(found[20.0], truth == 1) > 0.95
+    assert not (found[20.0] & ring[:, :, None]).any()
+
+
+def test_the_intensity_band_follows_an_object_whose_grey_level_drifts(litemedsam, shared_cache):
+    """The band is taken from the previous slice's mask, not the prompted slice's: a disc
+    that brightens by 30 HU a slice (330 HU over the volume, far past the band) is followed
+    to both ends."""
+    rng = np.random.default_rng(2)
+    shape = (64 * S, 64 * S)
+    vol = np.full((*shape, 12), -80.0, np.float32)
+    truth = np.zeros(vol.shape, np.uint8)
+    truth[disc(shape, (30 * S, 34 * S), 10 * S)] = 1
+    for z in range(12):
+        vol[:, :, z][truth[:, :, z] == 1] = -20.0 + 30.0 * z
+    vol += rng.normal(0, 5, vol.shape).astype(np.float32)
+    objects = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]
+    result = propagate(vol, objects, litemedsam, axis=2, preset="abdomen", cache=shared_cache)
+    assert result.reached[1] == (0, 11)
+    for z in range(12):
+        assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > 0.9, z

@@ -1,0 +1,46 @@
+"""PROMPTS.json settings: today's defaults for files written by hand, the behaviour of the
+release that wrote a file for settings it did not record."""
+
+from __future__ import annotations
+
+import pytest
+
+from sammed2d.errors import PromptError
+from sammed2d.objects import PropagationSettings
+from sammed2d.prompt_files import (
+    TURNED_ON_LATER,
+    PromptFile,
+    prompt_file_from_json,
+    prompt_file_to_json,
+)
+from sammed2d.propagate import ObjectPrompts, SlicePrompt
+
+OBJECTS = {"axis": 2, "objects": [{"id": 1, "slices": {"3": {"box": [1, 2, 10, 12]}}}]}
+
+
+def test_a_file_from_an_earlier_release_replays_as_that_release_behaved():
+    written = {**OBJECTS, "settings": {"box_margin": 5.0}, "sammed2d": "0.2.0"}
+    assert prompt_file_from_json(written).settings.intensity_band is None
+    assert set(TURNED_ON_LATER) <= {f for f in PropagationSettings.__dataclass_fields__}
+
+
+def test_a_hand_written_file_gets_todays_defaults():
+    by_hand = {**OBJECTS, "settings": {"box_margin": 4.0}}
+    settings = prompt_file_from_json(by_hand).settings
+    assert settings.box_margin == 4.0
+    assert settings.intensity_band == PropagationSettings().intensity_band == 20.0
+    assert prompt_file_from_json(OBJECTS).settings == PropagationSettings()
+
+
+def test_todays_files_round_trip_every_setting():
+    record = PromptFile(2, [ObjectPrompts(1, {3: SlicePrompt(box=[1, 2, 10, 12])})])
+    record.settings = PropagationSettings(intensity_band=None, box_margin=3.0)
+    again = prompt_file_from_json(prompt_file_to_json(record))
+    assert again.settings == record.settings
+    record.settings = PropagationSettings()
+    assert prompt_file_from_json(prompt_file_to_json(record)).settings.intensity_band == 20.0
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(PromptError, match="unknown propagation setting"):
+        prompt_file_from_json({**OBJECTS, "settings": {"band": 3}})
