@@ -28,6 +28,11 @@ or 3 px: a margin that grows with the box feeds back on itself.
 8-bit grey levels of the object's window outside the 5th-95th percentiles of the previous
 slice's mask are dropped before the next box is taken (or off).
 
+`--grid capped-band` chooses the bounded relative margin and the band together, and
+`--grid stops-now` the stopping rules of walks without a range (predicted IoU 0.4-0.6,
+overlap 0.1-0.3, intensity jump 20, 40 or none) with today's margin and band. `--windows
+auto percentile` scores each structure in both window presets.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -65,32 +70,45 @@ CAPPED = [(5.0, 0.0, None), (3.0, 0.1, None)] + [
 ]
 # grey levels (8-bit, of the object's window) around the previous mask's 5th-95th percentiles
 BANDS = [None, 10.0, 20.0, 30.0, 40.0, 60.0]
+# (iou_threshold, overlap_threshold, intensity_change) around today's (0.5, 0.3, 40)
+STOPS_NOW = [(0.5, 0.3, 40.0)] + [
+    k
+    for k in itertools.product((0.4, 0.5, 0.6), (0.1, 0.2, 0.3), (20.0, 40.0, None))
+    if k != (0.5, 0.3, 40.0)
+]
 # grid name: (settings tried, the PropagationSettings fields they set, label, scored on
 # (A + B) / 2 rather than A alone)
 # The grids before "capped-band" were run against the defaults of their time; they hold
-# those fixed, so that they print what the README records.
+# those fixed, so that they print what the README records ("capped-band" and "stops-now"
+# run against today's).
 PREVIOUS = dict(box_margin=5.0, box_margin_fraction=0.0, box_margin_max=None, intensity_band=None)
 SINGLE_GRIDS = {
-    "cycle": (CYCLE, ("cycle_margin", "cycle_gain"), "(cycle_margin, cycle_gain)", False),
-    "margin": (BOX_MARGINS, ("box_margin",), "box_margin", True),
+    "cycle": (CYCLE, ("cycle_margin", "cycle_gain"), "(cycle_margin, cycle_gain)", "A"),
+    "margin": (BOX_MARGINS, ("box_margin",), "box_margin", "AB"),
     "relative": (
         RELATIVE,
         ("box_margin", "box_margin_fraction"),
         "(box_margin floor, box_margin_fraction)",
-        True,
+        "AB",
     ),
-    "band": (BANDS, ("intensity_band",), "intensity_band", True),
+    "band": (BANDS, ("intensity_band",), "intensity_band", "AB"),
     "capped-band": (
         [(*c, b) for b in (None, 20.0) for c in CAPPED],
         ("box_margin", "box_margin_fraction", "box_margin_max", "intensity_band"),
         "(box_margin floor, box_margin_fraction, box_margin_max, intensity_band)",
-        True,
+        "AB",
+    ),
+    "stops-now": (
+        STOPS_NOW,
+        ("iou_threshold", "overlap_threshold", "intensity_change"),
+        "(iou_threshold, overlap_threshold, intensity_change)",
+        "B",
     ),
     "capped": (
         CAPPED,
         ("box_margin", "box_margin_fraction", "box_margin_max"),
         "(box_margin floor, box_margin_fraction, box_margin_max)",
-        True,
+        "AB",
     ),
 }
 
@@ -130,11 +148,11 @@ def main() -> int:
     model = load_model("litemedsam", device="cpu")
     cache = EmbeddingCache(folder=args.cache, max_bytes=4 << 30)
     if args.grid != "stops":
-        keys, fields, label, both = SINGLE_GRIDS[args.grid]
-        base = {} if args.grid == "capped-band" else PREVIOUS
+        keys, fields, label, vary = SINGLE_GRIDS[args.grid]
+        base = {} if args.grid in ("capped-band", "stops-now") else PREVIOUS
         grid = {k: {**base, **dict(zip(fields, k if isinstance(k, tuple) else (k,)))} for k in keys}
         return choose_from(
-            ct, gt, names, model, cache, grid, args.grid, label, both, tuple(args.windows)
+            ct, gt, names, model, cache, grid, args.grid, label, vary, tuple(args.windows)
         )
     a_runs, b_runs = {}, {}
     for margin, fraction in MARGINS:
@@ -188,25 +206,29 @@ def main() -> int:
     return 0
 
 
-def choose_from(ct, gt, names, model, cache, grid, short, label, both=False, windows=("auto",)):
+def choose_from(ct, gt, names, model, cache, grid, short, label, vary="AB", windows=("auto",)):
     """Leave-one-structure-out over `grid` ({key: settings}; the first key is the
-    reference printed in brackets).
-    The cycle check acts on ranged walks only, so B is run once and the choice rests on A;
-    with `both` (a setting that moves B too) each setting runs B and the choice rests on
+    reference printed in brackets). `vary` names the protocols the grid's settings move:
+    "A" (the cycle check acts on ranged walks only: B is run once and the choice rests on
+    A), "B" (stopping rules: A is run once) or "AB"; with B in it the choice rests on
     (A + B) / 2. Each structure is scored in every window preset of `windows` (`auto`: the
     per-object CT windows; `percentile`: the MR default, here a low-contrast view of the
     same CT) and its score is the mean over them."""
     runs = {}  # key -> window -> (A results, B results)
-    b_once = {}
+    once = {}
     for key, overrides in grid.items():
         settings = PropagationSettings(**overrides)
         runs[key] = {}
         line = []
         for window in windows:
-            a = run(ct, gt, names, model, cache, "A", settings, preset=window)
-            if both or window not in b_once:
-                b_once[window] = run(ct, gt, names, model, cache, "B", settings, preset=window)
-            b = b_once[window]
+            results = {}
+            for protocol in "AB":
+                if protocol in vary or (protocol, window) not in once:
+                    once[protocol, window] = run(
+                        ct, gt, names, model, cache, protocol, settings, preset=window
+                    )
+                results[protocol] = once[protocol, window]
+            a, b = results["A"], results["B"]
             runs[key][window] = (a, b)
             mean_a = np.mean([v[0] for v in a.values()])
             mean_b = np.mean([v[0] for v in b.values()])
@@ -217,7 +239,7 @@ def choose_from(ct, gt, names, model, cache, grid, short, label, both=False, win
     def per_structure(key, name):
         scores = []
         for a, b in runs[key].values():
-            scores.append((a[name][0] + b[name][0]) / 2 if both else a[name][0])
+            scores.append((a[name][0] + b[name][0]) / 2 if "B" in vary else a[name][0])
         return float(np.mean(scores))
 
     def score(key, keep):
