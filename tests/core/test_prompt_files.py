@@ -20,7 +20,8 @@ OBJECTS = {"axis": 2, "objects": [{"id": 1, "slices": {"3": {"box": [1, 2, 10, 1
 
 def test_a_file_from_an_earlier_release_replays_as_that_release_behaved():
     written = {**OBJECTS, "settings": {"box_margin": 5.0}, "sammed2d": "0.2.0"}
-    assert prompt_file_from_json(written).settings.intensity_band is None
+    settings = prompt_file_from_json(written).settings
+    assert settings.intensity_band is None and settings.box_margin_max is None
     assert set(TURNED_ON_LATER) <= {f for f in PropagationSettings.__dataclass_fields__}
 
 
