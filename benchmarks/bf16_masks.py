@@ -45,12 +45,12 @@ def main(argv=None) -> int:
     labels = read_volume(DATA / "structures.nii.gz").array
     names = json.loads((DATA / "structures.json").read_text())
     axis = 2
+    models = {p: load_model("litemedsam", device="cpu", precision=p) for p in ("fp32", "bf16")}
     predictors = {}
-    fp32 = load_model("litemedsam", device="cpu")
-    for precision in ("fp32", "bf16"):
-        model = load_model("litemedsam", device="cpu", precision=precision)
+    for precision, model in models.items():
         slices = volume_slices(model, ct.array, axis, ct.affine, args.window, None, "array", None)
-        predictors[precision] = (Predictor(fp32 if args.fp32_decoder else model), slices)
+        decoder_model = models["fp32"] if args.fp32_decoder else model
+        predictors[precision] = (Predictor(decoder_model), slices)
     start = time.perf_counter()
     scores: dict[str, list[float]] = {}
     for index in range(ct.array.shape[axis]):

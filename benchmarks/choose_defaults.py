@@ -16,7 +16,9 @@ fraction of the box, the IoU thresholds unitless, the intensity jump in 8-bit gr
 of the window.
 
 `--grid margin` keeps the other defaults and chooses the box margin alone, absolute 1-5 px
-at 256 px, on (A + B) / 2 with the per-object windows of `auto`.
+at 256 px, on (A + B) / 2 with the per-object windows of `auto`. This grid, `relative`,
+`capped`, `band` and `cycle` hold the defaults of their time fixed (5 px, no band:
+`PREVIOUS`), so that they print what the README records.
 
 `--grid relative` does the same for a margin relative to the object: the larger of a floor
 (3-5 px at 256 px) and a fraction (5 or 10 %) of the box's own side, beside 5 and 3 px.
@@ -76,39 +78,44 @@ STOPS_NOW = [(0.5, 0.3, 40.0)] + [
     for k in itertools.product((0.4, 0.5, 0.6), (0.1, 0.2, 0.3), (20.0, 40.0, None))
     if k != (0.5, 0.3, 40.0)
 ]
-# grid name: (settings tried, the PropagationSettings fields they set, label, scored on
-# (A + B) / 2 rather than A alone)
-# The grids before "capped-band" were run against the defaults of their time; they hold
-# those fixed, so that they print what the README records ("capped-band" and "stops-now"
-# run against today's).
+# The grids before "capped-band" were run against the defaults of their time, and hold
+# those fixed so that they print what the README records; the later ones run against
+# today's defaults.
 PREVIOUS = dict(box_margin=5.0, box_margin_fraction=0.0, box_margin_max=None, intensity_band=None)
+TODAY: dict = {}
+# grid name: (settings tried, the PropagationSettings fields they set, label, the protocols
+# those settings move (see `choose_from`), the settings held fixed)
 SINGLE_GRIDS = {
-    "cycle": (CYCLE, ("cycle_margin", "cycle_gain"), "(cycle_margin, cycle_gain)", "A"),
-    "margin": (BOX_MARGINS, ("box_margin",), "box_margin", "AB"),
+    "cycle": (CYCLE, ("cycle_margin", "cycle_gain"), "(cycle_margin, cycle_gain)", "A", PREVIOUS),
+    "margin": (BOX_MARGINS, ("box_margin",), "box_margin", "AB", PREVIOUS),
     "relative": (
         RELATIVE,
         ("box_margin", "box_margin_fraction"),
         "(box_margin floor, box_margin_fraction)",
         "AB",
-    ),
-    "band": (BANDS, ("intensity_band",), "intensity_band", "AB"),
-    "capped-band": (
-        [(*c, b) for b in (None, 20.0) for c in CAPPED],
-        ("box_margin", "box_margin_fraction", "box_margin_max", "intensity_band"),
-        "(box_margin floor, box_margin_fraction, box_margin_max, intensity_band)",
-        "AB",
-    ),
-    "stops-now": (
-        STOPS_NOW,
-        ("iou_threshold", "overlap_threshold", "intensity_change"),
-        "(iou_threshold, overlap_threshold, intensity_change)",
-        "B",
+        PREVIOUS,
     ),
     "capped": (
         CAPPED,
         ("box_margin", "box_margin_fraction", "box_margin_max"),
         "(box_margin floor, box_margin_fraction, box_margin_max)",
         "AB",
+        PREVIOUS,
+    ),
+    "band": (BANDS, ("intensity_band",), "intensity_band", "AB", PREVIOUS),
+    "capped-band": (
+        [(*c, b) for b in (None, 20.0) for c in CAPPED],
+        ("box_margin", "box_margin_fraction", "box_margin_max", "intensity_band"),
+        "(box_margin floor, box_margin_fraction, box_margin_max, intensity_band)",
+        "AB",
+        TODAY,
+    ),
+    "stops-now": (
+        STOPS_NOW,
+        ("iou_threshold", "overlap_threshold", "intensity_change"),
+        "(iou_threshold, overlap_threshold, intensity_change)",
+        "B",
+        TODAY,
     ),
 }
 
@@ -148,8 +155,7 @@ def main() -> int:
     model = load_model("litemedsam", device="cpu")
     cache = EmbeddingCache(folder=args.cache, max_bytes=4 << 30)
     if args.grid != "stops":
-        keys, fields, label, vary = SINGLE_GRIDS[args.grid]
-        base = {} if args.grid in ("capped-band", "stops-now") else PREVIOUS
+        keys, fields, label, vary, base = SINGLE_GRIDS[args.grid]
         grid = {k: {**base, **dict(zip(fields, k if isinstance(k, tuple) else (k,)))} for k in keys}
         return choose_from(
             ct, gt, names, model, cache, grid, args.grid, label, vary, tuple(args.windows)
