@@ -35,6 +35,11 @@ slice's mask are dropped before the next box is taken (or off).
 overlap 0.1-0.3, intensity jump 20, 40 or none) with today's margin and band. `--windows
 auto percentile` scores each structure in both window presets.
 
+`--grid split` chooses how the connected parts of a carried mask are followed, with
+today's other defaults: each sizeable part with a box of its own, parts closer than
+`split_gap` (a fraction of the smaller part's diameter) under one box, or one box around
+the whole mask.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -78,6 +83,9 @@ STOPS_NOW = [(0.5, 0.3, 40.0)] + [
     for k in itertools.product((0.4, 0.5, 0.6), (0.1, 0.2, 0.3), (20.0, 40.0, None))
     if k != (0.5, 0.3, 40.0)
 ]
+# (follow_splits, split_gap): every part its own box (today), parts closer than a fraction
+# of the smaller one's diameter under one box, or one box around the whole mask
+SPLITS = [(True, None), (True, 0.25), (True, 0.5), (True, 1.0), (False, None)]
 # The grids before "capped-band" were run against the defaults of their time, and hold
 # those fixed so that they print what the README records; the later ones run against
 # today's defaults.
@@ -117,6 +125,7 @@ SINGLE_GRIDS = {
         "B",
         TODAY,
     ),
+    "split": (SPLITS, ("follow_splits", "split_gap"), "(follow_splits, split_gap)", "AB", TODAY),
 }
 
 

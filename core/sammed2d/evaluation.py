@@ -28,6 +28,15 @@ def slice_box(mask2d: np.ndarray) -> np.ndarray:
     return box - np.array([0, 0, 1, 1], np.float32)
 
 
+def middle_slice(present: np.ndarray) -> int:
+    """The middle of an object's slices as the public LiteMedSAM recipe takes it,
+    `int((hi - lo) / 2 + lo)` of its first and last slice (the lower of the two middles of
+    an even count); where the object is absent there, the nearest slice that holds it."""
+    lo, hi = int(present[0]), int(present[-1])
+    mid = int((hi - lo) / 2 + lo)
+    return int(present[np.argmin(np.abs(present - mid))])
+
+
 def protocol_objects(
     labels: np.ndarray, axis: int, protocol: str, names: dict[int, str] | None = None
 ) -> list[ObjectPrompts]:
@@ -45,12 +54,12 @@ def protocol_objects(
             picks = sorted(
                 {
                     present[len(present) // 4],
-                    present[len(present) // 2],
+                    middle_slice(present),
                     present[(3 * len(present)) // 4],
                 }
             )
         else:
-            picks = [present[len(present) // 2]]
+            picks = [middle_slice(present)]
         slices = {
             int(i): SlicePrompt(box=slice_box(np.take(labels, i, axis=axis) == oid)) for i in picks
         }
@@ -82,12 +91,17 @@ def official_chaining(
     cache=None,
     shift: int = 3,
 ) -> np.ndarray:
-    """The public LiteMedSAM 3D recipe, as a baseline: the middle annotated slice's box,
-    then on each next slice the previous mask's bounding box at 256 scale grown by `shift`
-    px; where the previous mask is empty, the middle slice's box again. Single-mask output,
-    through the object's whole range. Returns a boolean volume."""
+    """The public LiteMedSAM 3D recipe (`CVPR24_LiteMedSAM_infer.py`), as a baseline: the
+    middle annotated slice's box, then on each next slice the box of the previous mask at
+    256 scale grown by `shift` px; where the previous mask is empty, the middle slice's box
+    again. Single-mask output, through the object's whole range. Returns a boolean volume.
+
+    Its conventions, which move small structures' Dice by tenths: the middle slice's box is
+    scaled to 256 and truncated to whole pixels; the previous mask is taken to 256 scale by
+    OpenCV's INTER_AREA (as its `resize_longest_side`), every pixel above 0 counting; the
+    grown box is clipped to [0, 256] of the padded input."""
     from .predictor import decode
-    from .preprocess import nearest_indices
+    from .preprocess import resize_area, resized_shape
     from .propagate import volume_slices
 
     slices = volume_slices(model, volume, axis % 3, affine, preset, None, orientation, cache)
@@ -96,15 +110,17 @@ def official_chaining(
     scale = 256 / max(view_shape)
     seed = sorted(obj.slices)[len(obj.slices) // 2]
     seed_box = slices.view.box_to_view(np.asarray(obj.slices[seed].box, np.float32), raw_shape)
+    seed_box = np.trunc(seed_box * scale) / scale
     lo, hi = obj.range if obj.range is not None else (0, volume.shape[axis % 3] - 1)
-    h256, w256 = (int(s * scale + 0.5) for s in view_shape)
-    rows, cols = nearest_indices(view_shape[0], h256), nearest_indices(view_shape[1], w256)
+    size_256 = resized_shape(*view_shape, 256)
 
-    def box_256(mask: np.ndarray) -> np.ndarray:
-        small = mask[rows][:, cols]
+    def box_256(mask: np.ndarray) -> np.ndarray | None:
+        small = resize_area(mask.astype(np.uint8), size_256)
         ys, xs = np.nonzero(small)
+        if len(xs) == 0:
+            return None
         box = [xs.min() - shift, ys.min() - shift, xs.max() + shift, ys.max() + shift]
-        return np.clip(np.array(box, np.float32), 0, 255) / scale  # back to view pixels
+        return np.clip(np.array(box, np.float32), 0, 256) / scale  # back to view pixels
 
     def segment(index: int, box: np.ndarray) -> np.ndarray:
         emb = slices.embedding(index)
@@ -116,8 +132,8 @@ def official_chaining(
     for direction, limit in ((1, hi), (-1, lo)):
         prev = masks[seed]
         for index in range(seed + direction, limit + direction, direction):
-            box = box_256(prev) if prev.any() else seed_box
-            prev = segment(index, box)
+            box = box_256(prev)
+            prev = segment(index, seed_box if box is None else box)
             masks[index] = prev
     for index, mask in masks.items():
         sl = [slice(None)] * 3

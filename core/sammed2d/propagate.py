@@ -191,7 +191,7 @@ class _Walker:
         at a bifurcation, an organ's two lobes) keeps both branches.
         """
         s = self.settings
-        parts = _parts(prev_mask, s.min_part_fraction) if s.follow_splits else [prev_mask]
+        parts = self._parts(prev_mask)
         mask, score, low = self._from_parts(index, parts, direction, prev_low_res)
         # The cycle check guards ranged walks, whose only failure is drift; a walk without
         # a range has the stopping rules, and a tighter mask there only walks it further.
@@ -243,11 +243,14 @@ class _Walker:
         lo, hi = np.percentile(self.slices.gray(index)[mask], [5, 95])
         self.band = (lo - self.settings.intensity_band, hi + self.settings.intensity_band)
 
+    def _parts(self, mask: np.ndarray) -> list[np.ndarray]:
+        """The parts of a carried mask that get a box each."""
+        s = self.settings
+        return _parts(mask, s.min_part_fraction, s.split_gap) if s.follow_splits else [mask]
+
     def _back_iou(self, index: int, mask: np.ndarray, prev_mask: np.ndarray) -> float:
         """How well `mask`, carried back to the slice it came from, gives that slice's mask."""
-        s = self.settings
-        parts = _parts(mask, s.min_part_fraction) if s.follow_splits else [mask]
-        back, _, _ = self._from_parts(index, parts, 0, None)
+        back, _, _ = self._from_parts(index, self._parts(mask), 0, None)
         return _iou(back, prev_mask)
 
     def _from_parts(self, index, parts, direction, prev_low_res, margin=None):
@@ -301,16 +304,45 @@ def seed_box(slices: VolumeSlices, prompt: SlicePrompt, mask_view: np.ndarray) -
     return box_from_mask(mask_view)
 
 
-def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
-    """Connected parts of a mask holding at least `min_fraction` of its largest part."""
-    from scipy.ndimage import label
+def _parts(
+    mask: np.ndarray, min_fraction: float, split_gap: float | None = None
+) -> list[np.ndarray]:
+    """Connected parts of a mask holding at least `min_fraction` of its largest part, each
+    to be followed with a box of its own.
+
+    With `split_gap`, parts closer to each other than that fraction of the smaller one's
+    diameter (of the disc of its area) stay together under one box: two pieces of one organ
+    whose middle the model missed are one object to recover, not two to follow apart."""
+    from scipy.ndimage import distance_transform_edt, label
 
     labelled, count = label(mask)
     if count <= 1:
         return [mask]
     sizes = np.bincount(labelled.ravel())[1:]
     keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
-    return [labelled == i for i in keep]
+    parts = [labelled == i for i in keep]
+    if split_gap is None or len(parts) < 2:
+        return parts
+    diameters = [2.0 * np.sqrt(sizes[i - 1] / np.pi) for i in keep]
+    group = list(range(len(parts)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for i in range(len(parts) - 1):
+        distance = distance_transform_edt(~parts[i])
+        for j in range(i + 1, len(parts)):
+            # the gap: background pixels between the two parts' nearest pixels
+            gap = float(distance[parts[j]].min()) - 1.0
+            if gap < split_gap * min(diameters[i], diameters[j]):
+                group[root(j)] = root(i)
+    merged: dict[int, np.ndarray] = {}
+    for i, part in enumerate(parts):
+        r = root(i)
+        merged[r] = part if r not in merged else merged[r] | part
+    return list(merged.values())
 
 
 def with_object_windows(volume: np.ndarray, axis: int, objects: list[ObjectPrompts], own: str):

@@ -534,3 +534,50 @@ def test_the_intensity_band_follows_an_object_whose_grey_level_drifts(litemedsam
     assert result.reached[1] == (0, 11)
     for z in range(12):
         assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > 0.9, z
+
+
+def test_parts_close_together_share_one_box_and_far_apart_keep_their_own():
+    """`split_gap`: pieces of one organ with a narrow gap (the model missed its middle) stay
+    together; branches whose gap is wide next to their size are followed apart."""
+    from sammed2d.propagate import _parts
+
+    shape = (120, 120)
+    near = disc(shape, (60, 30), 12) | disc(shape, (60, 58), 12)  # 2 px gap, 25 px wide
+    far = disc(shape, (60, 20), 6) | disc(shape, (60, 60), 6)  # 27 px gap, 13 px wide
+    sliver = near | disc(shape, (100, 100), 2)  # under 10 % of the largest part: not followed
+    assert len(_parts(near, 0.1)) == 2  # without the rule every part is its own
+    assert len(_parts(near, 0.1, 0.5)) == 1
+    assert _parts(near, 0.1, 0.5)[0].sum() == near.sum()
+    assert len(_parts(far, 0.1, 0.5)) == 2
+    assert len(_parts(far, 0.1, 3.0)) == 1
+    merged = _parts(sliver, 0.1, 0.5)
+    assert len(merged) == 1 and merged[0].sum() == near.sum()
+
+
+def test_pieces_of_one_organ_are_joined_again_under_one_box(litemedsam, shared_cache):
+    """The seed slice's mask comes in two pieces of a disc with its middle missing, as
+    LiteMedSAM gave the example CT's liver on its middle slice. Followed apart, each piece
+    keeps a box of its own and the middle is never recovered; under one box the next
+    slices take the whole disc."""
+    from sammed2d.propagate import PropagationSettings
+
+    rng = np.random.default_rng(3)
+    shape = (64 * S, 64 * S)
+    vol = np.full((*shape, 8), -80.0, np.float32)
+    truth = np.zeros(vol.shape, np.uint8)
+    truth[disc(shape, (32 * S, 32 * S), 14 * S)] = 1
+    vol[truth == 1] = 120.0
+    vol += rng.normal(0, 5, vol.shape).astype(np.float32)
+    seed = truth[:, :, 0] == 1
+    cols = np.arange(shape[1])[None, :]
+    seed = seed & (np.abs(cols - 32 * S) > 3 * S)  # two halves, 6 units apart
+    objects = [ObjectPrompts(1, {0: SlicePrompt(mask=seed)}, range=(0, 7))]
+    found = {}
+    for gap in (None, 0.5):
+        result = propagate(
+            vol, objects, litemedsam, axis=2, preset="abdomen", cache=shared_cache,
+            settings=PropagationSettings(split_gap=gap),
+        )  # fmt: skip
+        found[gap] = [dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) for z in (4, 7)]
+    assert min(found[0.5]) > 0.95
+    assert min(found[None]) < 0.9
