@@ -69,9 +69,11 @@ class PropagationSettings:
     multimask: bool = False  # let the decoder propose three masks and keep the best
     follow_splits: bool = True  # one box per connected part of the previous mask
     min_part_fraction: float = 0.1  # smaller parts (of the largest) are not followed
-    # Parts closer together than this fraction of the smaller one's diameter share one box
-    # (None: every part its own box).
-    split_gap: float | None = None
+    # Parts closer together than this fraction of the smaller one's diameter (of the disc of
+    # its area) share one box; None: every part its own box. Two pieces of one organ whose
+    # middle the model missed are then recovered together instead of followed apart
+    # (benchmarks/choose_defaults.py --grid split).
+    split_gap: float | None = 0.25
     # Stop when the median 8-bit intensity under the mask jumps by more than this from the
     # previous slice: the mask has left the structure for its surroundings.
     intensity_change: float | None = 40.0
