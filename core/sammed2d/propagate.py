@@ -324,6 +324,11 @@ def _parts(
     if split_gap is None or len(parts) < 2:
         return parts
     diameters = [2.0 * np.sqrt(sizes[i - 1] / np.pi) for i in keep]
+    # Distances between the parts are measured inside the box around all of them (exact:
+    # every part lies in it), so the cost follows the object's size, not the slice's.
+    rows, cols = np.nonzero(np.logical_or.reduce(parts))
+    window = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    inside = [part[window] for part in parts]
     group = list(range(len(parts)))
 
     def root(i: int) -> int:
@@ -332,10 +337,10 @@ def _parts(
         return i
 
     for i in range(len(parts) - 1):
-        distance = distance_transform_edt(~parts[i])
+        distance = distance_transform_edt(~inside[i])
         for j in range(i + 1, len(parts)):
             # the gap: background pixels between the two parts' nearest pixels
-            gap = float(distance[parts[j]].min()) - 1.0
+            gap = float(distance[inside[j]].min()) - 1.0
             if gap < split_gap * min(diameters[i], diameters[j]):
                 group[root(j)] = root(i)
     merged: dict[int, np.ndarray] = {}
