@@ -188,7 +188,8 @@ class _Walker:
 
         Each sizeable connected part of the previous mask gets its own box (all in one
         decoder call) and the masks are united, so a structure that splits in two (a vessel
-        at a bifurcation, an organ's two lobes) keeps both branches.
+        at a bifurcation, an organ's two lobes) keeps both branches; parts closer together
+        than `split_gap` share one box (see `_parts`).
         """
         s = self.settings
         parts = self._parts(prev_mask)
