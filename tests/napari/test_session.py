@@ -160,8 +160,10 @@ def test_the_event_loop_keeps_beating_through_clicks_embedding_and_propagation(
 ):
     """A 10 ms heartbeat on the real CT, slices not embedded: a click (model load and
     embedding), background embedding and a propagation all run off the Qt thread. The
-    figures are in benchmarks/napari_latency.py; here the bound only catches a freeze (the
-    earlier design stalled ~2 s per click)."""
+    figures are in benchmarks/napari_latency.py; here the bounds only catch a freeze (the
+    earlier design stalled ~2 s per click). Until the first mask the model loads, and one
+    full pass of Python's garbage collector over napari's heap holds the loop once (0.2 s
+    on an AVX512 EPYC, 0.34-0.52 s on an AVX2 one half as fast): 1 s there, 0.5 s after."""
     from qtpy.QtCore import QTimer
 
     viewer = make_napari_viewer(show=True)
@@ -184,13 +186,16 @@ def test_the_event_loop_keeps_beating_through_clicks_embedding_and_propagation(
         rect = [[15, 40, 20], [15, 40, 70], [15, 85, 70], [15, 85, 20]]
         shapes.add_rectangles(np.array(rect, float))
         qtbot.waitUntil(lambda: (labels.data[15] > 0).any(), timeout=120_000)
+        loaded = len(gaps)
         qtbot.wait(2000)  # background embedding runs
         w.propagate_object()
         with qtbot.waitSignal(w._busy.finished, timeout=300_000):
             pass
         timer.stop()
         assert len(gaps) > 100
-        assert max(gaps) < 0.5, f"the Qt event loop stalled {max(gaps) * 1000:.0f} ms"
+        first, later = max(gaps[: loaded + 1]), max(gaps[loaded:])
+        assert first < 1.0, f"the Qt event loop stalled {first * 1000:.0f} ms while loading"
+        assert later < 0.5, f"the Qt event loop stalled {later * 1000:.0f} ms"
         assert (labels.data > 0).sum(axis=(1, 2)).astype(bool).sum() > 3
     finally:
         w.shutdown()
