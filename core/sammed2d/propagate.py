@@ -315,6 +315,7 @@ def _parts(
     diameter (of the disc of its area) stay together under one box: two pieces of one organ
     whose middle the model missed are one object to recover, not two to follow apart."""
     from scipy.ndimage import distance_transform_edt, label
+    from scipy.sparse.csgraph import connected_components
 
     labelled, count = label(mask)
     if count <= 1:
@@ -330,25 +331,15 @@ def _parts(
     rows, cols = np.nonzero(np.logical_or.reduce(parts))
     window = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     inside = [part[window] for part in parts]
-    group = list(range(len(parts)))
-
-    def root(i: int) -> int:
-        while group[i] != i:
-            i = group[i]
-        return i
-
+    near = np.zeros((len(parts), len(parts)), bool)
     for i in range(len(parts) - 1):
         distance = distance_transform_edt(~inside[i])
         for j in range(i + 1, len(parts)):
             # the gap: background pixels between the two parts' nearest pixels
             gap = float(distance[inside[j]].min()) - 1.0
-            if gap < split_gap * min(diameters[i], diameters[j]):
-                group[root(j)] = root(i)
-    merged: dict[int, np.ndarray] = {}
-    for i, part in enumerate(parts):
-        r = root(i)
-        merged[r] = part if r not in merged else merged[r] | part
-    return list(merged.values())
+            near[i, j] = gap < split_gap * min(diameters[i], diameters[j])
+    count, group = connected_components(near, directed=False)
+    return [np.isin(labelled, keep[group == g]) for g in range(count)]
 
 
 def with_object_windows(volume: np.ndarray, axis: int, objects: list[ObjectPrompts], own: str):
