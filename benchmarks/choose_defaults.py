@@ -40,6 +40,10 @@ today's other defaults: each sizeable part with a box of its own, parts closer t
 `split_gap` (a fraction of the smaller part's diameter) under one box, or one box around
 the whole mask.
 
+`--grid parts` chooses the smallest part of a carried mask that is followed, as a fraction
+of its largest part (smaller ones are dropped from the next box), with today's other
+defaults.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -86,6 +90,9 @@ STOPS_NOW = [(0.5, 0.3, 40.0)] + [
 # (follow_splits, split_gap): every part its own box (today), parts closer than a fraction
 # of the smaller one's diameter under one box, or one box around the whole mask
 SPLITS = [(True, None), (True, 0.25), (True, 0.5), (True, 1.0), (False, None)]
+# min_part_fraction: parts of a carried mask smaller than this fraction of its largest part
+# are not followed (today's 0.1 first)
+PART_FRACTIONS = [0.1, 0.05, 0.2, 0.3]
 # The grids before "capped-band" were run against the defaults of their time, and hold
 # those fixed so that they print what the README records; the later ones run against
 # today's defaults.
@@ -126,6 +133,7 @@ SINGLE_GRIDS = {
         TODAY,
     ),
     "split": (SPLITS, ("follow_splits", "split_gap"), "(follow_splits, split_gap)", "AB", TODAY),
+    "parts": (PART_FRACTIONS, ("min_part_fraction",), "min_part_fraction", "AB", TODAY),
 }
 
 
