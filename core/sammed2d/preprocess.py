@@ -164,15 +164,26 @@ def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"resize_area: expected uint8, got {image.dtype}")
-    h, w = image.shape[:2]
+    if image.ndim == 3:
+        # Channel by channel (the same sums: channels never mix), and once where they are
+        # equal, as in a grey slice shown as RGB: interleaved channels made every gather
+        # strided, and a 512 x 512 RGB slice took 11.8 ms against 2.0 ms for one channel.
+        channels = [image[..., c] for c in range(image.shape[2])]
+        if all(np.array_equal(channels[0], c) for c in channels[1:]):
+            return np.repeat(_resize_area_2d(channels[0], size)[..., None], len(channels), 2)
+        return np.stack([_resize_area_2d(np.ascontiguousarray(c), size) for c in channels], 2)
+    return _resize_area_2d(image, size)
+
+
+def _resize_area_2d(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = image.shape
     dh, dw = size
     if (dh, dw) == (h, w):
         return image.copy()
-    extra = (1,) * (image.ndim - 2)
     if dh <= h and dw <= w:
         if h % dh == 0 and w % dw == 0:
             sy, sx = h // dh, w // dw
-            total = image.astype(np.int64).reshape(dh, sy, dw, sx, *image.shape[2:])
+            total = image.astype(np.int64).reshape(dh, sy, dw, sx)
             total = total.sum(axis=(1, 3))
             if sy * sx == 4:
                 return ((total + 2) >> 2).astype(np.uint8)
@@ -181,21 +192,21 @@ def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         iy, wy = _area_table(h, dh)
         ix, wx = _area_table(w, dw)
         src = image.astype(np.float32)
-        rows = np.zeros((h, dw, *image.shape[2:]), np.float32)
+        rows = np.zeros((h, dw), np.float32)
         for j in range(ix.shape[1]):
-            rows += src[:, ix[:, j]] * wx[:, j].reshape((1, dw) + extra)
-        out = rows[iy[:, 0]] * wy[:, 0].reshape((dh, 1) + extra)
+            rows += src[:, ix[:, j]] * wx[:, j].reshape((1, dw))
+        out = rows[iy[:, 0]] * wy[:, 0].reshape((dh, 1))
         for j in range(1, iy.shape[1]):
-            out += rows[iy[:, j]] * wy[:, j].reshape((dh, 1) + extra)
+            out += rows[iy[:, j]] * wy[:, j].reshape((dh, 1))
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
     ly, by = _linear_area_table(h, dh)
     lx, bx = _linear_area_table(w, dw)
     src = image.astype(np.int64)
-    rows = src[:, lx] * bx[:, 0].reshape((1, dw) + extra)
-    rows += src[:, np.minimum(lx + 1, w - 1)] * bx[:, 1].reshape((1, dw) + extra)
+    rows = src[:, lx] * bx[:, 0].reshape((1, dw))
+    rows += src[:, np.minimum(lx + 1, w - 1)] * bx[:, 1].reshape((1, dw))
     # OpenCV's vector path: 16-bit high products of the pre-shifted rows, then +2 >> 2.
-    top = ((rows[ly] >> 4) * by[:, 0].reshape((dh, 1) + extra)) >> 16
-    bottom = ((rows[np.minimum(ly + 1, h - 1)] >> 4) * by[:, 1].reshape((dh, 1) + extra)) >> 16
+    top = ((rows[ly] >> 4) * by[:, 0].reshape((dh, 1))) >> 16
+    bottom = ((rows[np.minimum(ly + 1, h - 1)] >> 4) * by[:, 1].reshape((dh, 1))) >> 16
     return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
 
 
