@@ -52,6 +52,7 @@ from sammed2d.choices import PRECISIONS
 from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS
 from sammed2d.objects import ObjectPrompts
+from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
 from sammed2d.segments import default_segment
 
@@ -688,7 +689,7 @@ class SegmentWidget(QWidget):
         return slice_prompts(self.image_layer, points, shapes, oid, axis).keys()
 
     def _write_slice(self, labels, axis, index, oid, mask) -> None:
-        view = labels.data if axis is None else np.take(labels.data, index, axis=axis)
+        view = labels.data if axis is None else slice_of(labels.data, index, axis)
         remove, add = slice_changes(view, oid, mask)
         with labels.block_history():
             for where, value in ((remove, 0), (add, oid)):
@@ -919,7 +920,7 @@ class SegmentWidget(QWidget):
         oid = self.object_spin.value()
         index = None if axis is None else self.current_index(axis)
         self._remove_prompts(oid, index, axis)
-        view = labels.data if axis is None else np.take(labels.data, index, axis=axis)
+        view = labels.data if axis is None else slice_of(labels.data, index, axis)
         self._write_slice(labels, axis, index, oid, np.zeros(view.shape, bool))
 
     def clear_object(self) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import SamMed2DError
 from .io import ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
+from .orientation import slice_of
 
 PROMPT_KINDS = ("box", "point1", "point3", "point5", "box3d", "box3d-free", "box3d-multi")
 _PROTOCOL = {"box3d": "A", "box3d-free": "B", "box3d-multi": "C"}
@@ -239,7 +240,7 @@ def evaluate_volume(
         for index in np.flatnonzero(
             np.any(truth == oid, axis=tuple(a for a in range(3) if a != axis))
         ):
-            gt = np.take(truth, index, axis=axis) == oid
+            gt = slice_of(truth, index, axis) == oid
             p = simulated_prompt_2d(gt, prompt, rng)
             sp = SlicePrompt(
                 box=p.get("box"), points=p.get("point_coords"), labels=p.get("point_labels")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .orientation import slice_of
 from .prompts import box_from_mask
 from .propagate import ObjectPrompts, SlicePrompt
 
@@ -61,7 +62,7 @@ def protocol_objects(
         else:
             picks = [middle_slice(present)]
         slices = {
-            int(i): SlicePrompt(box=slice_box(np.take(labels, i, axis=axis) == oid)) for i in picks
+            int(i): SlicePrompt(box=slice_box(slice_of(labels, i, axis) == oid)) for i in picks
         }
         rng = None if protocol == "B" else (lo, hi)
         objects.append(ObjectPrompts(oid, slices, rng, (names or {}).get(oid, "")))

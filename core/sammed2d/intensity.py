@@ -57,8 +57,12 @@ def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
         return preset
     if data.dtype == np.uint8:
         return "none"
-    if np.issubdtype(data.dtype, np.integer) and data.size and data.min() <= -500:
-        return "abdomen"
+    if np.issubdtype(data.dtype, np.signedinteger) and data.size:
+        # Every click asks this of the whole volume: a strided sample (a view, in the array's
+        # own memory order) settles a CT, and only a volume without air in it is read whole.
+        flat = np.ravel(data, order="K")
+        if (flat[:: max(1, flat.size // 65536)] <= -500).any() or data.min() <= -500:
+            return "abdomen"
     return "percentile"
 
 
@@ -71,7 +75,9 @@ def prompt_window(volume: np.ndarray, axis: int, index: int, prompt, own=None) -
     own = own or resolve_preset(volume, "auto")
     if own not in CT_WINDOWS:
         return None
-    raw = np.take(volume, index, axis=axis)
+    from .orientation import slice_of
+
+    raw = slice_of(volume, index, axis)
     if prompt.mask is not None:
         mask = np.asarray(prompt.mask, bool)
         if mask.shape != raw.shape or not mask.any():

@@ -31,7 +31,7 @@ from .objects import (  # noqa: F401 (re-exported: the engine's public names)
     objects_from_json,
     objects_to_json,
 )
-from .orientation import SliceView, radiological_view
+from .orientation import SliceView, radiological_view, slice_of
 from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
 from .prompts import box_from_mask, check_boxes, check_points, clip_box, interior_point
 
@@ -57,12 +57,8 @@ class VolumeSlices:
         self.count = volume.shape[axis]
 
     def raw(self, index: int) -> np.ndarray:
-        # A view, not np.take's copy: np.take walks a slice across the volume's memory in its
-        # generic loop (18 ms for a 512 x 512 slice of a DICOM series), and every step reads
-        # its slices' grey levels several times (stopping rules, intensity band).
-        where = [slice(None)] * self.volume.ndim
-        where[self.axis] = index
-        return self.volume[tuple(where)]
+        # Every step reads its slices' grey levels several times (stopping rules, band).
+        return slice_of(self.volume, index, self.axis)
 
     @property
     def raw_shape(self) -> tuple[int, int]:

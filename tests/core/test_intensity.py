@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from sammed2d.errors import ImageError
-from sammed2d.intensity import intensity_range, prepare_rgb, resolve_preset, to_uint8
+from sammed2d.intensity import (
+    intensity_range,
+    prepare_rgb,
+    prompt_window,
+    resolve_preset,
+    to_uint8,
+)
+from sammed2d.objects import SlicePrompt
 
 
 @pytest.mark.parametrize(
@@ -46,6 +53,33 @@ def test_auto_preset_choices():
     assert resolve_preset(np.array([0.0, 812.5], np.float32)) == "percentile"
     with pytest.raises(ImageError, match="intensity preset 'soft'"):
         resolve_preset(np.zeros(4), "soft")
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_auto_reads_air_wherever_it_lies(order):
+    """`auto` samples the volume before reading all of it: one air voxel that the sample
+    misses still makes a CT, in either memory order; unsigned data is never HU."""
+    volume = np.full((64, 64, 40), 30, np.int16, order=order)
+    assert resolve_preset(volume) == "percentile"
+    volume[37, 5, 21] = -1000
+    assert resolve_preset(volume) == "abdomen"
+    assert resolve_preset(volume[:, :, ::3]) == "abdomen"  # a strided view
+    assert resolve_preset(np.full((8, 8, 8), 60000, np.uint16)) == "percentile"
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_prompt_window_reads_the_prompted_slice(axis):
+    """The box's HU come from slice `index` along `axis`, in either memory order: a lung
+    box asks for the lung window, the same box on a soft-tissue slice for none."""
+    volume = np.full((20, 24, 28), 40, np.int16)
+    where = [slice(None)] * 3
+    where[axis] = 7
+    volume[tuple(where)] = -850  # lung on slice 7 only
+    volume.flat[0] = -1000  # air somewhere: a CT
+    box = SlicePrompt(box=np.array([2, 2, 12, 12], np.float32))
+    for v in (volume, np.asfortranarray(volume)):
+        assert prompt_window(v, axis, 7, box) == "lung"
+        assert prompt_window(v, axis, 8, box) is None
 
 
 def test_rgb_passes_through_and_volume_range_is_shared():
