@@ -702,10 +702,14 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         object, so it may run on another thread; `finish(result)` writes the segment on the
         GUI thread and returns a status line."""
         from sammed2d.objects import ObjectPrompts, SlicePrompt
+        from sammed2d.orientation import slice_of
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
         axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
-        current = np.take(self._readSegment(segmentation, segmentId, volume), index, axis=axis)
+        # One slice copied out (np.take walked the whole volume for it): the thread reads it.
+        current = np.array(
+            slice_of(self._readSegment(segmentation, segmentId, volume), index, axis)
+        )
         seed = SlicePrompt(mask=current) if current.any() else prompt
         if seed is None:
             raise ValueError("segment a slice first, or place a prompt on this slice")
