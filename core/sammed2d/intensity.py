@@ -110,14 +110,26 @@ def intensity_range(data: np.ndarray, preset: str = "auto") -> tuple[float, floa
         return level - width / 2, level + width / 2
     if preset == "none":
         return 0.0, 255.0
-    finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
-    if finite.size == 0:
-        raise ImageError("image has no finite values (all NaN or inf)")
+    # The voxels in memory order (a view for a C or Fortran volume): napari's (k, j, i)
+    # layer and the core's (i, j, k) array of one scan then sample the same voxels, and a
+    # Fortran volume is not copied into C order first (1.0 s for a 512 x 512 x 300 MR, per
+    # click in Slicer, which does not keep the range).
+    flat = np.ravel(data, order="K")
+    floating = data.dtype.kind == "f"
     if preset == "percentile":
         # A strided sample keeps this fast on large volumes; percentiles barely move.
-        sample = finite.ravel()[:: max(1, finite.size // 2_000_000)]
+        sample = flat[:: max(1, flat.size // 2_000_000)]
+        if floating:
+            sample = sample[np.isfinite(sample)]
+            if sample.size == 0:  # the sample missed the few finite voxels there are
+                sample = flat[np.isfinite(flat)]
+        if sample.size == 0:
+            raise ImageError("image has no finite values (all NaN or inf)")
         lo, hi = np.percentile(sample, [0.5, 99.5])
     else:
+        finite = flat[np.isfinite(flat)] if floating else flat
+        if finite.size == 0:
+            raise ImageError("image has no finite values (all NaN or inf)")
         lo, hi = finite.min(), finite.max()
     return float(lo), float(hi)
 

@@ -33,6 +33,25 @@ def test_percentile_ignores_outliers():
     assert -1 < lo < 1.5 and 98.5 < hi < 101
 
 
+def test_percentile_window_is_the_same_in_every_axis_order():
+    """A volume large enough to be sampled gives one window whether it is held as the
+    core's (i, j, k) Fortran array, napari's (k, j, i) view of it or a C copy of that
+    view: the front ends show the model the same grey levels. NaNs are left out."""
+    rng = np.random.default_rng(5)
+    ijk = np.asfortranarray(rng.gamma(2.0, 300.0, (200, 180, 120)).astype(np.float32))
+    ijk[::7, 3, :] = np.nan
+    kji = np.transpose(ijk, (2, 1, 0))
+    window = intensity_range(ijk, "percentile")
+    assert intensity_range(kji, "percentile") == window
+    assert intensity_range(np.ascontiguousarray(kji), "percentile") == window
+    finite = ijk[np.isfinite(ijk)]
+    assert abs(window[0] - np.percentile(finite, 0.5)) < 5
+    assert abs(window[1] - np.percentile(finite, 99.5)) < 20
+    lone = np.full((200, 200, 120), np.nan, np.float32)
+    lone[17, 3, 5] = 7.0  # the only finite voxel, off the sample's stride
+    assert intensity_range(lone, "percentile") == (7.0, 7.0)
+
+
 def test_minmax_and_none():
     data = np.array([[10, 20, 30]] * 2, np.uint16)
     assert prepare_rgb(data, "minmax")[0, :, 0].tolist() == [0, 128, 255]
