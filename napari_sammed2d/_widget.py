@@ -97,6 +97,7 @@ class SegmentWidget(QWidget):
         self.mailbox = Latest()
         self._server = None  # the worker serving clicks
         self._prefetch = None
+        self._voxels = (None, None)  # (a lazy layer's data, its voxels read into memory)
         # (Labels layer, objects' names and colours) last styled: the layer held weakly
         self._styled = (lambda: None, None, None)
         self._busy = None  # the running propagation worker
@@ -570,11 +571,23 @@ class SegmentWidget(QWidget):
 
     def volume_context(self):
         image = self.image_layer
-        data = np.asarray(image.data)
+        data = self._voxels_of(image.data)
         info = image.metadata.get("sammed2d") or {}
         affine = info.get("affine")
         preset = self.preset_combo.currentText()
         return data, affine, preset
+
+    def _voxels_of(self, data) -> np.ndarray:
+        """The layer's voxels as a numpy array. A lazy layer (dask, zarr) is read once, on
+        its first click, not on every click: each read loaded the whole volume, and the
+        engine's per-volume caches (the intensity window) are keyed on the array."""
+        if isinstance(data, np.ndarray):
+            return data
+        source, voxels = self._voxels
+        if source is not data:
+            voxels = np.asarray(data)
+            self._voxels = (data, voxels)
+        return voxels
 
     def _model_key(self) -> tuple[str, str, str]:
         return (
@@ -681,8 +694,9 @@ class SegmentWidget(QWidget):
             self._start_prefetch(axis, index)
 
     def _image_data(self):
+        """The voxels requests are made from (what a finished request is checked against)."""
         image = self.image_layer
-        return None if image is None else image.data
+        return None if image is None else self._voxels_of(image.data)
 
     def _prompted_slices(self, oid, axis):
         points, shapes = self._layer(POINTS_NAME), self._layer(SHAPES_NAME)

@@ -48,6 +48,27 @@ def test_rectangle_segments_the_right_slice(widget):
     assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
 
 
+def test_lazy_layer_is_read_once_and_segments(widget):
+    """A dask-backed layer (as zarr and many readers give) is read into memory on the
+    first click and kept: later clicks reuse the same array instead of loading it again,
+    and the mask lands (it was dropped as stale when each click read a new array)."""
+    da = pytest.importorskip("dask.array")
+    viewer, w = widget
+    viewer.add_image(da.from_array(block_volume(), chunks=(2, 48, 40)), name="ct")
+    w.preset_combo.setCurrentText("abdomen")
+    _, shapes, labels = w.ensure_prompt_layers()
+    first = w.volume_context()[0]
+    assert isinstance(first, np.ndarray) and w.volume_context()[0] is first
+    assert np.array_equal(first, block_volume())
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
+    assert not labels.data[[0, 1, 2, 4, 5, 6, 7]].any()
+    found = labels.data[3] == 1
+    truth = np.zeros_like(found)
+    truth[12:30, 10:26] = True
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
+
+
 def test_anisotropic_scale_puts_the_mask_under_the_box(widget):
     viewer, w = widget
     scale = (3.0, 0.7, 0.7)
