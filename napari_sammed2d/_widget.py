@@ -571,16 +571,18 @@ class SegmentWidget(QWidget):
 
     def volume_context(self):
         image = self.image_layer
-        data = self._voxels_of(image.data)
+        data = self._voxels_of(image)
         info = image.metadata.get("sammed2d") or {}
         affine = info.get("affine")
         preset = self.preset_combo.currentText()
         return data, affine, preset
 
-    def _voxels_of(self, data) -> np.ndarray:
-        """The layer's voxels as a numpy array. A lazy layer (dask, zarr) is read once, on
-        its first click, not on every click: each read loaded the whole volume, and the
-        engine's per-volume caches (the intensity window) are keyed on the array."""
+    def _voxels_of(self, image) -> np.ndarray:
+        """The layer's voxels as a numpy array: of a multiscale layer its full resolution.
+        A lazy layer (dask, zarr) is read once, on its first click, not on every click:
+        each read loaded the whole volume, and the engine's per-volume caches (the
+        intensity window) are keyed on the array."""
+        data = image.data[0] if getattr(image, "multiscale", False) else image.data
         if isinstance(data, np.ndarray):
             return data
         source, voxels = self._voxels
@@ -696,7 +698,7 @@ class SegmentWidget(QWidget):
     def _image_data(self):
         """The voxels requests are made from (what a finished request is checked against)."""
         image = self.image_layer
-        return None if image is None else self._voxels_of(image.data)
+        return None if image is None else self._voxels_of(image)
 
     def _prompted_slices(self, oid, axis):
         points, shapes = self._layer(POINTS_NAME), self._layer(SHAPES_NAME)

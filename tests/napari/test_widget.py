@@ -69,6 +69,24 @@ def test_lazy_layer_is_read_once_and_segments(widget):
     assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
 
 
+def test_multiscale_layer_segments_its_full_resolution(widget):
+    """A multiscale (pyramid) layer is segmented on its full-resolution level, and the
+    labels have that level's shape."""
+    viewer, w = widget
+    full = block_volume()
+    viewer.add_image([full, full[:, ::2, ::2]], name="ct", multiscale=True)
+    w.preset_combo.setCurrentText("abdomen")
+    _, shapes, labels = w.ensure_prompt_layers()
+    assert labels.data.shape == full.shape
+    assert w.volume_context()[0] is full
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
+    found = labels.data[3] == 1
+    truth = np.zeros_like(found)
+    truth[12:30, 10:26] = True
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
+
+
 def test_anisotropic_scale_puts_the_mask_under_the_box(widget):
     viewer, w = widget
     scale = (3.0, 0.7, 0.7)
