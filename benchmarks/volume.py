@@ -77,15 +77,12 @@ def report_click(model, precision, series, depth: int = 300, clicks: int = 10) -
     index = depth // 2
     prompt = SlicePrompt(box=np.array([180, 200, 300, 320], np.float32))
     for preset in ("auto", "percentile"):
-
-        def click(preset=preset):
-            segment_slice(big, index, prompt, model, 2, series.affine, preset, cache=cache)
-
-        click()  # embeds the slice
+        args = (big, index, prompt, model, 2, series.affine, preset)
+        segment_slice(*args, cache=cache)  # embeds the slice
         times = []
         for _ in range(clicks):
             start = time.perf_counter()
-            click()
+            segment_slice(*args, cache=cache)
             times.append(time.perf_counter() - start)
         print(
             f"litemedsam {precision}: click on an embedded slice of the DICOM series stacked "

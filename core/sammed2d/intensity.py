@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ImageError
+from .orientation import slice_of
 
 # (width, level) in Hounsfield units.
 CT_WINDOWS = {
@@ -75,8 +76,6 @@ def prompt_window(volume: np.ndarray, axis: int, index: int, prompt, own=None) -
     own = own or resolve_preset(volume, "auto")
     if own not in CT_WINDOWS:
         return None
-    from .orientation import slice_of
-
     raw = slice_of(volume, index, axis)
     if prompt.mask is not None:
         mask = np.asarray(prompt.mask, bool)
