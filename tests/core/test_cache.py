@@ -77,3 +77,22 @@ def test_key_depends_on_model_weights(tiny_checkpoint, fixtures_dir):
     assert embedding_key(x, a) != embedding_key(x, b)
     assert embedding_key(x, a) == embedding_key(x.clone(), a)
     assert embedding_key(x, a) != embedding_key(x + 1e-3, a)
+
+
+def test_embeddings_reach_the_decoder_channels_last_from_memory_and_disk(tmp_path, litemedsam):
+    """Fresh and disk-read embeddings are laid out as the decoder reads them, and the
+    decoder gives the same logits whatever layout it is handed."""
+    from sammed2d.predictor import ImageEmbedding, decode
+
+    rng = np.random.default_rng(0)
+    image = [rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)]
+    fresh = embed_slices(litemedsam, image, cache=EmbeddingCache(folder=tmp_path))[0]
+    from_disk = embed_slices(litemedsam, image, cache=EmbeddingCache(folder=tmp_path))[0]
+    for emb in (fresh, from_disk):
+        assert emb.embedding.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fresh.embedding, from_disk.embedding)
+    plain = ImageEmbedding(fresh.embedding.contiguous(), fresh.geometry)
+    box = np.array([[10, 12, 50, 60]], np.float32)
+    a = decode(litemedsam, fresh, boxes=box, multimask_output=False)
+    b = decode(litemedsam, plain, boxes=box, multimask_output=False)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

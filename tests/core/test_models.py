@@ -183,7 +183,9 @@ def test_tinyvit_bands_and_window_groups_match_whole_maps(monkeypatch):
         banded = encoder(x)
         single = encoder(x[3:4])
     assert tiny_vit._band_rows(256, torch.empty(1, 64, 256, 256)) < 256  # bands were used
-    assert banded.is_contiguous() and banded.shape == (8, 256, 64, 64)
+    # channels-last, as the mask decoder reads it (see predictor.token_major)
+    assert banded.is_contiguous(memory_format=torch.channels_last)
+    assert banded.shape == (8, 256, 64, 64)
     assert (banded - whole).abs().max().item() < 1e-5
     assert (single[0] - whole[3]).abs().max().item() < 1e-5
 

@@ -255,13 +255,19 @@ class MaskDecoder(nn.Module):
         b = src.shape[0]
         x = torch.addmm(up1.bias.repeat(4), src.reshape(b * h * w, -1), _subpixel_weight(up1))
         x = x.reshape(b * h * w * 4, -1)  # one row per output pixel of the first convolution
-        x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = act2(torch.addmm(up2.bias.repeat(4), x, _subpixel_weight(up2)))
+        # The GELUs run in place: each map is 4-8 MB, and a fresh output for it is one
+        # more pass over memory that the products do not need.
+        x = _gelu_(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps), act1)
+        x = _gelu_(torch.addmm(up2.bias.repeat(4), x, _subpixel_weight(up2)), act2)
         x = x.reshape(b, h * w * 16, -1)
         k = hyper_in.shape[1]
         masks = (x @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, k)
         # token (i, j), first block (a, b'), second block (a2, b2) -> row 4i+2a+a2, col 4j+2b'+b2
         return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, k, 4 * h, 4 * w)
+
+
+def _gelu_(x: torch.Tensor, act: nn.GELU) -> torch.Tensor:
+    return torch.ops.aten.gelu_(x, approximate=act.approximate)
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:

@@ -382,4 +382,6 @@ class TinyViTEncoder(nn.Module):
             x = layer(x)
         b, _, c = x.shape
         x = x.view(b, self.out_grid, self.out_grid, c).permute(0, 3, 1, 2)
-        return self.neck(x).contiguous()
+        # Kept channels-last: the decoder reads the embedding as tokens, and a (C, h, w)
+        # copy here would cost one transposed pass now and another in every decoder call.
+        return self.neck(x).contiguous(memory_format=torch.channels_last)
