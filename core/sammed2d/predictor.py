@@ -177,8 +177,9 @@ class Predictor:
         self._image = image
 
     def get_image_embedding(self) -> torch.Tensor:
-        """(1, 256, h, w) embedding of the current image."""
-        return self._current().embedding
+        """(1, 256, h, w) embedding of the current image, contiguous as SAM's predictor gives
+        it (a copy: it is held channels-last for the decoder, see `token_major`)."""
+        return self._current().embedding.contiguous()
 
     def reset_image(self) -> None:
         self._image = None

@@ -112,7 +112,10 @@ def test_nan_and_inf_in_the_image(tiny_checkpoint):
     predictor.set_image(image)
     masks, scores, _ = predictor.predict(box=[5, 5, 30, 20])
     assert np.isfinite(scores).all()
-    assert np.isfinite(predictor.get_image_embedding().numpy()).all()
+    embedding = predictor.get_image_embedding()
+    assert np.isfinite(embedding.numpy()).all()
+    assert embedding.is_contiguous()  # as SAM's predictor gives it: .view() works on it
+    embedding.view(1, embedding.shape[1], -1)
     predictor.reset_image()
     assert not predictor.is_image_set
 
