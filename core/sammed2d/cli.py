@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +146,14 @@ def cmd_propagate(args) -> int:
 
     record = read_prompt_file(args.prompts)
     volume = read_volume(args.volume)
+    settings = record.settings
+    if args.slice_step is not None:
+        settings = replace(settings, slice_step=args.slice_step)
     options = dict(
         axis=record.axis,
         affine=volume.affine,
         preset=args.window or record.window or "auto",
-        settings=record.settings,
+        settings=settings,
     )
     if args.server:
         engine = _remote(args)
@@ -443,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="labels: .nii.gz/.nii/.nrrd/.mha (+ x.json with names and colours), .seg.nrrd "
         "(3D Slicer) or .dcm (DICOM SEG; VOLUME must be a DICOM series folder)",
+    )
+    p.add_argument(
+        "--slice-step",
+        type=int,
+        metavar="N",
+        help="walk every N-th slice and interpolate the slices between (N times fewer "
+        "slices to embed, for thin slices; default: the prompts file's setting, else 1)",
     )
     common(p, cache=True, window_default=None)
     p.set_defaults(run=cmd_propagate)

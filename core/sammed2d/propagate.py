@@ -176,8 +176,17 @@ class _Walker:
         top = int(np.clip(np.floor(cy - side / 2), 0, max(h - side, 0)))
         return top, min(h, top + int(np.ceil(side))), left, min(w, left + int(np.ceil(side)))
 
-    def step(self, index: int, prev_mask: np.ndarray, prev_low_res, direction: int, strict=True):
-        """Mask on slice `index` from the previous slice's mask; None where it should stop.
+    def step(
+        self,
+        index: int,
+        prev_mask: np.ndarray,
+        prev_low_res,
+        direction: int,
+        strict=True,
+        back: int | None = None,
+    ):
+        """Mask on slice `index` from the mask on slice `back` (default: the one before, in
+        `direction`); None where it should stop.
 
         `strict=False` (inside a slice range the user gave): the stopping rules never stop
         the walk; a non-empty mask is kept, and only an empty one returns None.
@@ -188,6 +197,7 @@ class _Walker:
         than `split_gap` share one box (see `_parts`).
         """
         s = self.settings
+        back = index - direction if back is None else back
         parts = self._parts(prev_mask)
         mask, score, low = self._from_parts(index, parts, direction, prev_low_res)
         # The cycle check guards ranged walks, whose only failure is drift; a walk without
@@ -195,7 +205,6 @@ class _Walker:
         if not strict and s.cycle_margin is not None and mask.sum() >= s.min_area:
             alt = self._from_parts(index, parts, direction, prev_low_res, s.cycle_margin)
             if alt[0].sum() >= s.min_area and not np.array_equal(alt[0], mask):
-                back = index - direction
                 if self._back_iou(back, alt[0], prev_mask) > s.cycle_gain + self._back_iou(
                     back, mask, prev_mask
                 ):
@@ -209,7 +218,7 @@ class _Walker:
         if _iou(mask, prev_mask) < s.overlap_threshold:
             return None
         if s.intensity_change is not None:
-            before = np.median(self.slices.gray(index - direction)[prev_mask])
+            before = np.median(self.slices.gray(back)[prev_mask])
             after = np.median(self.slices.gray(index)[mask])
             if abs(float(after) - float(before)) > s.intensity_change:
                 return None
@@ -265,7 +274,7 @@ class _Walker:
             points = np.stack([interior_point(part)[None] for part in parts])
             labels = np.ones((k, 1), np.int64)
         if region is None:
-            emb = self.slices.embedding(index, direction or 1)
+            emb = self.slices.embedding(index, (direction or 1) * s.slice_step)
             offset = np.zeros(2, np.float32)
         else:
             y0, y1, x0, x1 = region
@@ -289,6 +298,55 @@ class _Walker:
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
         low = low_res.max(dim=0).values if region is None else None
         return mask, score, low
+
+
+def _advance(index: int, direction: int, limit: int, step: int) -> int:
+    """The next slice to visit: the next multiple of `step` (so that all objects' walks
+    visit, and embed, the same slices), but never past the walk's last slice, which is
+    always visited."""
+    nxt = (index // step + 1) * step if direction > 0 else -((-index // step) + 1) * step
+    if (nxt - limit) * direction > 0 and (index - limit) * direction < 0:
+        return limit
+    return nxt
+
+
+def fill_between(out: dict[int, tuple[np.ndarray, float]], step: int) -> None:
+    """Fill the slices between two found masks at most `step` apart by shape-based
+    interpolation: each slice takes the zero level of the two masks' signed distance maps,
+    weighted by how near it lies to each. Its score is the lower of the two. A wider gap is
+    a slice where nothing was found, and stays empty, as it does when every slice is walked."""
+    found = sorted(i for i, (m, _) in out.items() if m.any())
+    for a, b in zip(found[:-1], found[1:]):
+        if not 1 < b - a <= step:
+            continue
+        (mask_a, score_a), (mask_b, score_b) = out[a], out[b]
+        window, dist_a, dist_b = _signed_distances(mask_a, mask_b)
+        for t in range(a + 1, b):
+            w = (t - a) / (b - a)
+            mask = np.zeros_like(mask_a)
+            mask[window] = (1 - w) * dist_a + w * dist_b < 0
+            out[t] = (mask, min(score_a, score_b))
+
+
+def _signed_distances(a: np.ndarray, b: np.ndarray):
+    """(window, signed distance of `a`, of `b`) inside the box around both masks plus a
+    two-pixel border: negative inside, positive outside. The border is background, so the
+    distances are those of the whole slice wherever the interpolated mask can lie (inside
+    one of the two masks' box)."""
+    from scipy.ndimage import distance_transform_edt
+
+    rows, cols = np.nonzero(a | b)
+    h, w = a.shape
+    window = np.s_[
+        max(rows.min() - 2, 0) : min(rows.max() + 3, h),
+        max(cols.min() - 2, 0) : min(cols.max() + 3, w),
+    ]
+
+    def signed(mask):
+        mask = mask[window]
+        return distance_transform_edt(~mask) - distance_transform_edt(mask)
+
+    return window, signed(a), signed(b)
 
 
 def seed_box(slices: VolumeSlices, prompt: SlicePrompt, mask_view: np.ndarray) -> np.ndarray | None:
@@ -401,6 +459,9 @@ def propagate(
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()
+    step = settings.slice_step
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise PromptError(f"slice_step {step!r}: expected a whole number of slices, 1 or more")
     resolved = resolve_preset(volume, preset)  # once: `auto` reads the whole volume
     if preset == "auto":
         objects = with_object_windows(volume, axis, objects, resolved)
@@ -473,23 +534,36 @@ def propagate(
             for seed, direction, limit in walks:
                 mask, low = seeds[seed]
                 walker.set_band(seed, mask)
-                index = seed + direction
+                # `back`: the slice the carried mask is on; `last`: the furthest visited
+                back = last = seed
+                stride = step
+                index = _advance(seed, direction, limit, stride)
                 while (index - limit) * direction <= 0 and 0 <= index < n:
                     check_stop()
                     if not mask.any():
                         break
-                    stepped = walker.step(index, mask, low, direction, strict)
+                    stepped = walker.step(index, mask, low, direction, strict, back)
                     if stepped is None and not strict and retry_boxes[seed] is not None:
                         found, score, _ = walker.from_box(index, retry_boxes[seed])
                         stepped = (found, score, None) if found.any() else None
+                    if stepped is None and stride > 1 and abs(index - back) > 1:
+                        # Nothing where a stepped walk landed: the object may end (or be
+                        # lost) in the slices it skipped, so those are walked one by one.
+                        stride, index = 1, back + direction
+                        continue
                     if stepped is None and strict:
                         break
                     if stepped is not None:
                         mask, score, low = stepped
                         out[index] = (mask, score)
                         walker.set_band(index, mask)
-                    tick()
-                    index += direction
+                        back, stride = index, step
+                    if (index - last) * direction > 0:
+                        tick(abs(index - last))
+                        last = index
+                    index = _advance(index, direction, limit, stride)
+            if step > 1:
+                fill_between(out, step)
             seconds[obj.id] = time.perf_counter() - start
             covered += hi - lo + 1
             done = covered  # an object that stopped early skips the rest of its span

@@ -134,8 +134,20 @@ def objects_from_wire(data: dict, max_bytes: int) -> tuple[int, list[ObjectPromp
     return axis, objects
 
 
+# Settings added after the server API was first released, with the value that means "as
+# before": left out of a request at that value, so a server from before them still
+# accepts it (it refuses settings it does not know).
+ADDED_SETTINGS = {"slice_step": 1}
+
+
 def settings_to_json(settings: PropagationSettings | None) -> dict | None:
-    return None if settings is None else asdict(settings)
+    if settings is None:
+        return None
+    data = asdict(settings)
+    for name, unchanged in ADDED_SETTINGS.items():
+        if data.get(name) == unchanged:
+            del data[name]
+    return data
 
 
 def result_to_json(result: PropagationResult) -> dict:

@@ -107,6 +107,21 @@ def test_propagate_with_real_model_and_cache(tmp_path, capsys, volume_file, prom
     assert len(list(cache.rglob("*.npz"))) >= 4
 
 
+def test_propagate_slice_step_walks_fewer_slices(tmp_path, capsys, volume_file, prompts_file):
+    cache = tmp_path / "cache"
+    out = tmp_path / "labels.nii.gz"
+    argv = ["propagate", volume_file, "--prompts", prompts_file, "--out", out]
+    code, stdout, _ = run_cli(capsys, *argv, "--cache", cache, "--slice-step", 3)
+    assert code == 0, stdout
+    labels = read_volume(out).array
+    # block 3 over its range 1-4 from slice 2: 3 (a multiple of 3) and both ends of the
+    # range are walked, and the block is found on all four slices and nowhere else (the
+    # stepping itself is tested in test_propagate)
+    assert [bool((labels[:, :, z] == 3).any()) for z in range(6)] == [0, 1, 1, 1, 1, 0]
+    code, _, err = run_cli(capsys, *argv, "--slice-step", 0)
+    assert_one_line_error(code, err, "slice_step 0")
+
+
 def test_segment_2d_image_and_volume_slice(tmp_path, capsys, volume_file, tiny_checkpoint):
     import imageio.v3 as iio
 

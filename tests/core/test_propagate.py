@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from sammed2d.errors import ImageError, PromptError
 from sammed2d.evaluation import dice, slice_box
-from sammed2d.propagate import ObjectPrompts, SlicePrompt, propagate
+from sammed2d.propagate import ObjectPrompts, PropagationSettings, SlicePrompt, propagate
 
 RADII = [0, 0, 7, 10, 13, 15, 15, 13, 10, 7, 0, 0]  # grows, then shrinks, then vanishes
 S = 4  # phantom pixels per unit of RADII
@@ -252,6 +252,18 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
             {},
             PromptError,
             "outside its range",
+        ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"settings": PropagationSettings(slice_step=0)},
+            PromptError,
+            "slice_step 0",
+        ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"settings": PropagationSettings(slice_step=1.5)},
+            PromptError,
+            "slice_step 1.5",
         ),
     ],
 )
@@ -577,3 +589,63 @@ def test_pieces_of_one_organ_are_joined_again_under_one_box(litemedsam, shared_c
         found[name] = [dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) for z in (4, 7)]
     assert min(found["default"]) > 0.95
     assert min(found["apart"]) < 0.9
+
+
+def test_shape_interpolation_between_two_discs_gives_the_disc_between():
+    from sammed2d.propagate import fill_between
+
+    shape = (80, 90)
+    out = {2: (disc(shape, (40, 40), 10), 0.9), 6: (disc(shape, (40, 40), 18), 0.7)}
+    fill_between(out, 4)
+    assert sorted(out) == [2, 3, 4, 5, 6]
+    assert out[4][1] == 0.7  # the lower of the two scores
+    for z, radius in ((3, 12), (4, 14), (5, 16)):  # radii in proportion to the distance
+        assert dice(out[z][0], disc(shape, (40, 40), radius)) > 0.95, z
+    moved = {0: (disc(shape, (40, 30), 10), 0.9), 2: (disc(shape, (40, 50), 10), 0.9)}
+    fill_between(moved, 2)
+    between = moved[1][0]
+    rows, cols = np.nonzero(between)
+    assert between[40, 40] and abs(cols.mean() - 40) < 0.5 and abs(rows.mean() - 40) < 0.5
+    wide = {0: (disc(shape, (40, 30), 10), 0.9), 5: (disc(shape, (40, 30), 10), 0.9)}
+    fill_between(wide, 4)  # 5 apart with a step of 4: a slice where nothing was found
+    assert sorted(wide) == [0, 5]
+
+
+def test_every_other_slice_is_walked_and_the_rest_interpolated(phantom, litemedsam, shared_cache):
+    _, truth = phantom
+    result = run(
+        phantom,
+        litemedsam,
+        shared_cache,
+        [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)}, range=(1, 10))],
+        settings=PropagationSettings(slice_step=2),
+    )
+    # walked 5 (the seed), 4, 2, 1 (the range's end) and 6, 8, 10; nothing on 10, so 9 is
+    # walked after it; 3 and 7 interpolated
+    assert result.reached[1] == (2, 9)
+    assert np.isfinite(result.scores[1][2:10]).all()
+    for z in range(2, 10):
+        expected = 0.7 if RADII[z] <= 7 else 0.85
+        assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > expected, z
+
+
+def test_a_stepped_walk_embeds_only_the_slices_it_visits(phantom, litemedsam):
+    from sammed2d import EmbeddingCache
+
+    vol, truth = phantom
+    counts = {}
+    for step in (1, 3):
+        cache = EmbeddingCache()
+        propagate(
+            vol,
+            [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)}, range=(0, 11))],
+            litemedsam,
+            axis=2,
+            preset="abdomen",
+            cache=cache,
+            settings=PropagationSettings(slice_step=step),
+        )
+        counts[step] = cache.misses
+    # step 3 from slice 5 over 0..11: 5, 3, 0 (nothing: then 2, and from 2 on 0 again
+    # nothing, then 1) and 6, 9, 11 (the range's end; nothing: then 10)
+    assert counts == {1: 12, 3: 9}

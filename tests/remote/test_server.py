@@ -15,6 +15,7 @@ from sammed2d.objects import ObjectPrompts, PropagationSettings, SlicePrompt
 from sammed2d.propagate import propagate, segment_slice
 from sammed2d.remote import Client, RemoteError
 from sammed2d.server import DeviceQueue
+from sammed2d.wire import settings_to_json
 
 from .conftest import running_server
 
@@ -57,6 +58,15 @@ def test_remote_results_equal_local_bit_for_bit(server, tiny_model):
         np.testing.assert_array_equal(remote.scores[oid], local.scores[oid])
     done, total = seen[-1]  # progress came back to the end of the run
     assert total > 0 and done == total and len(seen) > 1
+
+    # A stepped walk travels; the default step is left out of the request, so a server
+    # from before the setting still accepts it.
+    stepped = PropagationSettings(slice_step=2)
+    remote = client.propagate(volume, objects(), affine=AFFINE, settings=stepped)
+    local = propagate(volume, objects(), tiny_model, affine=AFFINE, settings=stepped)
+    assert np.array_equal(remote.labels, local.labels)
+    assert "slice_step" not in settings_to_json(PropagationSettings())
+    assert settings_to_json(stepped)["slice_step"] == 2
 
     # A given mask travels too (napari corrections send one).
     given = np.zeros(volume.shape[:2], bool)
