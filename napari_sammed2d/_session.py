@@ -14,7 +14,7 @@ import numpy as np
 
 from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS, intensity_range
-from sammed2d.objects import SlicePrompt
+from sammed2d.objects import PropagationSettings, SlicePrompt
 from sammed2d.segments import Segment, default_segment
 
 # The local engine's modules (torch) load when it is first used: with a remote engine
@@ -34,6 +34,7 @@ class SegmentRequest:
     preset: str
     model: tuple[str, ...] = ("litemedsam", "auto", "fp32")  # name or path, device, precision
     seq: int = 0  # order of asking: a click older than a propagation never corrects it
+    slice_step: int = 1  # propagation: walk every n-th slice, interpolate between
 
 
 @dataclass
@@ -242,6 +243,7 @@ class Engine:
             affine=req.affine,
             preset=req.preset,
             value_range=self.value_range(req.data, req.preset),
+            settings=PropagationSettings(slice_step=req.slice_step),
             cache=self.cache,
             progress=progress,
             should_stop=should_stop,
@@ -324,6 +326,7 @@ class RemoteEngine:
             axis=req.axis,
             affine=req.affine,
             preset=req.preset,
+            settings=PropagationSettings(slice_step=req.slice_step),
             progress=progress,
             should_stop=should_stop,
         )

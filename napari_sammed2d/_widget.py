@@ -51,7 +51,7 @@ from qtpy.QtWidgets import (
 from sammed2d.choices import PRECISIONS
 from sammed2d.errors import SamMed2DError
 from sammed2d.intensity import PRESETS
-from sammed2d.objects import ObjectPrompts
+from sammed2d.objects import ObjectPrompts, PropagationSettings
 from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
 from sammed2d.segments import default_segment
@@ -153,6 +153,14 @@ class SegmentWidget(QWidget):
         self.positive_button.toggled.connect(self._on_polarity)
         self.segment_button = QPushButton("Segment slice (Shift+S)")
         self.propagate_button = QPushButton("Propagate (Shift+R)")
+        self.step_spin = QSpinBox()
+        self.step_spin.setRange(1, 10)
+        self.step_spin.setPrefix("every ")
+        self.step_spin.setSuffix(" slice(s)")
+        self.step_spin.setToolTip(
+            "propagation walks every n-th slice and interpolates the slices between: n times "
+            "fewer slices to embed, for thin slices; 1 walks every slice (the most accurate)"
+        )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         clear_button = QPushButton("Clear prompts (Shift+C)")
@@ -180,6 +188,7 @@ class SegmentWidget(QWidget):
         form.addRow("Device", self.device_combo)
         form.addRow("Precision", self.precision_combo)
         form.addRow("Intensity", self.preset_combo)
+        form.addRow("Propagate", self.step_spin)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.objects_view)
@@ -763,7 +772,15 @@ class SegmentWidget(QWidget):
         self._propagated_at[oid] = self._seq
         info = self.table.add(oid)
         request = SegmentRequest(
-            oid, axis, None, None, data, affine, self.window_of(oid), self._model_key()
+            oid,
+            axis,
+            None,
+            None,
+            data,
+            affine,
+            self.window_of(oid),
+            self._model_key(),
+            slice_step=self.step_spin.value(),
         )
         self._run_propagation(
             request,
@@ -1020,7 +1037,12 @@ class SegmentWidget(QWidget):
         else:
             name, sha = self.model_edit.text().strip(), None
         return PromptFile(
-            axis, objects, model=name, sha256=sha, window=self.preset_combo.currentText()
+            axis,
+            objects,
+            model=name,
+            sha256=sha,
+            window=self.preset_combo.currentText(),
+            settings=PropagationSettings(slice_step=self.step_spin.value()),
         )
 
     def save_prompts(self, path) -> None:
@@ -1039,6 +1061,7 @@ class SegmentWidget(QWidget):
             raise SamMed2DError(f"prompts {path}: axis {record.axis} does not fit this image")
         if record.window in PRESETS:
             self.preset_combo.setCurrentText(record.window)
+        self.step_spin.setValue(record.settings.slice_step)
         for obj in objects:
             self.table.remove(obj.id)
             self.table.add(obj.id, obj.name or None, obj.color)

@@ -330,3 +330,43 @@ def test_a_model_that_fails_to_load_ahead_is_named_without_a_popup(widget, qtbot
     viewer.add_image(block_volume(), name="ct")
     qtbot.waitUntil(lambda: "model not loaded" in w.status.text(), timeout=30_000)
     assert not w.engine.ready and not shown
+
+
+def test_propagation_can_walk_every_nth_slice(widget, qtbot, tmp_path):
+    """With "every 3 slices" the run walks fewer slices and interpolates the others: every
+    slice of a growing disc is still filled, the interpolated ones differ from the walked
+    run's, the choice is one undo step like any run, and saved prompts keep it."""
+    viewer, w = widget
+    radii = [0, 14, 16, 18, 20, 22, 24, 26, 0]
+    yy, xx = np.mgrid[:128, :128]
+    vol = np.random.default_rng(0).normal(-80, 5, (9, 128, 128)).astype(np.float32)
+    truth = np.zeros(vol.shape, bool)
+    for z, r in enumerate(radii):
+        truth[z] = (yy - 64) ** 2 + (xx - 60) ** 2 <= r * r
+    vol[truth] = 150
+    viewer.add_image(vol, name="ct")
+    w.model_edit.setText("litemedsam")
+    w.preset_combo.setCurrentText("abdomen")
+    _, shapes, labels = w.ensure_prompt_layers()
+    draw_box(viewer, shapes, 4, 43, 39, 85, 81)
+    w.wait_idle()
+    runs = {}
+    for step in (1, 3):
+        w.step_spin.setValue(step)
+        before = labels.data.copy()
+        w.propagate_object()
+        with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+            pass
+        runs[step] = labels.data.copy()
+        labels.undo()
+        assert np.array_equal(labels.data, before)
+    for step, found in runs.items():
+        assert [z for z in range(9) if (found[z] == 1).any()] == list(range(1, 8)), step
+        for z in range(1, 8):
+            f, t = found[z] == 1, truth[z]
+            assert 2 * (f & t).sum() / (f.sum() + t.sum()) > 0.8, (step, z)
+    assert not np.array_equal(runs[1], runs[3])
+    w.save_prompts(tmp_path / "prompts.json")
+    w.step_spin.setValue(1)
+    w.load_prompts(tmp_path / "prompts.json")
+    assert w.step_spin.value() == 3
