@@ -44,6 +44,10 @@ the whole mask.
 of its largest part (smaller ones are dropped from the next box), with today's other
 defaults.
 
+`--grid agreement` chooses when a prompted box's mask is checked against the box: below
+this IoU between the box and the mask's own box, the decoder's three other candidates are
+tried and the best-agreeing one kept (or never), with today's other defaults.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -93,6 +97,9 @@ SPLITS = [(True, None), (True, 0.25), (True, 0.5), (True, 1.0), (False, None)]
 # min_part_fraction: parts of a carried mask smaller than this fraction of its largest part
 # are not followed (today's 0.1 first)
 PART_FRACTIONS = [0.1, 0.05, 0.2, 0.3]
+# box_agreement: the IoU between a prompted box and its mask's own box below which the
+# decoder's other candidates are tried (today's 0.6 first; None: the single mask always)
+AGREEMENTS = [0.6, None, 0.7, 0.8, 0.9]
 # The grids before "capped-band" were run against the defaults of their time, and hold
 # those fixed so that they print what the README records; the later ones run against
 # today's defaults.
@@ -134,6 +141,7 @@ SINGLE_GRIDS = {
     ),
     "split": (SPLITS, ("follow_splits", "split_gap"), "(follow_splits, split_gap)", "AB", TODAY),
     "parts": (PART_FRACTIONS, ("min_part_fraction",), "min_part_fraction", "AB", TODAY),
+    "agreement": (AGREEMENTS, ("box_agreement",), "box_agreement", "AB", TODAY),
 }
 
 

@@ -82,6 +82,11 @@ class PropagationSettings:
     # mask better. None: off (measured and not kept, see the README).
     cycle_margin: float | None = None
     cycle_gain: float = 0.0  # by at least this much IoU
+    # A box prompt is its object's bounding box. Where the decoder's mask for a prompted box
+    # has a box of its own that overlaps it by less than this IoU, the decoder's three other
+    # candidates are decoded too and the one whose box agrees best with the prompt is kept
+    # (benchmarks/choose_defaults.py --grid agreement). None: the single mask, always.
+    box_agreement: float | None = 0.6
     # Walk the slices whose index is a multiple of `slice_step` (the same ones for every
     # object) and fill the slices between two found masks by shape-based interpolation
     # (signed distances), as the public LiteMedSAM recipe offers: that many times fewer

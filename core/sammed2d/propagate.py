@@ -127,7 +127,27 @@ class _Walker:
             labels = labels[None]
         if boxes is not None:
             boxes = view.box_to_view(boxes[0], raw_shape)[None]
-        return self._decode(index, coords, labels, boxes)
+        found = self._decode(index, coords, labels, boxes)
+        if coords is None and boxes is not None and self.settings.box_agreement is not None:
+            found = self._agreeing(index, boxes[0], found)
+        return found
+
+    def _agreeing(self, index: int, box: np.ndarray, found):
+        """`found` (mask, score, logits) for a prompted box, or the decoder's candidate
+        whose own box agrees best with it where `found`'s agrees less than
+        `box_agreement`: a box prompt says where the object's edges are."""
+        agree = box_iou(box_from_mask(found[0]), box)
+        if agree >= self.settings.box_agreement:
+            return found
+        emb = self.slices.embedding(index)
+        low_res, iou = decode(self.slices.model, emb, None, None, box[None], None, True)
+        for k in range(low_res.shape[1]):
+            logits = low_res[0:1, k : k + 1]
+            mask = (emb.geometry.logits_to_original(logits)[0, 0] > 0).numpy()
+            candidate = box_iou(box_from_mask(mask), box)
+            if candidate > agree:
+                found, agree = (mask, float(iou[0, k]), logits[0]), candidate
+        return found
 
     def from_box(self, index: int, box: np.ndarray):
         """Mask on slice `index` from one box in view pixels, inside the walk's band."""
@@ -298,6 +318,17 @@ class _Walker:
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
         low = low_res.max(dim=0).values if region is None else None
         return mask, score, low
+
+
+def box_iou(a: np.ndarray | None, b: np.ndarray) -> float:
+    """IoU of two [x0, y0, x1, y1] boxes; 0 when `a` is None (an empty mask's box)."""
+    if a is None:
+        return 0.0
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def _advance(index: int, direction: int, limit: int, step: int) -> int:

@@ -649,3 +649,33 @@ def test_a_stepped_walk_embeds_only_the_slices_it_visits(phantom, litemedsam):
     # step 3 from slice 5 over 0..11: 5, 3, 0 (nothing: then 2, and from 2 on 0 again
     # nothing, then 1) and 6, 9, 11 (the range's end; nothing: then 10)
     assert counts == {1: 12, 3: 9}
+
+
+def test_a_box_prompt_keeps_the_candidate_whose_own_box_agrees_with_it(litemedsam):
+    """Two touching discs of different grey levels in one box: the single mask leaves part
+    of the box uncovered. Checked against a strict agreement, a candidate that fills the
+    box better is kept; below the single mask's own agreement nothing changes."""
+    from sammed2d.cache import EmbeddingCache
+    from sammed2d.prompts import box_from_mask
+    from sammed2d.propagate import _Walker, box_iou, volume_slices
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(-80, 5, (128, 128, 3)).astype(np.float32)
+    a, b = disc((128, 128), (64, 50), 15), disc((128, 128), (64, 78), 15)
+    vol[:, :, 1][a] = 200
+    vol[:, :, 1][b & ~a] = 60
+    box = box_from_mask(a | b)
+    slices = volume_slices(litemedsam, vol, 2, None, "abdomen", None, "array", EmbeddingCache())
+
+    def segment(agreement):
+        walker = _Walker(slices, PropagationSettings(box_agreement=agreement))
+        mask, score, _ = walker.from_prompt(1, SlicePrompt(box=box))
+        return mask, box_iou(box_from_mask(mask), box)
+
+    single, single_agrees = segment(None)
+    assert 0.85 < single_agrees < 0.95
+    assert np.array_equal(segment(0.85)[0], single)  # agrees enough: kept
+    checked, checked_agrees = segment(0.95)
+    assert checked_agrees > single_agrees and not np.array_equal(checked, single)
+    np.testing.assert_allclose(box_iou(np.array([0, 0, 4, 4.0]), np.array([2, 0, 6, 4.0])), 1 / 3)
+    assert box_iou(None, box) == 0.0
