@@ -51,7 +51,7 @@ class _Encode(nn.Module):
 class _Decode(nn.Module):
     """Prompt encoder and mask decoder for one layout of prompts (which kinds are given)."""
 
-    def __init__(self, model, points: bool, boxes: bool, masks: bool, multimask: bool) -> None:
+    def __init__(self, model, points: bool, boxes: bool, masks: bool, multimask) -> None:
         super().__init__()
         self.prompt_encoder, self.mask_decoder = model.prompt_encoder, model.mask_decoder
         self.points, self.boxes, self.masks, self.multimask = points, boxes, masks, multimask
@@ -104,11 +104,12 @@ def encode(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return graph(batch)
 
 
-def decode(model, embedding, points, boxes, masks, multimask: bool):
+def decode(model, embedding, points, boxes, masks, multimask: bool | None):
     """Prompt encoder and mask decoder through the graph for this prompt layout."""
     prompts = [*(points or ()), *([boxes] if boxes is not None else [])]
     prompts += [masks] if masks is not None else []
-    layout = (points is not None, boxes is not None, masks is not None, bool(multimask))
+    kind = None if multimask is None else bool(multimask)  # None: all four masks
+    layout = (points is not None, boxes is not None, masks is not None, kind)
     key = ("decode", layout, *_signature([embedding, *prompts]))
     graph = _graph(model, key, lambda: _Decode(model, *layout), (embedding, *prompts))
     with torch.jit.optimized_execution(False):
@@ -128,5 +129,6 @@ def warm(model) -> None:
     size = model.spec.input_size
     (emb,) = embed_slices(model, [np.zeros((size, size, 3), np.uint8)], 1)
     box = np.array([[0, 0, size / 2, size / 2]], np.float32)
-    for multimask in (True, False):  # the Predictor's default, and the volume walk's
+    # the Predictor's default, the volume walk's, and a prompted box's (see propagate)
+    for multimask in (True, False, None):
         decode_prompts(model, emb, boxes=box, multimask_output=multimask)

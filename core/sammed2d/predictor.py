@@ -98,9 +98,12 @@ def decode(
     point_labels: np.ndarray | None = None,
     boxes: np.ndarray | None = None,
     mask_input: np.ndarray | None = None,
-    multimask_output: bool = True,
+    multimask_output: bool | None = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the prompt encoder and mask decoder on validated prompts in original pixels.
+
+    `multimask_output`: True the three proposals, False the single mask, None all four
+    (the single mask first) at about the cost of one.
 
     Points (K, N, 2)/(K, N), boxes (K, 4), masks (K, 1, 4h, 4w): K prompt sets in one
     decoder call. Returns low-res logits (K, C, 4h, 4w) and IoU predictions (K, C) on the CPU.

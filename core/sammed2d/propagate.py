@@ -127,26 +127,26 @@ class _Walker:
             labels = labels[None]
         if boxes is not None:
             boxes = view.box_to_view(boxes[0], raw_shape)[None]
-        found = self._decode(index, coords, labels, boxes)
         if coords is None and boxes is not None and self.settings.box_agreement is not None:
-            found = self._agreeing(index, boxes[0], found)
-        return found
+            return self._agreeing(index, boxes[0])
+        return self._decode(index, coords, labels, boxes)
 
-    def _agreeing(self, index: int, box: np.ndarray, found):
-        """`found` (mask, score, logits) for a prompted box, or the decoder's candidate
-        whose own box agrees best with it where `found`'s agrees less than
-        `box_agreement`: a box prompt says where the object's edges are."""
-        agree = box_iou(box_from_mask(found[0]), box)
-        if agree >= self.settings.box_agreement:
-            return found
+    def _agreeing(self, index: int, box: np.ndarray):
+        """(mask, score, logits) for a prompted box: the decoder's single mask, or, where its
+        own box agrees with the prompt less than `box_agreement`, the candidate whose box
+        agrees best (a box prompt says where the object's edges are). One decoder call
+        gives all four masks."""
         emb = self.slices.embedding(index)
-        low_res, iou = decode(self.slices.model, emb, None, None, box[None], None, True)
-        for k in range(low_res.shape[1]):
+        low_res, iou = decode(self.slices.model, emb, None, None, box[None], None, None)
+        found, agree = None, -1.0
+        for k in range(low_res.shape[1]):  # the single mask first, then the three proposals
             logits = low_res[0:1, k : k + 1]
             mask = (emb.geometry.logits_to_original(logits)[0, 0] > 0).numpy()
             candidate = box_iou(box_from_mask(mask), box)
             if candidate > agree:
                 found, agree = (mask, float(iou[0, k]), logits[0]), candidate
+            if k == 0 and agree >= self.settings.box_agreement:
+                break
         return found
 
     def from_box(self, index: int, box: np.ndarray):

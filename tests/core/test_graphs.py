@@ -76,6 +76,8 @@ def test_graphs_stay_off_for_bf16_and_warm_traces_the_click(tiny_checkpoint):
     model.autocast_dtype = None
     graphs.warm(model)
     kinds = sorted(key[0] for key in model._graphs)
-    assert kinds == ["decode", "decode", "encode"]
+    assert kinds == ["decode", "decode", "decode", "encode"]
+    # a prompted box's click decodes all four masks at once (see propagate._agreeing)
+    assert {key[1][3] for key in model._graphs if key[0] == "decode"} == {True, False, None}
     graphs.enable(model, False)
     assert "_graphs" not in model.__dict__
