@@ -198,11 +198,12 @@ def evaluate_volume(
     seed: int = 0,
     axis: int = 2,
     window: str = "auto",
+    settings=None,
 ) -> dict[int, float]:
     """Dice per class of the model on a labelled volume, with prompts simulated from the
     labels: SAM-Med2D's 2D protocols (box, 1/3/5 points per slice, fixed seed) or the 3D
     propagation protocols (box3d: middle-slice box and range; box3d-free: no range;
-    box3d-multi: boxes on three slices)."""
+    box3d-multi: boxes on three slices). `settings`: PropagationSettings for a local model."""
     from .evaluation import dice, protocol_objects, simulated_prompt_2d
     from .io import read_volume
     from .objects import SlicePrompt
@@ -227,6 +228,8 @@ def evaluate_volume(
 
         net = _model(model, device) if isinstance(model, str) else model
         engine = {"model": net, "cache": cache if cache is not None else _cache(None)}
+        if settings is not None:
+            engine["settings"] = settings
     scores = {}
     if prompt in _PROTOCOL:
         objects = [o for o in protocol_objects(truth, axis, _PROTOCOL[prompt]) if o.id in ids]

@@ -133,4 +133,8 @@ class EmbeddingCache:
                 array = data["embedding"]
         except Exception:  # noqa: BLE001 - any unreadable entry is simply recomputed
             return None
+        if array.ndim == 4:
+            # Held in memory as the decoder reads it (predictor.token_major; a copy), so later
+            # hits on this entry need no conversion.
+            return torch.from_numpy(array).contiguous(memory_format=torch.channels_last)
         return torch.from_numpy(array.copy())

@@ -51,7 +51,7 @@ class _Encode(nn.Module):
 class _Decode(nn.Module):
     """Prompt encoder and mask decoder for one layout of prompts (which kinds are given)."""
 
-    def __init__(self, model, points: bool, boxes: bool, masks: bool, multimask) -> None:
+    def __init__(self, model, points: bool, boxes: bool, masks: bool, multimask: bool | None):
         super().__init__()
         self.prompt_encoder, self.mask_decoder = model.prompt_encoder, model.mask_decoder
         self.points, self.boxes, self.masks, self.multimask = points, boxes, masks, multimask

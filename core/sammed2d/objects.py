@@ -83,9 +83,10 @@ class PropagationSettings:
     cycle_margin: float | None = None
     cycle_gain: float = 0.0  # by at least this much IoU
     # A box prompt is its object's bounding box. Where the decoder's mask for a prompted box
-    # has a box of its own that overlaps it by less than this IoU, the decoder's three other
-    # candidates are decoded too and the one whose box agrees best with the prompt is kept
-    # (benchmarks/choose_defaults.py --grid agreement). None: the single mask, always.
+    # has a box of its own that overlaps it by less than this IoU, the one of the decoder's
+    # three other candidates (from the same call) whose box agrees best is kept, if it
+    # agrees better (benchmarks/choose_defaults.py --grid agreement,
+    # benchmarks/box_agreement.py). None: the single mask, always.
     box_agreement: float | None = 0.6
     # Walk the slices whose index is a multiple of `slice_step` (the same ones for every
     # object) and fill the slices between two found masks by shape-based interpolation

@@ -618,8 +618,11 @@ def segment_slice(
     value_range: tuple[float, float] | None = None,
     orientation: str = "radiological",
     cache: EmbeddingCache | None = None,
+    settings: PropagationSettings | None = None,
 ) -> tuple[np.ndarray, float]:
     """One slice of a volume from prompts in its raw (x, y) pixels: (mask, predicted IoU).
+
+    `settings`: those of a propagation that a slice applies (`box_agreement`).
 
     The slice is windowed with the whole volume's intensity range and shown to the model in
     the same orientation that `propagate` uses, so a slice and its propagation agree; with
@@ -637,7 +640,7 @@ def segment_slice(
         if window is not None:
             preset, value_range = window, intensity_range(volume, window)
     slices = volume_slices(model, volume, axis, affine, preset, value_range, orientation, cache)
-    mask, score, _ = _Walker(slices, PropagationSettings()).from_prompt(index, prompt)
+    mask, score, _ = _Walker(slices, settings or PropagationSettings()).from_prompt(index, prompt)
     return slices.view.from_view(mask), score
 
 

@@ -250,10 +250,7 @@ def test_auto_gives_each_object_the_window_its_first_box_asks_for(widget):
     ct[:, :, :2] = -1000
     ct[:, 6:28, 6:30] = -850
     ct[:, 14:18, 10:26] = -700
-    viewer.add_image(ct, name="ct")
-    w.model_edit.setText("litemedsam")
-    w.preset_combo.setCurrentText("auto")
-    _, shapes, _ = w.ensure_prompt_layers()
+    _, shapes, _ = setup_volume(viewer, w, data=ct, preset="auto")
     draw_box(viewer, shapes, 2, 5, 5, 28, 30)
     w.wait_idle()
     assert w.window_of(1) == "lung"

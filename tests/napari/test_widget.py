@@ -22,10 +22,11 @@ def block_volume():
     return vol
 
 
-def setup_volume(viewer, w, scale=(1, 1, 1), model="litemedsam"):
-    viewer.add_image(block_volume(), name="ct", scale=scale)
+def setup_volume(viewer, w, scale=(1, 1, 1), model="litemedsam", data=None, preset="abdomen"):
+    """`data` (default: `block_volume()`) as the image "ct", with the prompt layers."""
+    viewer.add_image(block_volume() if data is None else data, name="ct", scale=scale)
     w.model_edit.setText(model)
-    w.preset_combo.setCurrentText("abdomen")
+    w.preset_combo.setCurrentText(preset)
     points, shapes, labels = w.ensure_prompt_layers()
     return points, shapes, labels
 
@@ -344,10 +345,7 @@ def test_propagation_can_walk_every_nth_slice(widget, qtbot, tmp_path):
     for z, r in enumerate(radii):
         truth[z] = (yy - 64) ** 2 + (xx - 60) ** 2 <= r * r
     vol[truth] = 150
-    viewer.add_image(vol, name="ct")
-    w.model_edit.setText("litemedsam")
-    w.preset_combo.setCurrentText("abdomen")
-    _, shapes, labels = w.ensure_prompt_layers()
+    _, shapes, labels = setup_volume(viewer, w, data=vol)
     draw_box(viewer, shapes, 4, 43, 39, 85, 81)
     w.wait_idle()
     runs = {}

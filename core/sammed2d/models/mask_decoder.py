@@ -213,18 +213,14 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res mask logits (B, 1 or 3, 4h, 4w) and predicted IoUs (B, 1 or 3).
+        """Low-res mask logits (B, 1, 3 or 4, 4h, 4w) and predicted IoUs (B, 1, 3 or 4).
 
         `image_embeddings` is (1, C, h, w), shared by all B prompts, or (B, C, h, w), one each.
         """
-        # None: all four, the single mask first (the decoder computes every token anyway)
-        sl = (
-            slice(None)
-            if multimask_output is None
-            else slice(1, None)
-            if multimask_output
-            else slice(0, 1)
-        )
+        if multimask_output is None:  # all four, the single mask first (one pass either way)
+            sl = slice(None)
+        else:
+            sl = slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl
         )
