@@ -34,7 +34,8 @@ class SegmentRequest:
     preset: str
     model: tuple[str, ...] = ("litemedsam", "auto", "fp32")  # name or path, device, precision
     seq: int = 0  # order of asking: a click older than a propagation never corrects it
-    slice_step: int = 1  # propagation: walk every n-th slice, interpolate between
+    slice_step: int | None = None  # propagation: every n-th slice, interpolated between
+    # (None: the slices within 3 mm)
 
 
 @dataclass

@@ -154,12 +154,14 @@ class SegmentWidget(QWidget):
         self.segment_button = QPushButton("Segment slice (Shift+S)")
         self.propagate_button = QPushButton("Propagate (Shift+R)")
         self.step_spin = QSpinBox()
-        self.step_spin.setRange(1, 10)
+        self.step_spin.setRange(0, 10)  # 0: automatic (None in the settings)
         self.step_spin.setPrefix("every ")
         self.step_spin.setSuffix(" slice(s)")
+        self.step_spin.setSpecialValueText("every 3 mm (auto)")
         self.step_spin.setToolTip(
             "propagation walks every n-th slice and interpolates the slices between: n times "
-            "fewer slices to embed, for thin slices; 1 walks every slice (the most accurate)"
+            "fewer slices to embed. auto: as many slices as lie within 3 mm (every slice of "
+            "a scan with slices 2 mm apart or more; every third of a 1 mm scan)"
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -626,9 +628,12 @@ class SegmentWidget(QWidget):
             prompt = clip_box_to(prompt, shape[:2])
             preset = self.window_of(oid)
             self._seq += 1
+            # A correction re-propagates from this request: its short stretch walks every
+            # slice.
             request = SegmentRequest(
-                oid, axis, index, prompt, data, affine, preset, self._model_key(), self._seq
-            )
+                oid, axis, index, prompt, data, affine, preset, self._model_key(), self._seq,
+                slice_step=1,
+            )  # fmt: skip
         except SamMed2DError as exc:
             show_error(str(exc))
             return
@@ -780,7 +785,7 @@ class SegmentWidget(QWidget):
             affine,
             self.window_of(oid),
             self._model_key(),
-            slice_step=self.step_spin.value(),
+            slice_step=self.slice_step(),
         )
         self._run_propagation(
             request,
@@ -1042,8 +1047,12 @@ class SegmentWidget(QWidget):
             model=name,
             sha256=sha,
             window=self.preset_combo.currentText(),
-            settings=PropagationSettings(slice_step=self.step_spin.value()),
+            settings=PropagationSettings(slice_step=self.slice_step()),
         )
+
+    def slice_step(self) -> int | None:
+        """The propagation's slice step: None for auto (the spin box's 0)."""
+        return self.step_spin.value() or None
 
     def save_prompts(self, path) -> None:
         write_prompt_file(path, self.prompt_record())
@@ -1061,7 +1070,7 @@ class SegmentWidget(QWidget):
             raise SamMed2DError(f"prompts {path}: axis {record.axis} does not fit this image")
         if record.window in PRESETS:
             self.preset_combo.setCurrentText(record.window)
-        self.step_spin.setValue(record.settings.slice_step)
+        self.step_spin.setValue(record.settings.slice_step or 0)
         for obj in objects:
             self.table.remove(obj.id)
             self.table.add(obj.id, obj.name or None, obj.color)

@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="walk every N-th slice and interpolate the slices between (N times fewer "
-        "slices to embed, for thin slices; default: the prompts file's setting, else 1)",
+        "slices to embed; default: the prompts file's setting, else the slices within 3 mm, "
+        "so every slice of a scan with slices 2 mm apart or more)",
     )
     common(p, cache=True, window_default=None)
     p.set_defaults(run=cmd_propagate)

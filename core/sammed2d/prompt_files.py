@@ -37,7 +37,14 @@ class PromptFile:
 
 # Settings that later releases turned on, with the value that reproduces what a release
 # before them did: a file one of those wrote records every setting it had but not these.
-TURNED_ON_LATER = {"box_margin_max": None, "intensity_band": None, "split_gap": None}
+TURNED_ON_LATER = {
+    "box_margin_max": None,
+    "intensity_band": None,
+    "split_gap": None,
+    "box_agreement": None,
+    "slice_step": 1,
+    "step_distance": None,
+}
 
 
 def settings_from_json(data, where: str, written_by_release: bool = False) -> PropagationSettings:

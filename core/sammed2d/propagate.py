@@ -204,6 +204,7 @@ class _Walker:
         direction: int,
         strict=True,
         back: int | None = None,
+        ref: tuple[int, np.ndarray] | None = None,
     ):
         """Mask on slice `index` from the mask on slice `back` (default: the one before, in
         `direction`); None where it should stop.
@@ -235,10 +236,11 @@ class _Walker:
             return mask, score, low
         if score < s.iou_threshold:
             return None
-        if _iou(mask, prev_mask) < s.overlap_threshold:
+        ref_index, ref_mask = (back, prev_mask) if ref is None else ref
+        if _iou(mask, ref_mask) < s.overlap_threshold:
             return None
         if s.intensity_change is not None:
-            before = np.median(self.slices.gray(back)[prev_mask])
+            before = np.median(self.slices.gray(ref_index)[ref_mask])
             after = np.median(self.slices.gray(index)[mask])
             if abs(float(after) - float(before)) > s.intensity_change:
                 return None
@@ -490,7 +492,11 @@ def propagate(
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()
+    reach = slices_within(settings.step_distance, affine, axis)
     step = settings.slice_step
+    if step is None:
+        step = reach
+        settings = replace(settings, slice_step=step)
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise PromptError(f"slice_step {step!r}: expected a whole number of slices, 1 or more")
     resolved = resolve_preset(volume, preset)  # once: `auto` reads the whole volume
@@ -567,13 +573,16 @@ def propagate(
                 walker.set_band(seed, mask)
                 # `back`: the slice the carried mask is on; `last`: the furthest visited
                 back = last = seed
+                trail = [(seed, mask)]
                 stride = step
                 index = _advance(seed, direction, limit, stride)
                 while (index - limit) * direction <= 0 and 0 <= index < n:
                     check_stop()
                     if not mask.any():
                         break
-                    stepped = walker.step(index, mask, low, direction, strict, back)
+                    span = max(reach, abs(index - back))
+                    ref = next(t for t in trail if abs(index - t[0]) <= span)
+                    stepped = walker.step(index, mask, low, direction, strict, back, ref)
                     if stepped is None and not strict and retry_boxes[seed] is not None:
                         found, score, _ = walker.from_box(index, retry_boxes[seed])
                         stepped = (found, score, None) if found.any() else None
@@ -589,6 +598,7 @@ def propagate(
                         out[index] = (mask, score)
                         walker.set_band(index, mask)
                         back, stride = index, step
+                        trail = [t for t in trail if abs(index - t[0]) <= reach] + [(index, mask)]
                     if (index - last) * direction > 0:
                         tick(abs(index - last))
                         last = index
@@ -642,6 +652,18 @@ def segment_slice(
     slices = volume_slices(model, volume, axis, affine, preset, value_range, orientation, cache)
     mask, score, _ = _Walker(slices, settings or PropagationSettings()).from_prompt(index, prompt)
     return slices.view.from_view(mask), score
+
+
+def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
+    """How many slices along `axis` fit in `distance` mm (at least 1; 1 without either)."""
+    if distance is None or affine is None:
+        return 1
+    if isinstance(distance, bool) or not isinstance(distance, (int, float)) or distance <= 0:
+        raise PromptError(f"step_distance {distance!r}: expected a positive number of mm")
+    spacing = float(np.linalg.norm(np.asarray(affine, np.float64)[:3, axis]))
+    if not np.isfinite(spacing) or spacing <= 0:
+        return 1
+    return max(1, int(np.floor(distance / spacing + 1e-6)))
 
 
 def _checked_axis(volume: np.ndarray, axis: int, need: str) -> int:

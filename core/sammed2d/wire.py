@@ -134,10 +134,11 @@ def objects_from_wire(data: dict, max_bytes: int) -> tuple[int, list[ObjectPromp
     return axis, objects
 
 
-# Settings added after the server API was first released, with the value that means "as
-# before": left out of a request at that value, so a server from before them still
-# accepts it (it refuses settings it does not know).
-ADDED_SETTINGS = {"slice_step": 1}
+# Settings added after the server API was first released, with their default: left out of
+# a request at that value, so a server from before them still accepts it (it refuses
+# settings it does not know) and walks as it did. A server that knows them takes the same
+# default for a setting left out.
+ADDED_SETTINGS = {"slice_step": None, "step_distance": 3.0}
 
 
 def settings_to_json(settings: PropagationSettings | None) -> dict | None:

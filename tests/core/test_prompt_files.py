@@ -22,7 +22,8 @@ def test_a_file_from_an_earlier_release_replays_as_that_release_behaved():
     written = {**OBJECTS, "settings": {"box_margin": 5.0}, "sammed2d": "0.2.0"}
     settings = prompt_file_from_json(written).settings
     assert settings.intensity_band is None and settings.box_margin_max is None
-    assert settings.split_gap is None
+    assert settings.split_gap is None and settings.box_agreement is None
+    assert settings.step_distance is None and settings.slice_step == 1  # slice by slice
     # the release that added the band recorded it, but not the later split_gap
     band = {**OBJECTS, "settings": {"intensity_band": 20.0}, "sammed2d": "0.2.0"}
     settings = prompt_file_from_json(band).settings

@@ -529,10 +529,8 @@ def test_the_intensity_band_keeps_the_walk_off_the_gap_around_a_disc(litemedsam,
     assert not (found[20.0] & ring[:, :, None]).any()
 
 
-def test_the_intensity_band_follows_an_object_whose_grey_level_drifts(litemedsam, shared_cache):
-    """The band is taken from the previous slice's mask, not the prompted slice's: a disc
-    that brightens by 30 HU a slice (330 HU over the volume, far past the band) is followed
-    to both ends."""
+def brightening_disc():
+    """A disc that brightens by 30 HU a slice (330 HU over 12 slices)."""
     rng = np.random.default_rng(2)
     shape = (64 * S, 64 * S)
     vol = np.full((*shape, 12), -80.0, np.float32)
@@ -541,11 +539,43 @@ def test_the_intensity_band_follows_an_object_whose_grey_level_drifts(litemedsam
     for z in range(12):
         vol[:, :, z][truth[:, :, z] == 1] = -20.0 + 30.0 * z
     vol += rng.normal(0, 5, vol.shape).astype(np.float32)
+    return vol, truth
+
+
+def test_the_intensity_band_follows_an_object_whose_grey_level_drifts(litemedsam, shared_cache):
+    """The band is taken from the previous slice's mask, not the prompted slice's: the
+    brightening disc (far past the band over the volume) is followed to both ends."""
+    vol, truth = brightening_disc()
     objects = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]
     result = propagate(vol, objects, litemedsam, axis=2, preset="abdomen", cache=shared_cache)
     assert result.reached[1] == (0, 11)
     for z in range(12):
         assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > 0.9, z
+
+
+def test_the_stopping_rules_measure_change_per_mm_not_per_slice(litemedsam, shared_cache):
+    """The brightening disc changes 19 grey levels (of the abdomen window's 255) a slice.
+    Between 3 mm slices that is under the 40 levels a walk may change by before it stops,
+    and it is followed to both ends; between 1 mm slices it is 57 levels per 3 mm, and the
+    walk stops at the first slice 3 mm from a mask it found at more than 40 levels apart.
+    Compared slice by slice it would walk on; a given range is always followed. (Every
+    slice is walked here; by default a walk between 1 mm slices steps 3 mm.)"""
+    vol, truth = brightening_disc()
+    objects = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)})]
+
+    def reached(spacing, objects=objects, **settings):
+        affine = np.diag([1.0, 1.0, spacing, 1.0])
+        return propagate(
+            vol, objects, litemedsam, axis=2, affine=affine, preset="abdomen",
+            cache=shared_cache, settings=PropagationSettings(**{"slice_step": 1, **settings}),
+        ).reached[1]  # fmt: skip
+
+    assert reached(3.0) == (0, 11)
+    assert reached(1.0) == (3, 7)  # slices 2 and 8 are 3 slices from the seed, 57 levels
+    assert reached(1.0, step_distance=None) == (0, 11)
+    assert reached(0.5, step_distance=1.5) == (3, 7)  # the same distance in slices
+    ranged = [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)}, (0, 11))]
+    assert reached(1.0, ranged) == (0, 11)
 
 
 def test_parts_close_together_share_one_box_and_far_apart_keep_their_own():
@@ -633,22 +663,33 @@ def test_a_stepped_walk_embeds_only_the_slices_it_visits(phantom, litemedsam):
     from sammed2d import EmbeddingCache
 
     vol, truth = phantom
-    counts = {}
-    for step in (1, 3):
+
+    def embedded(spacing=None, **settings):
         cache = EmbeddingCache()
-        propagate(
+        result = propagate(
             vol,
             [ObjectPrompts(1, {5: box_prompt(truth, 1, 5)}, range=(0, 11))],
             litemedsam,
             axis=2,
+            affine=None if spacing is None else np.diag([1.0, 1.0, spacing, 1.0]),
             preset="abdomen",
             cache=cache,
-            settings=PropagationSettings(slice_step=step),
+            settings=PropagationSettings(**settings),
+            orientation="array",
         )
-        counts[step] = cache.misses
+        return cache.misses, result.labels
+
     # step 3 from slice 5 over 0..11: 5, 3, 0 (nothing: then 2, and from 2 on 0 again
     # nothing, then 1) and 6, 9, 11 (the range's end; nothing: then 10)
-    assert counts == {1: 12, 3: 9}
+    assert embedded(slice_step=1)[0] == 12 and embedded(slice_step=3)[0] == 9
+    # By default the step is the whole slices within 3 mm: 1 mm slices walk as step 3,
+    # 1.5 mm slices as step 2, 2 mm and thicker (or no geometry) every slice.
+    _, stepped = embedded(slice_step=3)
+    misses, auto = embedded(1.0)
+    assert misses == 9 and np.array_equal(auto, stepped)
+    assert embedded(1.5)[0] == embedded(slice_step=2)[0]
+    assert embedded(2.0)[0] == embedded(3.0)[0] == embedded()[0] == 12
+    assert embedded(1.0, step_distance=None)[0] == 12
 
 
 def test_a_box_prompt_keeps_the_candidate_whose_own_box_agrees_with_it(litemedsam):

@@ -348,6 +348,7 @@ def test_propagation_can_walk_every_nth_slice(widget, qtbot, tmp_path):
     _, shapes, labels = setup_volume(viewer, w, data=vol)
     draw_box(viewer, shapes, 4, 43, 39, 85, 81)
     w.wait_idle()
+    assert w.slice_step() is None and w.step_spin.text() == "every 3 mm (auto)"
     runs = {}
     for step in (1, 3):
         w.step_spin.setValue(step)
@@ -368,3 +369,8 @@ def test_propagation_can_walk_every_nth_slice(widget, qtbot, tmp_path):
     w.step_spin.setValue(1)
     w.load_prompts(tmp_path / "prompts.json")
     assert w.step_spin.value() == 3
+    w.step_spin.setValue(0)
+    w.save_prompts(tmp_path / "auto.json")
+    w.step_spin.setValue(2)
+    w.load_prompts(tmp_path / "auto.json")
+    assert w.slice_step() is None

@@ -65,8 +65,13 @@ def test_remote_results_equal_local_bit_for_bit(server, tiny_model):
     remote = client.propagate(volume, objects(), affine=AFFINE, settings=stepped)
     local = propagate(volume, objects(), tiny_model, affine=AFFINE, settings=stepped)
     assert np.array_equal(remote.labels, local.labels)
-    assert "slice_step" not in settings_to_json(PropagationSettings())
+    assert not {"slice_step", "step_distance"} & set(settings_to_json(PropagationSettings()))
     assert settings_to_json(stepped)["slice_step"] == 2
+    per_slice = PropagationSettings(step_distance=None)  # a value apart from the default
+    assert settings_to_json(per_slice)["step_distance"] is None
+    remote = client.propagate(volume, objects(), affine=AFFINE, settings=per_slice)
+    local = propagate(volume, objects(), tiny_model, affine=AFFINE, settings=per_slice)
+    assert np.array_equal(remote.labels, local.labels)
 
     # A given mask travels too (napari corrections send one).
     given = np.zeros(volume.shape[:2], bool)
