@@ -42,6 +42,10 @@ def _number_or_off(value: str):
     return OFF if value == OFF else float(value)
 
 
+def _count_or_off(value: str):
+    return OFF if value == OFF else int(value)
+
+
 def _settings(args) -> PropagationSettings:
     overrides = {
         f.name: None if getattr(args, f.name) == OFF else getattr(args, f.name)
@@ -125,7 +129,8 @@ def main(argv=None) -> int:
         if kind is bool:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v == "on")
         elif "None" in str(f.type):  # optional: a number, or "off"
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=_number_or_off)
+            kind = _count_or_off if str(f.type).startswith("int") else _number_or_off
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
     args = parser.parse_args(argv)
