@@ -97,7 +97,9 @@ def enlarged(volume: np.ndarray, affine: np.ndarray, labels: np.ndarray, factor:
     from scipy import ndimage
 
     zoom = (factor, factor, 1)
-    big = np.rint(ndimage.zoom(volume.astype(np.float32), zoom, order=1, grid_mode=True))
+    # mode "nearest": the edge voxels' own values beyond the edge, not a frame of 0 HU
+    big = ndimage.zoom(volume.astype(np.float32), zoom, order=1, grid_mode=True, mode="nearest")
+    big = np.rint(big)
     affine = np.array(affine, np.float64)
     # Voxel centres of the finer grid: the first lies (1 - 1/f)/2 of an old voxel back.
     shift = (1 - 1 / factor) / 2
@@ -106,7 +108,7 @@ def enlarged(volume: np.ndarray, affine: np.ndarray, labels: np.ndarray, factor:
     return (
         big.astype(volume.dtype),
         affine,
-        ndimage.zoom(labels, zoom, order=0, grid_mode=True),
+        ndimage.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest"),
     )
 
 
