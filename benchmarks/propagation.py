@@ -38,12 +38,9 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "abdomen_ct"
 OFF = "off"
 
 
-def _number_or_off(value: str):
-    return OFF if value == OFF else float(value)
-
-
-def _count_or_off(value: str):
-    return OFF if value == OFF else int(value)
+def _or_off(kind):
+    """A parser for an optional setting: a value of `kind`, or "off" (None)."""
+    return lambda value: OFF if value == OFF else kind(value)
 
 
 def _settings(args) -> PropagationSettings:
@@ -157,8 +154,8 @@ def main(argv=None) -> int:
         if kind is bool:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v == "on")
         elif "None" in str(f.type):  # optional: a number, or "off"
-            kind = _count_or_off if str(f.type).startswith("int") else _number_or_off
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
+            kind = int if str(f.type).startswith("int") else float
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=_or_off(kind))
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
     args = parser.parse_args(argv)

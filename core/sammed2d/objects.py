@@ -102,7 +102,7 @@ class PropagationSettings:
     # means the same change whatever the slice thickness. Between 1 mm slices an object
     # changes a third as much from one to the next, and each step is one more chance to
     # drift: walked slice by slice with per-slice rules, the fourteen structures resampled
-    # to 1 mm scored 0.616 (A) and 0.539 (B), in 3 mm steps 0.657 and 0.631
+    # to 1 mm scored 0.616 (A) and 0.514 (B), in 3 mm steps 0.657 and 0.631
     # (benchmarks/propagation.py --thin 3). None, or a volume without an affine: slice by
     # slice.
     step_distance: float | None = 3.0

@@ -2,10 +2,10 @@
 
 From every annotated slice the mask is carried outward, one slice at a time (on slices
 under 2 mm apart, one step of about 3 mm at a time, the slices between interpolated): the
-previous mask gives the next slice's prompt (its box grown by a margin, optionally its logits as a
-mask prompt and its innermost point). Between two annotated slices the gap is filled from
-both ends. A walk stops when the mask vanishes, the model's predicted IoU or the overlap
-with the previous slice falls below a threshold, or the object's slice range ends.
+previous mask gives the next slice's prompt (its box grown by a margin, optionally its
+logits as a mask prompt and its innermost point). Between two annotated slices the gap is
+filled from both ends. A walk stops when the mask vanishes, the model's predicted IoU or the
+overlap with the previous slice falls below a threshold, or the object's slice range ends.
 
 Slices are shown to the model in the radiological orientation derived from the affine
 (see `orientation`), and prompts and masks are mapped back exactly.

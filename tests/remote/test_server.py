@@ -69,8 +69,10 @@ def test_remote_results_equal_local_bit_for_bit(server, tiny_model):
     assert settings_to_json(stepped)["slice_step"] == 2
     per_slice = PropagationSettings(step_distance=None)  # a value apart from the default
     assert settings_to_json(per_slice)["step_distance"] is None
-    remote = client.propagate(volume, objects(), affine=AFFINE, settings=per_slice)
-    local = propagate(volume, objects(), tiny_model, affine=AFFINE, settings=per_slice)
+    # 1 mm slices, where the default would step 3 slices: the setting must reach the server
+    thin = np.diag([0.8, 0.8, 1.0, 1.0])
+    remote = client.propagate(volume, objects(), affine=thin, settings=per_slice)
+    local = propagate(volume, objects(), tiny_model, affine=thin, settings=per_slice)
     assert np.array_equal(remote.labels, local.labels)
 
     # A given mask travels too (napari corrections send one).
