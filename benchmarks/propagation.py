@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", default="structures.nii.gz", help="labels file in --data")
     parser.add_argument("--model", default="litemedsam")
     parser.add_argument("--cache", type=Path, default=None, help="on-disk embedding cache")
-    parser.add_argument("--protocols", default="ABC")
+    parser.add_argument("--protocols", default="ABC", help="letters, e.g. AB or A,B")
     parser.add_argument("--orientation", default="radiological", choices=["radiological", "array"])
     parser.add_argument(
         "--window",
@@ -163,6 +163,9 @@ def main(argv=None) -> int:
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
     settings = _settings(args)
+    protocols = [p for p in args.protocols.upper() if p != ","]
+    if not protocols or set(protocols) - set("ABC"):
+        parser.error(f"--protocols {args.protocols!r}: expected letters among A, B and C")
     ct = read_volume(args.data / "ct.nii.gz")
     gt = read_volume(args.data / args.labels).array
     if args.drift:
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
                 ct.array, obj, model, 2, ct.affine, single, args.orientation, cache
             )
             base[obj.id] = dice(found, gt == obj.id)
-    for protocol in args.protocols:
+    for protocol in protocols:
         objects = protocol_objects(gt, axis=2, protocol=protocol, names=names)
         start = time.perf_counter()
         result = propagate(
