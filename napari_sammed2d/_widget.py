@@ -877,7 +877,8 @@ class SegmentWidget(QWidget):
             "no slices" if info.reached is None else f"slices {info.reached[0]}–{info.reached[1]}"
         )
         cancelled = " (cancelled)" if result.cancelled else ""
-        self.status.setText(f"{info.name}: {text}{cancelled}")
+        stepped = f", every {result.slice_step} slices" if result.slice_step > 1 else ""
+        self.status.setText(f"{info.name}: {text}{stepped}{cancelled}")
 
     def _report_error(self, what: str, exc: BaseException) -> None:
         """One line in a notification and the status; the traceback goes to the log."""

@@ -195,6 +195,11 @@ def cmd_propagate(args) -> int:
         window = result.windows.get(obj.id)
         shown = f", {window} window" if window else ""
         print(f"object {obj.id}{name}: {span}{shown}, {result.seconds.get(obj.id, 0.0):.1f} s")
+    if result.slice_step > 1:
+        print(
+            f"walked every {result.slice_step} slices (--slice-step), the slices between "
+            "interpolated"
+        )
     print(f"labels written to {args.out}")
     return 0
 

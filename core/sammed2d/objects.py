@@ -117,6 +117,8 @@ class PropagationResult:
     seconds: dict[int, float] = field(default_factory=dict)
     # per object: the intensity window its slices were shown in (preset name)
     windows: dict[int, str] = field(default_factory=dict)
+    # the walks visited every `slice_step`-th slice (the slices between them interpolated)
+    slice_step: int = 1
 
 
 def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:

@@ -625,6 +625,7 @@ def propagate(
 
     result = _compose(volume.shape, axis, slices.view, objects, results, seconds, cancelled)
     result.windows = windows
+    result.slice_step = step
     return result
 
 

@@ -159,6 +159,7 @@ def result_to_json(result: PropagationResult) -> dict:
         "cancelled": bool(result.cancelled),
         "seconds": {str(k): float(v) for k, v in result.seconds.items()},
         "windows": {str(k): str(v) for k, v in result.windows.items()},
+        "slice_step": int(result.slice_step),
     }
 
 
@@ -170,4 +171,5 @@ def result_from_json(data: dict, max_bytes: int) -> PropagationResult:
         cancelled=bool(data["cancelled"]),
         seconds={int(k): float(v) for k, v in data["seconds"].items()},
         windows={int(k): str(v) for k, v in data.get("windows", {}).items()},
+        slice_step=int(data.get("slice_step", 1)),
     )

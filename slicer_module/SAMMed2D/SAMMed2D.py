@@ -733,6 +733,8 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             reached = result.reached[1]
             text = "no slices" if reached is None else f"slices {reached[0]}-{reached[1]}"
             text += f" ({written} written), {result.windows.get(1, preset)} window"
+            if getattr(result, "slice_step", 1) > 1:  # an engine from before the field
+                text += f", every {result.slice_step} slices"
             return text + (" (cancelled)" if result.cancelled else "")
 
         return work, finish

@@ -118,6 +118,7 @@ def test_propagate_slice_step_walks_fewer_slices(tmp_path, capsys, volume_file, 
     # range are walked, and the block is found on all four slices and nowhere else (the
     # stepping itself is tested in test_propagate)
     assert [bool((labels[:, :, z] == 3).any()) for z in range(6)] == [0, 1, 1, 1, 1, 0]
+    assert "walked every 3 slices" in stdout
     code, _, err = run_cli(capsys, *argv, "--slice-step", 0)
     assert_one_line_error(code, err, "slice_step 0")
 

@@ -357,6 +357,7 @@ def test_propagation_can_walk_every_nth_slice(widget, qtbot, tmp_path):
         with qtbot.waitSignal(w._busy.finished, timeout=120_000):
             pass
         runs[step] = labels.data.copy()
+        assert ("every 3 slices" in w.status.text()) == (step == 3), w.status.text()
         labels.undo()
         assert np.array_equal(labels.data, before)
     for step, found in runs.items():

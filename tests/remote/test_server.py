@@ -65,6 +65,7 @@ def test_remote_results_equal_local_bit_for_bit(server, tiny_model):
     remote = client.propagate(volume, objects(), affine=AFFINE, settings=stepped)
     local = propagate(volume, objects(), tiny_model, affine=AFFINE, settings=stepped)
     assert np.array_equal(remote.labels, local.labels)
+    assert remote.slice_step == local.slice_step == 2
     assert not {"slice_step", "step_distance"} & set(settings_to_json(PropagationSettings()))
     assert settings_to_json(stepped)["slice_step"] == 2
     per_slice = PropagationSettings(step_distance=None)  # a value apart from the default
@@ -74,6 +75,9 @@ def test_remote_results_equal_local_bit_for_bit(server, tiny_model):
     remote = client.propagate(volume, objects(), affine=thin, settings=per_slice)
     local = propagate(volume, objects(), tiny_model, affine=thin, settings=per_slice)
     assert np.array_equal(remote.labels, local.labels)
+    assert remote.slice_step == local.slice_step == 1
+    # the default step on them, 3 slices (3 mm), is reported back
+    assert client.propagate(volume, objects(), affine=thin).slice_step == 3
 
     # A given mask travels too (napari corrections send one).
     given = np.zeros(volume.shape[:2], bool)
