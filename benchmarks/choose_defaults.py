@@ -48,6 +48,10 @@ defaults.
 this IoU between the box and the mask's own box, the decoder's three other candidates are
 tried and the best-agreeing one kept (or never), with today's other defaults.
 
+`--grid margin-now` chooses the bounded relative margin again with today's other defaults
+(floor 2-4 px at 256 px, 10-20 % of the box, cap 5-7 px). `--windows auto mr-like` scores
+it on the CT and on the MR-like stand-in of `propagation.py --mr-like` too.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -100,6 +104,17 @@ PART_FRACTIONS = [0.1, 0.05, 0.2, 0.3]
 # box_agreement: the IoU between a prompted box and its mask's own box below which the
 # decoder's other candidates are tried (today's 0.6 first; None: the single mask always)
 AGREEMENTS = [0.6, None, 0.7, 0.8, 0.9]
+# (floor, fraction, cap in px at 256) around today's bounded relative margin (first)
+MARGINS_NOW = [
+    (3.0, 0.1, 5.0),
+    (3.0, 0.15, 6.0),
+    (3.0, 0.15, 5.0),
+    (3.0, 0.2, 7.0),
+    (4.0, 0.1, 6.0),
+    (4.0, 0.15, 7.0),
+    (2.0, 0.15, 6.0),
+    (3.0, 0.1, 7.0),
+]
 # The grids before "capped-band" were run against the defaults of their time, and hold
 # those fixed so that they print what the README records; the later ones run against
 # today's defaults.
@@ -142,13 +157,23 @@ SINGLE_GRIDS = {
     "split": (SPLITS, ("follow_splits", "split_gap"), "(follow_splits, split_gap)", "AB", TODAY),
     "parts": (PART_FRACTIONS, ("min_part_fraction",), "min_part_fraction", "AB", TODAY),
     "agreement": (AGREEMENTS, ("box_agreement",), "box_agreement", "AB", TODAY),
+    "margin-now": (
+        MARGINS_NOW,
+        ("box_margin", "box_margin_fraction", "box_margin_max"),
+        "(box_margin floor, box_margin_fraction, box_margin_max)",
+        "AB",
+        TODAY,
+    ),
 }
 
 
 def run(ct, gt, names, model, cache, protocol, settings, preset="abdomen"):
     objects = protocol_objects(gt, 2, protocol, names)
+    volume = ct.array
+    if preset == "mr-like":
+        volume, preset = _mr_like(ct.array), "auto"
     result = propagate(
-        ct.array, objects, model, axis=2, affine=ct.affine, preset=preset,
+        volume, objects, model, axis=2, affine=ct.affine, preset=preset,
         settings=settings, cache=cache,
     )  # fmt: skip
     out = {}
@@ -160,6 +185,18 @@ def run(ct, gt, names, model, cache, protocol, settings, preset="abdomen"):
     return out
 
 
+_MR = {}
+
+
+def _mr_like(array):
+    """The MR-like stand-in of `propagation.py` (built once per volume)."""
+    if id(array) not in _MR:
+        from propagation import mr_like  # this folder's benchmark, beside this script
+
+        _MR[id(array)] = (array, mr_like(array))
+    return _MR[id(array)][1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -169,8 +206,10 @@ def main() -> int:
         "--windows",
         nargs="+",
         default=["auto"],
-        choices=["auto", "percentile"],
-        help="single-setting grids: score each structure in these window presets (mean)",
+        choices=["auto", "percentile", "mr-like"],
+        help="single-setting grids: score each structure in these window presets (mean); "
+        "mr-like: the CT's grey levels remapped to a T1-weighted MR's (`propagation.py "
+        "--mr-like`), in its default window",
     )
     args = ap.parse_args()
     reuse_freed_memory()

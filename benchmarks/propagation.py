@@ -109,6 +109,41 @@ def enlarged(volume: np.ndarray, affine: np.ndarray, labels: np.ndarray, factor:
     )
 
 
+# HU -> signal of a T1-weighted MR, roughly: air and cortical bone dark, fat brightest,
+# fluid darker than the organs, enhanced vessels bright. Points between are linear.
+MR_LIKE = (
+    (-1000.0, 10.0),
+    (-300.0, 30.0),
+    (-150.0, 700.0),
+    (-60.0, 800.0),
+    (0.0, 250.0),
+    (40.0, 380.0),
+    (100.0, 450.0),
+    (200.0, 520.0),
+    (400.0, 200.0),
+    (1000.0, 60.0),
+)
+
+
+def mr_like(volume: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A stand-in for an MR of the same anatomy: grey levels remapped from HU through
+    `MR_LIKE` (not monotonic: the order of tissues' grey levels changes, and fat, not
+    contrast, is brightest), times a smooth bias field (x0.7-1.3 across the volume), plus
+    Rician noise at 2 % of the fat signal. Floating point and never below 0, so `auto`
+    gives it the percentile window as it gives an MR; rules that only hold for HU or for
+    the CT's ordering of tissues do not carry over to it."""
+    hu, signal = (np.array(v) for v in zip(*MR_LIKE))
+    out = np.interp(volume.astype(np.float32), hu, signal).astype(np.float32)
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in volume.shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    out *= 1.0 + 0.2 * x - 0.15 * y + 0.1 * z * x
+    rng = np.random.default_rng(seed)
+    sigma = 0.02 * 800.0
+    real = out + rng.standard_normal(out.shape, np.float32) * sigma
+    imag = rng.standard_normal(out.shape, np.float32) * sigma
+    return np.sqrt(real**2 + imag**2)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -148,6 +183,13 @@ def main(argv=None) -> int:
         "levels, nearest labels): a stand-in for a scan of finer in-plane resolution, "
         "where rules in pixels would mean less anatomy",
     )
+    parser.add_argument(
+        "--mr-like",
+        action="store_true",
+        help="remap the CT's grey levels to those of a T1-weighted MR, with a bias field "
+        "and Rician noise (`mr_like`): a stand-in for another modality; the official "
+        "chaining then sees the same percentile window as ours",
+    )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     for f in fields(PropagationSettings):
         kind = type(f.default)
@@ -173,6 +215,8 @@ def main(argv=None) -> int:
         ramp = args.drift * (np.arange(n, dtype=np.float32) - n // 2)
         drifted = np.rint(ct.array.astype(np.float32) + ramp[None, None, :])
         ct.array = drifted.astype(ct.array.dtype)  # still integers in HU: still a CT
+    if args.mr_like:
+        ct.array = mr_like(ct.array)
     if args.enlarge > 1:
         ct.array, ct.affine, gt = enlarged(ct.array, ct.affine, gt, args.enlarge)
     if args.thin > 1:
@@ -183,7 +227,8 @@ def main(argv=None) -> int:
     cache = EmbeddingCache(folder=args.cache) if args.cache else EmbeddingCache(max_bytes=4 << 30)
     print(
         f"model {args.model} ({args.precision}), orientation {args.orientation}, "
-        f"window {args.window}, drift {args.drift} HU/slice, volume {gt.shape}, {settings}"
+        f"window {args.window}, drift {args.drift} HU/slice, "
+        f"{'MR-like grey levels, ' if args.mr_like else ''}volume {gt.shape}, {settings}"
     )
     width = max(len(v) for v in names.values())
     base = {}  # the official chaining is protocol A whatever the protocol compared

@@ -1,5 +1,6 @@
-"""The stand-ins `benchmarks/propagation.py` builds from the example CT (--thin, --enlarge):
-geometry kept exact, the scan's own slices and noise level kept."""
+"""The stand-ins `benchmarks/propagation.py` builds from the example CT (--thin, --enlarge:
+geometry kept exact, the scan's own slices and noise level kept; --mr-like: another
+modality's grey levels)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,22 @@ def test_enlarged_keeps_every_voxel_centre_where_it_was():
         assert np.allclose(affine @ centre, AFFINE @ [i, j, 2, 1])
     assert np.array_equal(big_labels[::4, ::4], labels)
     assert abs(big[50:90, 50:90].astype(float).mean() - vol[12:22, 12:22].mean()) < 3
+
+
+def test_the_mr_like_stand_in_is_an_mr_to_auto_and_reorders_tissues():
+    from sammed2d.intensity import resolve_preset
+
+    vol = np.full((40, 36, 6), -1000, np.int16)  # air
+    vol[4:-4, 4:-4] = -100  # fat
+    vol[10:20, 10:20] = 60  # an organ
+    vol[24:30, 10:16] = 700  # bone
+    mr = bench.mr_like(vol)
+    assert mr.shape == vol.shape and mr.dtype == np.float32 and (mr >= 0).all()
+    assert resolve_preset(mr, "auto") == "percentile"  # no air at -1000: not a CT
+    air, fat, organ, bone = (
+        np.median(mr[s])
+        for s in (np.s_[:2], np.s_[5:8, 5:8], np.s_[12:18, 12:18], np.s_[25:29, 11:15])
+    )
+    # fat brightest, then the organ; bone darker than the organ, air darkest
+    assert fat > organ > bone > air
+    assert np.array_equal(mr, bench.mr_like(vol))  # the same noise every run
