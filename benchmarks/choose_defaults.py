@@ -193,7 +193,7 @@ def _mr_like(array):
     if id(array) not in _MR:
         from propagation import mr_like  # this folder's benchmark, beside this script
 
-        _MR[id(array)] = (array, mr_like(array))
+        _MR[id(array)] = (array, mr_like(array))  # the array held: its id stays its own
     return _MR[id(array)][1]
 
 
