@@ -115,6 +115,11 @@ MARGINS_NOW = [
     (2.0, 0.15, 6.0),
     (3.0, 0.1, 7.0),
 ]
+# (overlap_of, overlap_threshold): the stop on a carried mask's overlap with the previous
+# one, as IoU ("union", today's 0.3 first) or as the share of the smaller mask ("smaller")
+OVERLAPS = [("union", 0.3), ("union", 0.2), ("union", 0.1)] + [
+    ("smaller", t) for t in (0.3, 0.4, 0.5, 0.6)
+]
 # The grids before "capped-band" were run against the defaults of their time, and hold
 # those fixed so that they print what the README records; the later ones run against
 # today's defaults.
@@ -157,6 +162,13 @@ SINGLE_GRIDS = {
     "split": (SPLITS, ("follow_splits", "split_gap"), "(follow_splits, split_gap)", "AB", TODAY),
     "parts": (PART_FRACTIONS, ("min_part_fraction",), "min_part_fraction", "AB", TODAY),
     "agreement": (AGREEMENTS, ("box_agreement",), "box_agreement", "AB", TODAY),
+    "overlap": (
+        OVERLAPS,
+        ("overlap_of", "overlap_threshold"),
+        "(overlap_of, overlap_threshold)",
+        "B",
+        TODAY,
+    ),
     "margin-now": (
         MARGINS_NOW,
         ("box_margin", "box_margin_fraction", "box_margin_max"),

@@ -66,6 +66,9 @@ class PropagationSettings:
     min_area: int = 1  # pixels; a smaller mask counts as vanished
     iou_threshold: float = 0.5  # stop when the predicted IoU falls below this
     overlap_threshold: float = 0.3  # stop when IoU with the previous slice's mask falls below
+    # The overlap measured: "union" (IoU) or "smaller" (the intersection over the smaller
+    # mask, blind to growth and shrinkage; measured and not kept, see the README).
+    overlap_of: str = "union"
     multimask: bool = False  # let the decoder propose three masks and keep the best
     follow_splits: bool = True  # one box per connected part of the previous mask
     min_part_fraction: float = 0.1  # smaller parts (of the largest) are not followed
@@ -74,6 +77,10 @@ class PropagationSettings:
     # middle the model missed are then recovered together instead of followed apart
     # (benchmarks/choose_defaults.py --grid split).
     split_gap: float | None = 0.25
+    # Where a part's mask reaches the edge of its box (the object goes on past it), the
+    # parts are also decoded under one box, and that mask is kept where it joins them
+    # (see `_Walker._joined`): branches that meet are then one object again.
+    join_parts: bool = True
     # Stop when the median 8-bit intensity under the mask jumps by more than this from the
     # previous slice: the mask has left the structure for its surroundings.
     intensity_change: float | None = 40.0

@@ -44,6 +44,7 @@ TURNED_ON_LATER = {
     "box_agreement": None,
     "slice_step": 1,
     "step_distance": None,
+    "join_parts": False,
 }
 
 

@@ -86,9 +86,24 @@ class VolumeSlices:
         return self._embeddings[index]
 
 
+OVERLAPS_OF = ("union", "smaller")
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, of: str) -> float:
+    """Intersection of two masks over their union (IoU) or over the smaller one's area."""
+    if of == "union":
+        return _iou(a, b)
+    smaller = min(a.sum(), b.sum())
+    return 1.0 if smaller == 0 else float(np.logical_and(a, b).sum() / smaller)
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+# The share of the separate boxes' mask that one box around all parts must keep.
+JOIN_COVER = 0.8
 
 
 class _Walker:
@@ -238,7 +253,7 @@ class _Walker:
         if score < s.iou_threshold:
             return None
         ref_index, ref_mask = (back, prev_mask) if ref is None else ref
-        if _iou(mask, ref_mask) < s.overlap_threshold:
+        if _overlap(mask, ref_mask, s.overlap_of) < s.overlap_threshold:
             return None
         if s.intensity_change is not None:
             before = np.median(self.slices.gray(ref_index)[ref_mask])
@@ -292,6 +307,20 @@ class _Walker:
         back, _, _ = self._from_parts(index, self._parts(mask), 0, None)
         return _iou(back, prev_mask)
 
+    def _joined(self, index, parts, direction, margin, mask, score):
+        """The mask from one box around all `parts`, where it joins them: two branches
+        that meet (the aorta's ascending and descending limbs at the arch, veins at a
+        confluence) are followed apart until the mask between them lies outside both
+        boxes, and each box only grows by its margin. Kept where it holds what the
+        separate boxes found (JOIN_COVER of it), the model rates it at least as high, and it
+        has fewer parts than there were boxes; else None."""
+        joined = self._from_parts(index, [np.logical_or.reduce(parts)], direction, None, margin)
+        if joined[1] < score or len(self._parts(joined[0])) >= len(parts):
+            return None
+        if np.logical_and(joined[0], mask).sum() < JOIN_COVER * mask.sum():
+            return None
+        return joined
+
     def _from_parts(self, index, parts, direction, prev_low_res, margin=None):
         """(mask, score, low-res logits) on slice `index` from boxes around `parts`."""
         s = self.settings
@@ -330,7 +359,28 @@ class _Walker:
         areas = masks.reshape(k, -1).sum(axis=1)
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
         low = low_res.max(dim=0).values if region is None else None
+        if k > 1 and s.join_parts and any(map(_reaches_edge, masks, boxes + np.tile(offset, 2))):
+            joined = self._joined(index, parts, direction, margin, mask, score)
+            if joined is not None:
+                return joined
         return mask, score, low
+
+
+def _reaches_edge(mask: np.ndarray, box: np.ndarray) -> bool:
+    """Whether `mask` reaches a side of its box that is not the slice's border: the object
+    goes on past the box there."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return False
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    x0, y0, x1, y1 = box
+    return bool(
+        (x0 >= 1 and cols[0] <= x0 + 0.5)
+        or (y0 >= 1 and rows[0] <= y0 + 0.5)
+        or (x1 <= w - 1 and cols[-1] + 1 >= x1 - 0.5)
+        or (y1 <= h - 1 and rows[-1] + 1 >= y1 - 0.5)
+    )
 
 
 def box_iou(a: np.ndarray | None, b: np.ndarray) -> float:
@@ -503,6 +553,10 @@ def propagate(
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()
+    if settings.overlap_of not in OVERLAPS_OF:
+        raise PromptError(
+            f"overlap_of {settings.overlap_of!r}: expected {' or '.join(OVERLAPS_OF)}"
+        )
     reach = slices_within(settings.step_distance, affine, axis)
     step = settings.slice_step
     if step is None:

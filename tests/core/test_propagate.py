@@ -265,6 +265,12 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
             PromptError,
             "slice_step 1.5",
         ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"settings": PropagationSettings(overlap_of="area")},
+            PromptError,
+            "overlap_of 'area': expected union or smaller",
+        ),
     ],
 )
 def test_bad_input(phantom, litemedsam, objects, kwargs, error, message):
@@ -749,3 +755,35 @@ def test_a_box_prompt_keeps_the_candidate_whose_own_box_agrees_with_it(litemedsa
     assert checked_agrees > single_agrees and not np.array_equal(checked, single)
     np.testing.assert_allclose(box_iou(np.array([0, 0, 4, 4.0]), np.array([2, 0, 6, 4.0])), 1 / 3)
     assert box_iou(None, box) == 0.0
+
+
+def capsule(shape, a, b, radius):
+    """The pixels within `radius` of the segment from `a` to `b` ((row, col) each)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    a, d = np.asarray(a, np.float32), np.subtract(b, a).astype(np.float32)
+    t = np.clip(((yy - a[0]) * d[0] + (xx - a[1]) * d[1]) / float(d @ d), 0, 1)
+    return (yy - a[0] - t * d[0]) ** 2 + (xx - a[1] - t * d[1]) ** 2 <= radius**2
+
+
+def test_branches_that_meet_are_joined_under_one_box(litemedsam, shared_cache):
+    """Two limbs, apart on the prompted slice, meet in an arch further up (the aorta seen
+    from below its arch). Followed with a box each, each limb's box grows only by its margin
+    and the arch between them is never taken in; where the limbs' masks reach their boxes'
+    edges, one box around both finds the whole arch."""
+    rng = np.random.default_rng(5)
+    shape = (256, 256)
+    truth = np.zeros((*shape, 10), np.uint8)
+    for z in range(10):
+        if z < 5:
+            truth[:, :, z] = disc(shape, (150, 90), 18) | disc(shape, (110, 170), 16)
+        else:
+            truth[:, :, z] = capsule(shape, (150, 90), (110, 170), 17)
+    vol = np.where(truth == 1, 180.0, -80.0).astype(np.float32)
+    vol += rng.normal(0, 5, vol.shape).astype(np.float32)
+    objects = [ObjectPrompts(1, {2: box_prompt(truth, 1, 2)}, range=(0, 9))]
+    arch = {}
+    for name, settings in (("apart", PropagationSettings(join_parts=False)), ("default", None)):
+        result = run((vol, truth), litemedsam, shared_cache, objects, settings=settings)
+        arch[name] = [dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) for z in range(5, 10)]
+    assert min(arch["default"]) > 0.95
+    assert max(arch["apart"]) < 0.7
