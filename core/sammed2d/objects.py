@@ -77,9 +77,9 @@ class PropagationSettings:
     # middle the model missed are then recovered together instead of followed apart
     # (benchmarks/choose_defaults.py --grid split).
     split_gap: float | None = 0.25
-    # Where a part's mask reaches the edge of its box (the object goes on past it), the
-    # parts are also decoded under one box, and that mask is kept where it joins them
-    # (see `_Walker._joined`): branches that meet are then one object again.
+    # Where parts are followed with a box each, they are also decoded under one box, and
+    # that mask is kept where it joins them (`_Walker._joined`): branches that meet, as the
+    # aorta's limbs at the arch, are one object again.
     join_parts: bool = True
     # Stop when the median 8-bit intensity under the mask jumps by more than this from the
     # previous slice: the mask has left the structure for its surroundings.

@@ -308,12 +308,15 @@ class _Walker:
         return _iou(back, prev_mask)
 
     def _joined(self, index, parts, direction, margin, mask, score):
-        """The mask from one box around all `parts`, where it joins them: two branches
-        that meet (the aorta's ascending and descending limbs at the arch, veins at a
-        confluence) are followed apart until the mask between them lies outside both
-        boxes, and each box only grows by its margin. Kept where it holds what the
-        separate boxes found (JOIN_COVER of it), the model rates it at least as high, and it
-        has fewer parts than there were boxes; else None."""
+        """The mask from one box around all `parts`, where it joins them; else None.
+
+        Branches that meet (the aorta's ascending and descending limbs at the arch, veins
+        at a confluence), followed with a box each, never take in what lies between them:
+        each box grows only by its margin, and LiteMedSAM stops its mask short of the box
+        even where the object goes on. The joined mask is kept where it has fewer parts
+        than there were boxes, the model rates it at least as high as theirs, and it holds
+        JOIN_COVER of what they found; elsewhere (branches apart, tissue between them) it
+        is dropped. One more decoder call, on slices where the mask is in pieces."""
         joined = self._from_parts(index, [np.logical_or.reduce(parts)], direction, None, margin)
         if joined[1] < score or len(self._parts(joined[0])) >= len(parts):
             return None
@@ -359,28 +362,11 @@ class _Walker:
         areas = masks.reshape(k, -1).sum(axis=1)
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
         low = low_res.max(dim=0).values if region is None else None
-        if k > 1 and s.join_parts and any(map(_reaches_edge, masks, boxes + np.tile(offset, 2))):
+        if k > 1 and s.join_parts:
             joined = self._joined(index, parts, direction, margin, mask, score)
             if joined is not None:
                 return joined
         return mask, score, low
-
-
-def _reaches_edge(mask: np.ndarray, box: np.ndarray) -> bool:
-    """Whether `mask` reaches a side of its box that is not the slice's border: the object
-    goes on past the box there."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return False
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    x0, y0, x1, y1 = box
-    return bool(
-        (x0 >= 1 and cols[0] <= x0 + 0.5)
-        or (y0 >= 1 and rows[0] <= y0 + 0.5)
-        or (x1 <= w - 1 and cols[-1] + 1 >= x1 - 0.5)
-        or (y1 <= h - 1 and rows[-1] + 1 >= y1 - 0.5)
-    )
 
 
 def box_iou(a: np.ndarray | None, b: np.ndarray) -> float:
