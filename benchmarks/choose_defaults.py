@@ -52,6 +52,10 @@ tried and the best-agreeing one kept (or never), with today's other defaults.
 (floor 2-4 px at 256 px, 10-20 % of the box, cap 5-7 px). `--windows auto mr-like` scores
 it on the CT and on the MR-like stand-in of `propagation.py --mr-like` too.
 
+`--grid overlap` chooses how the overlap stop of walks without a range is measured: the
+IoU with the previous mask (0.1-0.3), or the intersection over the smaller of the two masks
+(0.3-0.6), which a structure growing or shrinking between slices does not lower.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
