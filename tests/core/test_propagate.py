@@ -795,3 +795,23 @@ def test_branches_that_meet_are_joined_under_one_box(litemedsam, shared_cache):
     assert min(found["default"]) > 0.9  # below the arch too: the gap is not filled
     assert min(found["default"][5:]) > 0.95
     assert max(found["apart"][5:]) < 0.7
+
+
+def test_a_tube_that_turns_is_followed_and_stops_where_it_ends(litemedsam, shared_cache):
+    """A vessel crossing the slices obliquely: a disc (radius 11 px) whose centre turns a
+    quarter circle, about 4.3 px (a fifth of its diameter) per slice, and ends. Without a
+    range the walk follows it to both ends and stops there. (Turning at a third of its
+    diameter per slice it is lost: README, "A tube that turns".)"""
+    rng = np.random.default_rng(2)
+    shape = (256, 256)
+    truth = np.zeros((*shape, 16), np.uint8)
+    for z in range(14):
+        a = np.pi / 2 * z / 13
+        truth[:, :, z] = disc(shape, (128 + 36 * np.sin(a), 68 + 36 * (1 - np.cos(a))), 11)
+    vol = np.where(truth == 1, 170.0, -70.0).astype(np.float32)
+    vol += rng.normal(0, 6, vol.shape).astype(np.float32)
+    objects = [ObjectPrompts(1, {6: box_prompt(truth, 1, 6)})]
+    result = run((vol, truth), litemedsam, shared_cache, objects)
+    assert result.reached[1] == (0, 13)
+    for z in range(14):
+        assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > 0.9
