@@ -56,6 +56,9 @@ it on the CT and on the MR-like stand-in of `propagation.py --mr-like` too.
 IoU with the previous mask (0.1-0.3), or the intersection over the smaller of the two masks
 (0.3-0.6), which a structure growing or shrinking between slices does not lower.
 
+`--grid join` chooses whether the pieces of a carried mask are also decoded under one box
+and joined where that box finds them as fewer pieces (`join_parts`, today's on first).
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -173,6 +176,7 @@ SINGLE_GRIDS = {
         "B",
         TODAY,
     ),
+    "join": ([True, False], ("join_parts",), "join_parts", "AB", TODAY),
     "margin-now": (
         MARGINS_NOW,
         ("box_margin", "box_margin_fraction", "box_margin_max"),

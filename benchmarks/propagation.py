@@ -246,29 +246,22 @@ def main(argv=None) -> int:
                 ct.array, obj, model, 2, ct.affine, single, args.orientation, cache
             )
             base[obj.id] = dice(found, gt == obj.id)
+
+    def ours_on(objects):
+        return propagate(
+            ct.array, objects, model, axis=2, affine=ct.affine, preset=args.window,
+            orientation=args.orientation, settings=settings, cache=cache,
+        )  # fmt: skip
+
     for protocol in protocols:
         objects = protocol_objects(gt, axis=2, protocol=protocol, names=names)
         start = time.perf_counter()
-        result = propagate(
-            ct.array,
-            objects,
-            model,
-            axis=2,
-            affine=ct.affine,
-            preset=args.window,
-            orientation=args.orientation,
-            settings=settings,
-            cache=cache,
-        )
+        result = ours_on(objects)
         seconds = time.perf_counter() - start
         ours = {o.id: dice(result.labels == o.id, gt == o.id) for o in objects}
         alone = {}
         for obj in objects if args.alone else []:
-            own = propagate(
-                ct.array, [obj], model, axis=2, affine=ct.affine, preset=args.window,
-                orientation=args.orientation, settings=settings, cache=cache,
-            )  # fmt: skip
-            alone[obj.id] = dice(own.labels == obj.id, gt == obj.id)
+            alone[obj.id] = dice(ours_on([obj]).labels == obj.id, gt == obj.id)
         print(f"protocol {protocol} ({seconds:.1f} s)")
         head = "ours   alone  official" if alone else "ours   official"
         print(f"  {'structure':{width}s}  {head}  visited/true slices  window")

@@ -318,11 +318,10 @@ class _Walker:
         JOIN_COVER of what they found; elsewhere (branches apart, tissue between them) it
         is dropped. One more decoder call, on slices where the mask is in pieces."""
         joined = self._from_parts(index, [np.logical_or.reduce(parts)], direction, None, margin)
-        if joined[1] < score or len(self._parts(joined[0])) >= len(parts):
+        if joined[1] < score or np.logical_and(joined[0], mask).sum() < JOIN_COVER * mask.sum():
             return None
-        if np.logical_and(joined[0], mask).sum() < JOIN_COVER * mask.sum():
-            return None
-        return joined
+        # last: its connected parts are the costliest of the three to find
+        return joined if len(self._parts(joined[0])) < len(parts) else None
 
     def _from_parts(self, index, parts, direction, prev_low_res, margin=None):
         """(mask, score, low-res logits) on slice `index` from boxes around `parts`."""
