@@ -127,6 +127,9 @@ MARGINS_NOW = [
 OVERLAPS = [("union", 0.3), ("union", 0.2), ("union", 0.1)] + [
     ("smaller", t) for t in (0.3, 0.4, 0.5, 0.6)
 ]
+# box_jitter: px at 256 by which each carried box is also shrunk and grown, the three
+# decodes' logits averaged (off first: the grid that chose 3)
+JITTERS = [None, 2.0, 3.0, 4.0]
 # The grids before "capped-band" were run against the defaults of their time, and hold
 # those fixed so that they print what the README records; the later ones run against
 # today's defaults.
@@ -177,6 +180,7 @@ SINGLE_GRIDS = {
         TODAY,
     ),
     "join": ([True, False], ("join_parts",), "join_parts", "AB", TODAY),
+    "jitter": (JITTERS, ("box_jitter",), "box_jitter", "AB", TODAY),
     "margin-now": (
         MARGINS_NOW,
         ("box_margin", "box_margin_fraction", "box_margin_max"),

@@ -45,6 +45,7 @@ TURNED_ON_LATER = {
     "slice_step": 1,
     "step_distance": None,
     "join_parts": False,
+    "box_jitter": None,
 }
 
 

@@ -323,6 +323,33 @@ class _Walker:
         # last: its connected parts are the costliest of the three to find
         return joined if len(self._parts(joined[0])) < len(parts) else None
 
+    def _jittered(self, emb: ImageEmbedding, boxes: np.ndarray, jitter: float):
+        """(logits, IoUs) of each box as the mean over the box, the box shrunk by `jitter`
+        view pixels a side and the box grown by as much, decoded in one call.
+
+        A carried box is a guess: a pixel more or less of margin moves LiteMedSAM's mask by
+        more than the object moves between slices, most where the object's edges are faint
+        (a wide window, an MR), and each slice's error is the next one's prompt. The mean
+        of the three logit maps is the mask the model gives for a box known to within
+        `jitter`, not for one exact box."""
+        k = len(boxes)
+        grow = np.array([-jitter, -jitter, jitter, jitter], np.float32)
+        shrunk = boxes - grow
+        shrunk[:, 2:] = np.maximum(shrunk[:, 2:], shrunk[:, :2] + 1.0)  # never inside out
+        grown = np.stack([clip_box(box, self.view_shape) for box in boxes + grow])
+        low_res, iou = decode(
+            self.slices.model,
+            emb,
+            None,
+            None,
+            np.concatenate([boxes, shrunk, grown]),
+            None,
+            self.settings.multimask,
+        )
+        # The score stays the given box's: the stopping rules and the composition read it
+        # as before, and a shrunk box's low rating says nothing about the object.
+        return low_res.view(3, k, *low_res.shape[1:]).mean(dim=0), iou.view(3, k, -1)[0]
+
     def _from_parts(self, index, parts, direction, prev_low_res, margin=None):
         """(mask, score, low-res logits) on slice `index` from boxes around `parts`."""
         s = self.settings
@@ -348,7 +375,10 @@ class _Walker:
             boxes = boxes - np.tile(offset, 2)
             if points is not None:
                 points = points - offset
-        low_res, iou = decode(model, emb, points, labels, boxes, mask_in, s.multimask)
+        if s.box_jitter is None or points is not None or mask_in is not None:
+            low_res, iou = decode(model, emb, points, labels, boxes, mask_in, s.multimask)
+        else:
+            low_res, iou = self._jittered(emb, boxes, s.box_jitter * self.pixels_per_unit)
         best = iou.argmax(dim=1)
         rows = torch.arange(k)
         low_res, iou = low_res[rows, best][:, None], iou[rows, best]
@@ -542,6 +572,14 @@ def propagate(
         raise PromptError(
             f"overlap_of {settings.overlap_of!r}: expected {' or '.join(OVERLAPS_OF)}"
         )
+    jitter = settings.box_jitter
+    if jitter is not None and (
+        isinstance(jitter, bool)
+        or not isinstance(jitter, (int, float))
+        or not jitter > 0
+        or not np.isfinite(jitter)
+    ):
+        raise PromptError(f"box_jitter {jitter!r}: expected a positive number of px at 256")
     reach = slices_within(settings.step_distance, affine, axis)
     step = settings.slice_step
     if step is None:

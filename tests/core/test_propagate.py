@@ -6,6 +6,8 @@ Shapes grow, shrink, split and vanish; the expectations are exact where the geom
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -270,6 +272,18 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
             {"settings": PropagationSettings(overlap_of="area")},
             PromptError,
             "overlap_of 'area': expected union or smaller",
+        ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"settings": PropagationSettings(box_jitter=-1.0)},
+            PromptError,
+            "box_jitter -1.0: expected a positive number",
+        ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"settings": PropagationSettings(box_jitter=float("nan"))},
+            PromptError,
+            "box_jitter nan",
         ),
     ],
 )
@@ -815,3 +829,44 @@ def test_a_tube_that_turns_is_followed_and_stops_where_it_ends(litemedsam, share
     assert result.reached[1] == (0, 13)
     for z in range(14):
         assert dice(result.labels[:, :, z] == 1, truth[:, :, z] == 1) > 0.9
+
+
+def test_a_carried_box_is_decoded_as_the_mean_of_it_shrunk_and_grown(phantom, litemedsam):
+    """`box_jitter`: each part's mask is the zero level of the mean of three decodes (the
+    box, and the box shrunk and grown by the jitter), taken in one decoder call, one box
+    triple per part; the score is the given box's own."""
+    from sammed2d.cache import EmbeddingCache
+    from sammed2d.orientation import SliceView
+    from sammed2d.predictor import decode
+    from sammed2d.propagate import VolumeSlices, _Walker
+
+    vol, truth = phantom
+    slices = VolumeSlices(
+        litemedsam, vol, 2, SliceView(), (-160.0, 240.0), EmbeddingCache(max_bytes=1 << 28)
+    )
+    settings = PropagationSettings(box_jitter=3.0, intensity_band=None, join_parts=False)
+    walker = _Walker(slices, settings)
+    z = 8  # the two branches of object 2 apart, and the disc: three parts, three boxes each
+    parts = [truth[:, :, z] == 1, *walker._parts(truth[:, :, z] == 2)]
+    assert len(parts) == 3
+    mask, score, _ = walker._from_parts(z, parts, 1, None)
+
+    emb = slices.embedding(z)
+    expected, scores, areas = np.zeros(mask.shape, bool), [], []
+    for part in parts:
+        box = walker._grown_box(part)
+        j = 3.0 * walker.pixels_per_unit  # 256 px slices: 3 px
+        trio = np.stack([box, box + [j, j, -j, -j], np.clip(box + [-j, -j, j, j], 0, 256)])
+        low, iou = decode(litemedsam, emb, None, None, trio, None, False)
+        logits = emb.geometry.logits_to_original(low.mean(dim=0, keepdim=True))[0, 0]
+        found = (logits > 0).numpy()
+        expected |= found
+        scores.append(float(iou[0, 0]))
+        areas.append(found.sum())
+    assert np.logical_xor(mask, expected).sum() <= 2  # one batched call against three
+    assert score == pytest.approx(np.average(scores, weights=areas), abs=1e-4)
+    # and it is not the single box's mask: the jitter is applied
+    single, _, _ = _Walker(slices, replace(settings, box_jitter=None))._from_parts(
+        z, parts, 1, None
+    )
+    assert np.logical_xor(single, mask).sum() > 0
