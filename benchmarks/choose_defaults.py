@@ -59,6 +59,9 @@ IoU with the previous mask (0.1-0.3), or the intersection over the smaller of th
 `--grid join` chooses whether the pieces of a carried mask are also decoded under one box
 and joined where that box finds them as fewer pieces (`join_parts`, today's on first).
 
+`--grid jitter` chooses whether each carried box is also decoded shrunk and grown by 2-4 px
+at 256 px, the three logit maps averaged (`box_jitter`), with today's other defaults.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -128,7 +131,7 @@ OVERLAPS = [("union", 0.3), ("union", 0.2), ("union", 0.1)] + [
     ("smaller", t) for t in (0.3, 0.4, 0.5, 0.6)
 ]
 # box_jitter: px at 256 by which each carried box is also shrunk and grown, the three
-# decodes' logits averaged (off first: the grid that chose 3)
+# decodes' logits averaged (today's off first)
 JITTERS = [None, 2.0, 3.0, 4.0]
 # The grids before "capped-band" were run against the defaults of their time, and hold
 # those fixed so that they print what the README records; the later ones run against

@@ -90,9 +90,11 @@ class PropagationSettings:
     cycle_margin: float | None = None
     cycle_gain: float = 0.0  # by at least this much IoU
     # Each carried box is also decoded shrunk and grown by this many px at 256, in the same
-    # decoder call, and the three logit maps are averaged (`_Walker._jittered`); None: one
-    # box (a third of the decoder time; benchmarks/choose_defaults.py --grid jitter).
-    box_jitter: float | None = 3.0
+    # decoder call, and the three logit maps are averaged (`_Walker._jittered`; three
+    # times the decoder's work). None: one box. Measured and not kept: it helps the
+    # percentile window and the MR-like stand-in, but costs the spleen and, on 1 mm
+    # slices, protocol B (README, "Jittered boxes").
+    box_jitter: float | None = None
     # A box prompt is its object's bounding box. Where the decoder's mask for a prompted box
     # has a box of its own that overlaps it by less than this IoU, the one of the decoder's
     # three other candidates (from the same call) whose box agrees best is kept, if it

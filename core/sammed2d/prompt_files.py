@@ -45,7 +45,6 @@ TURNED_ON_LATER = {
     "slice_step": 1,
     "step_distance": None,
     "join_parts": False,
-    "box_jitter": None,
 }
 
 
