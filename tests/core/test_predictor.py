@@ -22,7 +22,10 @@ def test_sammed2d_end_to_end_from_raw_image(fixtures_dir):
     predictor.set_image(image)
     for case in cases["cases"]:
         masks, _, _ = predict_fixture_case(predictor, case, SAMMED2D_MULTIMASK_CASES)
-        assert np.array_equal(masks[0], case["mask"].numpy()), case["name"]
+        # Pixels whose logit lies within float noise of 0 may flip between CPUs
+        # (kernels differ by instruction set): at most one in 10,000.
+        flipped = np.logical_xor(masks[0], case["mask"].numpy()).sum()
+        assert flipped <= masks[0].size // 10000, (case["name"], flipped)
 
 
 def test_litemedsam_end_to_end_from_raw_image(fixtures_dir, litemedsam):
@@ -35,7 +38,10 @@ def test_litemedsam_end_to_end_from_raw_image(fixtures_dir, litemedsam):
         masks, _, _ = predictor.predict(
             box=case["box"], multimask_output=case["name"].endswith("multimask")
         )
-        assert np.array_equal(masks[0], case["mask"].numpy()), case["name"]
+        # Pixels whose logit lies within float noise of 0 may flip between CPUs
+        # (kernels differ by instruction set): at most one in 10,000.
+        flipped = np.logical_xor(masks[0], case["mask"].numpy()).sum()
+        assert flipped <= masks[0].size // 10000, (case["name"], flipped)
 
 
 @pytest.fixture(scope="module")
