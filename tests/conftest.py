@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,14 @@ def predict_fixture_case(predictor, case: dict, multimask_cases):
         case["mask_input"][0].numpy() if "mask_input" in case else None,
         multimask_output=case["name"] in multimask_cases,
     )
+
+
+def assert_mask_matches(found, expected, name: str) -> None:
+    """A mask against the reference implementation's. Pixels whose logit lies within float
+    noise of 0 may flip between CPUs (kernels differ by instruction set): at most one in
+    10,000 (SAM-Med2D's one-point case flips one of 126,000 on an AVX2 CPU)."""
+    flipped = int(np.logical_xor(found, expected).sum())
+    assert flipped <= np.size(found) // 10000, (name, flipped)
 
 
 def need(path: Path) -> Path:

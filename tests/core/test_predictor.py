@@ -10,7 +10,7 @@ from sammed2d import Predictor, load_model
 from sammed2d.errors import PromptError
 from sammed2d.preprocess import model_input
 
-from ..conftest import SAMMED2D_MULTIMASK_CASES, predict_fixture_case
+from ..conftest import SAMMED2D_MULTIMASK_CASES, assert_mask_matches, predict_fixture_case
 
 
 def test_sammed2d_end_to_end_from_raw_image(fixtures_dir):
@@ -22,10 +22,7 @@ def test_sammed2d_end_to_end_from_raw_image(fixtures_dir):
     predictor.set_image(image)
     for case in cases["cases"]:
         masks, _, _ = predict_fixture_case(predictor, case, SAMMED2D_MULTIMASK_CASES)
-        # Pixels whose logit lies within float noise of 0 may flip between CPUs
-        # (kernels differ by instruction set): at most one in 10,000.
-        flipped = np.logical_xor(masks[0], case["mask"].numpy()).sum()
-        assert flipped <= masks[0].size // 10000, (case["name"], flipped)
+        assert_mask_matches(masks[0], case["mask"].numpy(), case["name"])
 
 
 def test_litemedsam_end_to_end_from_raw_image(fixtures_dir, litemedsam):
@@ -38,10 +35,7 @@ def test_litemedsam_end_to_end_from_raw_image(fixtures_dir, litemedsam):
         masks, _, _ = predictor.predict(
             box=case["box"], multimask_output=case["name"].endswith("multimask")
         )
-        # Pixels whose logit lies within float noise of 0 may flip between CPUs
-        # (kernels differ by instruction set): at most one in 10,000.
-        flipped = np.logical_xor(masks[0], case["mask"].numpy()).sum()
-        assert flipped <= masks[0].size // 10000, (case["name"], flipped)
+        assert_mask_matches(masks[0], case["mask"].numpy(), case["name"])
 
 
 @pytest.fixture(scope="module")
