@@ -144,9 +144,13 @@ def test_decoder_attention_forms_match_reference(image_tokens):
             assert (attn(q, k, k + 0.5, residual=residual) - (residual + ref)).abs().max() < 1e-4
 
 
-def test_token_major_upscaling_matches_transposed_convolutions():
+@pytest.mark.parametrize("onednn", [True, False])
+def test_token_major_upscaling_matches_transposed_convolutions(monkeypatch, onednn):
+    """Both paths: bias and GELU in oneDNN's product (CPU inference), and plain addmm."""
+    from sammed2d.models import fused
     from sammed2d.models.mask_decoder import MaskDecoder
 
+    monkeypatch.setattr(fused, "ENABLED", onednn)
     torch.manual_seed(3)
     decoder = MaskDecoder(256)
     for p in decoder.parameters():

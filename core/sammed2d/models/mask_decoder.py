@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .common import LayerNorm2d, MLPBlock
 
 # Image sides from this many tokens (LiteMedSAM's 64 x 64) take the reassociated attention
@@ -256,12 +257,12 @@ class MaskDecoder(nn.Module):
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
         b = src.shape[0]
-        x = torch.addmm(up1.bias.repeat(4), src.reshape(b * h * w, -1), _subpixel_weight(up1))
+        x = _subpixel(src.reshape(b * h * w, -1), up1)
         x = x.reshape(b * h * w * 4, -1)  # one row per output pixel of the first convolution
         # The GELUs run in place: each map is 4-8 MB, and a fresh output for it is one
         # more pass over memory that the products do not need.
         x = _gelu_(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps), act1)
-        x = _gelu_(torch.addmm(up2.bias.repeat(4), x, _subpixel_weight(up2)), act2)
+        x = _subpixel(x, up2, act2)
         x = x.reshape(b, h * w * 16, -1)
         k = hyper_in.shape[1]
         masks = (x @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, k)
@@ -276,6 +277,19 @@ def _gelu_(x: torch.Tensor, act: nn.GELU) -> torch.Tensor:
 def _tokens(x: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, h*w, C) view."""
     return x.flatten(2).transpose(1, 2)
+
+
+def _subpixel(x: torch.Tensor, conv: nn.ConvTranspose2d, act: nn.GELU | None = None):
+    """Rows x (N, C_in) through a kernel = stride = 2 transposed convolution, (N, 4*C_out),
+    and the exact GELU after it when `act` is given.
+
+    On the CPU the bias and the GELU ride in oneDNN's product (`fused.linear`): addmm
+    first copies the bias into the whole 4-8 MB output and the GELU is one more pass."""
+    bias = conv.bias.repeat(4)
+    if act is None or act.approximate == "none":
+        weight = _subpixel_weight(conv).t().contiguous()
+        return fused.linear(x, weight, bias, gelu=act is not None)
+    return _gelu_(torch.addmm(bias, x, _subpixel_weight(conv)), act)
 
 
 def _subpixel_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
