@@ -42,6 +42,51 @@ def test_bf16_is_refused_where_there_is_no_fast_path(tiny_checkpoint, monkeypatc
     assert model.precision == "fp32" and model.autocast_dtype is None
 
 
+def test_bf16_is_refused_on_x86_cpus_that_only_emulate_it(tiny_checkpoint, monkeypatch):
+    """oneDNN says yes on any AVX-512 CPU, but without AVX512-BF16 or AMX it converts to
+    fp32 and runs slower than fp32: such a CPU is refused, and one with them is not."""
+    from sammed2d import precision
+
+    model = load_model(str(tiny_checkpoint), device="cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    for name in precision._PROBES:
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not cpu_has_bf16()
+    with pytest.raises(CheckpointError, match="no bf16 instructions"):
+        set_precision(model, "bf16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_has_bf16()
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    # Elsewhere (an Arm server, Apple silicon) oneDNN's own answer stands.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
+    assert cpu_has_bf16()
+
+
+def test_x86_flags_are_read_from_cpuinfo_without_torch_probes(monkeypatch, tmp_path):
+    from sammed2d import precision
+
+    for name in precision._PROBES:
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    real_open = open
+
+    def cpuinfo(flags):
+        def fake_open(path, *args, **kwargs):
+            if path == "/proc/cpuinfo":
+                info = tmp_path / "cpuinfo"
+                info.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx512f {flags}\n")
+                return real_open(info, *args, **kwargs)
+            return real_open(path, *args, **kwargs)
+
+        return fake_open
+
+    monkeypatch.setattr("builtins.open", cpuinfo("avx512bw avx512_vnni"))
+    assert not precision._x86_native_bf16()
+    monkeypatch.setattr("builtins.open", cpuinfo("avx512bw avx512_bf16"))
+    assert precision._x86_native_bf16()
+
+
 def test_bf16_masks_agree_with_fp32_on_the_shared_ct(litemedsam):
     """The example CT's four organs, the label's box on three slices: bf16's masks match
     fp32's (Dice over the 4 x 30 masks in benchmarks/bf16_masks.py: 0.991-0.995 per organ)."""
