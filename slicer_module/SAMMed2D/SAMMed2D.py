@@ -28,7 +28,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SAMMed2DLib.parameters import DEFAULTS, ENGINES, MAX_OBJECT_ID, PRESETS
+from SAMMed2DLib.parameters import DEFAULTS, ENGINES, MAX_OBJECT_ID, PRECISIONS, PRESETS
 
 VIEWS = ("Red", "Yellow", "Green")
 
@@ -66,6 +66,7 @@ class SAMMed2DParameterNode:
     roi: vtkMRMLMarkupsROINode
     engine: Annotated[str, Choice(list(ENGINES))] = DEFAULTS["engine"]
     model: str = DEFAULTS["model"]
+    precision: Annotated[str, Choice(list(PRECISIONS))] = DEFAULTS["precision"]
     preset: Annotated[str, Choice(list(PRESETS))] = DEFAULTS["preset"]
     objectId: Annotated[int, WithinRange(1, MAX_OBJECT_ID)] = DEFAULTS["objectId"]
     objectName: str = DEFAULTS["objectName"]
@@ -246,7 +247,7 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         remote = bool(p) and p.engine == "remote"
         self.ui.serverLineEdit.enabled = self.ui.apiKeyLineEdit.enabled = remote
-        self.ui.modelLineEdit.enabled = not remote
+        self.ui.modelLineEdit.enabled = self.ui.precisionCombo.enabled = not remote
         ready = bool(p and p.volume and p.segmentation)
         busy = self._run is not None
         for button in (self.ui.segmentButton, self.ui.propagateButton, self.ui.loadPromptsButton):
@@ -282,7 +283,7 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QSettings().setValue("SAMMed2D/server", url)
             self.logic.setEngine("remote", url, self.ui.apiKeyLineEdit.text.strip() or None)
         else:
-            self.logic.setEngine("local", p.model.strip() or "litemedsam")
+            self.logic.setEngine("local", p.model.strip() or "litemedsam", precision=p.precision)
         self.logic.preset = p.preset
         self.ui.engineStatusLabel.text = f"connected: {self.logic.engine.describe()}"
         return self.logic
@@ -490,13 +491,14 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             self.objectWindows[objectId] = auto_object_window(data, axis, index, prompt)
         return self.objectWindows[objectId]
 
-    def setEngine(self, kind, modelOrUrl, apiKey=None):
-        """ "local" with a model name or checkpoint path, or "remote" with a server URL."""
-        key = (kind, modelOrUrl, apiKey)
+    def setEngine(self, kind, modelOrUrl, apiKey=None, precision="fp32"):
+        """ "local" with a model name or checkpoint path (in `precision`), or "remote" with a
+        server URL (the server's precision)."""
+        key = (kind, modelOrUrl, apiKey, precision if kind == "local" else None)
         if key != self.engineKey:
             from SAMMed2DLib import make_engine
 
-            self.engine = make_engine(kind, modelOrUrl, apiKey)
+            self.engine = make_engine(kind, modelOrUrl, apiKey, precision)
             self.engineKey = key
 
     def setModel(self, nameOrPath):

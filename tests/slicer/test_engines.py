@@ -57,6 +57,25 @@ def test_remote_engine_equals_the_local_one(slicer_server, tiny_checkpoint):
     assert remote.record()[0] == local.record()[0]
 
 
+def test_the_local_engine_runs_in_the_chosen_precision(tiny_checkpoint, monkeypatch):
+    """The Precision choice reaches the model: fp32 runs as graphs; bf16 runs under
+    autocast where the CPU has bf16 instructions, and is refused in one line where not."""
+    import torch
+
+    from sammed2d import graphs
+    from sammed2d.errors import CheckpointError
+
+    fp32 = make_engine("local", str(tiny_checkpoint), precision="fp32")
+    assert fp32.describe().endswith("on cpu, fp32") and graphs.wanted(fp32.model)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(CheckpointError, match="no bf16 instructions"):
+        make_engine("local", str(tiny_checkpoint), precision="bf16")
+    monkeypatch.setattr("sammed2d.precision.cpu_has_bf16", lambda: True)
+    bf16 = make_engine("local", str(tiny_checkpoint), precision="bf16")
+    assert bf16.model.autocast_dtype == torch.bfloat16 and bf16.describe().endswith("bf16")
+    assert not graphs.wanted(bf16.model)  # autocast is not kept by tracing: eager
+
+
 def test_a_wrong_key_fails_when_the_engine_is_chosen(slicer_server):
     from sammed2d.remote import RemoteError
 

@@ -42,15 +42,19 @@ def test_parameter_node_declares_every_parameter_with_its_default():
         assert declared[name][1] == f"DEFAULTS[{name!r}]"
     assert declared["engine"][0] == "Annotated[str, Choice(list(ENGINES))]"
     assert declared["preset"][0] == "Annotated[str, Choice(list(PRESETS))]"
+    assert declared["precision"][0] == "Annotated[str, Choice(list(PRECISIONS))]"
     assert declared["objectId"][0] == "Annotated[int, WithinRange(1, MAX_OBJECT_ID)]"
     # The server's key is a secret: never a parameter saved into a scene.
     assert not {"apiKey", "key", "server"} & set(declared)
 
 
 def test_parameter_defaults_are_valid_choices_and_follow_the_engine():
+    from sammed2d.choices import PRECISIONS
     from sammed2d.intensity import PRESETS
 
     assert parameters.PRESETS == PRESETS
+    assert parameters.PRECISIONS == PRECISIONS
+    assert parameters.DEFAULTS["precision"] == "fp32"
     assert parameters.DEFAULTS["preset"] in PRESETS
     assert parameters.DEFAULTS["engine"] in parameters.ENGINES == ("local", "remote")
     assert 1 <= parameters.DEFAULTS["objectId"] <= parameters.MAX_OBJECT_ID
@@ -81,7 +85,8 @@ def test_every_parameter_is_bound_to_a_widget_that_can_show_it():
         else:
             assert cls == "QLineEdit", name
     # Slicer fills a Choice combo box itself: the module must not add items too.
-    assert "presetCombo.addItems" not in SOURCE and "engineCombo.addItems" not in SOURCE
+    for combo in ("presetCombo", "engineCombo", "precisionCombo"):
+        assert f"{combo}.addItems" not in SOURCE
 
 
 def _method_calls(cls_name):

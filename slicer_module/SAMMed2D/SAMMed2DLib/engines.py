@@ -11,18 +11,19 @@ from __future__ import annotations
 class LocalEngine:
     remote = False
 
-    def __init__(self, nameOrPath: str) -> None:
+    def __init__(self, nameOrPath: str, precision: str = "fp32") -> None:
         from sammed2d import EmbeddingCache, graphs, load_model
 
         self.name = nameOrPath
-        self.model = load_model(nameOrPath)
+        # bf16 where the CPU or GPU has it; elsewhere load_model refuses in one line
+        self.model = load_model(nameOrPath, precision=precision)
         # Background runs share Python's lock with Slicer's GUI thread: graphs run the model
-        # without it (sammed2d.graphs).
+        # without it (sammed2d.graphs; fp32 only, bf16 runs eager under autocast).
         graphs.enable(self.model)
         self.cache = EmbeddingCache(max_bytes=2 << 30)
 
     def describe(self) -> str:
-        return f"{self.model.spec.name} on {self.model.device}"
+        return f"{self.model.spec.name} on {self.model.device}, {self.model.precision}"
 
     def record(self):
         """(model name, weights SHA-256) for a prompts file."""
@@ -78,8 +79,9 @@ class RemoteEngine:
         )  # fmt: skip
 
 
-def make_engine(kind: str, modelOrUrl: str, apiKey: str | None = None):
-    """`kind` "local" (a model name or checkpoint path) or "remote" (a server URL)."""
+def make_engine(kind: str, modelOrUrl: str, apiKey: str | None = None, precision: str = "fp32"):
+    """`kind` "local" (a model name or checkpoint path, in `precision`) or "remote" (a
+    server URL; the server's model and precision)."""
     if kind == "remote":
         return RemoteEngine(modelOrUrl, apiKey)
-    return LocalEngine(modelOrUrl or "litemedsam")
+    return LocalEngine(modelOrUrl or "litemedsam", precision)

@@ -14,6 +14,9 @@ ENGINES = ("local", "remote")
 # sammed2d.intensity.PRESETS (a test keeps the two in step; the engine is not importable
 # before the module has put it on the path).
 PRESETS = ("auto", "abdomen", "lung", "bone", "brain", "percentile", "minmax", "none")
+# sammed2d.choices.PRECISIONS (kept in step by the same test): fp32 is the reference; bf16
+# is faster on CPUs with AVX512-BF16 or AMX and on CUDA, and refused in one line elsewhere.
+PRECISIONS = ("fp32", "bf16")
 MAX_OBJECT_ID = 255
 
 # Node references: parameter -> MRML class.
@@ -29,6 +32,7 @@ NODES = {
 DEFAULTS = {
     "engine": "local",
     "model": "litemedsam",
+    "precision": "fp32",
     "preset": "auto",
     "objectId": 1,
     "objectName": "",
