@@ -18,7 +18,7 @@ of the window.
 `--grid margin` keeps the other defaults and chooses the box margin alone, absolute 1-5 px
 at 256 px, on (A + B) / 2 with the per-object windows of `auto`. This grid, `relative`,
 `capped`, `band` and `cycle` hold the defaults of their time fixed (5 px, no band:
-`PREVIOUS`), so that they print what the README records.
+`PREVIOUS`), so that they print what docs/measurements.md records.
 
 `--grid relative` does the same for a margin relative to the object: the larger of a floor
 (3-5 px at 256 px) and a fraction (5 or 10 %) of the box's own side, beside 5 and 3 px.
@@ -134,7 +134,7 @@ OVERLAPS = [("union", 0.3), ("union", 0.2), ("union", 0.1)] + [
 # decodes' logits averaged (today's off first)
 JITTERS = [None, 2.0, 3.0, 4.0]
 # The grids before "capped-band" were run against the defaults of their time, and hold
-# those fixed so that they print what the README records; the later ones run against
+# those fixed so that they print what docs/measurements.md records; the later ones run against
 # today's defaults.
 PREVIOUS = dict(box_margin=5.0, box_margin_fraction=0.0, box_margin_max=None, intensity_band=None)
 TODAY: dict = {}

@@ -40,7 +40,7 @@ class PropagationSettings:
     """Defaults chosen by leave-one-structure-out on the fourteen structures of the
     TotalSegmentator example CT, each scored in its CT window and in the percentile window
     (MR's default, a low-contrast view of the same CT): benchmarks/choose_defaults.py
-    --grid capped-band --windows auto percentile; README, Performance."""
+    --grid capped-band --windows auto percentile; README, Performance; docs/measurements.md."""
 
     # Growth of the previous mask's box on each side: `box_margin_fraction` of the box's own
     # width (height), at least `box_margin` and at most `box_margin_max` pixels at 256 px per
@@ -53,7 +53,7 @@ class PropagationSettings:
     # Zoom: where the boxes span less than `zoom_below` of the slice's longest side, the
     # slice is segmented inside a square `zoom_context` times their size (embedded on its
     # own), so a small structure gets the model's full input resolution. 0: never (measured
-    # worse with LiteMedSAM: see the README).
+    # worse with LiteMedSAM: docs/measurements.md).
     zoom_below: float = 0.0
     zoom_context: float = 3.0
     # Grey levels (8-bit, of the object's window) beyond the 5th-95th percentiles of the
@@ -67,7 +67,7 @@ class PropagationSettings:
     iou_threshold: float = 0.5  # stop when the predicted IoU falls below this
     overlap_threshold: float = 0.3  # stop when IoU with the previous slice's mask falls below
     # The overlap measured: "union" (IoU) or "smaller" (the intersection over the smaller
-    # mask, blind to growth and shrinkage; measured and not kept, see the README).
+    # mask, blind to growth and shrinkage; measured and not kept, docs/measurements.md).
     overlap_of: str = "union"
     multimask: bool = False  # let the decoder propose three masks and keep the best
     follow_splits: bool = True  # one box per connected part of the previous mask
@@ -86,14 +86,14 @@ class PropagationSettings:
     intensity_change: float | None = 40.0
     # Cycle check of ranged walks: also decode with boxes grown by this margin (px at 256)
     # and keep that mask where, carried back to the previous slice, it gives that slice's
-    # mask better. None: off (measured and not kept, see the README).
+    # mask better. None: off (measured and not kept, docs/measurements.md).
     cycle_margin: float | None = None
     cycle_gain: float = 0.0  # by at least this much IoU
     # Each carried box is also decoded shrunk and grown by this many px at 256, in the same
     # decoder call, and the three logit maps are averaged (`_Walker._jittered`; three
     # times the decoder's work). None: one box. Measured and not kept: it helps the
     # percentile window and the MR-like stand-in, but costs the spleen and, on 1 mm
-    # slices, protocol B (README, "Jittered boxes").
+    # slices, protocol B (docs/measurements.md, "Jittered boxes").
     box_jitter: float | None = None
     # A box prompt is its object's bounding box. Where the decoder's mask for a prompted box
     # has a box of its own that overlaps it by less than this IoU, the one of the decoder's

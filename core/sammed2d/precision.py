@@ -4,7 +4,8 @@
 matrix products and convolutions in bfloat16 with fp32 accumulation (oneDNN on CPUs with
 AVX512-BF16 or AMX, tensor cores on CUDA; GPUs without bf16 get fp16), while normalisations
 and softmax stay in fp32 as autocast decides. The prompt encoder runs in fp32; embeddings,
-logits and IoU predictions come back as fp32. Its effect on Dice is measured in the README.
+logits and IoU predictions come back as fp32. Its effect on Dice is measured in the README
+(Performance, bf16).
 Where there is no fast bf16 path the choice is refused in one line rather than silently
 emulated (emulated bf16 is slower than fp32).
 """

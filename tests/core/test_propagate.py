@@ -815,7 +815,7 @@ def test_a_tube_that_turns_is_followed_and_stops_where_it_ends(litemedsam, share
     """A vessel crossing the slices obliquely: a disc (radius 11 px) whose centre turns a
     quarter circle, about 4.3 px (a fifth of its diameter) per slice, and ends. Without a
     range the walk follows it to both ends and stops there. (Turning at a third of its
-    diameter per slice it is lost: README, "A tube that turns".)"""
+    diameter per slice it is lost: docs/measurements.md, "A tube that turns".)"""
     rng = np.random.default_rng(2)
     shape = (256, 256)
     truth = np.zeros((*shape, 16), np.uint8)
