@@ -82,7 +82,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 from Ampere (compute capability 8) on, and on ROCm. Older GPUs (T4,
+        # V100) emulate it slowly, and torch.cuda.is_bf16_supported() counts that as
+        # support by default: they get fp16, which their tensor cores run.
+        native = torch.version.hip is not None or torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if native else torch.float16
     if device.type == "cpu":
         if not cpu_has_bf16():
             raise CheckpointError(

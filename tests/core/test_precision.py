@@ -64,6 +64,23 @@ def test_bf16_is_refused_on_x86_cpus_that_only_emulate_it(tiny_checkpoint, monke
     assert cpu_has_bf16()
 
 
+def test_gpus_without_native_bf16_get_fp16(monkeypatch):
+    """A T4 or V100 (compute capability 7) emulates bf16 slowly: fp16 there, bf16 from
+    Ampere on, for the model's own device."""
+    asked = []
+
+    def capability(device):
+        asked.append(device)
+        return (7, 5) if device.index == 1 else (8, 0)
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert autocast_dtype("bf16", torch.device("cuda:1")) == torch.float16
+    assert autocast_dtype("bf16", torch.device("cuda:0")) == torch.bfloat16
+    assert [d.index for d in asked] == [1, 0]
+    assert autocast_dtype("fp32", torch.device("cuda:1")) is None
+
+
 def test_x86_flags_are_read_from_cpuinfo_without_torch_probes(monkeypatch, tmp_path):
     from sammed2d import precision
 
