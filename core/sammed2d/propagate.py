@@ -87,6 +87,7 @@ class VolumeSlices:
 
 
 OVERLAPS_OF = ("union", "smaller")
+COMPOSE_BY = ("score", "logit", "both")
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, of: str) -> float:
@@ -120,7 +121,8 @@ class _Walker:
         k = int(iou.argmax())
         row, col = divmod(k, iou.shape[1])
         logits = emb.geometry.logits_to_original(low_res[row : row + 1, col : col + 1])[0, 0]
-        return (logits > 0).numpy(), float(iou[row, col]), low_res[row : row + 1, col : col + 1][0]
+        low = low_res[row : row + 1, col : col + 1][0]
+        return (logits > 0).numpy(), float(iou[row, col]), low, logits.numpy()
 
     def from_prompt(self, index: int, prompt: SlicePrompt):
         """Mask of an annotated slice from the user's prompts (raw coordinates)."""
@@ -131,7 +133,7 @@ class _Walker:
                 raise PromptError(
                     f"mask on slice {index} has shape {mask.shape}, expected {raw_shape}"
                 )
-            return self.slices.view.to_view(mask), 1.0, None
+            return self.slices.view.to_view(mask), 1.0, None, None
         size = raw_shape
         coords, labels = check_points(prompt.points, prompt.labels, size)
         boxes = check_boxes(prompt.box, size)
@@ -148,27 +150,30 @@ class _Walker:
         return self._decode(index, coords, labels, boxes)
 
     def _agreeing(self, index: int, box: np.ndarray):
-        """(mask, score, logits) for a prompted box: the decoder's single mask, or, where its
-        own box agrees with the prompt less than `box_agreement`, the candidate whose box
-        agrees best (a box prompt says where the object's edges are). One decoder call
-        gives all four masks."""
+        """(mask, score, low-res logits, logits) for a prompted box: the decoder's single
+        mask, or, where its own box agrees with the prompt less than `box_agreement`, the
+        candidate whose box agrees best (a box prompt says where the object's edges are).
+        One decoder call gives all four masks."""
         emb = self.slices.embedding(index)
         low_res, iou = decode(self.slices.model, emb, None, None, box[None], None, None)
         found, agree = None, -1.0
         for k in range(low_res.shape[1]):  # the single mask first, then the three proposals
             logits = low_res[0:1, k : k + 1]
-            mask = (emb.geometry.logits_to_original(logits)[0, 0] > 0).numpy()
+            full = emb.geometry.logits_to_original(logits)[0, 0].numpy()
+            mask = full > 0
             candidate = box_iou(box_from_mask(mask), box)
             if candidate > agree:
-                found, agree = (mask, float(iou[0, k]), logits[0]), candidate
+                found, agree = (mask, float(iou[0, k]), logits[0], full), candidate
             if k == 0 and agree >= self.settings.box_agreement:
                 break
         return found
 
     def from_box(self, index: int, box: np.ndarray):
         """Mask on slice `index` from one box in view pixels, inside the walk's band."""
-        mask, score, low = self._decode(index, None, None, np.asarray(box, np.float32)[None])
-        return self._in_band(index, mask), score, low
+        mask, score, low, logits = self._decode(
+            index, None, None, np.asarray(box, np.float32)[None]
+        )
+        return self._in_band(index, mask), score, low, logits
 
     def _decode(self, index: int, coords, labels, boxes):
         emb = self.slices.embedding(index)
@@ -236,7 +241,8 @@ class _Walker:
         s = self.settings
         back = index - direction if back is None else back
         parts = self._parts(prev_mask)
-        mask, score, low = self._from_parts(index, parts, direction, prev_low_res)
+        found = self._from_parts(index, parts, direction, prev_low_res)
+        mask = found[0]
         # The cycle check guards ranged walks, whose only failure is drift; a walk without
         # a range has the stopping rules, and a tighter mask there only walks it further.
         if not strict and s.cycle_margin is not None and mask.sum() >= s.min_area:
@@ -245,11 +251,13 @@ class _Walker:
                 if self._back_iou(back, alt[0], prev_mask) > s.cycle_gain + self._back_iou(
                     back, mask, prev_mask
                 ):
-                    mask, score, low = alt
+                    found = alt
+                    mask = found[0]
+        score = found[1]
         if mask.sum() < s.min_area:
             return None
         if not strict:
-            return mask, score, low
+            return found
         if score < s.iou_threshold:
             return None
         ref_index, ref_mask = (back, prev_mask) if ref is None else ref
@@ -260,7 +268,7 @@ class _Walker:
             after = np.median(self.slices.gray(index)[mask])
             if abs(float(after) - float(before)) > s.intensity_change:
                 return None
-        return mask, score, low
+        return found
 
     def _in_band(self, index: int, mask: np.ndarray) -> np.ndarray:
         """`mask` without the pixels whose grey level is outside the object's band, except
@@ -304,7 +312,7 @@ class _Walker:
 
     def _back_iou(self, index: int, mask: np.ndarray, prev_mask: np.ndarray) -> float:
         """How well `mask`, carried back to the slice it came from, gives that slice's mask."""
-        back, _, _ = self._from_parts(index, self._parts(mask), 0, None)
+        back = self._from_parts(index, self._parts(mask), 0, None)[0]
         return _iou(back, prev_mask)
 
     def _joined(self, index, parts, direction, margin, mask, score):
@@ -351,7 +359,9 @@ class _Walker:
         return low_res.view(3, k, *low_res.shape[1:]).mean(dim=0), iou.view(3, k, -1)[0]
 
     def _from_parts(self, index, parts, direction, prev_low_res, margin=None):
-        """(mask, score, low-res logits) on slice `index` from boxes around `parts`."""
+        """(mask, score, low-res logits, logits) on slice `index` from boxes around `parts`;
+        the logits (view pixels, the highest of the parts' maps) rank the mask's pixels
+        against other objects' where they overlap (`compose_by`)."""
         s = self.settings
         boxes = np.stack([self._grown_box(part, margin) for part in parts])
         k = len(boxes)
@@ -382,11 +392,15 @@ class _Walker:
         best = iou.argmax(dim=1)
         rows = torch.arange(k)
         low_res, iou = low_res[rows, best][:, None], iou[rows, best]
-        masks = (emb.geometry.logits_to_original(low_res)[:, 0] > 0).numpy()
+        logits = emb.geometry.logits_to_original(low_res)[:, 0].numpy()
+        masks = logits > 0
         if region is not None:
             full = np.zeros((k, *self.view_shape), bool)
             full[:, y0:y1, x0:x1] = masks
             masks = full
+            wide = np.full((k, *self.view_shape), -np.inf, np.float32)
+            wide[:, y0:y1, x0:x1] = logits
+            logits = wide
         mask = self._in_band(index, masks.any(axis=0))
         areas = masks.reshape(k, -1).sum(axis=1)
         score = float((iou.numpy() * areas).sum() / max(areas.sum(), 1))
@@ -395,7 +409,7 @@ class _Walker:
             joined = self._joined(index, parts, direction, margin, mask, score)
             if joined is not None:
                 return joined
-        return mask, score, low
+        return mask, score, low, logits.max(axis=0)
 
 
 def box_iou(a: np.ndarray | None, b: np.ndarray) -> float:
@@ -419,22 +433,33 @@ def _advance(index: int, direction: int, limit: int, step: int) -> int:
     return nxt
 
 
-def fill_between(out: dict[int, tuple[np.ndarray, float]], step: int) -> None:
+def fill_between(out: dict[int, tuple], step: int) -> None:
     """Fill the slices between two found masks at most `step` apart by shape-based
     interpolation: each slice takes the zero level of the two masks' signed distance maps,
-    weighted by how near it lies to each. Its score is the lower of the two. A wider gap is
-    a slice where nothing was found, and stays empty, as it does when every slice is walked."""
-    found = sorted(i for i, (m, _) in out.items() if m.any())
+    weighted by how near it lies to each. Its score is the lower of the two, and its
+    pixels' logits the lower of the two masks' medians. A wider gap is a slice where
+    nothing was found, and stays empty, as it does when every slice is walked."""
+    found = sorted(i for i, (m, *_) in out.items() if m.any())
     for a, b in zip(found[:-1], found[1:]):
         if not 1 < b - a <= step:
             continue
-        (mask_a, score_a), (mask_b, score_b) = out[a], out[b]
+        (mask_a, score_a, kept_a), (mask_b, score_b, kept_b) = out[a], out[b]
+        level = None
+        if kept_a is not None and kept_b is not None:
+            level = min(float(np.median(kept_a)), float(np.median(kept_b)))
         window, dist_a, dist_b = _signed_distances(mask_a, mask_b)
         for t in range(a + 1, b):
             w = (t - a) / (b - a)
             mask = np.zeros_like(mask_a)
             mask[window] = (1 - w) * dist_a + w * dist_b < 0
-            out[t] = (mask, min(score_a, score_b))
+            kept = None if level is None else np.full(int(mask.sum()), level, np.float16)
+            out[t] = (mask, min(score_a, score_b), kept)
+
+
+def _kept_logits(mask: np.ndarray, logits: np.ndarray | None) -> np.ndarray | None:
+    """The decoder's logits at the mask's pixels (float16, in the mask's pixel order), kept
+    for the composition; None for a mask the user gave."""
+    return None if logits is None else logits[mask].astype(np.float16)
 
 
 def _signed_distances(a: np.ndarray, b: np.ndarray):
@@ -572,6 +597,8 @@ def propagate(
         raise PromptError(
             f"overlap_of {settings.overlap_of!r}: expected {' or '.join(OVERLAPS_OF)}"
         )
+    if settings.compose_by not in COMPOSE_BY:
+        raise PromptError(f"compose_by {settings.compose_by!r}: expected {', '.join(COMPOSE_BY)}")
     jitter = settings.box_jitter
     if jitter is not None and (
         isinstance(jitter, bool)
@@ -613,7 +640,8 @@ def propagate(
     spans = [(o.range or (0, n - 1)) for o in objects]
     total = sum(hi - lo + 1 for lo, hi in spans)
     done = 0
-    results: dict[int, dict[int, tuple[np.ndarray, float]]] = {o.id: {} for o in objects}
+    # per object: slice -> (mask, predicted IoU, logits at the mask's pixels or None)
+    results: dict[int, dict[int, tuple]] = {o.id: {} for o in objects}
     seconds: dict[int, float] = {}
     cancelled = False
 
@@ -638,9 +666,9 @@ def propagate(
             seeds = {}
             for index in sorted(obj.slices):
                 check_stop()
-                mask, score, low = walker.from_prompt(index, obj.slices[index])
+                mask, score, low, logits = walker.from_prompt(index, obj.slices[index])
                 seeds[index] = (mask, low)
-                out[index] = (mask, score)
+                out[index] = (mask, score, _kept_logits(mask, logits))
                 tick()
             # Walks: outward from the first and last seeds, and from both ends of each gap.
             ordered = sorted(seeds)
@@ -672,8 +700,8 @@ def propagate(
                     ref = next(t for t in trail if abs(index - t[0]) <= span)
                     stepped = walker.step(index, mask, low, direction, strict, back, ref)
                     if stepped is None and not strict and retry_boxes[seed] is not None:
-                        found, score, _ = walker.from_box(index, retry_boxes[seed])
-                        stepped = (found, score, None) if found.any() else None
+                        found, score, _, logits = walker.from_box(index, retry_boxes[seed])
+                        stepped = (found, score, None, logits) if found.any() else None
                     if stepped is None and stride > 1 and abs(index - back) > 1:
                         # Nothing where a stepped walk landed: the object may end (or be
                         # lost) in the slices it skipped, so those are walked one by one.
@@ -682,8 +710,8 @@ def propagate(
                     if stepped is None and strict:
                         break
                     if stepped is not None:
-                        mask, score, low = stepped
-                        out[index] = (mask, score)
+                        mask, score, low, logits = stepped
+                        out[index] = (mask, score, _kept_logits(mask, logits))
                         walker.set_band(index, mask)
                         back, stride = index, step
                         trail = [t for t in trail if abs(index - t[0]) <= reach] + [(index, mask)]
@@ -700,7 +728,9 @@ def propagate(
     except Cancelled:
         cancelled = True
 
-    result = _compose(volume.shape, axis, slices.view, objects, results, seconds, cancelled)
+    result = _compose(
+        volume.shape, axis, slices.view, objects, results, seconds, cancelled, settings.compose_by
+    )
     result.windows = windows
     result.slice_step = step
     return result
@@ -739,7 +769,7 @@ def segment_slice(
         if window is not None:
             preset, value_range = window, intensity_range(volume, window)
     slices = volume_slices(model, volume, axis, affine, preset, value_range, orientation, cache)
-    mask, score, _ = _Walker(slices, settings or PropagationSettings()).from_prompt(index, prompt)
+    mask, score = _Walker(slices, settings or PropagationSettings()).from_prompt(index, prompt)[:2]
     return slices.view.from_view(mask), score
 
 
@@ -773,7 +803,13 @@ def volume_slices(
     return VolumeSlices(model, volume, axis, view, value_range, cache, batch_size)
 
 
-def _compose(shape, axis, view, objects, results, seconds, cancelled) -> PropagationResult:
+def _compose(
+    shape, axis, view, objects, results, seconds, cancelled, compose_by="score"
+) -> PropagationResult:
+    """One label volume from each object's masks. Where masks overlap, `compose_by` says who
+    takes a pixel: "score", the mask with the higher predicted IoU; "logit", the object
+    whose decoder logit there is higher; "both", the higher log sigmoid(logit) + log IoU
+    (the pixel's own confidence times its mask's). A mask the user drew always wins."""
     n = shape[axis]
     dtype = np.uint8 if max(o.id for o in objects) < 256 else np.uint16
     labels = np.zeros(shape, dtype=dtype)
@@ -782,7 +818,7 @@ def _compose(shape, axis, view, objects, results, seconds, cancelled) -> Propaga
     for obj in objects:
         per = np.full(n, np.nan, dtype=np.float32)
         hits = []
-        for index, (mask_view, score) in results[obj.id].items():
+        for index, (mask_view, score, kept) in results[obj.id].items():
             raw = view.from_view(mask_view)
             if not raw.any():
                 continue
@@ -791,9 +827,25 @@ def _compose(shape, axis, view, objects, results, seconds, cancelled) -> Propaga
             sl = [slice(None)] * 3
             sl[axis] = index
             sl = tuple(sl)
-            win = raw & (score > best[sl])
+            key = _pixel_keys(mask_view, score, kept, compose_by)
+            key = key if np.isscalar(key) else view.from_view(key)
+            win = raw & (key > best[sl])
             labels[sl][win] = obj.id
-            best[sl][win] = score
+            best[sl][win] = key if np.isscalar(key) else key[win]
         scores[obj.id] = per
         reached[obj.id] = (min(hits), max(hits)) if hits else None
     return PropagationResult(labels, scores, reached, cancelled, seconds)
+
+
+def _pixel_keys(mask_view, score: float, kept, compose_by: str):
+    """What a mask's pixels weigh against another object's (a number, or a view-sized map)."""
+    if kept is None:
+        return np.inf if compose_by != "score" else score
+    if compose_by == "score":
+        return score
+    logits = np.zeros(mask_view.shape, np.float32)
+    logits[mask_view] = kept
+    if compose_by == "logit":
+        return logits
+    # log sigmoid(x) = -log(1 + exp(-x)), written to stay finite for large |x|
+    return -np.logaddexp(0.0, -logits) + np.log(max(score, 1e-6))

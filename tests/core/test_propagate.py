@@ -285,6 +285,12 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
             PromptError,
             "box_jitter nan",
         ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"settings": PropagationSettings(compose_by="area")},
+            PromptError,
+            "compose_by 'area': expected score, logit, both",
+        ),
     ],
 )
 def test_bad_input(phantom, litemedsam, objects, kwargs, error, message):
@@ -676,18 +682,25 @@ def test_shape_interpolation_between_two_discs_gives_the_disc_between():
     from sammed2d.propagate import fill_between
 
     shape = (80, 90)
-    out = {2: (disc(shape, (40, 40), 10), 0.9), 6: (disc(shape, (40, 40), 18), 0.7)}
+    small, large = disc(shape, (40, 40), 10), disc(shape, (40, 40), 18)
+    out = {
+        2: (small, 0.9, np.full(small.sum(), 4.0, np.float16)),
+        6: (large, 0.7, np.linspace(1, 3, large.sum()).astype(np.float16)),
+    }
     fill_between(out, 4)
     assert sorted(out) == [2, 3, 4, 5, 6]
     assert out[4][1] == 0.7  # the lower of the two scores
+    # its pixels' logits: the lower of the two masks' medians, one per pixel
+    assert len(out[4][2]) == out[4][0].sum() and np.all(out[4][2] == np.float16(2.0))
     for z, radius in ((3, 12), (4, 14), (5, 16)):  # radii in proportion to the distance
         assert dice(out[z][0], disc(shape, (40, 40), radius)) > 0.95, z
-    moved = {0: (disc(shape, (40, 30), 10), 0.9), 2: (disc(shape, (40, 50), 10), 0.9)}
+    moved = {0: (disc(shape, (40, 30), 10), 0.9, None), 2: (disc(shape, (40, 50), 10), 0.9, None)}
     fill_between(moved, 2)
-    between = moved[1][0]
+    between, _, kept = moved[1]
+    assert kept is None  # a mask the user drew has no logits to carry
     rows, cols = np.nonzero(between)
     assert between[40, 40] and abs(cols.mean() - 40) < 0.5 and abs(rows.mean() - 40) < 0.5
-    wide = {0: (disc(shape, (40, 30), 10), 0.9), 5: (disc(shape, (40, 30), 10), 0.9)}
+    wide = {0: (disc(shape, (40, 30), 10), 0.9, None), 5: (disc(shape, (40, 30), 10), 0.9, None)}
     fill_between(wide, 4)  # 5 apart with a step of 4: a slice where nothing was found
     assert sorted(wide) == [0, 5]
 
@@ -761,7 +774,7 @@ def test_a_box_prompt_keeps_the_candidate_whose_own_box_agrees_with_it(litemedsa
 
     def segment(agreement):
         walker = _Walker(slices, PropagationSettings(box_agreement=agreement))
-        mask, score, _ = walker.from_prompt(1, SlicePrompt(box=box))
+        mask, score, *_ = walker.from_prompt(1, SlicePrompt(box=box))
         return mask, box_iou(box_from_mask(mask), box)
 
     single, single_agrees = segment(None)
@@ -851,7 +864,7 @@ def test_a_carried_box_is_decoded_as_the_mean_of_it_shrunk_and_grown(phantom, li
     z = 8  # the disc and object 2 (one or two parts): several parts, three boxes each
     parts = [truth[:, :, z] == 1, *walker._parts(truth[:, :, z] == 2)]
     assert len(parts) >= 2
-    mask, score, _ = walker._from_parts(z, parts, 1, None)
+    mask, score, *_ = walker._from_parts(z, parts, 1, None)
 
     emb = slices.embedding(z)
     expected, scores, areas = np.zeros(mask.shape, bool), [], []
@@ -868,7 +881,43 @@ def test_a_carried_box_is_decoded_as_the_mean_of_it_shrunk_and_grown(phantom, li
     assert np.logical_xor(mask, expected).sum() <= 2  # one batched call against three
     assert score == pytest.approx(np.average(scores, weights=areas), abs=1e-4)
     # and it is not the single box's mask: the jitter is applied
-    single, _, _ = _Walker(slices, replace(settings, box_jitter=None))._from_parts(
-        z, parts, 1, None
-    )
+    single, *_ = _Walker(slices, replace(settings, box_jitter=None))._from_parts(z, parts, 1, None)
     assert np.logical_xor(single, mask).sum() > 0
+
+
+def test_overlapping_objects_are_composed_by_score_logit_or_both():
+    """Two objects claim the same pixels: the higher predicted IoU takes them ("score"), or
+    the higher decoder logit at each pixel ("logit"), or the higher log sigmoid(logit) +
+    log IoU ("both"); a mask the user drew keeps its pixels under every rule."""
+    from sammed2d.objects import ObjectPrompts
+    from sammed2d.orientation import SliceView
+    from sammed2d.propagate import _compose
+
+    view = SliceView(transpose=True, flip_rows=True)  # composed through the view's inverse
+    first = np.zeros((6, 8), bool)
+    first[1:4, 1:6] = True
+    second = np.zeros((6, 8), bool)
+    second[2:5, 3:7] = True
+    both = first & second
+    # first: IoU 0.9, logit 1 everywhere; second: IoU 0.6, logit 5 on the shared pixels
+    logits_second = np.where(both, 5.0, 2.0)[second].astype(np.float16)
+    results = {
+        1: {0: (first, 0.9, np.ones(first.sum(), np.float16))},
+        2: {0: (second, 0.6, logits_second)},
+    }
+    objects = [ObjectPrompts(1, {0: SlicePrompt(box=np.zeros(4))}), ObjectPrompts(2, {})]
+    shape = (8, 6, 1)  # raw slice = the view transposed and flipped back
+
+    def owner(rule, res=results):
+        labels = _compose(shape, 2, view, objects, res, {}, False, rule).labels[:, :, 0]
+        return view.to_view(labels)
+
+    assert np.all(owner("score")[both] == 1)
+    assert np.all(owner("logit")[both] == 2)
+    # log sigmoid(1) + log 0.9 = -0.42 beats log sigmoid(5) + log 0.6 = -0.52
+    assert np.all(owner("both")[both] == 1)
+    for rule in ("score", "logit", "both"):
+        labels = owner(rule)
+        assert np.all(labels[first & ~second] == 1) and np.all(labels[second & ~first] == 2)
+    drawn = {1: results[1], 2: {0: (second, 1.0, None)}}
+    assert np.all(owner("logit", drawn)[both] == 2) and np.all(owner("both", drawn)[both] == 2)
