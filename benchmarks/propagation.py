@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         action="store_true",
         help="also propagate each structure on its own and print its Dice beside the "
         "composed one: the official chaining is scored that way, while ours shares one "
-        "label volume, where overlapping masks go to the higher predicted IoU",
+        "label volume, where overlapping masks are resolved by compose_by",
     )
     parser.add_argument(
         "--drift",

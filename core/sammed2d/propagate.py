@@ -565,7 +565,7 @@ def propagate(
 
     `volume` is in voxel order with `affine` (voxel -> RAS mm, used only to orient slices
     radiologically; `orientation="array"` keeps raw slices). Returns a label volume of the
-    same shape (objects' ids; where objects overlap the higher predicted IoU wins), per-slice
+    same shape (objects' ids; where objects overlap, `settings.compose_by` says who wins), per-slice
     scores, the slice range each object reached, and whether the run was cancelled (then
     the labels hold exactly the slices finished before).
     """
