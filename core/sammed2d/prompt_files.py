@@ -45,6 +45,7 @@ TURNED_ON_LATER = {
     "slice_step": 1,
     "step_distance": None,
     "join_parts": False,
+    "compose_by": "score",  # a default changed later: overlaps went to the higher IoU
 }
 
 

@@ -24,6 +24,7 @@ def test_a_file_from_an_earlier_release_replays_as_that_release_behaved():
     assert settings.intensity_band is None and settings.box_margin_max is None
     assert settings.split_gap is None and settings.box_agreement is None
     assert settings.step_distance is None and settings.slice_step == 1  # slice by slice
+    assert settings.compose_by == "score"  # overlaps went to the higher predicted IoU
     # the release that added the band recorded it, but not the later split_gap
     band = {**OBJECTS, "settings": {"intensity_band": 20.0}, "sammed2d": "0.2.0"}
     settings = prompt_file_from_json(band).settings
@@ -37,6 +38,7 @@ def test_a_hand_written_file_gets_todays_defaults():
     assert settings.box_margin == 4.0
     assert settings.intensity_band == PropagationSettings().intensity_band == 20.0
     assert prompt_file_from_json(OBJECTS).settings == PropagationSettings()
+    assert prompt_file_from_json(OBJECTS).settings.compose_by == "both"
 
 
 def test_todays_files_round_trip_every_setting():
