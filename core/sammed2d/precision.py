@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["PRECISIONS", "autocast_dtype", "cpu_has_bf16", "set_precision"]
 
 
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+# torch's CPU probes for native bf16 (torch.cpu; private, so each is looked up with a default)
+_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
 def cpu_has_bf16() -> bool:
     """Native bf16 dot products through oneDNN: AVX512-BF16 or AMX on x86.
 
@@ -45,9 +50,6 @@ def cpu_has_bf16() -> bool:
     return _x86_native_bf16()
 
 
-_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
-
-
 def _x86_native_bf16() -> bool:
     """AVX512-BF16 or AMX, from torch's CPU probe, or from /proc/cpuinfo where this torch
     has no probe; False where neither can tell (bf16 is then refused, never emulated)."""
@@ -67,9 +69,6 @@ def _x86_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

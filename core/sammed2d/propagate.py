@@ -809,7 +809,8 @@ def _compose(
     """One label volume from each object's masks. Where masks overlap, `compose_by` says who
     takes a pixel: "score", the mask with the higher predicted IoU; "logit", the object
     whose decoder logit there is higher; "both", the higher log sigmoid(logit) + log IoU
-    (the pixel's own confidence times its mask's). A mask the user drew always wins."""
+    (the pixel's own confidence times its mask's). Under the last two a mask the user drew
+    always wins; under "score" it counts as IoU 1."""
     n = shape[axis]
     dtype = np.uint8 if max(o.id for o in objects) < 256 else np.uint16
     labels = np.zeros(shape, dtype=dtype)

@@ -921,3 +921,36 @@ def test_overlapping_objects_are_composed_by_score_logit_or_both():
         assert np.all(labels[first & ~second] == 1) and np.all(labels[second & ~first] == 2)
     drawn = {1: results[1], 2: {0: (second, 1.0, None)}}
     assert np.all(owner("logit", drawn)[both] == 2) and np.all(owner("both", drawn)[both] == 2)
+
+
+def test_propagate_composes_overlapping_objects_by_the_chosen_rule(
+    phantom, litemedsam, shared_cache
+):
+    """Two objects on one blob: its whole box, and the box of its left lobe. "score" gives
+    each slice's overlap whole to one object; "logit" and "both" (the default) share it out
+    pixel by pixel. Outside the overlap each object keeps what it found alone."""
+    vol, truth = phantom
+    lobe = disc(truth.shape[:2], (46 * S, 44 * S), 7 * S)
+    objects = [
+        ObjectPrompts(1, {4: box_prompt(truth, 2, 4)}, (2, 8)),
+        ObjectPrompts(2, {4: SlicePrompt(box=slice_box(lobe))}, (2, 8)),
+    ]
+    alone = {o.id: run(phantom, litemedsam, shared_cache, [o]).labels == o.id for o in objects}
+    overlap = alone[1] & alone[2]
+    assert overlap[:, :, 2:9].sum(axis=(0, 1)).min() > 500
+    labels = {
+        rule: run(
+            phantom, litemedsam, shared_cache, objects,
+            settings=PropagationSettings(compose_by=rule),
+        ).labels
+        for rule in ("score", "logit", "both")
+    }  # fmt: skip
+    assert PropagationSettings().compose_by == "both"
+    for rule, lab in labels.items():
+        assert np.array_equal(lab == 1, alone[1] & ~(overlap & (lab == 2))), rule
+        assert np.array_equal(lab[~overlap] == 2, alone[2][~overlap]), rule
+    shared = {}
+    for rule, lab in labels.items():
+        shared[rule] = [len(np.unique(lab[:, :, z][overlap[:, :, z]])) for z in range(2, 9)]
+    assert shared["score"] == [1] * 7  # one owner per slice
+    assert max(shared["logit"]) == 2 and max(shared["both"]) == 2

@@ -255,14 +255,14 @@ class MaskDecoder(nn.Module):
         on the contiguous channel axis. Only the final (B, K) logits get interleaved into
         image order, instead of 32 feature channels at 16x the token count.
         """
-        up1, norm, act1, up2, act2 = self.output_upscaling
+        up1, norm, act1, up2, _ = self.output_upscaling
         b = src.shape[0]
         x = _subpixel(src.reshape(b * h * w, -1), up1)
         x = x.reshape(b * h * w * 4, -1)  # one row per output pixel of the first convolution
         # The GELUs run in place: each map is 4-8 MB, and a fresh output for it is one
         # more pass over memory that the products do not need.
         x = _gelu_(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps), act1)
-        x = _subpixel(x, up2, act2)
+        x = _subpixel(x, up2, gelu=True)
         x = x.reshape(b, h * w * 16, -1)
         k = hyper_in.shape[1]
         masks = (x @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, k)
@@ -279,20 +279,12 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-def _subpixel(x: torch.Tensor, conv: nn.ConvTranspose2d, act: nn.GELU | None = None):
+def _subpixel(x: torch.Tensor, conv: nn.ConvTranspose2d, gelu: bool = False) -> torch.Tensor:
     """Rows x (N, C_in) through a kernel = stride = 2 transposed convolution, (N, 4*C_out),
-    and the exact GELU after it when `act` is given.
+    and SAM's exact GELU after it when `gelu`.
 
     On the CPU the bias and the GELU ride in oneDNN's product (`fused.linear`): addmm
     first copies the bias into the whole 4-8 MB output and the GELU is one more pass."""
-    bias = conv.bias.repeat(4)
-    if act is None or act.approximate == "none":
-        weight = _subpixel_weight(conv).t().contiguous()
-        return fused.linear(x, weight, bias, gelu=act is not None)
-    return _gelu_(torch.addmm(bias, x, _subpixel_weight(conv)), act)
-
-
-def _subpixel_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """(C_in, C_out, 2, 2) -> (C_in, 2*2*C_out) with the output channel fastest."""
-    w = conv.weight
-    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+    w = conv.weight  # (C_in, C_out, 2, 2) -> (2*2*C_out, C_in), output channel fastest
+    weight = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])
+    return fused.linear(x, weight, conv.bias.repeat(4), gelu=gelu)
