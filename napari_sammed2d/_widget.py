@@ -4,6 +4,7 @@ Keys (while the viewer has focus, whichever layer is active; none of them is a n
 layer or viewer shortcut, so the Points and Shapes layers keep their own S, T, P...):
   Shift+S  segment the current slice of the current object
   Shift+R  run propagation of the current object through the volume
+  Shift+G  propagate every object that has prompts, in one run
   N        new object (next label id)
   Shift+T  toggle positive / negative points
   Shift+C  clear the current object's prompts
@@ -81,11 +82,15 @@ LABELS_NAME = "SAM labels"
 KEYS = {
     "Shift-S": "segment_current_slice",
     "Shift-R": "propagate_object",
+    "Shift-G": "propagate_all",
     "N": "new_object",
     "Shift-T": "toggle_polarity",
     "Shift-C": "clear_prompts",
 }
-KEYS_HELP = "Shift+S segment · Shift+R propagate · N new object · Shift+T +/− · Shift+C clear"
+KEYS_HELP = (
+    "Shift+S segment · Shift+R propagate · Shift+G propagate all · N new object · "
+    "Shift+T +/− · Shift+C clear"
+)
 
 
 class SegmentWidget(QWidget):
@@ -153,6 +158,12 @@ class SegmentWidget(QWidget):
         self.positive_button.toggled.connect(self._on_polarity)
         self.segment_button = QPushButton("Segment slice (Shift+S)")
         self.propagate_button = QPushButton("Propagate (Shift+R)")
+        self.propagate_all_button = QPushButton("Propagate all (Shift+G)")
+        self.propagate_all_button.setToolTip(
+            "every object with prompts in one run: each slice embedded once, and where two "
+            "objects' masks overlap the pixel goes to the more confident one (as `sammed2d "
+            "propagate` does with a prompts file)"
+        )
         self.step_spin = QSpinBox()
         self.step_spin.setRange(0, 10)  # 0: automatic (None in the settings)
         self.step_spin.setPrefix("every ")
@@ -198,6 +209,7 @@ class SegmentWidget(QWidget):
             (add_object, delete_object),
             (self.positive_button, clear_button),
             (self.segment_button, self.propagate_button),
+            (self.propagate_all_button,),
             (clear_slice, clear_object),
             (save_button, load_button),
         ]
@@ -217,6 +229,7 @@ class SegmentWidget(QWidget):
 
         self.segment_button.clicked.connect(self.segment_current_slice)
         self.propagate_button.clicked.connect(self.propagate_object)
+        self.propagate_all_button.clicked.connect(self.propagate_all)
         self.cancel_button.clicked.connect(self.cancel)
         add_object.clicked.connect(self.new_object)
         delete_object.clicked.connect(self.delete_object)
@@ -794,6 +807,80 @@ class SegmentWidget(QWidget):
             f"propagating {self.table.add(oid).name}",
         )
 
+    def propagate_all(self) -> None:
+        """Every object that has prompts, in one run composed as the command line composes
+        a prompts file: one undo step, and labels of objects without prompts stay."""
+        if self._busy is not None:
+            show_info("a propagation is already running")
+            return
+        try:
+            points, shapes, labels = self.ensure_prompt_layers()
+            axis = self.slice_axis()
+            if axis is None:
+                raise SamMed2DError("propagation needs a 3D volume")
+            data, affine, preset = self.volume_context()
+            shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
+            objects = []
+            for oid in sorted(self.table.objects):
+                prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
+                if prompts:
+                    info = self.table.add(oid)
+                    prompts = {k: clip_box_to(p, shape) for k, p in prompts.items()}
+                    objects.append(ObjectPrompts(oid, prompts, name=info.name, window=info.window))
+            if not objects:
+                raise SamMed2DError("no object has prompts: draw a box first")
+        except SamMed2DError as exc:
+            show_error(str(exc))
+            return
+        self._seq += 1
+        for obj in objects:
+            self._propagated_at[obj.id] = self._seq
+        request = SegmentRequest(
+            objects[0].id,
+            axis,
+            None,
+            None,
+            data,
+            affine,
+            self.preset_combo.currentText(),  # each object's own window rides on it
+            self._model_key(),
+            slice_step=self.slice_step(),
+        )
+        ids = [o.id for o in objects]
+        self._run_propagation(
+            request,
+            objects,
+            lambda result: self._land_all(labels, axis, ids, result),
+            f"propagating {len(objects)} objects" if len(objects) > 1 else "propagating",
+        )
+
+    def _land_all(self, labels, axis, ids, result) -> None:
+        """Write a run of several objects as one undo step: their pixels become what the run
+        composed; pixels of other objects (painted, or propagated on their own) stay."""
+        data = labels.data
+        ours = np.isin(data, ids)
+        found = result.labels.astype(data.dtype, copy=False)
+        with labels.block_history():
+            if not result.cancelled:  # a cancelled run only adds; it never erases
+                stale = ours & (found != data)
+                if stale.any():
+                    labels.data_setitem(np.nonzero(stale), 0)
+            fresh = (found > 0) & (found != labels.data) & ((labels.data == 0) | ours)
+            if fresh.any():
+                where = np.nonzero(fresh)
+                labels.data_setitem(where, found[where])
+        others = tuple(a for a in range(3) if a != axis)
+        parts = []
+        for oid in ids:
+            present = np.flatnonzero(np.any(labels.data == oid, axis=others))
+            info = self.table.add(oid)
+            info.reached = (int(present[0]), int(present[-1])) if present.size else None
+            span = "none" if info.reached is None else f"{info.reached[0]}–{info.reached[1]}"
+            parts.append(f"{info.name} {span}")
+        self._show_objects()
+        cancelled = " (cancelled)" if result.cancelled else ""
+        self.status.setText("slices: " + ", ".join(parts) + cancelled)
+
     def _run_propagation(self, request, objects, on_result, what: str) -> None:
         engine = self.engine
         self._cancel = False
@@ -836,6 +923,7 @@ class SegmentWidget(QWidget):
         self._busy = worker
         self.cancel_button.setEnabled(True)
         self.propagate_button.setEnabled(False)
+        self.propagate_all_button.setEnabled(False)
         worker.start()
 
     def _show_progress(self, what: str, done: int, total: int) -> None:
@@ -893,6 +981,7 @@ class SegmentWidget(QWidget):
         self._busy = None
         self.cancel_button.setEnabled(False)
         self.propagate_button.setEnabled(True)
+        self.propagate_all_button.setEnabled(True)
 
     def cancel(self) -> None:
         self._cancel = True

@@ -3,10 +3,13 @@
 Runs a real viewer window (use `xvfb-run -a` on a headless machine) and drives the widget
 as a user would: open the CT through the plugin's reader, name the object, draw a box on
 the liver's middle slice, propagate, correct the worst slice with a second box, save the
-labels as a Slicer `.seg.nrrd` and open that file again. One screenshot per step:
+labels as a Slicer `.seg.nrrd` and open that file again. Then three more organs get a box
+each and "Propagate all" carries the four through the volume in one run. One screenshot per
+step:
 
     docs/session-1-prompt.png  docs/session-2-propagate.png
-    docs/session-3-correct.png docs/session-4-export.png   (and docs/screenshot.png = 2)
+    docs/session-3-correct.png docs/session-5-all.png  docs/session-4-export.png
+    (and docs/screenshot.png = 2)
 
     xvfb-run -a python scripts/screenshot.py [--out docs]
 
@@ -101,6 +104,24 @@ def main() -> int:
     after = dice(labels.data[worst] == 1, truth[worst])
     print(f"correction on slice {worst}: Dice {scores[worst]:.3f} -> {after:.3f}")
     show(worst, "session-3-correct.png")
+
+    # Three more organs, a box each on its middle slice, then one run for all four.
+    organs = np.transpose(read_volume(CT / "labels.nii.gz").array, (2, 1, 0))
+    for oid, name in ((2, "spleen"), (3, "kidney_left"), (4, "aorta")):
+        widget.new_object()
+        widget.rename_object(oid, name)
+        organ_zs = np.flatnonzero((organs == oid).any(axis=(1, 2)))
+        mid = int(organ_zs[len(organ_zs) // 2])
+        viewer.dims.set_point(0, image.data_to_world((mid, 0, 0))[0])
+        box_on(shapes, mid, organs[mid] == oid)
+        pump(until=lambda mid=mid, oid=oid: (labels.data[mid] == oid).any())
+    widget.propagate_all()
+    pump(until=lambda: widget._busy is None)
+    for oid in (1, 2, 3, 4):
+        print(f"propagate all: {widget.table.objects[oid].name} 3D Dice "
+              f"{dice(labels.data == oid, organs == oid):.3f}")  # fmt: skip
+    print(f"status: {widget.status.text()}")
+    show(z, "session-5-all.png")
 
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "liver.seg.nrrd"

@@ -375,3 +375,67 @@ def test_propagation_can_walk_every_nth_slice(widget, qtbot, tmp_path):
     w.step_spin.setValue(2)
     w.load_prompts(tmp_path / "auto.json")
     assert w.slice_step() is None
+
+
+def test_propagate_all_composes_every_object_as_the_core_does_in_one_undo_step(widget, qtbot):
+    """Two objects with a box each go through the volume in one run, and the labels are the
+    core's for the same prompts (each slice embedded once, overlaps by the composition
+    rule); a third object painted by hand, without prompts, keeps its pixels; the run shows
+    each object's slices, and one Ctrl+Z takes it all back."""
+    from sammed2d.intensity import intensity_range
+    from sammed2d.models import load_model
+    from sammed2d.objects import ObjectPrompts, PropagationSettings, SlicePrompt
+    from sammed2d.propagate import propagate
+
+    viewer, w = widget
+    vol = np.random.default_rng(1).normal(-80, 5, (8, 64, 64)).astype(np.float32)
+    vol[1:6, 8:28, 8:28] = 150
+    vol[3:8, 34:58, 30:58] = 60
+    _, shapes, labels = setup_volume(viewer, w, data=vol)
+    draw_box(viewer, shapes, 3, 7, 7, 28, 28)
+    w.wait_idle()
+    w.new_object()
+    draw_box(viewer, shapes, 5, 33, 29, 58, 58)
+    w.wait_idle()
+    w.new_object()  # object 3: painted, no prompts
+    labels.data_setitem(np.nonzero(np.pad(np.ones((1, 3, 3), bool), ((0, 7), (0, 61), (0, 61)))), 3)
+    before = labels.data.copy()
+    w.propagate_all()
+    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+        pass
+    found = labels.data
+    assert [z for z in range(8) if (found[z] == 1).any()] == [1, 2, 3, 4, 5]
+    assert [z for z in range(8) if (found[z] == 2).any()] == [3, 4, 5, 6, 7]
+    assert (found[0, :3, :3] == 3).all()
+    assert "object 1 1–5" in w.status.text() and "object 2 3–7" in w.status.text()
+
+    boxes = {1: (3, [7, 7, 28, 28]), 2: (5, [29, 33, 58, 58])}  # (x0, y0, x1, y1)
+    objects = [
+        ObjectPrompts(oid, {z: SlicePrompt(box=np.array(box, np.float32))})
+        for oid, (z, box) in boxes.items()
+    ]
+    core = propagate(
+        vol, objects, load_model("litemedsam"), axis=0, preset="abdomen",
+        value_range=intensity_range(vol, "abdomen"), settings=PropagationSettings(),
+    ).labels  # fmt: skip
+    assert np.array_equal(np.where(found == 3, 0, found), core)
+    labels.undo()
+    assert np.array_equal(labels.data, before)
+
+
+def test_propagate_all_needs_prompts(widget, monkeypatch):
+    viewer, w = widget
+    setup_volume(viewer, w)
+    errors = []
+    monkeypatch.setattr("napari_sammed2d._widget.show_error", errors.append)
+    w.propagate_all()
+    assert errors == ["no object has prompts: draw a box first"] and w._busy is None
+
+
+def test_the_widget_keys_are_not_napari_shortcuts():
+    from napari.utils.shortcuts import default_shortcuts
+
+    from napari_sammed2d._widget import KEYS
+
+    taken = {str(k).replace("+", "-") for keys in default_shortcuts.values() for k in keys}
+    assert not taken & set(KEYS), taken & set(KEYS)
