@@ -171,6 +171,7 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
+        self.ui.propagateAllButton.connect("clicked(bool)", self.onPropagateAll)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.savePromptsButton.connect("clicked(bool)", self.onSavePrompts)
@@ -250,7 +251,11 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelLineEdit.enabled = self.ui.precisionCombo.enabled = not remote
         ready = bool(p and p.volume and p.segmentation)
         busy = self._run is not None
-        for button in (self.ui.segmentButton, self.ui.propagateButton, self.ui.loadPromptsButton):
+        buttons = (
+            self.ui.segmentButton, self.ui.propagateButton, self.ui.propagateAllButton,
+            self.ui.loadPromptsButton,
+        )  # fmt: skip
+        for button in buttons:
             button.enabled = ready and not busy
             button.toolTip = "" if ready else "choose a volume and a segmentation first"
         self.ui.undoButton.enabled = not busy
@@ -342,6 +347,15 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.objectId,
             )  # fmt: skip
             self._start("Propagating", work, finish)
+
+    def onPropagateAll(self, *args):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not propagate."):
+            logic = self.getLogic()
+            if logic is None:
+                return
+            p = self._parameterNode
+            work, finish = logic.preparePropagateAll(p.volume, p.segmentation)
+            self._start("Propagating all", work, finish)
 
     def onLoadPrompts(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not replay the prompts."):
@@ -769,13 +783,27 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
     def prepareReplay(self, path, volume, segmentation):
         """(work, finish) as `preparePropagation`, for a PROMPTS.json's objects: propagated as
         `sammed2d propagate` does, one segment each with the object's name and colour."""
-        from sammed2d.labelfiles import object_segments
         from sammed2d.prompt_files import read_prompt_file
-        from SAMMed2DLib import ijk_volume_from_slicer_array
 
         record = read_prompt_file(path)
         if record.model and not self.engine.remote and record.model != self.engine.name:
             self.setModel(record.model)
+        return self._prepareObjects(record, volume, segmentation, f"replayed from {path}")
+
+    def preparePropagateAll(self, volume, segmentation):
+        """(work, finish) as `preparePropagation`, for every object prompted this session, in
+        one run composed as a replay is (each slice embedded once; where two objects' masks
+        overlap, the pixel goes to the more confident one)."""
+        windows = self.objectWindows if self.preset == "auto" else {}
+        record = self.promptLog.prompt_file(window=self.preset, windows=windows)
+        return self._prepareObjects(record, volume, segmentation, "propagated")
+
+    def _prepareObjects(self, record, volume, segmentation, what):
+        """(work, finish) that propagate `record`'s objects together, one segment each with
+        the object's name and colour; the whole run is one undo step."""
+        from sammed2d.labelfiles import object_segments
+        from SAMMed2DLib import ijk_volume_from_slicer_array
+
         ijkToRas, parentToWorld = self.matrices(volume)
         data = np.array(ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume)))
         engine, preset, affine = self.engine, record.window or self.preset, parentToWorld @ ijkToRas
@@ -802,7 +830,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
                 for index, prompt in obj.slices.items():
                     self.promptLog.record(obj.id, record.axis, index, prompt, seg.name)
             cancelled = " (cancelled)" if result.cancelled else ""
-            return f"{len(record.objects)} object(s) replayed from {path}{cancelled}"
+            return f"{len(record.objects)} object(s) {what}{cancelled}"
 
         return work, finish
 

@@ -60,3 +60,18 @@ def test_a_prompt_in_another_view_axis_starts_the_log_afresh():
     log.record(1, 2, 5, SlicePrompt(box=np.array([1.0, 1, 5, 5])))
     log.record(2, 0, 7, SlicePrompt(box=np.array([1.0, 1, 5, 5])))
     assert log.axis == 0 and list(log.objects) == [2]
+
+
+def test_propagate_all_takes_each_objects_auto_window_and_leaves_the_log_as_it_was():
+    """Propagate all objects runs the log as a prompts file: each object in the window
+    `auto` chose for it on its first click (the others in the scan's preset), the log
+    itself unchanged for the next run."""
+    log = PromptLog()
+    log.record(2, 2, 5, SlicePrompt(box=np.array([1.0, 1, 5, 5])), name="lung_lower_lobe_right")
+    log.record(1, 2, 7, SlicePrompt(box=np.array([2.0, 2, 6, 6])), name="liver")
+    record = log.prompt_file(window="auto", windows={2: "lung"})
+    assert [(o.id, o.name, o.window) for o in record.objects] == [
+        (1, "liver", None),
+        (2, "lung_lower_lobe_right", "lung"),
+    ]
+    assert record.window == "auto" and log.objects[2].window is None

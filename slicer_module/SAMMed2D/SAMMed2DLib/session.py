@@ -37,10 +37,16 @@ class PromptLog:
     def forget(self, object_id: int) -> None:
         self.objects.pop(object_id, None)
 
-    def prompt_file(self, model=None, sha256=None, window=None) -> PromptFile:
+    def prompt_file(self, model=None, sha256=None, window=None, windows=None) -> PromptFile:
+        """The log as a prompts file; `windows` (object id -> preset) gives objects the
+        window `auto` chose for them when they were first segmented."""
         if not self.objects or self.axis is None:
             raise PromptError("no prompts yet: segment a slice first")
-        objects = [self.objects[k] for k in sorted(self.objects)]
+        windows = windows or {}
+        objects = [
+            replace(self.objects[k], window=windows.get(k, self.objects[k].window))
+            for k in sorted(self.objects)
+        ]
         return PromptFile(self.axis, objects, model=model, sha256=sha256, window=window)
 
 
