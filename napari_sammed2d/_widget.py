@@ -865,7 +865,8 @@ class SegmentWidget(QWidget):
                 stale = ours & (found != data)
                 if stale.any():
                     labels.data_setitem(np.nonzero(stale), 0)
-            fresh = (found > 0) & (found != labels.data) & ((labels.data == 0) | ours)
+            # the run's own pixels that changed are free now; other objects' stay theirs
+            fresh = (found > 0) & (labels.data == 0)
             if fresh.any():
                 where = np.nonzero(fresh)
                 labels.data_setitem(where, found[where])
