@@ -43,7 +43,8 @@ class SAMMed2D(ScriptedLoadableModule):
         self.parent.helpText = (
             "Promptable segmentation with SAM-Med2D, LiteMedSAM, MedSAM and SAM. Place "
             "positive/negative points or an ROI box in a slice view: that slice is segmented. "
-            "Propagate carries the segment through the volume while Slicer stays usable. "
+            "Propagate carries the segment through the volume while Slicer stays usable; "
+            "Propagate all objects carries every prompted object in one run. "
             "Each object is a segment named after it; Undo (and Ctrl+Z in the Segment "
             "Editor) takes back the last segmentation or propagation. LiteMedSAM (default, "
             "bundled) was trained on boxes: use the ROI."
@@ -834,6 +835,10 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
 
         return work, finish
 
+    def propagateAllObjects(self, volume, segmentation, progress=None, shouldStop=None):
+        work, finish = self.preparePropagateAll(volume, segmentation)
+        return finish(work(progress, shouldStop or (lambda: False)))
+
     def replayPrompts(self, path, volume, segmentation, progress=None, shouldStop=None):
         work, finish = self.prepareReplay(path, volume, segmentation)
         return finish(work(progress, shouldStop or (lambda: False)))
@@ -955,6 +960,9 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
         )
         logic.undo(segmentation, volume)
         self.assertFalse(logic._readSegment(segmentation, segmentId, volume).any())
+        # Propagate all objects: the clicked prompt, from the session's log, in one run.
+        self.assertIn("1 object(s) propagated", logic.propagateAllObjects(volume, segmentation))
+        self.assertGreater(dice(logic._readSegment(segmentation, segmentId, volume), liver), 0.8)
 
     def test_cancel_in_the_background(self):
         from SAMMed2DLib import BackgroundRun
