@@ -83,3 +83,42 @@ def test_a_wrong_key_is_shown_in_one_line(widget, tiny_server):
     w.wait_idle()
     assert "API key" in w.status.text() and "\n" not in w.status.text()
     assert not labels.data.any()
+
+
+def test_propagate_all_is_one_server_run_and_equals_the_local_one(
+    widget, tiny_server, tiny_checkpoint, qtbot
+):
+    """Propagate all sends every object in one request, and the server's composed labels
+    are what the local engine composes from the same prompts and weights."""
+    viewer, w = widget
+    url, state = tiny_server
+    vol = block_volume()
+    vol[4:8, 34:46, 28:38] = 60
+    viewer.add_image(vol, name="ct")
+    w.preset_combo.setCurrentText("abdomen")
+    w.engine_combo.setCurrentText("remote")
+    w.server_edit.setText(url)
+    w.key_edit.setText("napari-key")
+    w._on_engine_changed()
+    _, shapes, labels = w.ensure_prompt_layers()
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
+    w.new_object()
+    draw_box(viewer, shapes, 5, 33, 27, 46, 38)
+    w.wait_idle()
+    runs = state.runs
+    w.propagate_all()
+    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+        pass
+    assert state.runs == runs + 1
+    remote_run = labels.data.copy()
+    assert set(np.unique(remote_run)) == {0, 1, 2}
+
+    labels.data = np.zeros_like(labels.data)
+    w.engine_combo.setCurrentText("local")
+    w.model_edit.setText(str(tiny_checkpoint))
+    w.device_combo.setCurrentText("cpu")
+    w.propagate_all()
+    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+        pass
+    np.testing.assert_array_equal(labels.data, remote_run)
