@@ -818,7 +818,13 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         def finish(result):
             self._checkPresent(volume, segmentation)
             self.saveStateForUndo(segmentation, volume)  # the whole replay is one undo step
+            windows = getattr(result, "windows", None) or {}  # an engine from before the field
+            shown = []
             for obj, seg in zip(record.objects, object_segments(record.objects)):
+                window = windows.get(obj.id, obj.window or preset)
+                shown.append(f"{seg.name} ({window})")
+                if preset == "auto":  # a later Propagate of this object keeps its window
+                    self.objectWindows.setdefault(obj.id, window)
                 segmentId = self.objectSegmentId(segmentation, obj.id, seg.name)
                 segmentation.GetSegmentation().GetSegment(segmentId).SetColor(
                     *[c / 255 for c in seg.color]
@@ -831,7 +837,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
                 for index, prompt in obj.slices.items():
                     self.promptLog.record(obj.id, record.axis, index, prompt, seg.name)
             cancelled = " (cancelled)" if result.cancelled else ""
-            return f"{len(record.objects)} object(s) {what}{cancelled}"
+            return f"{len(record.objects)} object(s) {what}{cancelled}: " + ", ".join(shown)
 
         return work, finish
 
