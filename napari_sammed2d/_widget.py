@@ -768,48 +768,16 @@ class SegmentWidget(QWidget):
 
     # ----- propagation ----------------------------------------------------------------------
     def propagate_object(self) -> None:
-        if self._busy is not None:
-            show_info("a propagation is already running")
-            return
-        try:
-            points, shapes, labels = self.ensure_prompt_layers()
-            axis = self.slice_axis()
-            if axis is None:
-                raise SamMed2DError("propagation needs a 3D volume")
-            oid = self.object_spin.value()
-            prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
-            if not prompts:
-                raise SamMed2DError(f"object {oid} has no prompts: draw a box first")
-            data, affine, preset = self.volume_context()
-            shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
-            prompts = {k: clip_box_to(p, shape) for k, p in prompts.items()}
-        except SamMed2DError as exc:
-            show_error(str(exc))
-            return
-        self._seq += 1
-        self._propagated_at[oid] = self._seq
-        info = self.table.add(oid)
-        request = SegmentRequest(
-            oid,
-            axis,
-            None,
-            None,
-            data,
-            affine,
-            self.window_of(oid),
-            self._model_key(),
-            slice_step=self.slice_step(),
-        )
-        self._run_propagation(
-            request,
-            [ObjectPrompts(oid, prompts, window=info.window)],
-            lambda result: self._land(labels, axis, oid, result),
-            f"propagating {self.table.add(oid).name}",
-        )
+        self._start_propagation(self.object_spin.value())
 
     def propagate_all(self) -> None:
         """Every object that has prompts, in one run composed as the command line composes
         a prompts file: one undo step, and labels of objects without prompts stay."""
+        self._start_propagation(None)
+
+    def _start_propagation(self, oid: int | None) -> None:
+        """Propagate object `oid`, or with None every object that has prompts in one run;
+        where it cannot start, a one-line error says why."""
         if self._busy is not None:
             show_info("a propagation is already running")
             return
@@ -818,17 +786,17 @@ class SegmentWidget(QWidget):
             axis = self.slice_axis()
             if axis is None:
                 raise SamMed2DError("propagation needs a 3D volume")
-            data, affine, preset = self.volume_context()
-            shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
-            objects = []
-            for oid in sorted(self.table.objects):
-                prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
-                if prompts:
-                    info = self.table.add(oid)
-                    prompts = {k: clip_box_to(p, shape) for k, p in prompts.items()}
-                    objects.append(ObjectPrompts(oid, prompts, name=info.name, window=info.window))
+            objects = self._object_prompts(points, shapes, axis, None if oid is None else [oid])
             if not objects:
-                raise SamMed2DError("no object has prompts: draw a box first")
+                raise SamMed2DError(
+                    "no object has prompts: draw a box first"
+                    if oid is None
+                    else f"object {oid} has no prompts: draw a box first"
+                )
+            data, affine, _ = self.volume_context()
+            shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
+            for obj in objects:
+                obj.slices = {k: clip_box_to(p, shape) for k, p in obj.slices.items()}
         except SamMed2DError as exc:
             show_error(str(exc))
             return
@@ -842,17 +810,42 @@ class SegmentWidget(QWidget):
             None,
             data,
             affine,
-            self.preset_combo.currentText(),  # each object's own window rides on it
+            # one object: its own window; several: each one's rides on its ObjectPrompts
+            self.window_of(oid) if oid is not None else self.preset_combo.currentText(),
             self._model_key(),
             slice_step=self.slice_step(),
         )
         ids = [o.id for o in objects]
-        self._run_propagation(
-            request,
-            objects,
-            lambda result: self._land_all(labels, axis, ids, result),
-            f"propagating {len(objects)} objects" if len(objects) > 1 else "propagating",
-        )
+
+        def land(result):
+            if oid is not None:
+                self._land(labels, axis, oid, result)
+            else:
+                self._land_all(labels, axis, ids, result)
+
+        if oid is not None:
+            what = f"propagating {objects[0].name}"
+        else:
+            what = f"propagating {len(ids)} objects" if len(ids) > 1 else "propagating"
+        self._run_propagation(request, objects, land, what)
+
+    def _object_prompts(self, points, shapes, axis, ids=None) -> list[ObjectPrompts]:
+        """The objects (all that have prompts, or those of `ids`) with their prompts, names,
+        colours and windows, in id order."""
+        if ids is None:
+            ids = set(np.asarray(points.features["object"]).tolist())
+            ids |= set(np.asarray(shapes.features["object"]).tolist())
+        objects = []
+        for oid in sorted(int(i) for i in ids):
+            prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
+            if prompts:
+                info = self.table.add(oid)
+                objects.append(
+                    ObjectPrompts(
+                        oid, prompts, name=info.name, color=info.color, window=info.window
+                    )
+                )
+        return objects
 
     def _land_all(self, labels, axis, ids, result) -> None:
         """Write a run of several objects as one undo step: their pixels become what the run
@@ -870,12 +863,9 @@ class SegmentWidget(QWidget):
             if fresh.any():
                 where = np.nonzero(fresh)
                 labels.data_setitem(where, found[where])
-        others = tuple(a for a in range(3) if a != axis)
         parts = []
         for oid in ids:
-            present = np.flatnonzero(np.any(labels.data == oid, axis=others))
-            info = self.table.add(oid)
-            info.reached = (int(present[0]), int(present[-1])) if present.size else None
+            info = self._note_reached(labels, axis, oid)
             span = "none" if info.reached is None else f"{info.reached[0]}–{info.reached[1]}"
             parts.append(f"{info.name} {span}")
         self._show_objects()
@@ -956,11 +946,7 @@ class SegmentWidget(QWidget):
             fresh = found & (labels.data == 0) & inside
             if fresh.any():
                 labels.data_setitem(np.nonzero(fresh), oid)
-        present = np.flatnonzero(
-            np.any(labels.data == oid, axis=tuple(a for a in range(3) if a != axis))
-        )
-        info = self.table.add(oid)
-        info.reached = (int(present[0]), int(present[-1])) if present.size else None
+        info = self._note_reached(labels, axis, oid)
         self._show_objects()
         text = (
             "no slices" if info.reached is None else f"slices {info.reached[0]}–{info.reached[1]}"
@@ -968,6 +954,15 @@ class SegmentWidget(QWidget):
         cancelled = " (cancelled)" if result.cancelled else ""
         stepped = f", every {result.slice_step} slices" if result.slice_step > 1 else ""
         self.status.setText(f"{info.name}: {text}{stepped}{cancelled}")
+
+    def _note_reached(self, labels, axis, oid):
+        """Object `oid`'s table row, its first and last slice with labels noted there."""
+        present = np.flatnonzero(
+            np.any(labels.data == oid, axis=tuple(a for a in range(3) if a != axis))
+        )
+        info = self.table.add(oid)
+        info.reached = (int(present[0]), int(present[-1])) if present.size else None
+        return info
 
     def _report_error(self, what: str, exc: BaseException) -> None:
         """One line in a notification and the status; the traceback goes to the log."""
@@ -1111,18 +1106,7 @@ class SegmentWidget(QWidget):
         axis = self.slice_axis()
         if axis is None:
             raise SamMed2DError("saving prompts needs a 3D volume")
-        ids = set(np.asarray(points.features["object"]).tolist())
-        ids |= set(np.asarray(shapes.features["object"]).tolist())
-        objects = []
-        for oid in sorted(int(i) for i in ids):
-            prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
-            if prompts:
-                info = self.table.add(oid)
-                objects.append(
-                    ObjectPrompts(
-                        oid, prompts, name=info.name, color=info.color, window=info.window
-                    )
-                )
+        objects = self._object_prompts(points, shapes, axis)
         if not objects:
             raise SamMed2DError("no prompts to save: draw a box first")
         if self._from_our_reader():

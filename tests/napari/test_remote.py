@@ -13,6 +13,19 @@ from tests.remote.conftest import running_server  # noqa: E402
 from .test_widget import block_volume, draw_box  # noqa: E402
 
 
+def use_server(w, url, key):
+    w.engine_combo.setCurrentText("remote")
+    w.server_edit.setText(url)
+    w.key_edit.setText(key)
+    w._on_engine_changed()
+
+
+def use_local(w, checkpoint):
+    w.engine_combo.setCurrentText("local")
+    w.model_edit.setText(str(checkpoint))
+    w.device_combo.setCurrentText("cpu")
+
+
 @pytest.fixture(scope="module")
 def tiny_server():
     import torch
@@ -34,10 +47,7 @@ def test_remote_engine_segments_and_propagates_like_the_local_one(
     url, state = tiny_server
     viewer.add_image(block_volume(), name="ct")
     w.preset_combo.setCurrentText("abdomen")
-    w.engine_combo.setCurrentText("remote")
-    w.server_edit.setText(url)
-    w.key_edit.setText("napari-key")
-    w._on_engine_changed()
+    use_server(w, url, "napari-key")
     assert w.engine.remote and not w.model_edit.isEnabled()
     _, shapes, labels = w.ensure_prompt_layers()
     clicks = state.clicks
@@ -57,9 +67,7 @@ def test_remote_engine_segments_and_propagates_like_the_local_one(
 
     # The same prompts through the local engine, with the same weights.
     labels.data = np.zeros_like(labels.data)
-    w.engine_combo.setCurrentText("local")
-    w.model_edit.setText(str(tiny_checkpoint))
-    w.device_combo.setCurrentText("cpu")
+    use_local(w, tiny_checkpoint)
     assert not w.engine.remote
     w.segment_current_slice()
     w.wait_idle()
@@ -74,10 +82,7 @@ def test_a_wrong_key_is_shown_in_one_line(widget, tiny_server):
     viewer, w = widget
     url, _ = tiny_server
     viewer.add_image(block_volume(), name="ct")
-    w.engine_combo.setCurrentText("remote")
-    w.server_edit.setText(url)
-    w.key_edit.setText("wrong")
-    w._on_engine_changed()
+    use_server(w, url, "wrong")
     _, shapes, labels = w.ensure_prompt_layers()
     draw_box(viewer, shapes, 3, 11, 9, 30, 26)
     w.wait_idle()
@@ -96,10 +101,7 @@ def test_propagate_all_is_one_server_run_and_equals_the_local_one(
     vol[4:8, 34:46, 28:38] = 60
     viewer.add_image(vol, name="ct")
     w.preset_combo.setCurrentText("abdomen")
-    w.engine_combo.setCurrentText("remote")
-    w.server_edit.setText(url)
-    w.key_edit.setText("napari-key")
-    w._on_engine_changed()
+    use_server(w, url, "napari-key")
     _, shapes, labels = w.ensure_prompt_layers()
     draw_box(viewer, shapes, 3, 11, 9, 30, 26)
     w.wait_idle()
@@ -115,9 +117,7 @@ def test_propagate_all_is_one_server_run_and_equals_the_local_one(
     assert set(np.unique(remote_run)) == {0, 1, 2}
 
     labels.data = np.zeros_like(labels.data)
-    w.engine_combo.setCurrentText("local")
-    w.model_edit.setText(str(tiny_checkpoint))
-    w.device_combo.setCurrentText("cpu")
+    use_local(w, tiny_checkpoint)
     w.propagate_all()
     with qtbot.waitSignal(w._busy.finished, timeout=120_000):
         pass
