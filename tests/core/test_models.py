@@ -243,6 +243,22 @@ def test_tinyvit_fused_onednn_calls_match_the_plain_path(monkeypatch):
     assert err_fast < 1.5 * err_plain, (err_fast, err_plain)
 
 
+def test_fused_calls_stay_on_when_first_asked_under_autocast(monkeypatch):
+    """A bf16 run's first encode asks for the fused calls under autocast: the one-time check
+    must not compare them with an autocast (bf16) plain path and turn them off for good."""
+    import torch
+
+    from sammed2d.models import fused
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch")
+    monkeypatch.setattr(fused, "_AVAILABLE", [])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = fused.available()
+    monkeypatch.setattr(fused, "_AVAILABLE", [])
+    assert first == fused.available()
+
+
 @pytest.mark.parametrize("resolution, window", [(64, 7), (64, 14), (28, 7), (30, 7)])
 def test_tinyvit_attention_over_the_grid_matches_padding_first(monkeypatch, resolution, window):
     """Attention over the unpadded grid (padding tokens' q, k, v computed once from the
