@@ -11,6 +11,7 @@ imported beside this torch: it needs timm, whose torchvision does not load).
 
     python benchmarks/encoder.py [--batches 1 8] [--repeats 5] [--threads N]
                                  [--precisions fp32 bf16] [--profile] [--grid-attention]
+                                 [--models sam-med2d whole-maps litemedsam]
 
 --grid-attention adds, for LiteMedSAM, the window attention over the unpadded grid against
 the padded one, alternating in this process (best of --repeats each).
@@ -183,6 +184,13 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--profile", action="store_true", help="time per TinyViT layer kind")
     parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["sam-med2d", "whole-maps", "litemedsam"],
+        choices=["sam-med2d", "whole-maps", "litemedsam"],
+        help="which encoders to time (default: all three)",
+    )
+    parser.add_argument(
         "--grid-attention",
         action="store_true",
         help="LiteMedSAM with the attention over the unpadded grid on and off, alternating",
@@ -192,11 +200,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     litemedsam = load_model("litemedsam", device="cpu")
-    models = {
-        "sam-med2d (ViT-B, random weights)": (build_model("sam-med2d"), False),
-        "litemedsam, whole maps": (litemedsam, True),
-        "litemedsam": (litemedsam, False),
-    }
+    models = {}
+    if "sam-med2d" in args.models:
+        models["sam-med2d (ViT-B, random weights)"] = (build_model("sam-med2d"), False)
+    if "whole-maps" in args.models:
+        models["litemedsam, whole maps"] = (litemedsam, True)
+    if "litemedsam" in args.models:
+        models["litemedsam"] = (litemedsam, False)
     mm = matmul_gflops(args.repeats)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
