@@ -5,8 +5,9 @@
 LiteMedSAM on the TotalSegmentator example CT (../shared/data/abdomen_ct), the fourteen
 structures of structures.nii.gz: on every slice a structure is on, its label's own box is
 given to the fp32 and to the bf16 model (each with its own embeddings, same window), and
-the Dice between the two masks is printed per structure and over all masks. Goal from the
-speed issue: the masks agree at Dice >= 0.99.
+the Dice between the two masks is printed per structure and over all masks, and over all
+masks' pixels pooled (a large organ weighs by its size). Goal from the speed issue: the
+masks agree at Dice >= 0.99.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
         predictors[precision] = (Predictor(decoder_model), slices)
     start = time.perf_counter()
     scores: dict[str, list[float]] = {}
+    overlap, pixels = 0, 0  # over all masks pooled: each pixel counts once, wherever it is
     for index in range(ct.array.shape[axis]):
         label_slice = np.take(labels, index, axis=axis)
         present = [int(v) for v in np.unique(label_slice) if v]
@@ -66,6 +68,8 @@ def main(argv=None) -> int:
                 p.predict(box=box, multimask_output=False)[0][0] for p, _ in predictors.values()
             ]
             scores.setdefault(names[str(value)], []).append(dice(*masks))
+            overlap += 2 * int(np.logical_and(*masks).sum())
+            pixels += int(masks[0].sum() + masks[1].sum())
     elapsed = time.perf_counter() - start
     every = np.array([d for values in scores.values() for d in values])
     print(
@@ -81,7 +85,8 @@ def main(argv=None) -> int:
         )
     print(
         f"all masks: mean Dice {every.mean():.4f}, median {np.median(every):.4f}, "
-        f"min {every.min():.4f}; at or above 0.99: {np.mean(every >= 0.99):.1%}"
+        f"min {every.min():.4f}; at or above 0.99: {np.mean(every >= 0.99):.1%}; "
+        f"pixels pooled over all masks: Dice {overlap / max(pixels, 1):.4f}"
     )
     return 0
 
