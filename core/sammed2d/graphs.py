@@ -8,7 +8,9 @@ operators in C++ without the lock: beside a spinning Python thread the LiteMedSA
 took a 1536 ms median eager and 63.5 ms as a graph (`benchmarks/predictor.py --busy-thread`).
 
 The graphs run the same operators in the same order as the eager modules (graph
-optimisation is off), so their outputs are identical. One graph is traced per input
+optimisation is off), except oneDNN's fused products (models/fused.py), which the tracer
+cannot record: the graphs take the plain products there, whose sums can come in another
+order on some CPUs (logits within 1e-4, tested). One graph is traced per input
 signature (prompt kinds and shapes, batch size) the first time it is needed; tracing runs
 the module once. fp32 only: bf16 models run under autocast, which tracing does not keep.
 """

@@ -31,7 +31,7 @@ def _all_layouts(model, emb):
     ]
 
 
-def _same(model):
+def _same(model, exact: bool = True):
     images = [_image(0), _image(1)]
     graphs.enable(model, False)
     eager_emb = embed_slices(model, images, batch_size=2)
@@ -47,14 +47,29 @@ def _same(model):
     for a, b in zip(eager_emb, graph_emb):
         assert torch.equal(a.embedding, b.embedding)
     for (la, ia), (lb, ib), (lc, ic) in zip(eager, traced, again):
-        assert torch.equal(la, lb) and torch.equal(ia, ib)
+        if exact:
+            assert torch.equal(la, lb) and torch.equal(ia, ib)
+        else:  # oneDNN's products eager, the plain ones in the graph: sums in another order
+            assert torch.allclose(la, lb, rtol=1e-5, atol=1e-4)
+            assert torch.allclose(ia, ib, rtol=1e-5, atol=1e-5)
+            sure = la.abs() > 1e-3  # a mask pixel flips only where its logit is ~0
+            assert torch.equal((la > 0)[sure], (lb > 0)[sure])
         assert torch.equal(lb, lc) and torch.equal(ib, ic)
     return count
 
 
-def test_graphs_equal_eager_for_sammed2d(tiny_checkpoint):
+def test_graphs_equal_eager_for_sammed2d(tiny_checkpoint, monkeypatch):
+    # The decoder's upscaling runs fused oneDNN products eager, which the tracer cannot
+    # record: with them off the graph and the eager modules run the same operators...
+    from sammed2d.models import fused
+
     model = load_model(tiny_checkpoint, device="cpu")
+    monkeypatch.setattr(fused, "ENABLED", False)
     assert _same(model) == 7  # one encoder batch and six prompt layouts
+    # ... and with them on (the eager default) they agree up to the order of the sums,
+    # which depends on the CPU's kernels.
+    monkeypatch.setattr(fused, "ENABLED", True)
+    assert _same(model, exact=False) == 7
 
 
 def test_graphs_equal_eager_for_litemedsam(litemedsam, monkeypatch):

@@ -35,16 +35,21 @@ def conv(x: torch.Tensor, conv2d: nn.Conv2d, weight, bias) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, weight, bias, gelu: bool = False) -> torch.Tensor:
-    """F.linear(x, weight, bias), and gelu of it, with the bias added in the product's
-    epilogue (`weight` is (out, in), as nn.Linear's)."""
+    """F.linear(x, weight, bias), and gelu of it, with the bias (if any) added in the
+    product's epilogue (`weight` is (out, in), as nn.Linear's)."""
     dtype = _dtype(x)
     if dtype is not None:
         return torch.ops.mkldnn._linear_pointwise(
-            x.to(dtype), weight.to(dtype), bias.to(dtype),
+            x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
             "gelu" if gelu else "none", [None], "none" if gelu else "",
         )  # fmt: skip
     y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
+
+
+def product_ready(x: torch.Tensor) -> bool:
+    """Whether `linear` takes oneDNN's path for `x` (else it is the plain F.linear)."""
+    return _dtype(x) is not None
 
 
 def _dtype(x: torch.Tensor) -> torch.dtype | None:
