@@ -150,23 +150,29 @@ def profile_tinyvit(model, batch: int, repeats: int, precision: str = "fp32") ->
     print(f"  {'other':32s} {other / batch * 1000:6.1f} ms/slice  {other / total:5.1%}")
 
 
-def compare_grid_attention(model, batch: int, repeats: int, precision: str) -> None:
-    """Best time per slice with tiny_vit.GRID_ATTENTION on and off, alternating runs in
-    this process so that both meet the same clock."""
-    x = torch.randn(batch, 3, 256, 256)
-    set_precision(model, precision)
-    best = {True: float("inf"), False: float("inf")}
-    saved = tiny_vit.GRID_ATTENTION
-    try:
-        for flag in best:  # warm-up
-            tiny_vit.GRID_ATTENTION = flag
+def alternating_best(model, x, repeats: int, setups: dict) -> dict:
+    """Best encode time per slice under each of `setups` (name -> function that sets it
+    up), the setups taking turns in this process so that all meet the same clock."""
+    best = dict.fromkeys(setups, float("inf"))
+    for setup in setups.values():  # warm-up
+        setup()
+        encode(model, x)
+    for _ in range(repeats):
+        for name, setup in setups.items():
+            setup()
+            start = time.perf_counter()
             encode(model, x)
-        for _ in range(repeats):
-            for flag in best:
-                tiny_vit.GRID_ATTENTION = flag
-                start = time.perf_counter()
-                encode(model, x)
-                best[flag] = min(best[flag], (time.perf_counter() - start) / batch)
+            best[name] = min(best[name], (time.perf_counter() - start) / x.shape[0])
+    return best
+
+
+def compare_grid_attention(model, batch: int, repeats: int, precision: str) -> None:
+    """Best time per slice with tiny_vit.GRID_ATTENTION on and off, alternating."""
+    set_precision(model, precision)
+    saved = tiny_vit.GRID_ATTENTION
+    flag = {on: (lambda on=on: setattr(tiny_vit, "GRID_ATTENTION", on)) for on in (True, False)}
+    try:
+        best = alternating_best(model, torch.randn(batch, 3, 256, 256), repeats, flag)
     finally:
         tiny_vit.GRID_ATTENTION = saved
     print(
@@ -177,19 +183,10 @@ def compare_grid_attention(model, batch: int, repeats: int, precision: str) -> N
 
 
 def compare_precisions(model, batch: int, repeats: int) -> None:
-    """Best time per slice in fp32 and in bf16, alternating runs in this process so that
-    both meet the same clock: the speed-up the issue's goal (1.7x) is about."""
-    x = torch.randn(batch, 3, 256, 256)
-    best = {"fp32": float("inf"), "bf16": float("inf")}
-    for precision in best:  # warm-up
-        set_precision(model, precision)
-        encode(model, x)
-    for _ in range(repeats):
-        for precision in best:
-            set_precision(model, precision)
-            start = time.perf_counter()
-            encode(model, x)
-            best[precision] = min(best[precision], (time.perf_counter() - start) / batch)
+    """Best time per slice in fp32 and in bf16, alternating: the speed-up the issue's goal
+    (1.7x) is about."""
+    setups = {p: (lambda p=p: set_precision(model, p)) for p in ("fp32", "bf16")}
+    best = alternating_best(model, torch.randn(batch, 3, 256, 256), repeats, setups)
     print(
         f"litemedsam batch {batch}, fp32 and bf16 alternating {repeats}x: fp32 "
         f"{best['fp32'] * 1000:.0f} ms/slice, bf16 {best['bf16'] * 1000:.0f} ms/slice, "

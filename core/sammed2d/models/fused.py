@@ -47,11 +47,6 @@ def linear(x: torch.Tensor, weight, bias, gelu: bool = False) -> torch.Tensor:
     return F.gelu(y) if gelu else y
 
 
-def product_ready(x: torch.Tensor) -> bool:
-    """Whether `linear` takes oneDNN's path for `x` (else it is the plain F.linear)."""
-    return _dtype(x) is not None
-
-
 def _dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype to compute `x`'s layer in through oneDNN (autocast's, if on), or None for
     the plain path."""
