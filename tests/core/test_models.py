@@ -284,3 +284,13 @@ def test_tinyvit_attention_over_the_grid_matches_padding_first(monkeypatch, reso
         hook.remove()
     assert [kw["grid"] for kw in calls] == [(resolution, resolution, window)]  # grid path
     assert (ours - reference).abs().max().item() < 1e-5 * max(1.0, reference.abs().max().item())
+
+
+def test_tinyvit_bands_do_not_depend_on_the_dtype():
+    """bf16 takes the same MBConv bands as fp32 (bands twice as tall measured slower)."""
+    from sammed2d.models import tiny_vit
+
+    fp32 = torch.empty(1, 64, 256, 256)
+    rows = tiny_vit._band_rows(256, fp32)
+    assert rows < 256  # banded at all
+    assert tiny_vit._band_rows(256, fp32.bfloat16()) == rows
