@@ -775,10 +775,16 @@ def segment_slice(
 
 def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
     """How many slices along `axis` fit in `distance` mm (at least 1; 1 without either)."""
-    if distance is None or affine is None:
+    if distance is None:
         return 1
-    if isinstance(distance, bool) or not isinstance(distance, (int, float)) or distance <= 0:
+    if (
+        isinstance(distance, bool)
+        or not isinstance(distance, (int, float))
+        or not 0 < distance < float("inf")
+    ):
         raise PromptError(f"step_distance {distance!r}: expected a positive number of mm")
+    if affine is None:
+        return 1
     spacing = float(np.linalg.norm(np.asarray(affine, np.float64)[:3, axis]))
     if not np.isfinite(spacing) or spacing <= 0:
         return 1

@@ -287,6 +287,18 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
         ),
         (
             [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"settings": PropagationSettings(step_distance=float("nan")), "affine": np.eye(4)},
+            PromptError,
+            "step_distance nan: expected a positive number of mm",
+        ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {"settings": PropagationSettings(step_distance=float("inf"))},
+            PromptError,
+            "step_distance inf",
+        ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
             {"settings": PropagationSettings(compose_by="area")},
             PromptError,
             "compose_by 'area': expected score, logit, both",
