@@ -6,8 +6,10 @@ client that only sends prompts and receives labels needs neither torch nor the m
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -125,6 +127,67 @@ class PropagationSettings:
     # (benchmarks/propagation.py --thin 3). None, or a volume without an affine: slice by
     # slice.
     step_distance: float | None = 3.0
+
+
+OVERLAPS_OF = ("union", "smaller")
+COMPOSE_BY = ("score", "logit", "both")
+
+# What each setting may hold: a kind ("number": a finite real; "whole": an integer;
+# "flag": bool; or a tuple of choices), the lowest and highest value (None: unbounded),
+# whether the lowest is excluded, and the words of the error. A setting typed `| None`
+# may also be None.
+_LIMITS = {
+    "box_margin": ("number", 0, None, False, "a number of px at 256, 0 or more"),
+    "box_margin_fraction": ("number", 0, None, False, "a fraction of the box, 0 or more"),
+    "box_margin_max": ("number", 0, None, False, "a number of px at 256, 0 or more"),
+    "zoom_below": ("number", 0, 1, False, "a fraction of the slice from 0 to 1"),
+    "zoom_context": ("number", 1, None, False, "a factor of 1 or more"),
+    "intensity_band": ("number", 0, None, False, "a number of grey levels, 0 or more"),
+    "mask_prompt": ("flag", None, None, False, "true or false"),
+    "point_prompt": ("flag", None, None, False, "true or false"),
+    "min_area": ("whole", 0, None, False, "a whole number of pixels, 0 or more"),
+    "iou_threshold": ("number", 0, 1, False, "a number from 0 to 1"),
+    "overlap_threshold": ("number", 0, 1, False, "a number from 0 to 1"),
+    "overlap_of": (OVERLAPS_OF, None, None, False, " or ".join(OVERLAPS_OF)),
+    "multimask": ("flag", None, None, False, "true or false"),
+    "follow_splits": ("flag", None, None, False, "true or false"),
+    "min_part_fraction": ("number", 0, 1, False, "a fraction from 0 to 1"),
+    "split_gap": ("number", 0, None, False, "a fraction of a diameter, 0 or more"),
+    "join_parts": ("flag", None, None, False, "true or false"),
+    "intensity_change": ("number", 0, None, False, "a number of grey levels, 0 or more"),
+    "cycle_margin": ("number", 0, None, False, "a number of px at 256, 0 or more"),
+    "cycle_gain": ("number", None, None, False, "a number"),
+    "box_jitter": ("number", 0, None, True, "a positive number of px at 256"),
+    "box_agreement": ("number", 0, 1, False, "a number from 0 to 1"),
+    "slice_step": ("whole", 1, None, False, "a whole number of slices, 1 or more"),
+    "compose_by": (COMPOSE_BY, None, None, False, ", ".join(COMPOSE_BY)),
+    "step_distance": ("number", 0, None, True, "a positive number of mm"),
+}
+
+
+def check_settings(settings: PropagationSettings) -> None:
+    """A PromptError naming the first setting whose value its kind or range does not allow
+    (a prompts file or a client may send any JSON value)."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is None and "None" in str(f.type):
+            continue
+        kind, low, high, open_low, words = _LIMITS[f.name]
+        if isinstance(kind, tuple):
+            good = isinstance(value, str) and value in kind
+        elif kind == "flag":
+            good = isinstance(value, bool)
+        else:
+            types = numbers.Integral if kind == "whole" else numbers.Real
+            good = (
+                isinstance(value, types)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and (low is None or value > low or (value == low and not open_low))
+                and (high is None or value <= high)
+            )
+        if not good:
+            raise PromptError(f"{f.name} {value!r}: expected {words}")
 
 
 @dataclass

@@ -21,7 +21,13 @@ from pathlib import Path
 from .errors import PromptError
 from .intensity import PRESETS
 from .io import atomic_write
-from .objects import ObjectPrompts, PropagationSettings, objects_from_json, objects_to_json
+from .objects import (
+    ObjectPrompts,
+    PropagationSettings,
+    check_settings,
+    objects_from_json,
+    objects_to_json,
+)
 
 
 @dataclass
@@ -63,7 +69,12 @@ def settings_from_json(data, where: str, written_by_release: bool = False) -> Pr
         raise PromptError(f"{where}: unknown propagation setting(s) {', '.join(unknown)}")
     if written_by_release:
         data = {**TURNED_ON_LATER, **data}
-    return PropagationSettings(**data)
+    settings = PropagationSettings(**data)
+    try:
+        check_settings(settings)
+    except PromptError as exc:
+        raise PromptError(f"{where}: {exc}") from None
+    return settings
 
 
 def prompt_file_from_json(data, where: str = "prompts") -> PromptFile:

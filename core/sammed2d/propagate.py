@@ -29,6 +29,7 @@ from .objects import (  # noqa: F401 (re-exported: the engine's public names)
     PropagationResult,
     PropagationSettings,
     SlicePrompt,
+    check_settings,
     objects_from_json,
     objects_to_json,
 )
@@ -84,10 +85,6 @@ class VolumeSlices:
             done = embed_slices(self.model, [self.rgb(i) for i in batch], len(batch), self.cache)
             self._embeddings.update(zip(batch, done))
         return self._embeddings[index]
-
-
-OVERLAPS_OF = ("union", "smaller")
-COMPOSE_BY = ("score", "logit", "both")
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, of: str) -> float:
@@ -593,27 +590,12 @@ def propagate(
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()
-    if settings.overlap_of not in OVERLAPS_OF:
-        raise PromptError(
-            f"overlap_of {settings.overlap_of!r}: expected {' or '.join(OVERLAPS_OF)}"
-        )
-    if settings.compose_by not in COMPOSE_BY:
-        raise PromptError(f"compose_by {settings.compose_by!r}: expected {', '.join(COMPOSE_BY)}")
-    jitter = settings.box_jitter
-    if jitter is not None and (
-        isinstance(jitter, bool)
-        or not isinstance(jitter, (int, float))
-        or not jitter > 0
-        or not np.isfinite(jitter)
-    ):
-        raise PromptError(f"box_jitter {jitter!r}: expected a positive number of px at 256")
+    check_settings(settings)
     reach = slices_within(settings.step_distance, affine, axis)
     step = settings.slice_step
     if step is None:
         step = reach
         settings = replace(settings, slice_step=step)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise PromptError(f"slice_step {step!r}: expected a whole number of slices, 1 or more")
     resolved = resolve_preset(volume, preset)  # once: `auto` reads the whole volume
     if preset == "auto":
         objects = with_object_windows(volume, axis, objects, resolved)

@@ -53,3 +53,32 @@ def test_todays_files_round_trip_every_setting():
 def test_unknown_settings_are_refused():
     with pytest.raises(PromptError, match="unknown propagation setting"):
         prompt_file_from_json({**OBJECTS, "settings": {"band": 3}})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("box_margin", "5", "prompts: box_margin '5': expected a number of px at 256"),
+        ("box_margin", float("nan"), "box_margin nan"),
+        ("iou_threshold", 1.5, "iou_threshold 1.5: expected a number from 0 to 1"),
+        ("mask_prompt", "yes", "mask_prompt 'yes': expected true or false"),
+        ("min_area", 2.5, "min_area 2.5: expected a whole number of pixels"),
+        ("intensity_band", [20], r"intensity_band \[20\]"),
+        ("compose_by", "area", "compose_by 'area': expected score, logit, both"),
+    ],
+)
+def test_settings_of_the_wrong_kind_or_range_are_refused_at_load(setting, value, message):
+    # Before, a string margin or a NaN threshold got through to the walk: a TypeError deep
+    # in the engine, or a propagation that never stopped.
+    with pytest.raises(PromptError, match=message):
+        prompt_file_from_json({**OBJECTS, "settings": {setting: value}})
+
+
+def test_every_setting_has_limits_and_the_defaults_keep_them():
+    from dataclasses import fields
+
+    from sammed2d.objects import _LIMITS, check_settings
+
+    assert set(_LIMITS) == {f.name for f in fields(PropagationSettings)}
+    check_settings(PropagationSettings())
+    check_settings(prompt_file_from_json({**OBJECTS, "sammed2d": "0.2.0"}).settings)

@@ -143,6 +143,8 @@ def test_http_errors_are_one_line(server):
         client.segment_slice(volume, 99, SlicePrompt(box=np.array([8.0, 10, 28, 32])))
     status, data = raw(url, "PUT", "/volumes/" + "0" * 64, b"not zlib at all")
     assert status == 422 and "zlib" in json.loads(data)["detail"]
+    with pytest.raises(RemoteError, match=r"box_margin '5': expected a number.*HTTP 422"):
+        client.propagate(volume, objects(), settings=PropagationSettings(box_margin="5"))
     status, _ = raw(url, "GET", "/openapi.json")
     assert status == 200
 
