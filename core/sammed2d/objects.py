@@ -203,8 +203,12 @@ class PropagationResult:
     slice_step: int = 1
 
 
-def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
-    """Parse PROMPTS.json: {"axis": 2, "objects": [{"id", "name", "range", "slices"}]}."""
+def objects_from_json(
+    data: Mapping, slice_keys: frozenset = frozenset({"box", "points", "labels"})
+) -> tuple[int, list[ObjectPrompts]]:
+    """Parse PROMPTS.json: {"axis": 2, "objects": [{"id", "name", "range", "slices"}]}.
+    A slice holding a key outside `slice_keys` is refused (a misspelt "box" would otherwise
+    read as a slice without prompts); the server's wire format adds "mask"."""
     if not isinstance(data, Mapping) or not isinstance(data.get("objects"), list):
         raise PromptError('prompts: expected {"axis": A, "objects": [...]}')
     axis = data.get("axis", 2)
@@ -215,16 +219,25 @@ def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
         if not isinstance(item, Mapping) or "slices" not in item:
             raise PromptError(f"prompts: object {n} needs an id and slices")
         try:
-            oid = int(item.get("id", n + 1))
+            oid = _whole(item.get("id", n + 1), "id")
             rng = item.get("range")
-            rng = None if rng is None else (int(rng[0]), int(rng[1]))
+            if rng is not None:
+                if len(rng) != 2:
+                    raise ValueError(f"range {rng!r} is not [first, last]")
+                rng = (_whole(rng[0], "range"), _whole(rng[1], "range"))
             slices = {}
             for key, sp in item["slices"].items():
+                unknown = sorted(set(sp) - slice_keys)
+                if unknown:
+                    raise ValueError(
+                        f"slice {key}: unknown key(s) {', '.join(map(str, unknown))}; a slice "
+                        f"takes {', '.join(sorted(slice_keys))}"
+                    )
                 points = sp.get("points")
                 labels = sp.get("labels")
                 if points is not None and labels is None:
                     labels = [1] * len(points)
-                slices[int(key)] = SlicePrompt(
+                slices[_whole(key, "slice")] = SlicePrompt(
                     box=None if sp.get("box") is None else np.asarray(sp["box"], np.float64),
                     points=None if points is None else np.asarray(points, np.float64),
                     labels=None if labels is None else np.asarray(labels),
@@ -241,6 +254,20 @@ def objects_from_json(data: Mapping) -> tuple[int, list[ObjectPrompts]]:
             raise PromptError(f"prompts: object {n} is malformed ({exc})") from None
         objects.append(ObjectPrompts(oid, slices, rng, str(item.get("name", "")), color, window))
     return axis, objects
+
+
+def _whole(value, what: str) -> int:
+    """A whole number from JSON: an int, a float without a fraction, or a string of digits
+    (slice keys are strings); anything else is a ValueError naming `what`."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} {value!r} is not a whole number")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"{what} {value!r} is not a whole number")
 
 
 def objects_to_json(axis: int, objects: list[ObjectPrompts]) -> dict:

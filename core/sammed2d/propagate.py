@@ -37,6 +37,8 @@ from .orientation import SliceView, radiological_view, slice_of
 from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
 from .prompts import box_from_mask, check_boxes, check_points, clip_box, interior_point
 
+MAX_ID = 65535
+
 
 class VolumeSlices:
     """The slices of a volume along one axis, as the model sees them, embedded on demand."""
@@ -572,8 +574,9 @@ def propagate(
         raise PromptError("no objects to propagate")
     n = volume.shape[axis]
     ids = [o.id for o in objects]
-    if len(set(ids)) != len(ids) or any(i <= 0 for i in ids):
-        raise PromptError(f"object ids {ids}: expected distinct positive integers")
+    # Labels are stored as 8- or 16-bit integers (as DICOM SEG numbers its segments).
+    if len(set(ids)) != len(ids) or any(not 0 < i <= MAX_ID for i in ids):
+        raise PromptError(f"object ids {ids}: expected distinct integers from 1 to {MAX_ID}")
     for obj in objects:
         if not obj.slices:
             raise PromptError(f"object {obj.id}: no annotated slice")
@@ -586,7 +589,10 @@ def propagate(
         if obj.range is not None:
             lo, hi = obj.range
             if not (0 <= lo <= hi < n):
-                raise PromptError(f"object {obj.id}: range {list(obj.range)} outside 0..{n - 1}")
+                raise PromptError(
+                    f"object {obj.id}: range {list(obj.range)}: expected [first, last] with "
+                    f"0 <= first <= last <= {n - 1}"
+                )
             if any(not lo <= i <= hi for i in obj.slices):
                 raise PromptError(f"object {obj.id}: annotated slice outside its range")
     settings = settings or PropagationSettings()

@@ -125,7 +125,7 @@ def objects_to_wire(axis: int, objects: list[ObjectPrompts]) -> dict:
 
 
 def objects_from_wire(data: dict, max_bytes: int) -> tuple[int, list[ObjectPrompts]]:
-    axis, objects = objects_from_json(data)
+    axis, objects = objects_from_json(data, frozenset({"box", "points", "labels", "mask"}))
     for item, obj in zip(data["objects"], objects):
         for key, sp in item["slices"].items():
             if isinstance(sp, dict) and sp.get("mask") is not None:

@@ -82,3 +82,26 @@ def test_every_setting_has_limits_and_the_defaults_keep_them():
     assert set(_LIMITS) == {f.name for f in fields(PropagationSettings)}
     check_settings(PropagationSettings())
     check_settings(prompt_file_from_json({**OBJECTS, "sammed2d": "0.2.0"}).settings)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"id": 1, "range": [10.5, 20], "slices": {"14": {"box": [1, 2, 9, 9]}}}, "range 10.5"),
+        ({"id": 1, "range": [10], "slices": {"14": {"box": [1, 2, 9, 9]}}}, r"range \[10\]"),
+        ({"id": True, "slices": {"14": {"box": [1, 2, 9, 9]}}}, "id True is not a whole"),
+        ({"id": 1, "slices": {"1.5": {"box": [1, 2, 9, 9]}}}, "slice '1.5' is not a whole"),
+        # a misspelt key read as a slice without prompts before
+        ({"id": 1, "slices": {"14": {"bbox": [1, 2, 9, 9]}}}, "slice 14: unknown key.*bbox"),
+        ({"id": 1, "slices": {"14": {"mask": [[1]]}}}, "unknown key.*mask"),
+    ],
+)
+def test_malformed_objects_are_refused_naming_what_is_wrong(item, message):
+    with pytest.raises(PromptError, match=message):
+        prompt_file_from_json({"axis": 2, "objects": [item]})
+
+
+def test_whole_numbers_may_be_written_as_floats():
+    item = {"id": 2.0, "range": [3.0, 9], "slices": {"4": {"box": [1, 2, 9, 9]}}}
+    obj = prompt_file_from_json({"axis": 2, "objects": [item]}).objects[0]
+    assert (obj.id, obj.range, list(obj.slices)) == (2, (3, 9), [4])

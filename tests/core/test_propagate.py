@@ -235,6 +235,19 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
             "slice 12, outside the volume's 0..11",
         ),
         ([ObjectPrompts(1, {})], {}, PromptError, "no annotated slice"),
+        (
+            # labels are 16-bit at most: this id overflowed the label volume before
+            [ObjectPrompts(70000, {2: SlicePrompt(box=[1, 1, 9, 9])})],
+            {},
+            PromptError,
+            "expected distinct integers from 1 to 65535",
+        ),
+        (
+            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])}, range=(5, 1))],
+            {},
+            PromptError,
+            r"range \[5, 1\]: expected \[first, last\]",
+        ),
         ([ObjectPrompts(1, {2: SlicePrompt()})], {}, PromptError, "no box, points or mask"),
         (
             [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
