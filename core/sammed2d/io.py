@@ -52,15 +52,23 @@ def read_volume(path: str | os.PathLike) -> Volume:
         raise VolumeIOError(f"volume {path}: file not found")
     suffix = suffix_of(path)
     if path.is_dir():
-        return _read_dicom_series(path)
-    if suffix in NIFTI_SUFFIXES:
-        return _read_nifti(path)
-    if suffix in ITK_SUFFIXES + DICOM_SUFFIXES:
-        return _read_itk(path)
-    raise VolumeIOError(
-        f"volume {path}: unsupported format {suffix or '(none)'}; expected .nii, .nii.gz, "
-        ".nrrd, .mha, .mhd or a DICOM series folder"
-    )
+        volume = _read_dicom_series(path)
+    elif suffix in NIFTI_SUFFIXES:
+        volume = _read_nifti(path)
+    elif suffix in ITK_SUFFIXES + DICOM_SUFFIXES:
+        volume = _read_itk(path)
+    else:
+        raise VolumeIOError(
+            f"volume {path}: unsupported format {suffix or '(none)'}; expected .nii, .nii.gz, "
+            ".nrrd, .mha, .mhd or a DICOM series folder"
+        )
+    # Intensities are real numbers: complex (k-space, phase) or RGB voxels are not a scan
+    # the models can window.
+    if volume.array.dtype.kind not in "biuf":
+        raise VolumeIOError(
+            f"volume {path}: voxels of type {volume.array.dtype}; expected real intensities"
+        )
+    return volume
 
 
 def _read_nifti(path: Path) -> Volume:

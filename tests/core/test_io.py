@@ -87,6 +87,12 @@ def test_bad_files(tmp_path):
     (tmp_path / "broken.nrrd").write_text("NRRD0004\ngarbage\n")
     with pytest.raises(VolumeIOError, match="broken.nrrd: unreadable"):
         read_volume(tmp_path / "broken.nrrd")
+    import nibabel as nib
+
+    # complex voxels (a phase or k-space image) raised a TypeError deep in the windowing
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 3), np.complex64), np.eye(4)), tmp_path / "c.nii")
+    with pytest.raises(VolumeIOError, match="c.nii: voxels of type complex64; expected real"):
+        read_volume(tmp_path / "c.nii")
     (tmp_path / "empty").mkdir()
     with pytest.raises(VolumeIOError, match="no DICOM series"):
         read_volume(tmp_path / "empty")
