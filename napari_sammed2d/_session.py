@@ -8,7 +8,7 @@ here can be tested without a viewer.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,8 @@ class SegmentRequest:
     seq: int = 0  # order of asking: a click older than a propagation never corrects it
     slice_step: int | None = None  # propagation: every n-th slice, interpolated between
     # (None: the slices within 3 mm)
+    # the other propagation settings (a loaded prompts file's); slice_step above wins
+    settings: PropagationSettings = field(default_factory=PropagationSettings)
 
 
 @dataclass
@@ -244,7 +246,7 @@ class Engine:
             affine=req.affine,
             preset=req.preset,
             value_range=self.value_range(req.data, req.preset),
-            settings=PropagationSettings(slice_step=req.slice_step),
+            settings=replace(req.settings, slice_step=req.slice_step),
             cache=self.cache,
             progress=progress,
             should_stop=should_stop,
@@ -327,7 +329,7 @@ class RemoteEngine:
             axis=req.axis,
             affine=req.affine,
             preset=req.preset,
-            settings=PropagationSettings(slice_step=req.slice_step),
+            settings=replace(req.settings, slice_step=req.slice_step),
             progress=progress,
             should_stop=should_stop,
         )

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 import weakref
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -106,6 +107,9 @@ class SegmentWidget(QWidget):
         # (Labels layer, objects' names and colours) last styled: the layer held weakly
         self._styled = (lambda: None, None, None)
         self._busy = None  # the running propagation worker
+        # Propagation settings but the slice step (its spin box's): a loaded prompts file's,
+        # kept for its propagations and saved with it again.
+        self._settings = PropagationSettings()
         self._cancel = False
         self._stopping = False
         self._loading = False
@@ -645,7 +649,7 @@ class SegmentWidget(QWidget):
             # slice.
             request = SegmentRequest(
                 oid, axis, index, prompt, data, affine, preset, self._model_key(), self._seq,
-                slice_step=1,
+                slice_step=1, settings=self._settings,
             )  # fmt: skip
         except SamMed2DError as exc:
             show_error(str(exc))
@@ -814,6 +818,7 @@ class SegmentWidget(QWidget):
             self.window_of(oid) if oid is not None else self.preset_combo.currentText(),
             self._model_key(),
             slice_step=self.slice_step(),
+            settings=self._settings,
         )
         ids = [o.id for o in objects]
 
@@ -1122,7 +1127,7 @@ class SegmentWidget(QWidget):
             model=name,
             sha256=sha,
             window=self.preset_combo.currentText(),
-            settings=PropagationSettings(slice_step=self.slice_step()),
+            settings=replace(self._settings, slice_step=self.slice_step()),
         )
 
     def slice_step(self) -> int | None:
@@ -1146,6 +1151,7 @@ class SegmentWidget(QWidget):
         if record.window in PRESETS:
             self.preset_combo.setCurrentText(record.window)
         self.step_spin.setValue(record.settings.slice_step or 0)
+        self._settings = record.settings
         for obj in objects:
             self.table.remove(obj.id)
             self.table.add(obj.id, obj.name or None, obj.color)
@@ -1159,7 +1165,15 @@ class SegmentWidget(QWidget):
         self.object_spin.setValue(objects[0].id)
         self._on_object_changed(objects[0].id)
         self._show_objects()
-        self.status.setText(f"{len(objects)} object(s) loaded from {path}")
+        default = PropagationSettings()
+        own = [
+            f"{f.name} {getattr(record.settings, f.name)}"
+            for f in fields(default)
+            if f.name != "slice_step"
+            and getattr(record.settings, f.name) != getattr(default, f.name)
+        ]
+        kept = f"; its propagation settings: {', '.join(own)}" if own else ""
+        self.status.setText(f"{len(objects)} object(s) loaded from {path}{kept}")
 
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save prompts", "prompts.json", "*.json")

@@ -180,6 +180,44 @@ def test_saved_prompts_replay_through_the_cli_bit_for_bit(make_napari_viewer, qt
         w.shutdown()
 
 
+def test_a_prompts_files_settings_drive_napari_as_they_drive_the_cli(
+    make_napari_viewer, qtbot, tmp_path
+):
+    # Before, napari kept only the slice step of a loaded file: a file tuned for its scan
+    # (box_jitter for faint edges, as the README suggests) propagated with the defaults in
+    # napari, and saving it again wrote the defaults over its settings.
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    try:
+        src = block_file(tmp_path)
+        viewer.open(str(src), plugin="napari-sammed2d")
+        prompts = {
+            "axis": 2,
+            "window": "abdomen",
+            "objects": [{"id": 1, "slices": {"3": {"box": [11.0, 9.0, 30.0, 26.0]}}}],
+            # every carried mask counts as vanished: the prompted slice alone is labelled
+            "settings": {"min_area": 1_000_000},
+        }
+        path = tmp_path / "tuned.json"
+        path.write_text(json.dumps(prompts))
+        w.load_prompts(path)
+        assert "min_area 1000000" in w.status.text()
+        _, _, labels = w.ensure_prompt_layers()
+        w.propagate_object()
+        with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+            pass
+        found = np.transpose(labels.data, (2, 1, 0))
+        assert [k for k in range(found.shape[2]) if found[..., k].any()] == [3]
+        out = tmp_path / "replay.nii.gz"
+        assert main(["propagate", str(src), "--prompts", str(path), "--out", str(out)]) == 0
+        assert np.array_equal(found, read_volume(out).array)
+        w.save_prompts(tmp_path / "again.json")
+        again = json.loads((tmp_path / "again.json").read_text())
+        assert again["settings"]["min_area"] == 1_000_000
+    finally:
+        w.shutdown()
+
+
 def test_a_ct_opens_with_the_soft_tissue_window(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(block_file(tmp_path)), plugin="napari-sammed2d")
