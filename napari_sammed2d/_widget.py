@@ -110,6 +110,9 @@ class SegmentWidget(QWidget):
         # Propagation settings but the slice step (its spin box's): a loaded prompts file's,
         # kept for its propagations and saved with it again.
         self._settings = PropagationSettings()
+        # Slice ranges of a loaded file's objects (id -> (first, last)): such an object is
+        # followed through its range, as `sammed2d propagate` follows it.
+        self._ranges: dict[int, tuple[int, int]] = {}
         self._cancel = False
         self._stopping = False
         self._loading = False
@@ -574,6 +577,7 @@ class SegmentWidget(QWidget):
         oid = self.object_spin.value()
         self.clear_object()
         self.table.remove(oid)
+        self._ranges.pop(oid, None)
         if not self.table.objects:
             self.table.add(1)
         self.object_spin.setValue(min(self.table.objects))
@@ -845,9 +849,12 @@ class SegmentWidget(QWidget):
             prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
             if prompts:
                 info = self.table.add(oid)
+                span = self._ranges.get(oid)
+                if span is not None:  # a prompt drawn outside it widens it
+                    span = (min(span[0], *prompts), max(span[1], *prompts))
                 objects.append(
                     ObjectPrompts(
-                        oid, prompts, name=info.name, color=info.color, window=info.window
+                        oid, prompts, span, name=info.name, color=info.color, window=info.window
                     )
                 )
         return objects
@@ -1156,6 +1163,10 @@ class SegmentWidget(QWidget):
             self.table.remove(obj.id)
             self.table.add(obj.id, obj.name or None, obj.color)
             self.table.set_window(obj.id, obj.window)
+            if obj.range is None:
+                self._ranges.pop(obj.id, None)
+            else:
+                self._ranges[obj.id] = obj.range
         self._loading = True
         try:
             add_prompt_shapes(points, shapes, axis, objects)
@@ -1172,8 +1183,10 @@ class SegmentWidget(QWidget):
             if f.name != "slice_step"
             and getattr(record.settings, f.name) != getattr(default, f.name)
         ]
+        ranged = sum(obj.range is not None for obj in objects)
+        ranged = f" ({ranged} with a slice range)" if ranged else ""
         kept = f"; its propagation settings: {', '.join(own)}" if own else ""
-        self.status.setText(f"{len(objects)} object(s) loaded from {path}{kept}")
+        self.status.setText(f"{len(objects)} object(s) loaded from {path}{ranged}{kept}")
 
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save prompts", "prompts.json", "*.json")

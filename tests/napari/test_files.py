@@ -180,12 +180,13 @@ def test_saved_prompts_replay_through_the_cli_bit_for_bit(make_napari_viewer, qt
         w.shutdown()
 
 
-def test_a_prompts_files_settings_drive_napari_as_they_drive_the_cli(
+def test_a_prompts_files_settings_and_ranges_drive_napari_as_they_drive_the_cli(
     make_napari_viewer, qtbot, tmp_path
 ):
-    # Before, napari kept only the slice step of a loaded file: a file tuned for its scan
-    # (box_jitter for faint edges, as the README suggests) propagated with the defaults in
-    # napari, and saving it again wrote the defaults over its settings.
+    # Before, napari kept only the slice step of a loaded file and none of its objects'
+    # slice ranges: a file tuned for its scan (box_jitter for faint edges, as the README
+    # suggests) propagated with the defaults in napari, ranged objects stopped by themselves,
+    # and saving the file again wrote the defaults over both.
     viewer = make_napari_viewer()
     w = SegmentWidget(viewer)
     try:
@@ -214,6 +215,23 @@ def test_a_prompts_files_settings_drive_napari_as_they_drive_the_cli(
         w.save_prompts(tmp_path / "again.json")
         again = json.loads((tmp_path / "again.json").read_text())
         assert again["settings"]["min_area"] == 1_000_000
+
+        # A slice range: the block spans slices 2-5; its walk stays in 3-4, as the CLI's.
+        del prompts["settings"]
+        prompts["objects"][0]["range"] = [3, 4]
+        path.write_text(json.dumps(prompts))
+        w.load_prompts(path)
+        assert "1 with a slice range" in w.status.text()
+        assert "propagation settings" not in w.status.text()
+        w.propagate_object()
+        with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+            pass
+        found = np.transpose(labels.data, (2, 1, 0))
+        assert [k for k in range(found.shape[2]) if found[..., k].any()] == [3, 4]
+        assert main(["propagate", str(src), "--prompts", str(path), "--out", str(out)]) == 0
+        assert np.array_equal(found, read_volume(out).array)
+        w.save_prompts(tmp_path / "again.json")
+        assert json.loads((tmp_path / "again.json").read_text())["objects"][0]["range"] == [3, 4]
     finally:
         w.shutdown()
 
