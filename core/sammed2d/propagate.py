@@ -13,6 +13,7 @@ Slices are shown to the model in the radiological orientation derived from the a
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -767,7 +768,7 @@ def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) 
         return 1
     if (
         isinstance(distance, bool)
-        or not isinstance(distance, (int, float))
+        or not isinstance(distance, numbers.Real)
         or not 0 < distance < float("inf")
     ):
         raise PromptError(f"step_distance {distance!r}: expected a positive number of mm")
