@@ -90,12 +90,35 @@ class VolumeSlices:
         return self._embeddings[index]
 
 
-def _overlap(a: np.ndarray, b: np.ndarray, of: str) -> float:
-    """Intersection of two masks over their union (IoU) or over the smaller one's area."""
+def _overlap(a: np.ndarray, b: np.ndarray, of: str, grow: int = 0) -> float:
+    """Intersection of two masks over their union (IoU) or over the smaller one's area,
+    after growing each by `grow` pixels (`_grown_both`)."""
+    if grow > 0:
+        a, b = _grown_both(a, b, grow)
     if of == "union":
         return _iou(a, b)
     smaller = min(a.sum(), b.sum())
     return 1.0 if smaller == 0 else float(np.logical_and(a, b).sum() / smaller)
+
+
+def _grown_both(a: np.ndarray, b: np.ndarray, grow: int):
+    """Both masks grown by `grow` pixels (4-connected steps), inside the box around them
+    plus that border: the rest of the slice stays empty either way."""
+    from scipy.ndimage import binary_dilation
+
+    both = a | b
+    if not both.any():
+        return a, b
+    rows, cols = np.nonzero(both)
+    h, w = a.shape
+    window = np.s_[
+        max(rows.min() - grow, 0) : min(rows.max() + grow + 1, h),
+        max(cols.min() - grow, 0) : min(cols.max() + grow + 1, w),
+    ]
+    return (
+        binary_dilation(a[window], iterations=grow),
+        binary_dilation(b[window], iterations=grow),
+    )
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -110,8 +133,12 @@ JOIN_COVER = 0.8
 class _Walker:
     """Carries one object's masks from slice to slice."""
 
-    def __init__(self, slices: VolumeSlices, settings: PropagationSettings) -> None:
+    def __init__(
+        self, slices: VolumeSlices, settings: PropagationSettings, overlap_grow: int = 0
+    ) -> None:
         self.slices, self.settings = slices, settings
+        # pixels each mask grows by before the overlap stop compares them
+        self.overlap_grow = overlap_grow
         shape = slices.view.view_shape(slices.raw_shape)
         self.view_shape = shape
         self.pixels_per_unit = max(shape) / 256.0
@@ -261,7 +288,7 @@ class _Walker:
         if score < s.iou_threshold:
             return None
         ref_index, ref_mask = (back, prev_mask) if ref is None else ref
-        if _overlap(mask, ref_mask, s.overlap_of) < s.overlap_threshold:
+        if _overlap(mask, ref_mask, s.overlap_of, self.overlap_grow) < s.overlap_threshold:
             return None
         if s.intensity_change is not None:
             before = np.median(self.slices.gray(ref_index)[ref_mask])
@@ -609,7 +636,8 @@ def propagate(
     slices = volume_slices(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
-    walkers = {slices.value_range: (slices, _Walker(slices, settings))}
+    grow = pixels_within(settings.overlap_tolerance, affine, axis)
+    walkers = {slices.value_range: (slices, _Walker(slices, settings, grow))}
     shown = "custom" if value_range is not None else resolved
     windows = {o.id: o.window or shown for o in objects}
 
@@ -623,7 +651,7 @@ def propagate(
             own = volume_slices(
                 model, volume, axis, affine, obj.window, key, orientation, cache, batch_size
             )
-            walkers[key] = (own, _Walker(own, settings))
+            walkers[key] = (own, _Walker(own, settings, grow))
         return walkers[key]
 
     spans = [(o.range or (0, n - 1)) for o in objects]
@@ -778,6 +806,20 @@ def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) 
     if not np.isfinite(spacing) or spacing <= 0:
         return 1
     return max(1, int(np.floor(distance / spacing + 1e-6)))
+
+
+def pixels_within(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
+    """Whole pixels in `distance` mm across a slice along `axis` (by the mean of its two
+    pixel spacings, rounded half up); 0 for None, 1 without an affine."""
+    if distance is None:
+        return 0
+    if affine is None:
+        return 1
+    columns = np.asarray(affine, np.float64)[:3, [a for a in range(3) if a != axis]]
+    spacing = float(np.linalg.norm(columns, axis=0).mean())
+    if not np.isfinite(spacing) or spacing <= 0:
+        return 1
+    return int(np.floor(distance / spacing + 0.5))
 
 
 def _checked_axis(volume: np.ndarray, axis: int, need: str) -> int:

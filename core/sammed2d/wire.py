@@ -138,7 +138,7 @@ def objects_from_wire(data: dict, max_bytes: int) -> tuple[int, list[ObjectPromp
 # a request at that value, so a server from before them still accepts it (it refuses
 # settings it does not know) and walks as it did. A server that knows them takes the same
 # default for a setting left out.
-ADDED_SETTINGS = {"slice_step": None, "step_distance": 3.0}
+ADDED_SETTINGS = {"slice_step": None, "step_distance": 3.0, "overlap_tolerance": None}
 
 
 def settings_to_json(settings: PropagationSettings | None) -> dict | None:

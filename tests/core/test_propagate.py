@@ -979,3 +979,43 @@ def test_propagate_composes_overlapping_objects_by_the_chosen_rule(
         shared[rule] = [len(np.unique(lab[:, :, z][overlap[:, :, z]])) for z in range(2, 9)]
     assert shared["score"] == [1] * 7  # one owner per slice
     assert max(shared["logit"]) == 2 and max(shared["both"]) == 2
+
+
+def test_an_overlap_tolerance_follows_a_small_structure_that_moves_across_slices(
+    litemedsam, shared_cache
+):
+    """A 21-pixel disc on 3 mm pixels moving 2 px a slice: between its masks on
+    neighbouring slices the IoU falls under 0.3 although the walk is on it, and the walk
+    without a range stops two slices below its start. Grown by 3 mm (one pixel) before
+    the IoU is taken, with the threshold at 0.4, the masks pass and the walk goes on to
+    the disc's first slice; it still stops where the disc has gone."""
+    rng = np.random.default_rng(0)
+    shape = (96, 96)
+    truth = np.zeros((*shape, 14), np.uint8)
+    for z in range(12):  # slices 12 and 13 hold nothing
+        truth[:, :, z] = disc(shape, (30 + 1.8 * z, 30 + 0.9 * z), 2.6)
+    vol = np.where(truth == 1, 60.0, -40.0).astype(np.float32)
+    vol += rng.normal(0, 6, truth.shape).astype(np.float32)
+    objects = [ObjectPrompts(1, {6: box_prompt(truth, 1, 6)})]
+
+    def walk(**settings):
+        return propagate(
+            vol, objects, litemedsam, axis=2, affine=np.diag([3.0, 3.0, 3.0, 1.0]),
+            preset="abdomen", cache=shared_cache, settings=PropagationSettings(**settings),
+        )  # fmt: skip
+
+    strict = walk()
+    tolerant = walk(overlap_tolerance=3.0, overlap_threshold=0.4)
+    assert strict.reached[1][0] >= 3 and tolerant.reached[1][0] == 0
+    assert tolerant.reached[1][1] <= 11
+    assert dice(tolerant.labels == 1, truth == 1) > dice(strict.labels == 1, truth == 1) + 0.2
+
+
+def test_pixels_within_a_distance_across_the_slice():
+    from sammed2d.propagate import pixels_within
+
+    assert pixels_within(None, np.eye(4), 2) == 0
+    assert pixels_within(3.0, None, 2) == 1
+    assert pixels_within(3.0, np.diag([0.75, 0.75, 3.0, 1.0]), 2) == 4
+    assert pixels_within(6.0, np.diag([3.0, 3.0, 1.0, 1.0]), 2) == 2
+    assert pixels_within(3.0, np.diag([0.5, 3.0, 1.0, 1.0]), 1) == 4  # mean of 0.5 and 1 mm
