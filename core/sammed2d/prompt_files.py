@@ -81,7 +81,9 @@ def prompt_file_from_json(data, where: str = "prompts") -> PromptFile:
     try:
         axis, objects = objects_from_json(data)
     except PromptError as exc:
-        raise PromptError(f"{where}: {exc}") from None
+        # objects_from_json names the file kind ("prompts: ..."); `where` names the file
+        message = str(exc).removeprefix("prompts: ")
+        raise PromptError(f"{where}: {message}") from None
     model = data.get("model") or {}
     if isinstance(model, str):
         model = {"name": model}

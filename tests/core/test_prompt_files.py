@@ -97,8 +97,9 @@ def test_every_setting_has_limits_and_the_defaults_keep_them():
     ],
 )
 def test_malformed_objects_are_refused_naming_what_is_wrong(item, message):
-    with pytest.raises(PromptError, match=message):
-        prompt_file_from_json({"axis": 2, "objects": [item]})
+    with pytest.raises(PromptError, match=message) as err:
+        prompt_file_from_json({"axis": 2, "objects": [item]}, "prompts p.json")
+    assert str(err.value).startswith("prompts p.json: object 0 is malformed (")
 
 
 def test_whole_numbers_may_be_written_as_floats():
