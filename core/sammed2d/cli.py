@@ -83,6 +83,7 @@ def _cache(args):
 
 def cmd_segment(args) -> int:
     from .io import (
+        IMAGE_SUFFIXES,
         ITK_SUFFIXES,
         NIFTI_SUFFIXES,
         one_slice,
@@ -103,6 +104,11 @@ def cmd_segment(args) -> int:
     engine = _remote(args) if args.server else None
     model = None if engine else _model(args)
     if args.slice is not None:
+        if suffix_of(args.image) in IMAGE_SUFFIXES:
+            raise SamMed2DError(
+                f"{args.image}: --slice needs a volume (NIfTI, NRRD, MHA or a DICOM series); "
+                "leave it out to segment a 2D image"
+            )
         volume = read_volume(args.image)
         if volume.array.ndim != 3:
             raise SamMed2DError(

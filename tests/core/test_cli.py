@@ -257,6 +257,15 @@ def test_bad_inputs_exit_2_with_one_line(
         capsys, "propagate", volume_file, "--prompts", tmp_path / "bad.json", *base
     )
     assert_one_line_error(code, err, "malformed JSON")
+    # --slice on a 2D image said the format was unsupported, naming the volume formats
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "flat.png")
+    code, _, err = run_cli(
+        capsys, "segment", tmp_path / "flat.png", "--slice", "3", "--box", "1", "1", "9", "9",
+        "--out", tmp_path / "m.png", "--model", tiny_checkpoint,
+    )  # fmt: skip
+    assert_one_line_error(code, err, "--slice needs a volume")
     far = tmp_path / "far.json"
     far.write_text(
         json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"9": {"box": [1, 1, 5, 5]}}}]})
