@@ -8,7 +8,7 @@ here can be tested without a viewer.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,9 +34,8 @@ class SegmentRequest:
     preset: str
     model: tuple[str, ...] = ("litemedsam", "auto", "fp32")  # name or path, device, precision
     seq: int = 0  # order of asking: a click older than a propagation never corrects it
-    slice_step: int | None = None  # propagation: every n-th slice, interpolated between
-    # (None: the slices within 3 mm)
-    # the other propagation settings (a loaded prompts file's); slice_step above wins
+    # propagation: a loaded prompts file's settings with the widget's slice step (every
+    # n-th slice walked, the rest interpolated; None: the slices within 3 mm)
     settings: PropagationSettings = field(default_factory=PropagationSettings)
 
 
@@ -246,7 +245,7 @@ class Engine:
             affine=req.affine,
             preset=req.preset,
             value_range=self.value_range(req.data, req.preset),
-            settings=replace(req.settings, slice_step=req.slice_step),
+            settings=req.settings,
             cache=self.cache,
             progress=progress,
             should_stop=should_stop,
@@ -329,7 +328,7 @@ class RemoteEngine:
             axis=req.axis,
             affine=req.affine,
             preset=req.preset,
-            settings=replace(req.settings, slice_step=req.slice_step),
+            settings=req.settings,
             progress=progress,
             should_stop=should_stop,
         )

@@ -653,7 +653,7 @@ class SegmentWidget(QWidget):
             # slice.
             request = SegmentRequest(
                 oid, axis, index, prompt, data, affine, preset, self._model_key(), self._seq,
-                slice_step=1, settings=self._settings,
+                settings=replace(self._settings, slice_step=1),
             )  # fmt: skip
         except SamMed2DError as exc:
             show_error(str(exc))
@@ -821,8 +821,7 @@ class SegmentWidget(QWidget):
             # one object: its own window; several: each one's rides on its ObjectPrompts
             self.window_of(oid) if oid is not None else self.preset_combo.currentText(),
             self._model_key(),
-            slice_step=self.slice_step(),
-            settings=self._settings,
+            settings=replace(self._settings, slice_step=self.slice_step()),
         )
         ids = [o.id for o in objects]
 

@@ -13,7 +13,6 @@ Slices are shown to the model in the radiological orientation derived from the a
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -791,16 +790,9 @@ def segment_slice(
 
 
 def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
-    """How many slices along `axis` fit in `distance` mm (at least 1; 1 without either)."""
-    if distance is None:
-        return 1
-    if (
-        isinstance(distance, bool)
-        or not isinstance(distance, numbers.Real)
-        or not 0 < distance < float("inf")
-    ):
-        raise PromptError(f"step_distance {distance!r}: expected a positive number of mm")
-    if affine is None:
+    """How many slices along `axis` fit in `distance` mm (at least 1; 1 without either).
+    `distance` is a setting `check_settings` has passed."""
+    if distance is None or affine is None:
         return 1
     spacing = float(np.linalg.norm(np.asarray(affine, np.float64)[:3, axis]))
     if not np.isfinite(spacing) or spacing <= 0:
@@ -810,7 +802,8 @@ def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) 
 
 def pixels_within(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
     """Whole pixels in `distance` mm across a slice along `axis` (by the mean of its two
-    pixel spacings, rounded half up); 0 for None, 1 without an affine."""
+    pixel spacings, rounded half up); 0 for None, 1 without an affine. `distance` is a
+    setting `check_settings` has passed."""
     if distance is None:
         return 0
     if affine is None:

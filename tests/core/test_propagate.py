@@ -268,60 +268,35 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
             PromptError,
             "outside its range",
         ),
-        (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
-            {"settings": PropagationSettings(slice_step=0)},
-            PromptError,
-            "slice_step 0",
-        ),
-        (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
-            {"settings": PropagationSettings(slice_step=1.5)},
-            PromptError,
-            "slice_step 1.5",
-        ),
-        (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
-            {"settings": PropagationSettings(overlap_of="area")},
-            PromptError,
-            "overlap_of 'area': expected union or smaller",
-        ),
-        (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
-            {"settings": PropagationSettings(box_jitter=-1.0)},
-            PromptError,
-            "box_jitter -1.0: expected a positive number",
-        ),
-        (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
-            {"settings": PropagationSettings(box_jitter=float("nan"))},
-            PromptError,
-            "box_jitter nan",
-        ),
-        (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
-            {"settings": PropagationSettings(step_distance=float("nan")), "affine": np.eye(4)},
-            PromptError,
-            "step_distance nan: expected a positive number of mm",
-        ),
-        (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
-            {"settings": PropagationSettings(step_distance=float("inf"))},
-            PromptError,
-            "step_distance inf",
-        ),
-        (
-            [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})],
-            {"settings": PropagationSettings(compose_by="area")},
-            PromptError,
-            "compose_by 'area': expected score, logit, both",
-        ),
     ],
 )
 def test_bad_input(phantom, litemedsam, objects, kwargs, error, message):
     vol, _ = phantom
     with pytest.raises(error, match=message):
         propagate(vol, objects, litemedsam, **kwargs)
+
+
+# Settings outside their kind or range (`check_settings`); the affine, where given, is
+# there so that the distance is turned into slices.
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"slice_step": 0}, "slice_step 0"),
+        ({"slice_step": 1.5}, "slice_step 1.5"),
+        ({"overlap_of": "area"}, "overlap_of 'area': expected union or smaller"),
+        ({"box_jitter": -1.0}, "box_jitter -1.0: expected a positive number"),
+        ({"box_jitter": float("nan")}, "box_jitter nan"),
+        ({"step_distance": float("nan")}, "step_distance nan: expected a positive number of mm"),
+        ({"step_distance": float("inf")}, "step_distance inf"),
+        ({"compose_by": "area"}, "compose_by 'area': expected score, logit, both"),
+    ],
+)
+@pytest.mark.parametrize("affine", [None, np.eye(4)])
+def test_bad_settings_are_refused(phantom, litemedsam, settings, message, affine):
+    vol, _ = phantom
+    objects = [ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])})]
+    with pytest.raises(PromptError, match=message):
+        propagate(vol, objects, litemedsam, affine=affine, settings=PropagationSettings(**settings))
 
 
 def test_2d_array_is_refused(litemedsam):
