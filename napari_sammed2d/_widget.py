@@ -577,7 +577,6 @@ class SegmentWidget(QWidget):
         oid = self.object_spin.value()
         self.clear_object()
         self.table.remove(oid)
-        self._ranges.pop(oid, None)
         if not self.table.objects:
             self.table.add(1)
         self.object_spin.setValue(min(self.table.objects))
@@ -1022,6 +1021,8 @@ class SegmentWidget(QWidget):
 
     # ----- clearing -------------------------------------------------------------------------
     def _remove_prompts(self, oid: int, index: int | None = None, axis: int | None = None):
+        if index is None:  # all its prompts go, and with them a loaded file's range
+            self._ranges.pop(oid, None)
         points, shapes = self._layer(POINTS_NAME), self._layer(SHAPES_NAME)
         self._loading = True  # removing prompts must not segment anything
         try:

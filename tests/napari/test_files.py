@@ -232,6 +232,14 @@ def test_a_prompts_files_settings_and_ranges_drive_napari_as_they_drive_the_cli(
         assert np.array_equal(found, read_volume(out).array)
         w.save_prompts(tmp_path / "again.json")
         assert json.loads((tmp_path / "again.json").read_text())["objects"][0]["range"] == [3, 4]
+        # Clearing the object's prompts lets its range go: a box drawn afterwards walks
+        # by itself, as any drawn box does.
+        w.clear_prompts()
+        shapes = w.ensure_prompt_layers()[1]
+        shapes.add_rectangles(np.array([[3, 11, 9], [3, 11, 26], [3, 30, 26], [3, 30, 9]], float))
+        w.wait_idle()
+        w.save_prompts(tmp_path / "again.json")
+        assert "range" not in json.loads((tmp_path / "again.json").read_text())["objects"][0]
     finally:
         w.shutdown()
 
