@@ -131,13 +131,84 @@ def dicom_series_files(folder: Path) -> list[str]:
 def _read_dicom_series(folder: Path) -> Volume:
     import SimpleITK as sitk
 
+    files = dicom_series_files(folder)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(dicom_series_files(folder))
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    # ITK's own warning about uneven slices goes to stderr in its own format; the check
+    # below says it in one line, and refuses.
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise VolumeIOError(f"volume {folder}: unreadable DICOM ({_itk_reason(exc)})") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+
+    def tag(key):
+        found = [reader.GetMetaData(i, key) if reader.HasMetaDataKey(i, key) else None
+                 for i in range(len(files))]  # fmt: skip
+        return None if None in found else found
+
+    problem = slice_geometry_problem(
+        tag("0020|0032"), tag("0020|0037"), image.GetSpacing()[:2], [Path(f).name for f in files]
+    )
+    if problem:
+        raise VolumeIOError(
+            f"volume {folder}: {problem}; this tool needs slices on a regular grid: resample "
+            "the series first (3D Slicer's acquisition geometry regularization, or dcm2niix)"
+        )
     return _itk_to_volume(image, folder)
+
+
+def slice_geometry_problem(positions, orientations, pixel_spacing, names) -> str | None:
+    """Why a DICOM series' slices do not lie on one regular grid, or None.
+
+    ITK builds a series' grid from the first slice's orientation and the mean distance
+    between slices, silently: a missing slice, two acquisitions in one series or a gantry
+    tilt would put every mask and every exported label in the wrong place. Positions
+    (ImagePositionPatient) and orientations (ImageOrientationPatient) are the tags' strings,
+    one per slice in the series' order; None where a slice lacks them (nothing to check).
+    """
+    if positions is None or orientations is None or len(positions) < 2:
+        return None
+    try:
+        pos = np.array([[float(v) for v in p.split("\\")] for p in positions])
+        iop = np.array([[float(v) for v in o.split("\\")] for o in orientations])
+    except ValueError:  # not numbers, or not as many on every slice
+        return "slice position or orientation tags are malformed"
+    if pos.ndim != 2 or pos.shape[1] != 3 or iop.ndim != 2 or iop.shape[1] != 6:
+        return "slice position or orientation tags are malformed"
+    if np.abs(iop - iop[0]).max() > 1e-3:
+        k = int(np.flatnonzero(np.abs(iop - iop[0]).max(axis=1) > 1e-3)[0])
+        return f"slices in more than one orientation ({names[0]} and {names[k]} differ)"
+    normal = np.cross(iop[0, :3], iop[0, 3:])
+    along = pos @ normal
+    steps = np.diff(along)
+    if np.abs(steps).min() < 1e-3:
+        k = int(np.argmin(np.abs(steps)))
+        return (
+            f"two slices at the same position ({names[k]} and {names[k + 1]}): more than one "
+            "acquisition in one series?"
+        )
+    mean = (along[-1] - along[0]) / (len(along) - 1)
+    # A slice off the regular grid by a tenth of the spacing is a misplaced mask; float
+    # rounding in the tags is far below that.
+    if np.abs(along - (along[0] + mean * np.arange(len(along)))).max() > 0.1 * abs(mean):
+        usual = float(np.median(np.abs(steps)))
+        k = int(np.argmax(np.abs(np.abs(steps) - usual)))
+        return (
+            f"slices are not evenly spaced: {usual:.4g} mm apart, but {abs(steps[k]):.4g} mm "
+            f"between {names[k]} and {names[k + 1]} (a missing slice?)"
+        )
+    drift = pos - pos[0] - np.outer(along - along[0], normal)
+    # Sheared beyond half a pixel over the series: a gantry tilt (the slices' planes are not
+    # perpendicular to the line through their corners).
+    if np.linalg.norm(drift, axis=1).max() > 0.5 * min(pixel_spacing):
+        angle = np.degrees(np.arctan2(np.linalg.norm(drift[-1]), abs(along[-1] - along[0])))
+        return f"slices sheared by {angle:.3g} degrees (gantry tilt)"
+    return None
 
 
 def one_slice(volume: Volume, index: int, axis: int) -> Volume:

@@ -7,7 +7,14 @@ import pytest
 import SimpleITK as sitk
 
 from sammed2d.errors import VolumeIOError
-from sammed2d.io import Volume, read_image, read_volume, write_mask, write_volume
+from sammed2d.io import (
+    Volume,
+    read_image,
+    read_volume,
+    slice_geometry_problem,
+    write_mask,
+    write_volume,
+)
 
 
 def oblique_affine():
@@ -21,8 +28,11 @@ def oblique_affine():
     return affine
 
 
-def write_dicom_series(folder, array_ijk, spacing=(0.7, 0.8, 2.0), origin=(-50.0, -60.0, 10.0)):
-    """A real DICOM series, one file per slice, with the tags that carry geometry."""
+def write_dicom_series(
+    folder, array_ijk, spacing=(0.7, 0.8, 2.0), origin=(-50.0, -60.0, 10.0), shear=0.0
+):
+    """A real DICOM series, one file per slice, with the tags that carry geometry; `shear`
+    mm per slice along the rows moves each slice as a gantry tilt does."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(np.transpose(array_ijk).astype(np.int16))
     image.SetSpacing(spacing)
@@ -31,7 +41,7 @@ def write_dicom_series(folder, array_ijk, spacing=(0.7, 0.8, 2.0), origin=(-50.0
     writer.KeepOriginalImageUIDOn()
     for k in range(image.GetDepth()):
         sl = image[:, :, k]
-        pos = image.TransformIndexToPhysicalPoint((0, 0, k))
+        pos = np.add(image.TransformIndexToPhysicalPoint((0, 0, k)), (0, shear * k, 0))
         sl.SetMetaData("0020|0032", "\\".join(f"{p:.4f}" for p in pos))
         sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
         sl.SetMetaData("0020|0013", str(k))
@@ -73,6 +83,45 @@ def test_dicom_series_folder(tmp_path):
     # LPS origin (-50, -60, 10) is RAS (50, 60, 10); axes i, j point toward L and P.
     assert np.allclose(vol.affine[:3, 3], [50, 60, 10], atol=1e-3)
     assert np.allclose(np.diag(vol.affine)[:3], [-0.7, -0.8, 2.0], atol=1e-4)
+
+
+def test_dicom_series_off_a_regular_grid_is_refused(tmp_path):
+    # ITK read these without a word, on a grid of the mean spacing (a missing slice) or
+    # unsheared (a gantry tilt): every mask and exported label would be misplaced.
+    array = np.zeros((6, 5, 6), np.int16)
+    gap = write_dicom_series(tmp_path / "gap", array)
+    (gap / "slice003.dcm").unlink()
+    with pytest.raises(VolumeIOError, match=(
+        r"gap: slices are not evenly spaced: 2 mm apart, but 4 mm between slice002.dcm and "
+        r"slice004.dcm \(a missing slice\?\); this tool needs slices on a regular grid"
+    )):  # fmt: skip
+        read_volume(gap)
+    tilted = write_dicom_series(tmp_path / "tilt", array, shear=2.0 * np.tan(np.radians(15)))
+    with pytest.raises(VolumeIOError, match=r"sheared by 15 degrees \(gantry tilt\)"):
+        read_volume(tilted)
+    # Shear under half a pixel over the whole series is float rounding, not a tilt.
+    slight = write_dicom_series(tmp_path / "slight", array, shear=0.05)
+    assert read_volume(slight).array.shape == (6, 5, 6)
+
+
+def test_slice_geometry_problems_are_named():
+    axial = ["1\\0\\0\\0\\1\\0"] * 3
+
+    def at(*z):
+        return [f"0\\0\\{v}" for v in z]
+
+    assert slice_geometry_problem(at(0, 2, 4), axial, (1, 1), "abc") is None
+    assert slice_geometry_problem(at(0, 2.001, 3.999), axial, (1, 1), "abc") is None
+    assert slice_geometry_problem(None, axial, (1, 1), "abc") is None  # nothing to check
+    assert "same position (b and c): more than one acquisition" in slice_geometry_problem(
+        at(0, 2, 2), axial, (1, 1), "abc"
+    )
+    coronal = axial[:2] + ["1\\0\\0\\0\\0\\-1"]
+    assert "more than one orientation (a and c differ)" in slice_geometry_problem(
+        at(0, 2, 4), coronal, (1, 1), "abc"
+    )
+    assert "malformed" in slice_geometry_problem(["0\\0", "0\\0", "0\\0"], axial, (1, 1), "abc")
+    assert "malformed" in slice_geometry_problem(at(0, "x", 4), axial, (1, 1), "abc")
 
 
 def test_bad_files(tmp_path):
