@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,19 +114,83 @@ def _read_itk(path: Path) -> Volume:
     return _itk_to_volume(image, path)
 
 
+@contextmanager
+def _itk_quiet():
+    """ITK's warnings off: they go to stderr in ITK's own multi-line format, and the
+    callers here say what matters in one line."""
+    import SimpleITK as sitk
+
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
 def dicom_series_files(folder: Path) -> list[str]:
     """The files of the one DICOM series in `folder`, in the volume's slice (k) order."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    with _itk_quiet():
+        series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
-        raise VolumeIOError(f"volume {folder}: folder holds no DICOM series")
+        # Exports from a PACS or a CD nest each series in folders of their own.
+        with _itk_quiet():
+            inner = _series_folders(folder)
+        where = f"; these folders inside it do: {_listed(inner, folder)}" if inner else ""
+        raise VolumeIOError(f"volume {folder}: folder holds no DICOM series{where}")
     if len(series) > 1:
+        found = []
+        for uid in series:
+            files = reader.GetGDCMSeriesFileNames(str(folder), uid)
+            found.append(
+                ", ".join(w for w in (_series_description(files[0]), f"{len(files)} files") if w)
+            )
         raise VolumeIOError(
-            f"volume {folder}: {len(series)} DICOM series in one folder; expected one"
+            f"volume {folder}: {len(series)} DICOM series in one folder ({'; '.join(found)}); "
+            "expected one: give each series a folder of its own"
         )
     return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def _series_folders(root: Path, most: int = 4, depth: int = 4) -> list[Path]:
+    """Up to `most` folders under `root` (at most `depth` levels down) that hold a series."""
+    import SimpleITK as sitk
+
+    found = []
+    for here, dirs, _ in os.walk(root):
+        dirs.sort()
+        if len(Path(here).relative_to(root).parts) >= depth:
+            dirs.clear()
+        if Path(here) != root and sitk.ImageSeriesReader.GetGDCMSeriesIDs(here):
+            found.append(Path(here))
+            if len(found) == most:
+                break
+    return found
+
+
+def _listed(paths: list[Path], root: Path, most: int = 3) -> str:
+    names = [str(p.relative_to(root)) for p in paths[:most]]
+    return ", ".join(names) + (" and more" if len(paths) > most else "")
+
+
+def _series_description(path: str) -> str:
+    """The file's modality and SeriesDescription, as "MR 'AX T1'", or "" without them."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return ""
+    modality, description = (
+        reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+        for key in ("0008|0060", "0008|103e")
+    )
+    return " ".join(w for w in (modality, repr(description) if description else "") if w)
 
 
 def _read_dicom_series(folder: Path) -> Volume:
@@ -135,16 +200,12 @@ def _read_dicom_series(folder: Path) -> Volume:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
-    # ITK's own warning about uneven slices goes to stderr in its own format; the check
-    # below says it in one line, and refuses.
-    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        image = reader.Execute()
+        # ITK's warning about uneven slices is said in one line by the check below.
+        with _itk_quiet():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise VolumeIOError(f"volume {folder}: unreadable DICOM ({_itk_reason(exc)})") from None
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
 
     def tag(key):
         found = [reader.GetMetaData(i, key) if reader.HasMetaDataKey(i, key) else None

@@ -104,6 +104,31 @@ def test_dicom_series_off_a_regular_grid_is_refused(tmp_path):
     assert read_volume(slight).array.shape == (6, 5, 6)
 
 
+def test_a_folder_that_is_not_one_series_says_what_it_holds(tmp_path):
+    array = np.zeros((6, 5, 4), np.int16)
+    # A PACS or CD export: each series nested in folders of its own.
+    write_dicom_series(tmp_path / "export" / "PAT1" / "ST1" / "SE1", array)
+    with pytest.raises(VolumeIOError, match=(
+        r"export: folder holds no DICOM series; these folders inside it do: PAT1/ST1/SE1$"
+    )):  # fmt: skip
+        read_volume(tmp_path / "export")
+    two = write_dicom_series(tmp_path / "two", array)
+    write_dicom_series(tmp_path / "other", array[:, :, :3])
+    for path in (tmp_path / "other").iterdir():  # the same files as another series
+        image = sitk.ReadImage(str(path))
+        image.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.9")
+        image.SetMetaData("0008|103e", "AX T1")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(two / f"b{path.name}"))
+        writer.Execute(image)
+    with pytest.raises(VolumeIOError, match=(
+        r"2 DICOM series in one folder \((CT, 4 files; CT 'AX T1', 3 files|CT 'AX T1', 3 "
+        r"files; CT, 4 files)\); expected one: give each series a folder of its own"
+    )):  # fmt: skip
+        read_volume(two)
+
+
 def test_slice_geometry_problems_are_named():
     axial = ["1\\0\\0\\0\\1\\0"] * 3
 
