@@ -51,18 +51,24 @@ def object_window(hu: np.ndarray) -> str:
 
 def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
     """`auto`: none for 8-bit data, the abdomen window for data that looks like CT in HU
-    (integers reaching below -500, where air lies), else percentiles (the MR default)."""
+    (reaching below -500, where air lies), else percentiles (the MR default).
+
+    Floating point counts as HU as integers do: a CT stored as unsigned integers with a
+    rescale intercept (-1024), as converters often write it, reads as floats, and MR
+    magnitudes never reach -500."""
     if preset not in PRESETS:
         raise ImageError(f"intensity preset {preset!r}: expected one of {', '.join(PRESETS)}")
     if preset != "auto":
         return preset
     if data.dtype == np.uint8:
         return "none"
-    if np.issubdtype(data.dtype, np.signedinteger) and data.size:
+    signed = np.issubdtype(data.dtype, np.signedinteger) or np.issubdtype(data.dtype, np.floating)
+    if signed and data.size:
         # Every click asks this of the whole volume: a strided sample (a view, in the array's
-        # own memory order) settles a CT, and only a volume without air in it is read whole.
+        # own memory order) settles a CT, and only a volume without air in it is read whole
+        # (fmin passes over NaN).
         flat = np.ravel(data, order="K")
-        if (flat[:: max(1, flat.size // 65536)] <= -500).any() or data.min() <= -500:
+        if (flat[:: max(1, flat.size // 65536)] <= -500).any() or np.fmin.reduce(flat) <= -500:
             return "abdomen"
     return "percentile"
 

@@ -86,6 +86,28 @@ def test_auto_reads_air_wherever_it_lies(order):
     assert resolve_preset(np.full((8, 8, 8), 60000, np.uint16)) == "percentile"
 
 
+def test_a_ct_stored_with_a_rescale_intercept_is_still_a_ct(tmp_path):
+    """Converters often store CT as unsigned integers with a rescale intercept of -1024,
+    which nibabel reads as floats: `auto` gave those the MR's percentile window."""
+    import nibabel as nib
+
+    from sammed2d.io import read_volume
+
+    hu = np.full((16, 16, 4), 40, np.int16)
+    hu[:3] = -1000  # air
+    image = nib.Nifti1Image((hu + 1024).astype(np.uint16), np.eye(4))
+    image.header.set_slope_inter(1, -1024)
+    nib.save(image, tmp_path / "ct.nii.gz")
+    volume = read_volume(tmp_path / "ct.nii.gz").array
+    assert volume.dtype.kind == "f" and resolve_preset(volume) == "abdomen"
+    with_nan = volume.astype(np.float32)
+    with_nan[0, 0, 0] = np.nan
+    assert resolve_preset(with_nan) == "abdomen"
+    # MR magnitudes, floating point or not, never reach -500.
+    assert resolve_preset(np.abs(volume) / 7.0) == "percentile"
+    assert resolve_preset(np.full((4, 4), np.nan, np.float32)) == "percentile"
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_prompt_window_reads_the_prompted_slice(axis):
     """The box's HU come from slice `index` along `axis`, in either memory order: a lung
