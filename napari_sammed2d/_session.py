@@ -253,10 +253,10 @@ class Engine:
 
     def embed_ahead(self, data, affine, preset, axis, order, keep_going) -> None:
         """Embed slices `order` into the cache while keep_going() says so (blocks)."""
-        from sammed2d.orientation import SliceView, radiological_view
+        from sammed2d.orientation import slice_view
         from sammed2d.propagate import VolumeSlices
 
-        view = radiological_view(affine, axis) if affine is not None else SliceView()
+        view = slice_view(affine, axis)
         slices = VolumeSlices(
             self.model, data, axis, view, self.value_range(data, preset), self.cache
         )

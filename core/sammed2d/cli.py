@@ -247,7 +247,7 @@ def cmd_embed(args) -> int:
     from .cache import EmbeddingCache
     from .intensity import intensity_range
     from .io import read_volume
-    from .orientation import radiological_view
+    from .orientation import slice_view
     from .predictor import embed_slices
     from .propagate import VolumeSlices
 
@@ -261,7 +261,7 @@ def cmd_embed(args) -> int:
         model,
         volume.array,
         axis,
-        radiological_view(volume.affine, axis),
+        slice_view(volume.affine, axis),
         intensity_range(volume.array, args.window),
         cache,
     )

@@ -33,7 +33,7 @@ from .objects import (  # noqa: F401 (re-exported: the engine's public names)
     objects_from_json,
     objects_to_json,
 )
-from .orientation import SliceView, radiological_view, slice_of
+from .orientation import SliceView, slice_of, slice_view
 from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
 from .prompts import box_from_mask, check_boxes, check_points, clip_box, interior_point
 
@@ -829,7 +829,7 @@ def volume_slices(
     """The volume's slices as the model sees them: one intensity range, one orientation."""
     if value_range is None:
         value_range = intensity_range(volume, preset)
-    view = radiological_view(affine, axis) if orientation == "radiological" else SliceView()
+    view = slice_view(affine, axis, orientation)
     return VolumeSlices(model, volume, axis, view, value_range, cache, batch_size)
 
 

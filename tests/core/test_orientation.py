@@ -7,13 +7,19 @@ import itertools
 import numpy as np
 import pytest
 
-from sammed2d.orientation import SliceView, radiological_view
+from sammed2d.orientation import SliceView, radiological_view, slice_view, stretch_for
 
 
-@pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=3)))
-def test_view_round_trip_and_points_follow_pixels(flags):
-    view = SliceView(*flags)
+@pytest.mark.parametrize(
+    "flags, stretch",
+    [(f, (1, 1)) for f in itertools.product([False, True], repeat=3)]
+    + [(f, s) for f in [(False, False, False), (True, True, False)] for s in [(3, 1), (1, 2)]],
+)
+def test_view_round_trip_and_points_follow_pixels(flags, stretch):
+    view = SliceView(*flags, stretch=stretch)
     image = np.arange(5 * 7).reshape(5, 7)
+    if stretch != (1, 1):  # masks map back exactly; grey levels are interpolated
+        image = np.random.default_rng(1).random((5, 7)) > 0.5
     shown = view.to_view(image)
     assert np.array_equal(view.from_view(shown), image)
     for row, col in [(0, 0), (4, 6), (2, 3), (1, 5)]:
@@ -24,6 +30,27 @@ def test_view_round_trip_and_points_follow_pixels(flags):
     mask[2:5, 1:5] = True
     rows, cols = np.nonzero(view.to_view(mask))
     assert box.tolist() == [cols.min(), rows.min(), cols.max(), rows.max()]
+
+
+def test_oblong_pixels_are_stretched_to_about_square():
+    """A coronal slice of a scan with 3 mm slices and 0.75 mm pixels is shown 4x taller, as
+    viewers show it; masks come back onto the raw grid where they cover half a block."""
+    affine = np.diag([0.75, 0.75, 3.0, 1.0])
+    view = slice_view(affine, 1)
+    assert view == SliceView(True, True, True, stretch=(4, 1))  # rows run inferior
+    assert view.view_shape((8, 5)) == (20, 8)
+    assert slice_view(affine, 2) == radiological_view(affine, 2)  # axial: square already
+    assert stretch_for(np.diag([1.0, 1.0, 1.4, 1.0]), 0, SliceView()) == (1, 1)
+    assert stretch_for(np.diag([1.0, 1.0, 2.6, 1.0]), 0, SliceView()) == (1, 3)
+    assert stretch_for(np.diag([1.0, 1.0, 2.6, 1.0]), 0, SliceView(True)) == (3, 1)
+    assert stretch_for(None, 1, SliceView()) == (1, 1)
+    grey = np.array([[0, 100], [40, 40]], np.int16)
+    shown = SliceView(stretch=(4, 1)).to_view(grey)
+    assert shown.dtype == np.int16 and shown[:, 1].tolist() == [100, 100, 92, 78, 62, 48, 40, 40]
+    mask = np.zeros((8, 2), bool)
+    mask[:3, 0] = True  # three of the first block's four rows
+    mask[4, 1] = True  # one of the second's
+    assert SliceView(stretch=(4, 1)).from_view(mask).tolist() == [[True, False], [False, False]]
 
 
 def test_ras_axial_matches_the_radiological_display():

@@ -994,3 +994,31 @@ def test_pixels_within_a_distance_across_the_slice():
     assert pixels_within(3.0, np.diag([0.75, 0.75, 3.0, 1.0]), 2) == 4
     assert pixels_within(6.0, np.diag([3.0, 3.0, 1.0, 1.0]), 2) == 2
     assert pixels_within(3.0, np.diag([0.5, 3.0, 1.0, 1.0]), 1) == 4  # mean of 0.5 and 1 mm
+
+
+def test_a_slice_with_oblong_pixels_is_segmented_at_its_proportions(litemedsam, shared_cache):
+    """Coronal slices of a scan with 4 mm slices and 1 mm pixels: the model sees each one
+    stretched 4x along the slice axis (as viewers show it), the box and the mask map through
+    the stretch, and the labels land on the raw grid."""
+    from sammed2d.propagate import segment_slice, volume_slices
+
+    affine = np.diag([1.0, 1.0, 4.0, 1.0])
+    vol = np.full((96, 40, 24), -80.0, np.float32)
+    truth = np.zeros(vol.shape, bool)
+    ii, kk = np.mgrid[:96, :24]
+    section = ((ii - 48) / 30.0) ** 2 + ((kk - 12) * 4 / 40.0) ** 2 <= 1  # round in mm
+    truth[:, 10:30, :] = section[:, None, :]
+    vol[truth] = 150.0
+    vol += np.random.default_rng(3).normal(0, 5, vol.shape).astype(np.float32)
+    slices = volume_slices(litemedsam, vol, 1, affine, "abdomen", None, "radiological", None)
+    assert slices.gray(20).shape == (96, 96)  # 24 slices x 4 rows, 96 columns
+    box = slice_box(truth[:, 20, :])
+    mask, score = segment_slice(
+        vol, 20, SlicePrompt(box=box), litemedsam, 1, affine, "abdomen", cache=shared_cache
+    )
+    assert mask.shape == (96, 24) and dice(mask, truth[:, 20, :]) > 0.9
+    walked = propagate(
+        vol, [ObjectPrompts(1, {20: SlicePrompt(box=box)}, (10, 29))], litemedsam, axis=1,
+        affine=affine, preset="abdomen", cache=shared_cache,
+    )  # fmt: skip
+    assert walked.reached[1] == (10, 29) and dice(walked.labels == 1, truth) > 0.9
