@@ -50,11 +50,17 @@ def read_manifest(path: str | os.PathLike) -> list[Case]:
     path = Path(path)
     if not path.is_file():
         raise SamMed2DError(f"manifest {path}: file not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "image" not in reader.fieldnames:
-            raise SamMed2DError(f"manifest {path}: expected a CSV header image,prompts,labels")
-        rows = [(n, r) for n, r in enumerate(reader, start=2) if (r.get("image") or "").strip()]
+    # UTF-8, with or without the byte-order mark spreadsheets write, whatever the locale.
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "image" not in reader.fieldnames:
+                raise SamMed2DError(f"manifest {path}: expected a CSV header image,prompts,labels")
+            rows = [(n, r) for n, r in enumerate(reader, start=2) if (r.get("image") or "").strip()]
+    except UnicodeDecodeError as exc:
+        raise SamMed2DError(
+            f"manifest {path}: not UTF-8 text (byte {exc.start}); save it as CSV UTF-8"
+        ) from None
 
     def resolve(value):
         value = (value or "").strip()
@@ -302,7 +308,7 @@ def write_dice_csv(path: Path, scores: dict[int, float], names: dict[int, str] |
     from .io import atomic_write
 
     def write(tmp):
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["class", "name", "dice"])
             for oid, score in scores.items():
@@ -391,7 +397,7 @@ def write_summary(path: Path, results: list[CaseResult]) -> None:
     from .io import atomic_write
 
     def write(tmp):
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=list(asdict(results[0]))) if results else None
             if w:
                 w.writeheader()

@@ -219,7 +219,9 @@ def cmd_export(args) -> int:
     labels, segments = read_labels(args.labels, reference=reference)
     if args.names:
         try:
-            given = segments_from_json(json.loads(args.names.read_text()), str(args.names))
+            given = segments_from_json(
+                json.loads(args.names.read_text(encoding="utf-8")), str(args.names)
+            )
         except FileNotFoundError:
             raise SamMed2DError(f"names {args.names}: file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -117,7 +117,7 @@ def prompt_file_to_json(record: PromptFile) -> dict:
 def read_prompt_file(path: str | os.PathLike) -> PromptFile:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PromptError(f"prompts {path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -192,7 +192,7 @@ def read_sidecar(path: str | Path) -> dict[int, Segment]:
     for candidate in (sidecar_path(path), Path(path).with_name("labels.json")):
         if candidate.is_file():
             try:
-                data = json.loads(candidate.read_text())
+                data = json.loads(candidate.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise VolumeIOError(f"{candidate}: malformed JSON ({exc})") from None
             return segments_from_json(data, str(candidate))

@@ -52,12 +52,34 @@ def test_batch_on_local_cluster_with_failure_and_resume(cases, tmp_path, tiny_ch
         src, lab = read_volume(cases / f"case{n}.nrrd"), read_volume(out / f"case{n}_labels.nrrd")
         assert np.allclose(src.affine, lab.affine, atol=1e-4)
     assert not (out / "broken_labels.nii.gz").exists()
-    assert (out / "summary.csv").read_text().count("\n") == 5
+    assert (out / "summary.csv").read_text(encoding="utf-8").count("\n") == 5
 
 
 def test_manifest_paths_are_relative_to_it(cases):
     parsed = read_manifest(cases / "manifest.csv")
     assert parsed[0].image == (cases / "case0.nrrd").resolve() and parsed[0].labels is None
+
+
+def test_a_spreadsheet_manifest_reads_whatever_the_locale(cases):
+    """Spreadsheets save CSV as UTF-8 with a byte-order mark; read with the locale's
+    encoding the header became '\ufeffimage' (no `image` column), and a non-ASCII folder
+    name failed to decode where the locale is ASCII."""
+    import locale
+
+    (cases / "Müller").mkdir()
+    (cases / "Müller" / "p.json").write_bytes((cases / "p.json").read_bytes())
+    text = "image,prompts,labels\ncase0.nrrd,Müller/p.json,\n"
+    (cases / "excel.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        parsed = read_manifest(cases / "excel.csv")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert parsed[0].prompts == (cases / "Müller" / "p.json").resolve()
+    (cases / "latin1.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(SamMed2DError, match="latin1.csv: not UTF-8 text .*save it as CSV UTF-8"):
+        read_manifest(cases / "latin1.csv")
 
 
 def test_batch_cli_reports_failures(cases, tmp_path, tiny_checkpoint, capsys):
@@ -177,7 +199,7 @@ def test_killed_run_resumes_with_only_the_missing_cases(cases, tmp_path, tiny_ch
     assert list(finished) == ["case0_labels.nrrd"]
     for n in (1, 2):
         (cases / f"wait{n}.json").unlink()
-        (cases / f"wait{n}.json").write_text((cases / "p.json").read_text())
+        (cases / f"wait{n}.json").write_text((cases / "p.json").read_text(encoding="utf-8"))
     results = run_batch(manifest, out, workers=2, model=str(tiny_checkpoint))
     assert [r.status for r in results] == ["done earlier", "done", "done"]
     assert (out / "case0_labels.nrrd").stat().st_mtime_ns == finished["case0_labels.nrrd"]

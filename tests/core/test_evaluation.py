@@ -72,7 +72,10 @@ def test_official_chaining_reproduces_the_published_table(litemedsam, shared_cac
     data = need(ABDOMEN_CT)
     ct = read_volume(data / "ct.nii.gz")
     gt = read_volume(data / "structures.nii.gz").array
-    names = {int(k): v for k, v in json.loads((data / "structures.json").read_text()).items()}
+    names = {
+        int(k): v
+        for k, v in json.loads((data / "structures.json").read_text(encoding="utf-8")).items()
+    }
     found = {}
     for obj in protocol_objects(gt, 2, "A", names):
         chained = official_chaining(

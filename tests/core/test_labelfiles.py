@@ -83,7 +83,7 @@ def test_nifti_sidecar_and_the_older_labels_json(tmp_path):
     ct = Volume(np.zeros((9, 7, 5), np.int16), oblique_affine())
     labels = two_objects(ct.array.shape)
     out = write_labels(tmp_path / "x.nii.gz", labels, ct, [Segment(1, "spleen", (1, 2, 3))])
-    side = json.loads(sidecar_path(out).read_text())
+    side = json.loads(sidecar_path(out).read_text(encoding="utf-8"))
     assert side["segments"]["1"] == {"name": "spleen", "color": [1, 2, 3]}
     assert side["segments"]["4"]["name"] == "Segment_4"  # unnamed ids still described
     back, segs = read_labels(out, reference=ct)

@@ -25,7 +25,9 @@ from ..conftest import SAMMED2D_MULTIMASK_CASES, assert_mask_matches, predict_fi
     ],
 )
 def test_state_dict_matches_official_layout(fixtures_dir, layout, name):
-    expected = json.loads((fixtures_dir / "checkpoint_layouts.json").read_text())[layout]
+    expected = json.loads((fixtures_dir / "checkpoint_layouts.json").read_text(encoding="utf-8"))[
+        layout
+    ]
     with torch.device("meta"):
         own = {k: list(v.shape) for k, v in build_model(name).state_dict().items()}
     assert own == expected

@@ -106,3 +106,28 @@ def test_whole_numbers_may_be_written_as_floats():
     item = {"id": 2.0, "range": [3.0, 9], "slices": {"4": {"box": [1, 2, 9, 9]}}}
     obj = prompt_file_from_json({"axis": 2, "objects": [item]}).objects[0]
     assert (obj.id, obj.range, list(obj.slices)) == (2, (3, 9), [4])
+
+
+def test_names_are_read_as_utf8_whatever_the_locale(tmp_path):
+    """JSON is UTF-8. Read with the locale's encoding (cp1252 on Windows, ASCII once a
+    library has set the C locale), an object named "Leber é 脾臓" came back garbled or
+    raised a UnicodeDecodeError."""
+    import json
+    import locale
+
+    from sammed2d.prompt_files import read_prompt_file
+    from sammed2d.segments import read_sidecar
+
+    name = "Leber é 脾臓"
+    prompts = {**OBJECTS, "objects": [{**OBJECTS["objects"][0], "name": name}]}
+    (tmp_path / "p.json").write_bytes(json.dumps(prompts, ensure_ascii=False).encode())
+    side = {"segments": {"1": {"name": name, "color": [1, 2, 3]}}}
+    (tmp_path / "l.json").write_bytes(json.dumps(side, ensure_ascii=False).encode())
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        assert locale.getencoding() != "UTF-8"
+        assert read_prompt_file(tmp_path / "p.json").objects[0].name == name
+        assert read_sidecar(tmp_path / "l.nii.gz")[1].name == name
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)

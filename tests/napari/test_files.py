@@ -98,7 +98,7 @@ def test_nifti_and_sidecar_round_trip_through_napari(make_napari_viewer, tmp_pat
         },
     )
     write_labels_layer(str(tmp_path / "p.nii.gz"), painted.data, painted._get_state())
-    side = json.loads((tmp_path / "p.json").read_text())["segments"]
+    side = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["segments"]
     assert side["1"]["color"] == [int(round(c * 255)) for c in painted.colormap.map(1)[:3]]
 
 
@@ -149,7 +149,7 @@ def test_saved_prompts_replay_through_the_cli_bit_for_bit(make_napari_viewer, qt
             pass
         assert labels.data.any()
         w.save_prompts(tmp_path / "prompts.json")
-        saved = json.loads((tmp_path / "prompts.json").read_text())
+        saved = json.loads((tmp_path / "prompts.json").read_text(encoding="utf-8"))
         assert saved["axis"] == 2 and saved["window"] == "abdomen"
         assert saved["model"]["name"] == "litemedsam" and len(saved["model"]["sha256"]) == 64
         assert saved["objects"][0]["slices"]["3"]["box"] == [11.0, 9.0, 30.0, 26.0]
@@ -213,7 +213,7 @@ def test_a_prompts_files_settings_and_ranges_drive_napari_as_they_drive_the_cli(
         assert main(["propagate", str(src), "--prompts", str(path), "--out", str(out)]) == 0
         assert np.array_equal(found, read_volume(out).array)
         w.save_prompts(tmp_path / "again.json")
-        again = json.loads((tmp_path / "again.json").read_text())
+        again = json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))
         assert again["settings"]["min_area"] == 1_000_000
 
         # A slice range: the block spans slices 2-5; its walk stays in 3-4, as the CLI's.
@@ -231,7 +231,9 @@ def test_a_prompts_files_settings_and_ranges_drive_napari_as_they_drive_the_cli(
         assert main(["propagate", str(src), "--prompts", str(path), "--out", str(out)]) == 0
         assert np.array_equal(found, read_volume(out).array)
         w.save_prompts(tmp_path / "again.json")
-        assert json.loads((tmp_path / "again.json").read_text())["objects"][0]["range"] == [3, 4]
+        assert json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))["objects"][0][
+            "range"
+        ] == [3, 4]
         # Clearing the object's prompts lets its range go: a box drawn afterwards walks
         # by itself, as any drawn box does.
         w.clear_prompts()
@@ -239,7 +241,10 @@ def test_a_prompts_files_settings_and_ranges_drive_napari_as_they_drive_the_cli(
         shapes.add_rectangles(np.array([[3, 11, 9], [3, 11, 26], [3, 30, 26], [3, 30, 9]], float))
         w.wait_idle()
         w.save_prompts(tmp_path / "again.json")
-        assert "range" not in json.loads((tmp_path / "again.json").read_text())["objects"][0]
+        assert (
+            "range"
+            not in json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))["objects"][0]
+        )
     finally:
         w.shutdown()
 

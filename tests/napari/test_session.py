@@ -213,7 +213,7 @@ def test_an_object_keeps_its_own_window_through_the_prompts_file(widget, tmp_pat
     draw_box(viewer, shapes, 3, 11, 9, 30, 26)
     w.wait_idle()
     w.save_prompts(tmp_path / "p.json")
-    saved = json.loads((tmp_path / "p.json").read_text())
+    saved = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
     assert [o.get("window") for o in saved["objects"]] == ["lung"]
     w.set_object_window(2, None)
     w.load_prompts(tmp_path / "p.json")

@@ -73,7 +73,9 @@ def served_checkpoint(tmp_path_factory, tiny_checkpoint):
         except RemoteError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"sammed2d serve did not start: {log.read_text()[-2000:]}")
+                pytest.fail(
+                    f"sammed2d serve did not start: {log.read_text(encoding='utf-8')[-2000:]}"
+                )
             time.sleep(0.2)
     yield url, proc
     proc.kill()

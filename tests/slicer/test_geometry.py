@@ -154,12 +154,14 @@ def test_changed_slices_and_array_order():
 
 
 def test_module_file_compiles_and_uses_only_existing_slicer_util_functions():
-    source = (MODULE_DIR / "SAMMed2D.py").read_text()
+    source = (MODULE_DIR / "SAMMed2D.py").read_text(encoding="utf-8")
     tree = ast.parse(source)
     compile(source, "SAMMed2D.py", "exec")
     known = {
         line.strip()
-        for line in (Path(__file__).parent / "slicer_util_api.txt").read_text().splitlines()
+        for line in (Path(__file__).parent / "slicer_util_api.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()
         if line.strip() and not line.startswith("#")
     }
     used = set()
@@ -182,7 +184,7 @@ def test_module_file_compiles_and_uses_only_existing_slicer_util_functions():
 
 def test_extension_layout():
     root = MODULE_DIR.parent
-    cmake = (root / "CMakeLists.txt").read_text()
+    cmake = (root / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in (
         "EXTENSION_HOMEPAGE",
         "EXTENSION_CATEGORY",
@@ -194,7 +196,7 @@ def test_extension_layout():
     ):
         assert f"set({key} " in cmake
     assert "project(SAMMed2D)" in cmake and (root / "LICENSE").exists()
-    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     for resource in (
         "Resources/Icons/${MODULE_NAME}.png",
         "Resources/UI/${MODULE_NAME}.ui",
@@ -205,6 +207,6 @@ def test_extension_layout():
     assert (MODULE_DIR / "Resources" / "Icons" / "SAMMed2D.png").stat().st_size > 0
     ui = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "SAMMed2D.ui")
     names = {w.get("name") for w in ui.iter("widget")}
-    source = (MODULE_DIR / "SAMMed2D.py").read_text()
+    source = (MODULE_DIR / "SAMMed2D.py").read_text(encoding="utf-8")
     used = set(re.findall(r"\bui\.([A-Za-z_]\w*)", source))
     assert used <= names, used - names

@@ -16,7 +16,9 @@ import SAMMed2DInstall as install  # noqa: E402
 
 def test_requirements_follow_the_engine_package():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    project = tomllib.loads((ROOT / "core" / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "core" / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"
+    ]
     wanted = [r for r in project["dependencies"] if not r.startswith("torch")]
     wanted += project["optional-dependencies"]["dicom"]
     assert sorted(install.ENGINE_REQUIREMENTS) == sorted(wanted)
@@ -72,10 +74,10 @@ def test_the_engine_is_found_bundled_or_in_the_source_checkout(tmp_path):
 
 
 def test_the_module_never_installs_the_engine_by_name_and_the_build_bundles_it():
-    source = (MODULE_DIR / "SAMMed2D.py").read_text()
+    source = (MODULE_DIR / "SAMMed2D.py").read_text(encoding="utf-8")
     assert 'pip_install("sammed2d")' not in source and "pip_install('sammed2d')" not in source
     assert "install_plan" in source and "add_engine_to_path" in source
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "install(DIRECTORY ${SAMMED2D_ENGINE_DIR}" in cmake
     scripts = ["SAMMed2D.py", "SAMMed2DInstall.py"]
     scripts += [f"SAMMed2DLib/{f.name}" for f in sorted((MODULE_DIR / "SAMMed2DLib").glob("*.py"))]
@@ -86,7 +88,7 @@ def test_the_module_never_installs_the_engine_by_name_and_the_build_bundles_it()
 def test_the_logic_never_reads_the_widget():
     import ast
 
-    tree = ast.parse((MODULE_DIR / "SAMMed2D.py").read_text())
+    tree = ast.parse((MODULE_DIR / "SAMMed2D.py").read_text(encoding="utf-8"))
     (logic,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SAMMed2DLogic"]
     names = {n.id for n in ast.walk(logic) if isinstance(n, ast.Name)}
     attrs = {n.attr for n in ast.walk(logic) if isinstance(n, ast.Attribute)}

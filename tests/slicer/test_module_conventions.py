@@ -13,7 +13,7 @@ sys.path.insert(0, str(MODULE_DIR))
 
 from SAMMed2DLib import parameters  # noqa: E402
 
-SOURCE = (MODULE_DIR / "SAMMed2D.py").read_text()
+SOURCE = (MODULE_DIR / "SAMMed2D.py").read_text(encoding="utf-8")
 TREE = ast.parse(SOURCE)
 
 

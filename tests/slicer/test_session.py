@@ -32,7 +32,7 @@ def test_saved_session_prompts_replay_through_the_cli(tmp_path, capsys, tiny_che
     log.record(4, 2, 3, None)  # nothing placed: nothing kept
     record = log.prompt_file("tiny.pth", None, "abdomen")
     write_prompt_file(tmp_path / "p.json", record)
-    saved = json.loads((tmp_path / "p.json").read_text())
+    saved = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
     assert [o["id"] for o in saved["objects"]] == [1, 3]
     assert saved["objects"][0]["slices"]["2"]["box"] == [7.0, 9.0, 20.0, 25.0]
     assert saved["objects"][0]["name"] == "liver" and saved["window"] == "abdomen"
