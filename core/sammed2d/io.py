@@ -77,7 +77,16 @@ def _read_nifti(path: Path) -> Volume:
 
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        proxy = img.dataobj
+        stored = getattr(proxy, "dtype", None)
+        scaled = (getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)) != (1.0, 0.0)
+        if scaled and stored is not None and stored.kind in "iu" and stored.itemsize <= 2:
+            # 16-bit voxels with a rescale (a CT stored unsigned with an intercept of -1024)
+            # come out of nibabel as float64: float32 holds them as exactly, in half the
+            # memory (1.2 GB against 0.6 GB for a 512 x 512 x 600 CT).
+            data = np.asarray(proxy, dtype=np.float32)
+        else:
+            data = np.asanyarray(proxy)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
         raise VolumeIOError(f"volume {path}: unreadable NIfTI ({_first_line(exc)})") from None
     data = np.squeeze(data) if data.ndim > 3 else data

@@ -99,7 +99,8 @@ def test_a_ct_stored_with_a_rescale_intercept_is_still_a_ct(tmp_path):
     image.header.set_slope_inter(1, -1024)
     nib.save(image, tmp_path / "ct.nii.gz")
     volume = read_volume(tmp_path / "ct.nii.gz").array
-    assert volume.dtype.kind == "f" and resolve_preset(volume) == "abdomen"
+    assert volume.dtype == np.float32 and resolve_preset(volume) == "abdomen"  # not float64
+    assert np.array_equal(volume, hu)
     with_nan = volume.astype(np.float32)
     with_nan[0, 0, 0] = np.nan
     assert resolve_preset(with_nan) == "abdomen"
