@@ -164,13 +164,17 @@ def dicom_series_files(folder: Path) -> list[str]:
     return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
-def _series_folders(root: Path, most: int = 4, depth: int = 4) -> list[Path]:
-    """Up to `most` folders under `root` (at most `depth` levels down) that hold a series."""
+def _series_folders(root: Path, most: int = 4, depth: int = 4, visits: int = 200) -> list[Path]:
+    """Up to `most` folders under `root` (at most `depth` levels down, looking into at most
+    `visits` folders, hidden ones skipped: a home folder given by mistake is not searched
+    through) that hold a series."""
     import SimpleITK as sitk
 
     found = []
-    for here, dirs, _ in os.walk(root):
-        dirs.sort()
+    for n, (here, dirs, _) in enumerate(os.walk(root)):
+        if n == visits:
+            break
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if len(Path(here).relative_to(root).parts) >= depth:
             dirs.clear()
         if Path(here) != root and sitk.ImageSeriesReader.GetGDCMSeriesIDs(here):
