@@ -152,11 +152,13 @@ def dicom_series_files(folder: Path) -> list[str]:
         raise VolumeIOError(f"volume {folder}: folder holds no DICOM series{where}")
     if len(series) > 1:
         found = []
-        for uid in series:
+        for uid in series[:5]:  # a whole study in one folder: the line stays readable
             files = reader.GetGDCMSeriesFileNames(str(folder), uid)
             found.append(
                 ", ".join(w for w in (_series_description(files[0]), f"{len(files)} files") if w)
             )
+        if len(series) > 5:
+            found.append(f"{len(series) - 5} more")
         raise VolumeIOError(
             f"volume {folder}: {len(series)} DICOM series in one folder ({'; '.join(found)}); "
             "expected one: give each series a folder of its own"
