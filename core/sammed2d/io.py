@@ -120,7 +120,68 @@ def _read_itk(path: Path) -> Volume:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise VolumeIOError(f"volume {path}: unreadable ({_itk_reason(exc)})") from None
+    if suffix_of(path) in DICOM_SUFFIXES and image.GetDimension() == 3:
+        problem = multiframe_problem(path, image.GetSpacing())
+        if problem:
+            raise VolumeIOError(
+                f"volume {path}: {problem}; this tool needs frames on a regular grid: resample "
+                "it first (3D Slicer, or dcm2niix)"
+            )
     return _itk_to_volume(image, path)
+
+
+def multiframe_problem(path: Path, itk_spacing) -> str | None:
+    """Why an enhanced multi-frame DICOM file's frames are not on the grid ITK reads them
+    onto, or None. ITK takes one spacing for all frames, and without a SpacingBetweenSlices
+    it takes 1 mm: a converted series with a missing slice read as 1 x 1 x 1 mm voxels.
+    The frames' own positions (pydicom, which DICOM SEG export brings; unchecked without
+    it) are checked as a series' slices are, and their spacing against ITK's."""
+    try:
+        import pydicom
+    except ImportError:
+        return None
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - ITK read it; pydicom's view is only a check
+        return None
+    frames = ds.get("PerFrameFunctionalGroupsSequence")
+    if not frames or len(frames) < 2:
+        return None
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+
+    def item(group, sequence):
+        for source in (group, shared):
+            if source is not None and sequence in source and len(source[sequence].value):
+                return source[sequence][0]
+        return None
+
+    positions, orientations, pixel = [], [], None
+    for frame in frames:
+        pos, ori = item(frame, "PlanePositionSequence"), item(frame, "PlaneOrientationSequence")
+        if pos is None or ori is None:
+            return None  # no frame geometry to check against
+        positions.append(pos.get("ImagePositionPatient"))
+        orientations.append(ori.get("ImageOrientationPatient"))
+        measures = item(frame, "PixelMeasuresSequence")
+        if measures is not None and measures.get("PixelSpacing"):
+            pixel = _numbers(measures.PixelSpacing)
+    if None in positions or None in orientations or pixel is None:
+        return None
+    names = [f"frame {i + 1}" for i in range(len(frames))]
+    problem = slice_geometry_problem(positions, orientations, pixel, names)
+    if problem:
+        return problem.replace("slices", "frames")
+    iop = np.array(_numbers(orientations[0]))
+    along = np.array([_numbers(p) for p in positions]) @ np.cross(iop[:3], iop[3:])
+    step = float(np.abs(np.diff(along)).mean())
+    given = (pixel[1], pixel[0], step)  # DICOM gives (rows, columns) apart; ITK (x, y, z)
+    if not np.allclose(itk_spacing, given, rtol=1e-3, atol=1e-3):
+        return (
+            "ITK reads its frames onto a grid of "
+            f"{' x '.join(f'{v:.4g}' for v in itk_spacing)} mm where their positions give "
+            f"{' x '.join(f'{v:.4g}' for v in given)} mm"
+        )
+    return None
 
 
 @contextmanager
@@ -238,6 +299,11 @@ def _read_dicom_series(folder: Path) -> Volume:
     return _itk_to_volume(image, folder)
 
 
+def _numbers(value) -> list[float]:
+    """A tag's numbers: from ITK's backslash-separated string, or pydicom's values."""
+    return [float(v) for v in (value.split("\\") if isinstance(value, str) else value)]
+
+
 def slice_geometry_problem(positions, orientations, pixel_spacing, names) -> str | None:
     """Why a DICOM series' slices do not lie on one regular grid, or None.
 
@@ -250,8 +316,8 @@ def slice_geometry_problem(positions, orientations, pixel_spacing, names) -> str
     if positions is None or orientations is None or len(positions) < 2:
         return None
     try:
-        pos = np.array([[float(v) for v in p.split("\\")] for p in positions])
-        iop = np.array([[float(v) for v in o.split("\\")] for o in orientations])
+        pos = np.array([_numbers(p) for p in positions])
+        iop = np.array([_numbers(o) for o in orientations])
     except ValueError:  # not numbers, or not as many on every slice
         return "slice position or orientation tags are malformed"
     if pos.ndim != 2 or pos.shape[1] != 3 or iop.ndim != 2 or iop.shape[1] != 6:

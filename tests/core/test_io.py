@@ -129,6 +129,36 @@ def test_a_folder_that_is_not_one_series_says_what_it_holds(tmp_path):
         read_volume(two)
 
 
+def test_an_enhanced_multiframe_file_off_a_regular_grid_is_refused(tmp_path):
+    """One .dcm holding the volume (Enhanced CT, as converted from a series): ITK read a
+    conversion of a series with a missing slice as 1 x 1 x 1 mm voxels without a word."""
+    pydicom = pytest.importorskip("pydicom")
+    hd = pytest.importorskip("highdicom")
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    array = np.arange(6 * 5 * 6, dtype=np.int16).reshape(6, 5, 6)
+
+    def converted(name, drop=None):
+        series = write_dicom_series(tmp_path / name, array)
+        if drop:
+            (series / drop).unlink()
+        sources = [pydicom.dcmread(f) for f in sorted(series.iterdir())]
+        out = tmp_path / f"{name}.dcm"
+        LegacyConvertedEnhancedCTImage(
+            sources, hd.UID(), 9, hd.UID(), 1
+        ).save_as(out)  # fmt: skip
+        return out
+
+    whole = read_volume(converted("whole"))
+    assert whole.array.shape == (6, 5, 6)
+    assert np.allclose(np.abs(np.diag(whole.affine)[:3]), [0.7, 0.8, 2.0], atol=1e-4)
+    with pytest.raises(VolumeIOError, match=(
+        r"gap.dcm: frames are not evenly spaced: 2 mm apart, but 4 mm between frame 3 and "
+        r"frame 4 \(a missing slice\?\); this tool needs frames on a regular grid"
+    )):  # fmt: skip
+        read_volume(converted("gap", drop="slice003.dcm"))
+
+
 def test_slice_geometry_problems_are_named():
     axial = ["1\\0\\0\\0\\1\\0"] * 3
 
