@@ -31,8 +31,9 @@ class SliceView:
 
     The stretch gives a slice whose pixels are far from square (a coronal or sagittal slice
     of a scan with thick slices) square pixels again, as viewers show it: the models learnt
-    from images in their physical proportions, and a slice squashed 4:1 lost 0.075 Dice on
-    the example CT's organs (docs/measurements.md, "Slices with oblong pixels"). Grey levels
+    from images in their physical proportions, and on slices squashed 4:1 the label's box
+    gave 0.627 mean Dice over the example CT's fourteen structures against 0.742 stretched
+    (docs/measurements.md, "Slices with oblong pixels"). Grey levels
     are interpolated linearly; masks come back as the share of each raw pixel's block that
     they cover (at least half), and other maps as the block's mean."""
 
