@@ -4,8 +4,9 @@ The models learnt from images in the orientation radiologists read them in: axia
 coronal slices with the patient's right on the left of the image, anterior (axial) or
 superior (coronal, sagittal) at the top. A raw array slice may be transposed or mirrored
 relative to that, which costs accuracy, so slices are turned into that orientation before
-the model sees them and masks are turned back. Only transposes and flips are used, so the
-mapping is exact, pixel for pixel.
+the model sees them and masks are turned back. Transposes and flips are exact, pixel for
+pixel; where a slice's pixels are oblong it is also stretched by a whole factor, and a
+mask comes back exactly as it was (each raw pixel's block is all in or all out of it).
 """
 
 from __future__ import annotations
