@@ -120,6 +120,9 @@ def _blocks(image: np.ndarray, stretch: tuple[int, int]) -> np.ndarray:
     return mean >= 0.5 if image.dtype == bool else mean
 
 
+MAX_STRETCH = 32
+
+
 def stretch_for(affine: np.ndarray | None, axis: int, view: SliceView) -> tuple[int, int]:
     """Whole factors that make the view's pixels of slices along `axis` about square: the
     coarser axis stretched by its spacing over the finer one's, rounded, where that is 1.5
@@ -135,7 +138,9 @@ def stretch_for(affine: np.ndarray | None, axis: int, view: SliceView) -> tuple[
     ratio = max(rows, cols) / min(rows, cols)
     if ratio < 1.5:
         return (1, 1)
-    factor = int(round(ratio))
+    # Up to 32 (0.3 mm pixels, 10 mm slices): a broken header's ratio of thousands would
+    # otherwise ask for a slice of millions of rows.
+    factor = min(int(round(ratio)), MAX_STRETCH)
     return (factor, 1) if rows > cols else (1, factor)
 
 

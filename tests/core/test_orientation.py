@@ -44,6 +44,8 @@ def test_oblong_pixels_are_stretched_to_about_square():
     assert stretch_for(np.diag([1.0, 1.0, 2.6, 1.0]), 0, SliceView()) == (1, 3)
     assert stretch_for(np.diag([1.0, 1.0, 2.6, 1.0]), 0, SliceView(True)) == (3, 1)
     assert stretch_for(None, 1, SliceView()) == (1, 1)
+    assert stretch_for(np.diag([1.0, 1.0, 1e6, 1.0]), 0, SliceView()) == (1, 32)  # bounded
+    assert stretch_for(np.diag([1.0, 0.0, 3.0, 1.0]), 2, SliceView()) == (1, 1)  # no spacing
     grey = np.array([[0, 100], [40, 40]], np.int16)
     shown = SliceView(stretch=(4, 1)).to_view(grey)
     assert shown.dtype == np.int16 and shown[:, 1].tolist() == [100, 100, 92, 78, 62, 48, 40, 40]
