@@ -37,6 +37,8 @@ class SegmentRequest:
     # propagation: a loaded prompts file's settings with the widget's slice step (every
     # n-th slice walked, the rest interpolated; None: the slices within 3 mm)
     settings: PropagationSettings = field(default_factory=PropagationSettings)
+    # "array" where the affine is only the layer's scale: its axes' directions are unknown
+    orientation: str = "radiological"
 
 
 @dataclass
@@ -229,6 +231,7 @@ class Engine:
                 affine=req.affine,
                 preset=req.preset,
                 value_range=self.value_range(req.data, req.preset),
+                orientation=req.orientation,
                 cache=self.cache,
             )
             return mask
@@ -245,18 +248,21 @@ class Engine:
             affine=req.affine,
             preset=req.preset,
             value_range=self.value_range(req.data, req.preset),
+            orientation=req.orientation,
             settings=req.settings,
             cache=self.cache,
             progress=progress,
             should_stop=should_stop,
         )
 
-    def embed_ahead(self, data, affine, preset, axis, order, keep_going) -> None:
+    def embed_ahead(
+        self, data, affine, preset, axis, order, keep_going, orientation="radiological"
+    ) -> None:
         """Embed slices `order` into the cache while keep_going() says so (blocks)."""
         from sammed2d.orientation import slice_view
         from sammed2d.propagate import VolumeSlices
 
-        view = slice_view(affine, axis)
+        view = slice_view(affine, axis, orientation)
         slices = VolumeSlices(
             self.model, data, axis, view, self.value_range(data, preset), self.cache
         )
@@ -316,8 +322,9 @@ class RemoteEngine:
             )
             return masks[0]
         mask, _ = self.client.segment_slice(
-            req.data, req.index, req.prompt, axis=req.axis, affine=req.affine, preset=req.preset
-        )
+            req.data, req.index, req.prompt, axis=req.axis, affine=req.affine,
+            preset=req.preset, orientation=req.orientation,
+        )  # fmt: skip
         return mask
 
     def propagate(self, req: SegmentRequest, objects, progress, should_stop):
@@ -328,14 +335,19 @@ class RemoteEngine:
             axis=req.axis,
             affine=req.affine,
             preset=req.preset,
+            orientation=req.orientation,
             settings=req.settings,
             progress=progress,
             should_stop=should_stop,
         )
 
-    def embed_ahead(self, data, affine, preset, axis, order, keep_going) -> None:
+    def embed_ahead(
+        self, data, affine, preset, axis, order, keep_going, orientation="radiological"
+    ) -> None:
         """The server embeds while it is idle; one request, nothing to wait for."""
-        self.client.embed_ahead(data, list(order), axis=axis, affine=affine, preset=preset)
+        self.client.embed_ahead(
+            data, list(order), axis=axis, affine=affine, preset=preset, orientation=orientation
+        )
 
     def close(self) -> None:
         self.client.close()

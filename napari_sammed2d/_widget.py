@@ -601,12 +601,19 @@ class SegmentWidget(QWidget):
         return int(np.clip(round(point[axis]), 0, image.data.shape[axis] - 1))
 
     def volume_context(self):
+        """(voxels, affine, preset, orientation) of the image layer. A layer from another
+        reader has no affine but may have a scale: that gives the spacing (for the slice
+        step and oblong pixels) with its axes kept as they are ("array"); a scale of ones
+        says nothing, and gives no affine."""
         image = self.image_layer
         data = self._voxels_of(image)
         info = image.metadata.get("sammed2d") or {}
-        affine = info.get("affine")
+        affine, orientation = info.get("affine"), "radiological"
+        scale = np.asarray(image.scale[-image.ndim :], np.float64)
+        if affine is None and image.ndim == 3 and not np.allclose(scale, 1.0):
+            affine, orientation = np.diag([*scale, 1.0]), "array"
         preset = self.preset_combo.currentText()
-        return data, affine, preset
+        return data, affine, preset, orientation
 
     def _voxels_of(self, image) -> np.ndarray:
         """The layer's voxels as a numpy array: of a multiscale layer its full resolution.
@@ -639,7 +646,7 @@ class SegmentWidget(QWidget):
             prompt = slice_prompts(self.image_layer, points, shapes, oid, axis).get(index)
             if prompt is None:
                 return
-            data, affine, preset = self.volume_context()
+            data, affine, preset, orientation = self.volume_context()
             shape = (
                 data.shape
                 if axis is None
@@ -652,7 +659,7 @@ class SegmentWidget(QWidget):
             # slice.
             request = SegmentRequest(
                 oid, axis, index, prompt, data, affine, preset, self._model_key(), self._seq,
-                settings=replace(self._settings, slice_step=1),
+                settings=replace(self._settings, slice_step=1), orientation=orientation,
             )  # fmt: skip
         except SamMed2DError as exc:
             show_error(str(exc))
@@ -800,7 +807,7 @@ class SegmentWidget(QWidget):
                     if oid is None
                     else f"object {oid} has no prompts: draw a box first"
                 )
-            data, affine, _ = self.volume_context()
+            data, affine, _, orientation = self.volume_context()
             shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
             for obj in objects:
                 obj.slices = {k: clip_box_to(p, shape) for k, p in obj.slices.items()}
@@ -821,6 +828,7 @@ class SegmentWidget(QWidget):
             self.window_of(oid) if oid is not None else self.preset_combo.currentText(),
             self._model_key(),
             settings=replace(self._settings, slice_step=self.slice_step()),
+            orientation=orientation,
         )
         ids = [o.id for o in objects]
 
@@ -998,7 +1006,7 @@ class SegmentWidget(QWidget):
         pausing while a click is served or a propagation runs."""
         if self._prefetch is not None or not self.engine.ready:
             return
-        data, affine, preset = self.volume_context()
+        data, affine, preset, orientation = self.volume_context()
         engine, mailbox = self.engine, self.mailbox
         order = sorted(range(data.shape[axis]), key=lambda i: abs(i - index))
 
@@ -1011,7 +1019,7 @@ class SegmentWidget(QWidget):
 
         def prefetch():
             try:
-                engine.embed_ahead(data, affine, preset, axis, order, keep_going)
+                engine.embed_ahead(data, affine, preset, axis, order, keep_going, orientation)
             except Exception as exc:  # noqa: BLE001 - shown to the user
                 send(("error", exc))
 

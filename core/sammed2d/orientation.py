@@ -148,7 +148,7 @@ def slice_view(
     affine: np.ndarray | None, axis: int, orientation: str = "radiological"
 ) -> SliceView:
     """How slices along `axis` are shown to a model: turned as a radiologist reads them
-    (`orientation` "radiological"; "raw" keeps the array's own), and stretched to about
+    (`orientation` "radiological"; "array" keeps the array's own), and stretched to about
     square pixels."""
     view = radiological_view(affine, axis) if orientation == "radiological" else SliceView()
     stretch = stretch_for(affine, axis, view)

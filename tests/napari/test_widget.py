@@ -114,6 +114,29 @@ def test_anisotropic_scale_puts_the_mask_under_the_box(widget):
     assert found[12:30, 10:26].mean() > 0.7 and found.sum() < 1.3 * 18 * 16
 
 
+def test_a_layer_with_only_a_scale_gives_its_spacing(widget):
+    """An image from another reader has a scale but no affine: the scale is the spacing,
+    so a coronal slice of 3 mm slices and 0.75 mm pixels reaches the model stretched 4x,
+    with the layer's axes kept as they are; the mask lands under the box."""
+    from sammed2d.orientation import slice_view
+
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w, scale=(3.0, 0.75, 0.75))
+    data, affine, _, orientation = w.volume_context()
+    assert orientation == "array" and np.allclose(np.diag(affine), [3.0, 0.75, 0.75, 1.0])
+    assert slice_view(affine, 1, orientation).stretch == (4, 1)
+    viewer.dims.order = (1, 0, 2)  # show (z, x) planes: slices along y
+    viewer.dims.set_point(1, 20 * 0.75)
+    assert w.slice_axis() == 1 and w.current_index(1) == 20
+    shapes.add_rectangles(np.array([[2, 20, 10], [2, 20, 25], [5, 20, 25], [5, 20, 10]], float))
+    w.wait_idle()
+    found = labels.data[:, 20, :] == 1
+    truth = np.zeros_like(found)
+    truth[2:6, 10:26] = True
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.8
+    assert not np.delete(labels.data, 20, axis=1).any()  # on that slice only
+
+
 def test_click_with_a_point_model(widget, tiny_checkpoint):
     viewer, w = widget
     points, _, labels = setup_volume(viewer, w, model=str(tiny_checkpoint))
