@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +75,11 @@ def main(argv=None) -> int:
     for obj in objects:
         truth = gt == obj.id
         row = {}
+        lo, hi = obj.range
+        walked_slices = np.arange(lo, hi + 1, step)
         for label, geometry in (("square", affine), ("stored", unit)):
             found = np.zeros_like(truth)
-            lo, hi = obj.range
-            for index in range(lo, hi + 1, step):
+            for index in walked_slices:
                 where = slice_of(truth, index, AXIS)
                 if not where.any():
                     continue
@@ -88,17 +88,13 @@ def main(argv=None) -> int:
                     volume, index, prompt, model, AXIS, geometry, cache=cache, settings=settings
                 )
                 found[(slice(None),) * AXIS + (index,)] = mask
-            kept = np.zeros(truth.shape[AXIS], bool)
-            kept[lo : hi + 1 : step] = True
-            on = truth.take(np.flatnonzero(kept), AXIS)
-            row[f"box {label}"] = dice(found.take(np.flatnonzero(kept), AXIS), on)
+            on = truth.take(walked_slices, AXIS)
+            row[f"box {label}"] = dice(found.take(walked_slices, AXIS), on)
             walked = propagate(
                 volume, [obj], model, axis=AXIS, affine=geometry, settings=settings, cache=cache
             )
             row[f"A {label}"] = dice(walked.labels == obj.id, truth)
-        baseline = official_chaining(
-            volume, replace(obj), model, AXIS, unit, "abdomen", cache=cache
-        )
+        baseline = official_chaining(volume, obj, model, AXIS, unit, "abdomen", cache=cache)
         row["official"] = dice(baseline, truth)
         rows[obj.id] = row
         print(

@@ -168,20 +168,7 @@ def multiframe_problem(path: Path, itk_spacing) -> str | None:
     if None in positions or None in orientations or pixel is None:
         return None
     names = [f"frame {i + 1}" for i in range(len(frames))]
-    problem = slice_geometry_problem(positions, orientations, pixel, names)
-    if problem:
-        return problem.replace("slices", "frames")
-    iop = np.array(_numbers(orientations[0]))
-    along = np.array([_numbers(p) for p in positions]) @ np.cross(iop[:3], iop[3:])
-    step = float(np.abs(np.diff(along)).mean())
-    given = (pixel[1], pixel[0], step)  # DICOM gives (rows, columns) apart; ITK (x, y, z)
-    if not np.allclose(itk_spacing, given, rtol=1e-3, atol=1e-3):
-        return (
-            "ITK reads its frames onto a grid of "
-            f"{' x '.join(f'{v:.4g}' for v in itk_spacing)} mm where their positions give "
-            f"{' x '.join(f'{v:.4g}' for v in given)} mm"
-        )
-    return None
+    return slice_geometry_problem(positions, orientations, pixel, names, "frames", itk_spacing)
 
 
 @contextmanager
@@ -304,14 +291,18 @@ def _numbers(value) -> list[float]:
     return [float(v) for v in (value.split("\\") if isinstance(value, str) else value)]
 
 
-def slice_geometry_problem(positions, orientations, pixel_spacing, names) -> str | None:
-    """Why a DICOM series' slices do not lie on one regular grid, or None.
+def slice_geometry_problem(
+    positions, orientations, pixel_spacing, names, what="slices", itk_spacing=None
+) -> str | None:
+    """Why a DICOM series' slices (or a multi-frame file's frames: `what`) do not lie on
+    one regular grid, or on the grid of `itk_spacing` (x, y, z) where given; None if they do.
 
     ITK builds a series' grid from the first slice's orientation and the mean distance
     between slices, silently: a missing slice, two acquisitions in one series or a gantry
     tilt would put every mask and every exported label in the wrong place. Positions
-    (ImagePositionPatient) and orientations (ImageOrientationPatient) are the tags' strings,
-    one per slice in the series' order; None where a slice lacks them (nothing to check).
+    (ImagePositionPatient) and orientations (ImageOrientationPatient) are the tags' strings
+    or pydicom's values, one per slice in order; None where a slice lacks them (nothing to
+    check). `pixel_spacing` is DICOM's (rows, columns) apart.
     """
     if positions is None or orientations is None or len(positions) < 2:
         return None
@@ -324,14 +315,14 @@ def slice_geometry_problem(positions, orientations, pixel_spacing, names) -> str
         return "slice position or orientation tags are malformed"
     if np.abs(iop - iop[0]).max() > 1e-3:
         k = int(np.flatnonzero(np.abs(iop - iop[0]).max(axis=1) > 1e-3)[0])
-        return f"slices in more than one orientation ({names[0]} and {names[k]} differ)"
+        return f"{what} in more than one orientation ({names[0]} and {names[k]} differ)"
     normal = np.cross(iop[0, :3], iop[0, 3:])
     along = pos @ normal
     steps = np.diff(along)
     if np.abs(steps).min() < 1e-3:
         k = int(np.argmin(np.abs(steps)))
         return (
-            f"two slices at the same position ({names[k]} and {names[k + 1]}): more than one "
+            f"two {what} at the same position ({names[k]} and {names[k + 1]}): more than one "
             "acquisition in one series?"
         )
     mean = (along[-1] - along[0]) / (len(along) - 1)
@@ -341,7 +332,7 @@ def slice_geometry_problem(positions, orientations, pixel_spacing, names) -> str
         usual = float(np.median(np.abs(steps)))
         k = int(np.argmax(np.abs(np.abs(steps) - usual)))
         return (
-            f"slices are not evenly spaced: {usual:.4g} mm apart, but {abs(steps[k]):.4g} mm "
+            f"{what} are not evenly spaced: {usual:.4g} mm apart, but {abs(steps[k]):.4g} mm "
             f"between {names[k]} and {names[k + 1]} (a missing slice?)"
         )
     drift = pos - pos[0] - np.outer(along - along[0], normal)
@@ -349,7 +340,15 @@ def slice_geometry_problem(positions, orientations, pixel_spacing, names) -> str
     # perpendicular to the line through their corners).
     if np.linalg.norm(drift, axis=1).max() > 0.5 * min(pixel_spacing):
         angle = np.degrees(np.arctan2(np.linalg.norm(drift[-1]), abs(along[-1] - along[0])))
-        return f"slices sheared by {angle:.3g} degrees (gantry tilt)"
+        return f"{what} sheared by {angle:.3g} degrees (gantry tilt)"
+    # ITK takes one spacing for all frames of a multi-frame file, 1 mm where none is given.
+    given = (pixel_spacing[1], pixel_spacing[0], abs(mean))
+    if itk_spacing is not None and not np.allclose(itk_spacing, given, rtol=1e-3, atol=1e-3):
+        return (
+            f"ITK reads its {what} onto a grid of "
+            f"{' x '.join(f'{v:.4g}' for v in itk_spacing)} mm where their positions give "
+            f"{' x '.join(f'{v:.4g}' for v in given)} mm"
+        )
     return None
 
 
