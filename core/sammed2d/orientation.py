@@ -123,18 +123,37 @@ def _blocks(image: np.ndarray, stretch: tuple[int, int]) -> np.ndarray:
 MAX_STRETCH = 32
 
 
+def _pixel_spacing(affine, axis: int, view: SliceView) -> tuple[float, float] | None:
+    """mm between the rows and between the columns of the view of slices along `axis`,
+    before its stretch; None without an affine or with a degenerate one."""
+    if affine is None:
+        return None
+    spacing = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    rows, cols = (float(spacing[a]) for a in range(3) if a != axis)
+    if view.transpose:
+        rows, cols = cols, rows
+    if not (np.isfinite(rows) and np.isfinite(cols)) or min(rows, cols) <= 0:
+        return None
+    return rows, cols
+
+
+def view_pixel_spacing(affine, axis: int, view: SliceView) -> tuple[float, float] | None:
+    """mm between the rows and between the columns of the view's pixels, stretch included
+    (the pixels the walk measures in); None without a usable affine."""
+    spacing = _pixel_spacing(affine, axis, view)
+    if spacing is None:
+        return None
+    return spacing[0] / view.stretch[0], spacing[1] / view.stretch[1]
+
+
 def stretch_for(affine: np.ndarray | None, axis: int, view: SliceView) -> tuple[int, int]:
     """Whole factors that make the view's pixels of slices along `axis` about square: the
     coarser axis stretched by its spacing over the finer one's, rounded, where that is 1.5
     or more (below, the slice is left as it is: its pixels are square enough)."""
-    if affine is None:
+    spacing = _pixel_spacing(affine, axis, view)
+    if spacing is None:
         return (1, 1)
-    spacing = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
-    rows, cols = (spacing[a] for a in range(3) if a != axis)
-    if view.transpose:
-        rows, cols = cols, rows
-    if not (np.isfinite(rows) and np.isfinite(cols)) or min(rows, cols) <= 0:
-        return (1, 1)
+    rows, cols = spacing
     ratio = max(rows, cols) / min(rows, cols)
     if ratio < 1.5:
         return (1, 1)

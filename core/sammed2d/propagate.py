@@ -33,7 +33,7 @@ from .objects import (  # noqa: F401 (re-exported: the engine's public names)
     objects_from_json,
     objects_to_json,
 )
-from .orientation import SliceView, slice_of, slice_view
+from .orientation import SliceView, slice_of, slice_view, view_pixel_spacing
 from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
 from .prompts import box_from_mask, check_boxes, check_points, clip_box, interior_point
 
@@ -635,7 +635,7 @@ def propagate(
     slices = volume_slices(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
-    grow = pixels_within(settings.overlap_tolerance, affine, axis)
+    grow = pixels_within(settings.overlap_tolerance, affine, axis, slices.view)
     walkers = {slices.value_range: (slices, _Walker(slices, settings, grow))}
     shown = "custom" if value_range is not None else resolved
     windows = {o.id: o.window or shown for o in objects}
@@ -800,19 +800,18 @@ def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) 
     return max(1, int(np.floor(distance / spacing + 1e-6)))
 
 
-def pixels_within(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
-    """Whole pixels in `distance` mm across a slice along `axis` (by the mean of its two
-    pixel spacings, rounded half up); 0 for None, 1 without an affine. `distance` is a
-    setting `check_settings` has passed."""
+def pixels_within(
+    distance: float | None, affine: np.ndarray | None, axis: int, view: SliceView = SliceView()
+) -> int:
+    """Whole pixels of `view` in `distance` mm across a slice along `axis` (by the mean of
+    its two pixel spacings, stretch included, rounded half up); 0 for None, 1 without an
+    affine. `distance` is a setting `check_settings` has passed."""
     if distance is None:
         return 0
-    if affine is None:
+    spacing = view_pixel_spacing(affine, axis, view)
+    if spacing is None:
         return 1
-    columns = np.asarray(affine, np.float64)[:3, [a for a in range(3) if a != axis]]
-    spacing = float(np.linalg.norm(columns, axis=0).mean())
-    if not np.isfinite(spacing) or spacing <= 0:
-        return 1
-    return int(np.floor(distance / spacing + 0.5))
+    return int(np.floor(distance / float(np.mean(spacing)) + 0.5))
 
 
 def _checked_axis(volume: np.ndarray, axis: int, need: str) -> int:

@@ -994,6 +994,14 @@ def test_pixels_within_a_distance_across_the_slice():
     assert pixels_within(3.0, np.diag([0.75, 0.75, 3.0, 1.0]), 2) == 4
     assert pixels_within(6.0, np.diag([3.0, 3.0, 1.0, 1.0]), 2) == 2
     assert pixels_within(3.0, np.diag([0.5, 3.0, 1.0, 1.0]), 1) == 4  # mean of 0.5 and 1 mm
+    # In pixels of the view the walk measures in: stretched 2x, that slice's are 0.5 mm.
+    from sammed2d.orientation import slice_view
+
+    coronal = np.diag([0.5, 3.0, 1.0, 1.0])
+    assert pixels_within(3.0, coronal, 1, slice_view(coronal, 1, "array")) == 6
+    # 0.75 x 3 mm pixels stretched 4x: 6 mm is 8 pixels of 0.75 mm, not 3 of 1.875 mm.
+    thick = np.diag([0.75, 0.75, 3.0, 1.0])
+    assert pixels_within(6.0, thick, 1, slice_view(thick, 1)) == 8
 
 
 def test_a_slice_with_oblong_pixels_is_segmented_at_its_proportions(litemedsam, shared_cache):
