@@ -65,8 +65,8 @@ def labels_layer_kwargs(segments: list[Segment]) -> dict:
     }
 
 
-def volume_to_layer_data(path: str | Path):
-    volume = read_volume(path)
+def volume_to_layer_data(path: str | Path, volume: Volume | None = None):
+    volume = read_volume(path) if volume is None else volume
     array = volume.array
     name = Path(path).name.split(".")[0]
     meta = {"sammed2d": layer_meta(volume, str(path))}
@@ -132,8 +132,21 @@ def read_layers(path):
     if not path.is_dir() and is_label_file(path):
         return labels_to_layer_data(path)
     if suffix_of(path) in (".dcm", ".dicom"):
-        return None  # a single DICOM image: napari's own readers handle it
+        return dicom_file_to_layer_data(path)
     return volume_to_layer_data(path)
+
+
+def dicom_file_to_layer_data(path: Path):
+    """One DICOM file: an image in grey levels (an X-ray, one slice of a series), a colour
+    image (ultrasound, endoscopy) as an RGB layer, or a multi-frame volume. napari itself
+    reads no DICOM, so this reader is the only one that opens them."""
+    from sammed2d.io import read_dicom_file, read_image
+
+    volume = read_dicom_file(path)
+    if volume is None:
+        name = path.name.split(".")[0]
+        return [(read_image(path), {"name": name, "rgb": True}, "image")]
+    return volume_to_layer_data(path, volume)
 
 
 def layer_segments(data, meta: dict) -> list[Segment]:

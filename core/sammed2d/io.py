@@ -489,7 +489,8 @@ def atomic_write(path: Path, write) -> Path:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A 2D image (PNG, JPEG, TIFF, BMP, single DICOM or 2D NIfTI) as (H, W) or (H, W, 3)."""
+    """A 2D image (PNG, JPEG, TIFF, BMP, single DICOM in grey levels or colour, or 2D NIfTI)
+    as (H, W) or (H, W, 3)."""
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(f"image {path}: file not found")
@@ -508,6 +509,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             array = iio.imread(str(path))
         except Exception as exc:  # noqa: BLE001
             raise VolumeIOError(f"image {path}: unreadable ({_first_line(exc)})") from None
+    elif suffix in DICOM_SUFFIXES and _dicom_components(path) != 1:
+        array = _read_colour_dicom(path)
     elif suffix in DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES:
         array = read_volume(path).array
         array = np.squeeze(array)
@@ -526,6 +529,56 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             f"image {path}: shape {array.shape} is not a 2D image; use --slice for volumes"
         )
     return array
+
+
+def read_dicom_file(path: str | os.PathLike) -> Volume | None:
+    """A single DICOM file in grey levels as a `Volume` (a single image squeezed to 2D,
+    with its pixel spacing), or None where it holds colour (read it with `read_image`)."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeIOError(f"image {path}: file not found")
+    if _dicom_components(path) != 1:
+        return None
+    volume = read_volume(path)
+    if volume.array.ndim == 3 and volume.array.shape[2] == 1:
+        return Volume(volume.array[:, :, 0], volume.affine, volume.header)
+    return volume
+
+
+def _dicom_components(path: Path) -> int:
+    """Samples per pixel of a DICOM file, from its header alone."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise VolumeIOError(f"image {path}: unreadable ({_itk_reason(exc)})") from None
+    return reader.GetNumberOfComponents()
+
+
+def _read_colour_dicom(path: Path) -> np.ndarray:
+    """A colour DICOM image (ultrasound, endoscopy, dermoscopy, photographs) as (H, W, 3)
+    RGB; GDCM converts YBR encodings (JPEG-compressed ultrasound) to RGB on the way."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VolumeIOError(f"image {path}: unreadable ({_itk_reason(exc)})") from None
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 3:
+        raise VolumeIOError(
+            f"image {path}: {components} samples per pixel; expected grey levels or RGB"
+        )
+    frames = image.GetSize()[2] if image.GetDimension() == 3 else 1
+    if frames != 1:
+        raise VolumeIOError(
+            f"image {path}: a colour DICOM with {frames} frames (a cine loop?); segment reads "
+            "one image: export the frame you want (e.g. as PNG) first"
+        )
+    return sitk.GetArrayFromImage(image).reshape(image.GetHeight(), image.GetWidth(), 3)
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:

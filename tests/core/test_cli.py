@@ -123,6 +123,19 @@ def test_propagate_slice_step_walks_fewer_slices(tmp_path, capsys, volume_file, 
     assert_one_line_error(code, err, "slice_step 0")
 
 
+def test_segment_colour_dicom(tmp_path, capsys, tiny_checkpoint):
+    """A colour ultrasound DICOM goes through `segment` as an RGB image; the mask has the
+    image's rows and columns."""
+    from tests.core.test_io import colour_phantom, write_colour_dicom
+
+    path = write_colour_dicom(tmp_path / "us.dcm", colour_phantom())
+    argv = ["segment", path, "--box", 10, 6, 25, 15, "--out", tmp_path / "m.png"]
+    code, out, err = run_cli(capsys, *argv, "--model", tiny_checkpoint)
+    assert code == 0, err
+    assert "predicted IoU" in out
+    assert read_image(tmp_path / "m.png").shape == (24, 32)
+
+
 def test_segment_2d_image_and_volume_slice(tmp_path, capsys, volume_file, tiny_checkpoint):
     import imageio.v3 as iio
 

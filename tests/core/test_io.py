@@ -230,6 +230,61 @@ def test_image_formats(tmp_path):
     assert np.array_equal(read_image(tmp_path / "one.dcm"), np.arange(48).reshape(6, 8))
 
 
+def write_colour_dicom(path, rgb, photometric="RGB", frames=1):
+    """An uncompressed colour DICOM (ultrasound image storage) of (frames, H, W, 3) or
+    (H, W, 3) 8-bit RGB values, encoded as `photometric` says."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", photometric)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName = "US", "Phantom"
+    ds.Rows, ds.Columns = rgb.shape[-3], rgb.shape[-2]
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    assert pydicom.dcmread(str(path)).pixel_array.shape[-1] == 3
+    return path
+
+
+def colour_phantom():
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    rgb[6:15, 10:25] = (200, 40, 60)  # a red lesion, off-centre so a transpose shows
+    rgb[:3, :2] = (20, 210, 40)
+    return rgb
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])
+def test_colour_dicom_reads_as_rgb(tmp_path, photometric):
+    """Ultrasound and endoscopy DICOM images are colour (RGB, or YBR as JPEG keeps them):
+    read as (H, W, 3) RGB in the file's row order, not refused as vector voxels."""
+    rgb = colour_phantom()
+    image = read_image(write_colour_dicom(tmp_path / "us.dcm", rgb, photometric))
+    assert image.shape == (24, 32, 3) and image.dtype == np.uint8
+    # YBR_FULL holds each colour to within a grey level of its RGB values
+    assert np.abs(image.astype(int) - rgb).max() <= (0 if photometric == "RGB" else 2)
+
+
+def test_colour_dicom_cine_is_refused_in_one_line(tmp_path):
+    loop = np.stack([colour_phantom()] * 4)
+    path = write_colour_dicom(tmp_path / "cine.dcm", loop, frames=4)
+    with pytest.raises(VolumeIOError, match="colour DICOM with 4 frames") as err:
+        read_image(path)
+    assert "\n" not in str(err.value)
+
+
 def test_outputs_respect_the_umask(tmp_path):
     import os
 

@@ -205,6 +205,35 @@ def test_reader_and_writer_round_trip_geometry(tmp_path):
     assert np.array_equal(back.array, np.transpose(labels, (2, 1, 0)))
 
 
+def test_reader_opens_single_dicom_images(tmp_path, widget):
+    """napari reads no DICOM itself: an X-ray or one slice opens as a 2D layer, a colour
+    ultrasound image as an RGB layer, and the widget segments on it."""
+    import SimpleITK as sitk
+
+    from tests.core.test_io import colour_phantom, write_colour_dicom
+
+    grey = np.arange(48, dtype=np.int16).reshape(6, 8)
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(tmp_path / "xray.dcm"))
+    ((data, meta, kind),) = get_reader(str(tmp_path / "xray.dcm"))(str(tmp_path / "xray.dcm"))
+    assert kind == "image" and np.array_equal(data, grey)  # rows and columns as stored
+
+    rgb = colour_phantom()
+    path = str(write_colour_dicom(tmp_path / "us.dcm", rgb))
+    ((data, meta, kind),) = get_reader(path)(path)
+    assert kind == "image" and meta["rgb"] and np.array_equal(data, rgb)
+
+    viewer, w = widget
+    viewer.open(path, plugin="napari-sammed2d")
+    points, shapes, labels = w.ensure_prompt_layers()
+    assert labels.data.shape == (24, 32)
+    shapes.add_rectangles(np.array([[5, 9], [5, 25], [15, 25], [15, 9]], float))
+    w.wait_idle()
+    truth = np.zeros((24, 32), bool)
+    truth[6:15, 10:25] = True
+    found = labels.data == 1
+    assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
+
+
 def test_phantom_sample_data():
     (ct, ct_meta, _), (truth, _, kind) = phantom()
     assert ct.shape == truth.shape and kind == "labels"
