@@ -499,9 +499,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         import tifffile
 
         try:
-            array = tifffile.imread(str(path))
+            with tifffile.TiffFile(str(path)) as tif:
+                array, axes = tif.asarray(), tif.series[0].axes
         except Exception as exc:  # noqa: BLE001
             raise VolumeIOError(f"image {path}: unreadable TIFF ({_first_line(exc)})") from None
+        if axes.startswith("S") and array.ndim == 3:
+            array = np.moveaxis(array, 0, -1)  # colour stored plane by plane (planar RGB)
     elif suffix in IMAGE_SUFFIXES:
         import imageio.v3 as iio
 
@@ -523,10 +526,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         )
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[-1] == 4:
-        array = array[..., :3]
+        array = array[..., :3]  # RGBA: the alpha says nothing about the scan
+    elif array.ndim == 3 and array.shape[-1] in (1, 2):
+        array = array[..., 0]  # grey levels, alone or with an alpha channel
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
         raise VolumeIOError(
-            f"image {path}: shape {array.shape} is not a 2D image; use --slice for volumes"
+            f"image {path}: shape {array.shape} is a stack of images, not one 2D image; for "
+            "a volume, save it as NIfTI, NRRD or MHA and give --slice"
         )
     return array
 

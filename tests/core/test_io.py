@@ -230,6 +230,27 @@ def test_image_formats(tmp_path):
     assert np.array_equal(read_image(tmp_path / "one.dcm"), np.arange(48).reshape(6, 8))
 
 
+def test_grey_with_alpha_planar_colour_and_stacks(tmp_path):
+    """Grey levels with an alpha channel (PNG "LA") or a channel axis of one are grey
+    images, colour stored plane by plane (planar TIFF) is RGB, and a stack of pages is
+    refused with the way to a volume rather than pointed at --slice, which needs one."""
+    import tifffile
+    from PIL import Image
+
+    grey = np.random.default_rng(2).integers(0, 255, (6, 8), dtype=np.uint8)
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)])).save(tmp_path / "la.png")
+    assert np.array_equal(read_image(tmp_path / "la.png"), grey)
+    tifffile.imwrite(tmp_path / "one.tif", grey[:, :, None])
+    assert np.array_equal(read_image(tmp_path / "one.tif"), grey)
+    rgb = np.dstack([grey, 255 - grey, grey // 2])
+    planes = np.moveaxis(rgb, -1, 0)
+    tifffile.imwrite(tmp_path / "planar.tif", planes, photometric="rgb", planarconfig="separate")
+    assert np.array_equal(read_image(tmp_path / "planar.tif"), rgb)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([grey] * 5))
+    with pytest.raises(VolumeIOError, match="stack of images.*NIfTI"):
+        read_image(tmp_path / "stack.tif")
+
+
 def write_colour_dicom(path, rgb, photometric="RGB", frames=1):
     """An uncompressed colour DICOM (ultrasound image storage) of (frames, H, W, 3) or
     (H, W, 3) 8-bit RGB values, encoded as `photometric` says."""
