@@ -179,6 +179,13 @@ def cmd_propagate(args) -> int:
             f"{args.prompts} was made with weights {record.sha256[:12]}…, this run uses "
             f"{(weights or 'random')[:12]}…: labels may differ"
         )
+    spacing = volume.spacing[record.axis] if volume.array.ndim == 3 else None
+    if settings.slice_step is None and spacing is not None and spacing < THIN_SLICES_MM:
+        _warn(
+            f"{args.volume}: slices {spacing:.3g} mm apart, thinner than any clinical scan "
+            "(are the file's units mm?); walks step at most 8 slices: give --slice-step 1 to "
+            "visit every slice"
+        )
     objects = record.objects
     with progress_reporter("propagating") as update:
         result = run(volume.array, objects, progress=update, **options)
@@ -541,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(p)
     p.set_defaults(run=cmd_demo)
     return parser
+
+
+# Slices closer than this are not a clinical scan: micro-CT, microscopy, or units read
+# wrongly; `propagate` says so, since its steps in mm then mean nothing anatomical.
+THIN_SLICES_MM = 0.1
 
 
 def _warn(text: str) -> None:

@@ -90,7 +90,19 @@ def _read_nifti(path: Path) -> Volume:
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
         raise VolumeIOError(f"volume {path}: unreadable NIfTI ({_first_line(exc)})") from None
     data = np.squeeze(data) if data.ndim > 3 else data
-    return Volume(np.asarray(data), np.asarray(img.affine, dtype=np.float64), img.header)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    # nibabel gives the affine in the file's own spatial unit. ITK (SimpleITK, 3D Slicer)
+    # reads metres and microns as mm, and every distance here is in mm: a CT stored in
+    # metres would otherwise have 0.003 mm slices, and a walk's steps of 3 mm a thousand
+    # slices long.
+    to_mm = _NIFTI_UNIT_TO_MM.get(img.header.get_xyzt_units()[0], 1.0)
+    if to_mm != 1.0:
+        affine[:3] *= to_mm
+    return Volume(np.asarray(data), affine, img.header)
+
+
+# NIfTI spatial units (xyzt_units); "unknown" is taken as mm, as ITK and dcm2niix take it.
+_NIFTI_UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 
 
 def _itk_to_volume(image, source: Path) -> Volume:
@@ -433,6 +445,9 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, like: Volume) -> Pa
         if header is not None:
             # Keep the source's codes; scaling would turn labels into floats.
             img.header.set_slope_inter(1, 0)
+        # The affine is in mm (a source in metres or microns was read as mm).
+        time_unit = header.get_xyzt_units()[1] if header is not None else "unknown"
+        img.header.set_xyzt_units("mm", time_unit)
         return atomic_write(path, lambda tmp: nib.save(img, tmp))
     return atomic_write(path, lambda tmp: _write_itk(tmp, array, like.affine))
 

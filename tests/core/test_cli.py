@@ -123,6 +123,30 @@ def test_propagate_slice_step_walks_fewer_slices(tmp_path, capsys, volume_file, 
     assert_one_line_error(code, err, "slice_step 0")
 
 
+def test_propagate_warns_of_slices_thinner_than_any_scan(tmp_path, capsys, tiny_checkpoint):
+    """Slices 0.003 mm apart (a CT whose units were lost) would make every step of 3 mm a
+    thousand slices: the steps are capped and the run says what to check."""
+    from sammed2d.propagate import MAX_REACH, slices_within
+
+    assert slices_within(3.0, np.diag([0.5, 0.5, 0.5, 1.0]), 2) == 6  # 0.5 mm slices
+    assert slices_within(3.0, np.diag([0.003, 0.003, 0.003, 1.0]), 2) == MAX_REACH == 8
+    array = np.full((24, 20, 12), -80, np.int16)
+    array[6:16, 5:14, 2:10] = 150
+    path = write_volume(
+        tmp_path / "ct.nii.gz", array, Volume(array, np.diag([0.003, 0.003, 0.003, 1.0]))
+    )
+    prompts = tmp_path / "p.json"
+    prompts.write_text(
+        json.dumps({"objects": [{"id": 1, "slices": {"5": {"box": [5, 6, 14, 16]}}}]})
+    )
+    argv = ["propagate", path, "--prompts", prompts, "--out", tmp_path / "l.nii.gz"]
+    code, out, err = run_cli(capsys, *argv, "--model", tiny_checkpoint)
+    assert code == 0, err
+    assert "0.003 mm apart" in err and "--slice-step 1" in err
+    code, out, err = run_cli(capsys, *argv, "--model", tiny_checkpoint, "--slice-step", 1)
+    assert code == 0 and "mm apart" not in err
+
+
 def test_segment_colour_dicom(tmp_path, capsys, tiny_checkpoint):
     """A colour ultrasound DICOM goes through `segment` as an RGB image; the mask has the
     image's rows and columns."""

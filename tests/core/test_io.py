@@ -251,6 +251,31 @@ def test_grey_with_alpha_planar_colour_and_stacks(tmp_path):
         read_image(tmp_path / "stack.tif")
 
 
+@pytest.mark.parametrize("unit,scale", [("meter", 1e-3), ("micron", 1e3), ("unknown", 1.0)])
+def test_nifti_units_read_as_mm_as_itk_reads_them(tmp_path, unit, scale):
+    """A NIfTI whose header says metres or microns has its affine in those units; ITK and
+    3D Slicer read it in mm, and so do we. Labels come out in mm and overlay the source."""
+    import nibabel as nib
+
+    affine = np.diag([0.75, 0.8, 3.0, 1.0])
+    affine[:3, 3] = [-30.0, 15.0, 6.0]
+    stored = affine.copy()
+    stored[:3] *= scale
+    img = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(3, 4, 5), stored)
+    img.header.set_xyzt_units(unit, "sec")
+    nib.save(img, tmp_path / "ct.nii.gz")
+    volume = read_volume(tmp_path / "ct.nii.gz")
+    assert np.allclose(volume.affine, affine, atol=1e-5)
+    source = sitk.ReadImage(str(tmp_path / "ct.nii.gz"))
+    assert np.allclose(volume.spacing, source.GetSpacing(), atol=1e-5)
+    write_volume(tmp_path / "labels.nii.gz", (volume.array > 30).astype(np.uint8), volume)
+    labels = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
+    assert np.allclose(labels.GetSpacing(), source.GetSpacing(), atol=1e-5)
+    assert np.allclose(labels.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    units = nib.load(tmp_path / "labels.nii.gz").header.get_xyzt_units()
+    assert units == ("mm", "sec")
+
+
 def write_colour_dicom(path, rgb, photometric="RGB", frames=1):
     """An uncompressed colour DICOM (ultrasound image storage) of (frames, H, W, 3) or
     (H, W, 3) 8-bit RGB values, encoded as `photometric` says."""
