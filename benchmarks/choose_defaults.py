@@ -71,6 +71,12 @@ the higher log sigmoid(logit) + log predicted IoU, the higher predicted IoU, or 
 decoder logit, with today's other defaults; `--grid compose-kept` among the first two only,
 the rules that keep the four organs and the 1 mm and 4x views.
 
+`--grid box-window` chooses the window an object of a scan that is not a CT gets from its
+first box under `auto` (`intensity.box_window`: percentiles of the box's grey levels,
+widened by a multiple of their spread; first, no window of its own), with today's other
+defaults; `--windows mr-default mr-like` scores it on the CT shown as `auto` shows an MR
+and on the MR-like stand-in.
+
 `--grid cycle` keeps those defaults and instead chooses the cycle check of ranged walks (a
 second decode with a tighter box, kept where carried back to the previous slice it gives
 that slice's mask better by at least a gain in IoU): margins 1-3 px at 256 px, gains
@@ -87,11 +93,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sammed2d import EmbeddingCache, load_model
+from sammed2d import EmbeddingCache, intensity, load_model
 from sammed2d.evaluation import dice, protocol_objects
 from sammed2d.io import read_volume
 from sammed2d.memory import reuse_freed_memory
-from sammed2d.propagate import PropagationSettings, propagate
+from sammed2d.propagate import PropagationSettings, propagate, with_object_windows
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "abdomen_ct"
 MARGINS = [(5.0, 0.0), (3.0, 0.1), (2.0, 0.1), (1.0, 0.1)]  # (px at 256, fraction of the box)
@@ -148,6 +154,16 @@ TOLERANCES = [(None, 0.3)] + [
 # box_jitter: px at 256 by which each carried box is also shrunk and grown, the three
 # decodes' logits averaged (today's off first)
 JITTERS = [None, 2.0, 3.0, 4.0]
+# An object's own window on a scan that is not a CT: the percentiles of its first box's
+# grey levels, widened on each side by a multiple of their spread (no window of its own
+# first: the percentile window of the whole volume, as before).
+BOX_WINDOWS = [
+    ((1.0, 99.0), None),
+    ((1.0, 99.0), 1.0),
+    ((1.0, 99.0), 0.5),
+    ((1.0, 99.0), 2.0),
+    ((5.0, 95.0), 1.0),
+]
 # The grids before "capped-band" were run against the defaults of their time, and hold
 # those fixed so that they print what docs/measurements.md records; the later ones run against
 # today's defaults.
@@ -210,6 +226,13 @@ SINGLE_GRIDS = {
     # "logit" wins the grid above but fails the four organs (the liver 0.861 in B on the
     # CT) and loses B on 1 mm slices and 4x pixels: the choice among the rules that pass
     "compose-kept": (["both", "score"], ("compose_by",), "compose_by", "AB", TODAY),
+    "box-window": (
+        BOX_WINDOWS,
+        ("BOX_PERCENTILES", "BOX_WIDEN"),
+        "(box window percentiles, widened by this times their spread)",
+        "AB",
+        TODAY,
+    ),
     "margin-now": (
         MARGINS_NOW,
         ("box_margin", "box_margin_fraction", "box_margin_max"),
@@ -225,6 +248,10 @@ def run(ct, gt, names, model, cache, protocol, settings, preset="abdomen"):
     volume = ct.array
     if preset == "mr-like":
         volume, preset = _mr_like(ct.array), "auto"
+    elif preset == "mr-default":
+        # the CT in the percentile window, each object in the window of its first box: as
+        # `auto` shows a scan that is not a CT
+        objects, preset = with_object_windows(volume, 2, objects, "percentile"), "percentile"
     result = propagate(
         volume, objects, model, axis=2, affine=ct.affine, preset=preset,
         settings=settings, cache=cache,
@@ -259,10 +286,11 @@ def main() -> int:
         "--windows",
         nargs="+",
         default=["auto"],
-        choices=["auto", "percentile", "mr-like"],
+        choices=["auto", "percentile", "mr-like", "mr-default"],
         help="single-setting grids: score each structure in these window presets (mean); "
         "mr-like: the CT's grey levels remapped to a T1-weighted MR's (`propagation.py "
-        "--mr-like`), in its default window",
+        "--mr-like`), in its default window (`auto`); mr-default: the CT in the percentile "
+        "window with each object in the window of its first box, as `auto` shows an MR",
     )
     args = ap.parse_args()
     reuse_freed_memory()
@@ -340,6 +368,11 @@ def choose_from(ct, gt, names, model, cache, grid, short, label, vary="AB", wind
     runs = {}  # key -> window -> (A results, B results)
     once = {}
     for key, overrides in grid.items():
+        overrides = dict(overrides)
+        # module defaults of `sammed2d.intensity`, not settings of a walk
+        for name in ("BOX_PERCENTILES", "BOX_WIDEN"):
+            if name in overrides:
+                setattr(intensity, name, overrides.pop(name))
         settings = PropagationSettings(**overrides)
         runs[key] = {}
         line = []

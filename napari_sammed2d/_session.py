@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sammed2d.errors import SamMed2DError
-from sammed2d.intensity import PRESETS, intensity_range
+from sammed2d.intensity import WINDOW_WORDS, intensity_range, is_window
 from sammed2d.objects import PropagationSettings, SlicePrompt
 from sammed2d.segments import Segment, default_segment
 
@@ -405,8 +405,8 @@ class ObjectTable:
         self.objects[oid] = ObjectInfo(oid, info.name, color, info.reached, False, info.window)
 
     def set_window(self, oid: int, window: str | None) -> None:
-        if window is not None and window not in PRESETS:
-            raise SamMed2DError(f"window {window!r}: expected one of {', '.join(PRESETS)}")
+        if window is not None and not is_window(window):
+            raise SamMed2DError(f"window {window!r}: expected {WINDOW_WORDS}")
         self.objects[oid].window = window
 
     def remove(self, oid: int) -> None:

@@ -103,6 +103,7 @@ class SegmentWidget(QWidget):
         self.mailbox = Latest()
         self._server = None  # the worker serving clicks
         self._prefetch = None
+        self._prefetch_preset = None
         self._voxels = (None, None)  # (a lazy layer's data, its voxels read into memory)
         # (Labels layer, objects' names and colours) last styled: the layer held weakly
         self._styled = (lambda: None, None, None)
@@ -498,8 +499,11 @@ class SegmentWidget(QWidget):
                 view.setItem(row, col, item)
             window = QComboBox()
             window.addItems(["(Intensity)", *PRESETS])
-            window.setToolTip("this object's intensity window (e.g. lung for a lung lobe)")
-            window.setCurrentText(info.window or "(Intensity)")
+            window.setToolTip(
+                "this object's intensity window (e.g. lung for a lung lobe; W<width>/L<level> "
+                "where its first box chose one on a scan without standard windows)"
+            )
+            _show_window(window, info.window)
             window.currentTextChanged.connect(
                 lambda text, oid=info.id: self.set_object_window(
                     oid, None if text == "(Intensity)" else text
@@ -556,7 +560,7 @@ class SegmentWidget(QWidget):
             combo = view.cellWidget(row, 3)
             if view.item(row, 0).text() == str(oid) and combo is not None:
                 combo.blockSignals(True)
-                combo.setCurrentText(window or "(Intensity)")
+                _show_window(combo, window)
                 combo.blockSignals(False)
 
     def window_of(self, oid: int) -> str:
@@ -1004,9 +1008,16 @@ class SegmentWidget(QWidget):
     def _start_prefetch(self, axis: int, index: int) -> None:
         """Embed the other slices in the background, nearest first, through the cache,
         pausing while a click is served or a propagation runs."""
-        if self._prefetch is not None or not self.engine.ready:
+        if not self.engine.ready:
             return
-        data, affine, preset, orientation = self.volume_context()
+        data, affine, _, orientation = self.volume_context()
+        # In the current object's window: the slices its next clicks and its propagation
+        # will ask for (an object of an MR has a window of its own, from its first box).
+        preset = self.window_of(self.object_spin.value())
+        if self._prefetch is not None:
+            if self._prefetch_preset == preset:
+                return
+            self._prefetch = None  # the running one, in another window, sees this and stops
         engine, mailbox = self.engine, self.mailbox
         order = sorted(range(data.shape[axis]), key=lambda i: abs(i - index))
 
@@ -1024,7 +1035,7 @@ class SegmentWidget(QWidget):
                 send(("error", exc))
 
         thread = threading.Thread(target=prefetch, name="sammed2d-embed", daemon=True)
-        self._prefetch = thread
+        self._prefetch, self._prefetch_preset = thread, preset
         thread.start()
 
     # ----- clearing -------------------------------------------------------------------------
@@ -1250,3 +1261,12 @@ def _full_index(where2d, axis, index):
     if axis is not None:
         idx.insert(axis, np.full(len(idx[0]), index))
     return tuple(idx)
+
+
+def _show_window(combo, window: str | None) -> None:
+    """Select `window` in an object's window list, adding it first where it is a window an
+    object's box chose (W<width>/L<level>) rather than a preset."""
+    text = window or "(Intensity)"
+    if combo.findText(text) < 0:
+        combo.addItem(text)
+    combo.setCurrentText(text)

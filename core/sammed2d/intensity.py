@@ -7,6 +7,8 @@ applied to every slice, so neighbouring slices look alike to the model.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .errors import ImageError
@@ -49,6 +51,59 @@ def object_window(hu: np.ndarray) -> str:
     return max(ranked, key=held)
 
 
+# A window of its own for an object of a scan without standard windows (an MR): the
+# BOX_PERCENTILES of the grey levels in its first box, widened on each side by
+# BOX_WIDEN times their spread (benchmarks/choose_defaults.py --grid box-window).
+BOX_PERCENTILES = (1.0, 99.0)
+BOX_WIDEN = 1.0
+# What a window may be, for error messages.
+WINDOW_WORDS = f"one of {', '.join(PRESETS)}, or W<width>/L<level>"
+_WINDOW = re.compile(r"^W(?P<width>[0-9.eE+-]+)/L(?P<level>[0-9.eE+-]+)$")
+
+
+def window_name(lo: float, hi: float) -> str:
+    """[lo, hi] as a window's name, "W<width>/L<level>", as radiologists write windows;
+    `intensity_range` reads it back (to four significant digits)."""
+    return f"W{hi - lo:.4g}/L{(lo + hi) / 2:.4g}"
+
+
+def parse_window(name) -> tuple[float, float] | None:
+    """The [lo, hi] of a "W<width>/L<level>" window name, or None for any other string."""
+    match = _WINDOW.match(name) if isinstance(name, str) else None
+    if match is None:
+        return None
+    try:
+        width, level = float(match["width"]), float(match["level"])
+    except ValueError:
+        return None
+    if not (np.isfinite(width) and np.isfinite(level) and width > 0):
+        return None
+    return level - width / 2, level + width / 2
+
+
+def is_window(name) -> bool:
+    """A preset's name or a "W<width>/L<level>" window."""
+    return name in PRESETS or parse_window(name) is not None
+
+
+def box_window(values: np.ndarray) -> str | None:
+    """The window an object of a scan without standard windows gets from the grey levels in
+    its first box: the box's 1st to 99th percentiles, widened on each side by as much again.
+    The volume's percentile window spreads a scan's whole range over 256 grey levels, and a
+    structure that differs from its neighbours by a few percent of it is nearly flat to the
+    model; this window gives the box's own range most of them and keeps its edges off the
+    clip. None where the box is flat (nothing to spread)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0 or BOX_WIDEN is None:  # None: off (the benchmarks' reference)
+        return None
+    lo, hi = np.percentile(values, BOX_PERCENTILES)
+    if not hi > lo:
+        return None
+    spread = hi - lo
+    return window_name(lo - BOX_WIDEN * spread, hi + BOX_WIDEN * spread)
+
+
 def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
     """`auto`: none for 8-bit data, the abdomen window for data that looks like CT in HU
     (reaching below -500, where air lies), else percentiles (the MR default).
@@ -56,8 +111,8 @@ def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
     Floating point counts as HU as integers do: a CT stored as unsigned integers with a
     rescale intercept (-1024), as converters often write it, reads as floats, and MR
     magnitudes never reach -500."""
-    if preset not in PRESETS:
-        raise ImageError(f"intensity preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    if not is_window(preset):
+        raise ImageError(f"intensity preset {preset!r}: expected {WINDOW_WORDS}")
     if preset != "auto":
         return preset
     if data.dtype == np.uint8:
@@ -74,28 +129,34 @@ def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
 
 
 def prompt_window(volume: np.ndarray, axis: int, index: int, prompt, own=None) -> str | None:
-    """`auto` on a CT: the window this prompt's box (or mask; a `SlicePrompt` on slice
-    `index` along `axis`, in raw pixels) asks for
-    (`intensity.object_window`) where it is not the volume's own soft-tissue window; None
-    for points only, a soft-tissue box, or a volume that is not a CT. `own` is
+    """`auto`: the window this prompt's box (or mask; a `SlicePrompt` on slice `index` along
+    `axis`, in raw pixels) asks for where it is not the volume's own. On a CT, one of the
+    standard windows (`object_window`); on a scan that gets the percentile window (an MR),
+    a window from the box's own grey levels (`box_window`). None for points only, a
+    soft-tissue box on a CT, a flat box, or 8-bit data. `own` is
     `resolve_preset(volume, "auto")` when the caller has it (it reads the whole volume)."""
     own = own or resolve_preset(volume, "auto")
-    if own not in CT_WINDOWS:
+    if own not in CT_WINDOWS and own != "percentile":
         return None
     raw = slice_of(volume, index, axis)
     if prompt.mask is not None:
         mask = np.asarray(prompt.mask, bool)
         if mask.shape != raw.shape or not mask.any():
             return None
-        window = object_window(raw[mask])
+        rows, cols = np.nonzero(mask)
+        values = (
+            raw[mask]
+            if own in CT_WINDOWS
+            else raw[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        )
     elif prompt.box is not None:
         from .prompts import check_boxes
 
         x0, y0, x1, y1 = check_boxes(prompt.box, raw.shape)[0]
-        box = raw[int(y0) : int(np.ceil(y1)) + 1, int(x0) : int(np.ceil(x1)) + 1]
-        window = object_window(box)
+        values = raw[int(y0) : int(np.ceil(y1)) + 1, int(x0) : int(np.ceil(x1)) + 1]
     else:
         return None
+    window = object_window(values) if own in CT_WINDOWS else box_window(values)
     return None if window == own else window
 
 
@@ -113,6 +174,9 @@ def intensity_range(data: np.ndarray, preset: str = "auto") -> tuple[float, floa
     if preset in CT_WINDOWS:
         width, level = CT_WINDOWS[preset]
         return level - width / 2, level + width / 2
+    custom = parse_window(preset)
+    if custom is not None:
+        return custom
     if preset == "none":
         return 0.0, 255.0
     # The voxels in memory order (a view for a C or Fortran volume): napari's (k, j, i)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .errors import PromptError
-from .intensity import PRESETS
+from .intensity import PRESETS, is_window
 
 
 @dataclass
@@ -252,8 +252,10 @@ def objects_from_json(
                     labels=None if labels is None else np.asarray(labels),
                 )
             window = item.get("window")
-            if window is not None and window not in PRESETS:
-                raise ValueError(f"window {window!r} is not one of {', '.join(PRESETS)}")
+            if window is not None and not is_window(window):
+                raise ValueError(
+                    f"window {window!r} is not one of {', '.join(PRESETS)} or W<width>/L<level>"
+                )
             color = item.get("color")
             if color is not None:
                 color = tuple(int(c) for c in color)

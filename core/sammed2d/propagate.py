@@ -557,8 +557,9 @@ def _parts(
 
 
 def with_object_windows(volume: np.ndarray, axis: int, objects: list[ObjectPrompts], own: str):
-    """`auto` on a CT: each object without a window of its own gets the one its first
-    prompted slice's box asks for (the lung window for a lung lobe, bone for a vertebra).
+    """`auto`: each object without a window of its own gets the one its first prompted
+    slice's box asks for: on a CT a standard window (lung for a lung lobe, bone for a
+    vertebra), on other scans one from the box's grey levels (`intensity.box_window`).
     `own` is `resolve_preset(volume, "auto")`."""
     out = []
     for obj in objects:
@@ -771,8 +772,9 @@ def segment_slice(
 
     The slice is windowed with the whole volume's intensity range and shown to the model in
     the same orientation that `propagate` uses, so a slice and its propagation agree; with
-    `auto` on a CT the window is the one the box asks for, as `propagate` gives an object
-    prompted with this box first.
+    `auto` the window is the one the box asks for (on a CT a standard window, on other
+    scans one from the box's own grey levels), as `propagate` gives an object prompted
+    with this box first.
     """
     volume = np.asarray(volume)
     axis = _checked_axis(volume, axis, "expected a 3D volume")

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import __version__
 from .errors import Cancelled, PromptError, SamMed2DError
-from .intensity import PRESETS
+from .intensity import PRESETS, is_window
 from .wire import (
     TooLarge,
     array_digest,
@@ -275,8 +275,10 @@ class State:
             volume = self.volumes.get(digest)
             if volume is None:
                 raise NotFound(f"volume {digest[:12]}…: not uploaded (or dropped)")
-            if preset not in PRESETS:
-                raise PromptError(f"window {preset!r}: expected one of {', '.join(PRESETS)}")
+            if not is_window(preset):
+                raise PromptError(
+                    f"window {preset!r}: expected one of {', '.join(PRESETS)} or W<width>/L<level>"
+                )
             if orientation not in ("radiological", "array"):
                 raise PromptError(f"orientation {orientation!r}: radiological or array")
             if axis is not None and (volume.ndim != 3 or not -3 <= axis < 3):

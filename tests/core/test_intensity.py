@@ -131,3 +131,27 @@ def test_rgb_passes_through_and_volume_range_is_shared():
     rng = intensity_range(volume, "minmax")
     slices = [prepare_rgb(s, value_range=rng)[0, 0, 0] for s in volume]
     assert slices == [0, 255]  # one range for the volume, not one per slice
+
+
+def test_window_names_read_back_and_bad_ones_are_refused():
+    from sammed2d.intensity import (
+        BOX_PERCENTILES,
+        BOX_WIDEN,
+        box_window,
+        parse_window,
+        window_name,
+    )
+
+    assert window_name(0.0, 100.0) == "W100/L50"
+    assert intensity_range(np.zeros((2, 2), np.float32), "W100/L50") == (0.0, 100.0)
+    assert parse_window(window_name(-3.5, 1234.5)) == pytest.approx((-3.5, 1234.5), abs=1)
+    for bad in ("W0/L5", "W-1/L3", "Wabc/L1", "W1/L", "w10/l5", "Wnan/L1", "Winf/L0"):
+        assert parse_window(bad) is None
+        with pytest.raises(ImageError, match="W<width>/L<level>"):
+            intensity_range(np.zeros((2, 2), np.float32), bad)
+    values = np.arange(101, dtype=np.float32)
+    lo, hi = BOX_PERCENTILES  # the n-th percentile of 0..100 is n
+    grown = (lo - BOX_WIDEN * (hi - lo), hi + BOX_WIDEN * (hi - lo))
+    assert parse_window(box_window(values)) == pytest.approx(grown, abs=0.1)
+    assert box_window(np.full(9, 7.0)) is None  # flat: nothing to spread
+    assert box_window(np.array([np.nan, np.inf])) is None

@@ -241,6 +241,29 @@ def test_precision_choice_reaches_the_model(widget):
     assert (labels.data[3] == 1).any()
 
 
+def test_an_mr_object_gets_the_window_of_its_first_box(widget):
+    """`auto` on an MR: the first box gives its object a window from the box's own grey
+    levels, named W<width>/L<level> in the object table, kept from then on and used by the
+    next click."""
+    from sammed2d.intensity import parse_window
+
+    viewer, w = widget
+    mr = np.full((6, 64, 64), 300.0, np.float32)
+    mr[:, :, :4] = 1500.0  # bright fat stretches the volume's percentile window
+    mr[:, 20:36, 22:40] = 330.0
+    mr += np.random.default_rng(0).normal(0, 4, mr.shape).astype(np.float32)
+    _, shapes, labels = setup_volume(viewer, w, data=mr, preset="auto")
+    draw_box(viewer, shapes, 2, 18, 20, 38, 42)
+    w.wait_idle()
+    window = w.window_of(1)
+    lo, hi = parse_window(window)
+    assert 150 < lo < 300 < 330 < hi < 500  # the box's levels, not the fat's
+    assert w.objects_view.cellWidget(0, 3).currentText() == window
+    draw_box(viewer, shapes, 3, 18, 20, 38, 42)
+    w.wait_idle()
+    assert w.window_of(1) == window and (labels.data[3] == 1).any()
+
+
 def test_auto_gives_each_object_the_window_its_first_box_asks_for(widget):
     """`auto` on a CT: a box over the lung gives that object the lung window, shown in the
     object table and used from then on; soft tissue gets the soft-tissue window. A preset the
