@@ -216,6 +216,10 @@ def main(argv=None) -> int:
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
     args = parser.parse_args(argv)
+    if args.box_windows and args.window != "percentile":
+        parser.error(
+            "--box-windows gives windows as `auto` gives an MR's: use it with --window percentile"
+        )
     if not (args.data / "ct.nii.gz").exists():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2

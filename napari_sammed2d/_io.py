@@ -140,13 +140,12 @@ def dicom_file_to_layer_data(path: Path):
     """One DICOM file: an image in grey levels (an X-ray, one slice of a series), a colour
     image (ultrasound, endoscopy) as an RGB layer, or a multi-frame volume. napari itself
     reads no DICOM, so this reader is the only one that opens them."""
-    from sammed2d.io import read_dicom_file, read_image
+    from sammed2d.io import read_dicom_file
 
-    volume = read_dicom_file(path)
-    if volume is None:
-        name = path.name.split(".")[0]
-        return [(read_image(path), {"name": name, "rgb": True}, "image")]
-    return volume_to_layer_data(path, volume)
+    found = read_dicom_file(path)
+    if isinstance(found, np.ndarray):
+        return [(found, {"name": path.name.split(".")[0], "rgb": True}, "image")]
+    return volume_to_layer_data(path, found)
 
 
 def layer_segments(data, meta: dict) -> list[Segment]:

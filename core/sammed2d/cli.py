@@ -181,10 +181,12 @@ def cmd_propagate(args) -> int:
         )
     spacing = volume.spacing[record.axis] if volume.array.ndim == 3 else None
     if settings.slice_step is None and spacing is not None and spacing < THIN_SLICES_MM:
+        from .orientation import MAX_REACH
+
         _warn(
             f"{args.volume}: slices {spacing:.3g} mm apart, thinner than any clinical scan "
-            "(are the file's units mm?); walks step at most 8 slices: give --slice-step 1 to "
-            "visit every slice"
+            f"(are the file's units mm?); walks step at most {MAX_REACH} slices: give "
+            "--slice-step 1 to visit every slice"
         )
     objects = record.objects
     with progress_reporter("propagating") as update:

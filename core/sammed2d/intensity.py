@@ -143,12 +143,13 @@ def prompt_window(volume: np.ndarray, axis: int, index: int, prompt, own=None) -
         mask = np.asarray(prompt.mask, bool)
         if mask.shape != raw.shape or not mask.any():
             return None
-        rows, cols = np.nonzero(mask)
-        values = (
-            raw[mask]
-            if own in CT_WINDOWS
-            else raw[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-        )
+        if own in CT_WINDOWS:
+            values = raw[mask]
+        else:  # the mask's box, as a box prompt gives it: the object and its surroundings
+            from .prompts import box_from_mask
+
+            x0, y0, x1, y1 = box_from_mask(mask).astype(int)
+            values = raw[y0:y1, x0:x1]
     elif prompt.box is not None:
         from .prompts import check_boxes
 

@@ -527,13 +527,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             array = iio.imread(str(path))
         except Exception as exc:  # noqa: BLE001
             raise VolumeIOError(f"image {path}: unreadable ({_first_line(exc)})") from None
-    elif suffix in DICOM_SUFFIXES and _dicom_components(path) != 1:
-        array = _read_colour_dicom(path)
     elif suffix in DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES:
-        array = read_volume(path).array
-        array = np.squeeze(array)
-        if array.ndim == 2:
-            array = array.T  # voxel (i, j) -> rows j, columns i, as the file shows it
+        found = read_dicom_file(path) if suffix in DICOM_SUFFIXES else read_volume(path)
+        if isinstance(found, np.ndarray):  # colour, (H, W, 3) already
+            array = found
+        else:
+            array = np.squeeze(found.array)
+            if array.ndim == 2:
+                array = array.T  # voxel (i, j) -> rows j, columns i, as the file shows it
     else:
         raise VolumeIOError(
             f"image {path}: unsupported format {suffix or '(none)'}; expected PNG, JPEG, TIFF, "
@@ -552,14 +553,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
-def read_dicom_file(path: str | os.PathLike) -> Volume | None:
-    """A single DICOM file in grey levels as a `Volume` (a single image squeezed to 2D,
-    with its pixel spacing), or None where it holds colour (read it with `read_image`)."""
+def read_dicom_file(path: str | os.PathLike) -> Volume | np.ndarray:
+    """A single DICOM file: grey levels as a `Volume` (a single image squeezed to 2D, with
+    its pixel spacing), colour (ultrasound, endoscopy) as an (H, W, 3) RGB array."""
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(f"image {path}: file not found")
     if _dicom_components(path) != 1:
-        return None
+        return _read_colour_dicom(path)
     volume = read_volume(path)
     if volume.array.ndim == 3 and volume.array.shape[2] == 1:
         return Volume(volume.array[:, :, 0], volume.affine, volume.header)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .errors import PromptError
-from .intensity import PRESETS, is_window
+from .intensity import WINDOW_WORDS, is_window
 
 
 @dataclass
@@ -253,9 +253,7 @@ def objects_from_json(
                 )
             window = item.get("window")
             if window is not None and not is_window(window):
-                raise ValueError(
-                    f"window {window!r} is not one of {', '.join(PRESETS)} or W<width>/L<level>"
-                )
+                raise ValueError(f"window {window!r} is not {WINDOW_WORDS}")
             color = item.get("color")
             if color is not None:
                 color = tuple(int(c) for c in color)

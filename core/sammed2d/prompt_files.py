@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import PromptError
-from .intensity import PRESETS, is_window
+from .intensity import WINDOW_WORDS, is_window
 from .io import atomic_write
 from .objects import (
     ObjectPrompts,
@@ -89,9 +89,7 @@ def prompt_file_from_json(data, where: str = "prompts") -> PromptFile:
         model = {"name": model}
     window = data.get("window")
     if window is not None and not is_window(window):
-        raise PromptError(
-            f"{where}: window {window!r} is not one of {', '.join(PRESETS)} or W<width>/L<level>"
-        )
+        raise PromptError(f"{where}: window {window!r} is not {WINDOW_WORDS}")
     return PromptFile(
         axis,
         objects,

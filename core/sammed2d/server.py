@@ -32,7 +32,7 @@ import numpy as np
 
 from . import __version__
 from .errors import Cancelled, PromptError, SamMed2DError
-from .intensity import PRESETS, is_window
+from .intensity import WINDOW_WORDS, is_window
 from .wire import (
     TooLarge,
     array_digest,
@@ -276,9 +276,7 @@ class State:
             if volume is None:
                 raise NotFound(f"volume {digest[:12]}…: not uploaded (or dropped)")
             if not is_window(preset):
-                raise PromptError(
-                    f"window {preset!r}: expected one of {', '.join(PRESETS)} or W<width>/L<level>"
-                )
+                raise PromptError(f"window {preset!r}: expected {WINDOW_WORDS}")
             if orientation not in ("radiological", "array"):
                 raise PromptError(f"orientation {orientation!r}: radiological or array")
             if axis is not None and (volume.ndim != 3 or not -3 <= axis < 3):
