@@ -141,3 +141,17 @@ def test_bf16_masks_agree_with_fp32_on_the_shared_ct(litemedsam):
     # and the two runs did differ: bf16 was applied, not fp32 twice
     fp32_emb, bf16_emb = (slices.embedding(15).embedding for _, slices in runs)
     assert not torch.equal(fp32_emb, bf16_emb)
+
+
+def test_window_softmax_in_bf16_is_the_fp32_softmax_rounded():
+    """bf16 attention scores take their softmax through fp32 (faster on the CPU): the
+    result is bf16, each weight the fp32 softmax's to within bf16 rounding, rows sum to 1."""
+    from sammed2d.models.tiny_vit import _softmax
+
+    scores = torch.randn(40, 49, 49, generator=torch.Generator().manual_seed(0)) * 4
+    exact = scores.bfloat16().float().softmax(dim=-1)
+    got = _softmax(scores.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), exact, rtol=2**-8, atol=1e-6)
+    assert torch.allclose(got.float().sum(-1), torch.ones(40, 49), atol=0.02)
+    assert torch.equal(_softmax(scores), scores.softmax(dim=-1))

@@ -179,7 +179,7 @@ class WindowAttention(nn.Module):
             k.reshape(-1, n, self.key_dim).transpose(1, 2),
             alpha=self.key_dim**-0.5,
         )
-        out = (attn.softmax(dim=-1) @ v.reshape(-1, n, self.key_dim)).view(b, -1, n, self.key_dim)
+        out = (_softmax(attn) @ v.reshape(-1, n, self.key_dim)).view(b, -1, n, self.key_dim)
         out = out.transpose(1, 2).reshape(b, n, c)
         return fused.linear(out, self.proj.weight, self.proj.bias)
 
@@ -223,7 +223,7 @@ class WindowAttention(nn.Module):
                 scores = torch.baddbmm(
                     bias[head], q[head, part], k[head, part].transpose(1, 2), alpha=kd**-0.5
                 )
-                torch.bmm(scores.softmax(dim=-1), v[head, part], out=out[head, part])
+                torch.bmm(_softmax(scores), v[head, part], out=out[head, part])
         grid = out.new_empty(b, h, w, heads, kd)
         as_grid = out.view(heads, b, nh, nw, ws, ws, kd).permute(1, 2, 4, 3, 5, 0, 6)
         _between_grid_and_windows(grid, as_grid, h, w, ws, False)
@@ -287,6 +287,15 @@ class TinyViTBlock(nn.Module):
         if windows.shape[0] <= group:
             return self.attn(windows)
         return torch.cat([self.attn(part) for part in windows.split(group)])
+
+
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis. bf16 scores go through fp32 on the CPU: torch's bf16
+    kernel over the 49-token windows' rows ran 1.6x slower than fp32's plus both casts
+    (1.01 against 0.62 ms for 361 windows, 2 threads); it rounds the same fp32 result."""
+    if scores.dtype == torch.bfloat16 and scores.device.type == "cpu":
+        return scores.float().softmax(dim=-1).to(torch.bfloat16)
+    return scores.softmax(dim=-1)
 
 
 def _regions(size: int, ws: int) -> list[tuple[slice, slice, slice]]:
