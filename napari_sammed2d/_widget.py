@@ -498,6 +498,7 @@ class SegmentWidget(QWidget):
             for col, item in zip((0, 1, 2, 4), (ident, name, color, span)):
                 view.setItem(row, col, item)
             window = QComboBox()
+            window.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
             window.addItems(["(Intensity)", *PRESETS])
             window.setToolTip(
                 "this object's intensity window (e.g. lung for a lung lobe; W<width>/L<level> "
@@ -510,6 +511,8 @@ class SegmentWidget(QWidget):
                 )
             )
             view.setCellWidget(row, 3, window)
+        view.resizeColumnsToContents()
+        self._fit_window_column()
         view.blockSignals(False)
         self._select_row(self.object_spin.value())
         self._style_labels()
@@ -562,6 +565,17 @@ class SegmentWidget(QWidget):
                 combo.blockSignals(True)
                 _show_window(combo, window)
                 combo.blockSignals(False)
+        self._fit_window_column()
+
+    def _fit_window_column(self) -> None:
+        """The window column as wide as its widest list: a window a box chose
+        ("W1598/L483.3") was cut to "W15…" in the default width, and the view sizes a
+        column by its items, not by the widgets set into its cells."""
+        view = self.objects_view
+        lists = [view.cellWidget(row, 3) for row in range(view.rowCount())]
+        widths = [combo.sizeHint().width() for combo in lists if combo is not None]
+        if widths:
+            view.setColumnWidth(3, max(widths))
 
     def window_of(self, oid: int) -> str:
         """The intensity preset object `oid` is segmented in."""

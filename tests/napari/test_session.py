@@ -258,7 +258,14 @@ def test_an_mr_object_gets_the_window_of_its_first_box(widget):
     window = w.window_of(1)
     lo, hi = parse_window(window)
     assert 150 < lo < 300 < 330 < hi < 500  # the box's levels, not the fat's
-    assert w.objects_view.cellWidget(0, 3).currentText() == window
+    combo = w.objects_view.cellWidget(0, 3)
+    assert combo.currentText() == window
+    # the whole name, not "W13…": as wide as a list holding only that name asks to be
+    from qtpy.QtWidgets import QComboBox
+
+    probe = QComboBox()
+    probe.addItem(window)
+    assert min(w.objects_view.columnWidth(3), combo.width()) >= probe.sizeHint().width()
     draw_box(viewer, shapes, 3, 18, 20, 38, 42)
     w.wait_idle()
     assert w.window_of(1) == window and (labels.data[3] == 1).any()
