@@ -39,7 +39,32 @@ def layer_geometry(volume: Volume) -> dict:
     axes = volume.affine[:3, :3] / spacing
     along = axes.T @ volume.affine[:3, 3]  # origin's coordinate along each voxel axis
     order = list(LAYER_ORDER)
-    return {"scale": tuple(spacing[order]), "translate": tuple(along[order])}
+    return {"scale": tuple(spacing[order]), "translate": tuple(along[order]), "units": MM * 3}
+
+
+# Layer units: napari's scale bar and cursor read them, and from napari 0.6.4 on, layers
+# whose units cannot be reconciled (mm against napari's default "pixel") are drawn without
+# them, with a warning; so every layer this plugin makes carries its image's.
+MM = ("mm",)
+
+
+def mm_per_unit(units, ndim: int) -> np.ndarray:
+    """How many mm one unit of each of a layer's last `ndim` axes is. A unit that is not a
+    length (napari's default, "pixel"), or none, counts as mm: a scale from a reader that
+    gives no units is taken as millimetres, as DICOM and NIfTI readers give them."""
+    factors = np.ones(ndim)
+    if units is None:
+        return factors
+    try:
+        import pint
+    except ImportError:
+        return factors
+    for axis, unit in enumerate(list(units)[-ndim:]):
+        try:
+            factors[axis] = float(pint.Quantity(1, str(unit)).to("mm").magnitude)
+        except (pint.PintError, ValueError, TypeError, AttributeError):
+            pass
+    return factors
 
 
 def segments_colormap(segments: list[Segment]):
@@ -72,7 +97,8 @@ def volume_to_layer_data(path: str | Path, volume: Volume | None = None):
     meta = {"sammed2d": layer_meta(volume, str(path))}
     if array.ndim == 2:
         data, scale = array.T, tuple(reversed(volume.spacing[:2]))
-        return [(data, {"name": name, "scale": scale, "metadata": meta}, "image")]
+        kwargs = {"name": name, "scale": scale, "units": MM * 2, "metadata": meta}
+        return [(data, kwargs, "image")]
     data = np.transpose(array, LAYER_ORDER)
     kwargs = {"name": name, "metadata": meta, **layer_geometry(volume)}
     window = display_window(array)
@@ -183,7 +209,8 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
         like = Volume(labels, affine, info.get("header"))
         source = info.get("source")
     else:
-        scale = meta.get("scale") or (1.0, 1.0, 1.0)
+        scale = np.asarray(meta.get("scale") or (1.0, 1.0, 1.0), float)
+        scale = scale * mm_per_unit(meta.get("units"), 3)
         like = Volume(labels, np.diag([*[scale[a] for a in LAYER_ORDER], 1.0]))
         source = None
     series = source if source and Path(source).is_dir() else None

@@ -58,7 +58,7 @@ from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
 from sammed2d.segments import default_segment
 
-from ._io import labels_layer_kwargs
+from ._io import labels_layer_kwargs, mm_per_unit
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
 from ._session import (
     Engine,
@@ -356,6 +356,8 @@ class SegmentWidget(QWidget):
                 "images and 3D volumes (split channels or time points first)"
             )
         geometry = dict(scale=image.scale[:ndim], translate=image.translate[:ndim])
+        if getattr(image, "units", None) is not None:  # drawn in the image's units
+            geometry["units"] = tuple(image.units[:ndim])
         labels = self._layer(LABELS_NAME)
         shape = image.data.shape[:ndim]
         if labels is None or labels.data.shape != shape:
@@ -621,13 +623,15 @@ class SegmentWidget(QWidget):
     def volume_context(self):
         """(voxels, affine, preset, orientation) of the image layer. A layer from another
         reader has no affine but may have a scale: that gives the spacing (for the slice
-        step and oblong pixels) with its axes kept as they are ("array"); a scale of ones
-        says nothing, and gives no affine."""
+        step and oblong pixels) with its axes kept as they are ("array"), in mm where the
+        layer's units say what it is in (a microscope's µm); a scale of ones says nothing,
+        and gives no affine."""
         image = self.image_layer
         data = self._voxels_of(image)
         info = image.metadata.get("sammed2d") or {}
         affine, orientation = info.get("affine"), "radiological"
         scale = np.asarray(image.scale[-image.ndim :], np.float64)
+        scale = scale * mm_per_unit(getattr(image, "units", None), image.ndim)
         if affine is None and image.ndim == 3 and not np.allclose(scale, 1.0):
             affine, orientation = np.diag([*scale, 1.0]), "array"
         preset = self.preset_combo.currentText()

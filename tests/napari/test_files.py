@@ -253,6 +253,7 @@ def test_a_ct_opens_with_the_soft_tissue_window(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(block_file(tmp_path)), plugin="napari-sammed2d")
     assert tuple(layer.contrast_limits) == (-160.0, 240.0)
+    assert [str(u) for u in layer.units] == ["millimeter"] * 3  # the scale bar reads mm
 
 
 def test_a_ras_nifti_shows_radiologically(make_napari_viewer, qtbot, tmp_path):
@@ -288,3 +289,16 @@ def test_a_ct_beside_a_labels_json_still_opens_as_an_image(make_napari_viewer, t
     (image,) = viewer.open(str(src), plugin="napari-sammed2d")
     (lab,) = viewer.open(str(tmp_path / "labels.nii.gz"), plugin="napari-sammed2d")
     assert image.__class__.__name__ == "Image" and lab.__class__.__name__ == "Labels"
+
+
+def test_labels_painted_on_a_layer_in_micrometres_are_written_in_mm(tmp_path):
+    """A Labels layer from another reader, whose units are µm, is saved with its spacing in
+    mm (the unit NIfTI readers and Slicer take), not as 1000x as large."""
+    from napari.layers import Labels
+
+    data = np.zeros((3, 4, 5), np.uint16)
+    data[1, 2, 3] = 1
+    layer = Labels(data, scale=(3000.0, 750.0, 750.0), units="um")
+    path = str(tmp_path / "painted.nii.gz")
+    write_labels_layer(path, data, layer.as_layer_data_tuple()[1])  # what napari hands a writer
+    assert np.allclose(read_volume(path).spacing[:3], (0.75, 0.75, 3.0))

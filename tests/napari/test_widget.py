@@ -137,6 +137,21 @@ def test_a_layer_with_only_a_scale_gives_its_spacing(widget):
     assert not np.delete(labels.data, 20, axis=1).any()  # on that slice only
 
 
+def test_a_scale_in_micrometres_is_read_in_mm_and_the_prompt_layers_share_its_units(widget):
+    """A layer whose units say µm (as microscopy and OME-Zarr readers give): its spacing
+    reaches the engine in mm, and the layers the plugin adds are drawn in the same units,
+    so they stay on the image where napari renders by units."""
+    viewer, w = widget
+    viewer.add_image(block_volume(), name="ct", scale=(3000.0, 750.0, 750.0), units="um")
+    w.preset_combo.setCurrentText("abdomen")
+    points, shapes, labels = w.ensure_prompt_layers()
+    _, affine, _, _ = w.volume_context()
+    assert np.allclose(np.diag(affine), [3.0, 0.75, 0.75, 1.0])
+    for layer in (points, shapes, labels):
+        assert [str(u) for u in layer.units] == ["micrometer"] * 3
+        assert np.allclose(layer.scale, (3000.0, 750.0, 750.0))
+
+
 def test_click_with_a_point_model(widget, tiny_checkpoint):
     viewer, w = widget
     points, _, labels = setup_volume(viewer, w, model=str(tiny_checkpoint))
