@@ -334,7 +334,7 @@ class SegmentWidget(QWidget):
         horizontal = "right"
         if int(np.argmax(np.abs(cols))) == 0:  # left-right: patient's right on screen left
             horizontal = "left" if cols[0] > 0 else "right"
-        self.viewer.camera.orientation2d = (vertical, horizontal)
+        camera_of(self.viewer).orientation2d = (vertical, horizontal)
 
     @property
     def image_layer(self):
@@ -1279,6 +1279,13 @@ def _full_index(where2d, axis, index):
     if axis is not None:
         idx.insert(axis, np.full(len(idx[0]), index))
     return tuple(idx)
+
+
+def camera_of(viewer):
+    """The viewer's camera: `viewer.scene.camera` from napari 0.9, which warns on
+    `viewer.camera` in every click's console; `viewer.camera` before it."""
+    scene = getattr(viewer, "scene", None)
+    return getattr(scene, "camera", None) or viewer.camera
 
 
 def _show_window(combo, window: str | None) -> None:

@@ -10,7 +10,7 @@ import pytest
 napari = pytest.importorskip("napari")
 
 from napari_sammed2d._io import write_labels_layer  # noqa: E402
-from napari_sammed2d._widget import SegmentWidget  # noqa: E402
+from napari_sammed2d._widget import SegmentWidget, camera_of  # noqa: E402
 from sammed2d.cli import main  # noqa: E402
 from sammed2d.io import Volume, read_volume, write_volume  # noqa: E402
 from sammed2d.labelfiles import read_labels, write_labels  # noqa: E402
@@ -270,7 +270,7 @@ def test_a_ras_nifti_shows_radiologically(make_napari_viewer, qtbot, tmp_path):
         qtbot.waitUntil(lambda: "SAM boxes" in viewer.layers, timeout=5000)
         for name in ("SAM boxes", "SAM points", "SAM labels"):
             viewer.layers[name].visible = False
-        assert tuple(viewer.camera.orientation2d) == ("up", "left")
+        assert tuple(camera_of(viewer).orientation2d) == ("up", "left")
         shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
         bright = np.argwhere(shot.mean(axis=-1) > 200)
         body = np.argwhere(shot.mean(axis=-1) > 5)
