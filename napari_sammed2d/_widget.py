@@ -1283,7 +1283,7 @@ def _full_index(where2d, axis, index):
 
 def camera_of(viewer):
     """The viewer's camera: `viewer.scene.camera` from napari 0.9, which warns on
-    `viewer.camera` in every click's console; `viewer.camera` before it."""
+    `viewer.camera` each time a volume is shown; `viewer.camera` before it."""
     scene = getattr(viewer, "scene", None)
     return getattr(scene, "camera", None) or viewer.camera
 
