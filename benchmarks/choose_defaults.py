@@ -157,6 +157,13 @@ JITTERS = [None, 2.0, 3.0, 4.0]
 # An object's own window on a scan that is not a CT: the percentiles of its first box's
 # grey levels, widened on each side by a multiple of their spread (no window of its own
 # first: the percentile window of the whole volume, as before).
+BOX_WINDOW = intensity.box_window
+
+
+def _no_box_window(values):
+    return None
+
+
 BOX_WINDOWS = [
     ((1.0, 99.0), None),
     ((1.0, 99.0), 1.0),
@@ -369,10 +376,14 @@ def choose_from(ct, gt, names, model, cache, grid, short, label, vary="AB", wind
     once = {}
     for key, overrides in grid.items():
         overrides = dict(overrides)
-        # module defaults of `sammed2d.intensity`, not settings of a walk
+        # module defaults of `sammed2d.intensity`, not settings of a walk; a widening of
+        # None is the reference, an MR object in the volume's window (no box window)
+        intensity.box_window = BOX_WINDOW
         for name in ("BOX_PERCENTILES", "BOX_WIDEN"):
             if name in overrides:
                 setattr(intensity, name, overrides.pop(name))
+        if intensity.BOX_WIDEN is None:
+            intensity.box_window = _no_box_window
         settings = PropagationSettings(**overrides)
         runs[key] = {}
         line = []
