@@ -27,6 +27,12 @@ from sammed2d.segments import Segment, default_segment, segments_for, sidecar_pa
 LAYER_ORDER = (2, 1, 0)  # napari axes <- voxel axes (i, j, k)
 
 
+# Layer units: napari's scale bar and cursor read them, and from napari 0.6.4 on, layers
+# whose units cannot be reconciled (mm against napari's default "pixel") are drawn without
+# them, with a warning; so every layer this plugin makes carries its image's.
+MM = ("mm",)
+
+
 def layer_meta(volume: Volume, source: str) -> dict:
     affine = volume.affine[:, [*LAYER_ORDER, 3]]  # voxel order of the layer's axes
     return {"affine": affine, "source": source, "header": volume.header}
@@ -40,12 +46,6 @@ def layer_geometry(volume: Volume) -> dict:
     along = axes.T @ volume.affine[:3, 3]  # origin's coordinate along each voxel axis
     order = list(LAYER_ORDER)
     return {"scale": tuple(spacing[order]), "translate": tuple(along[order]), "units": MM * 3}
-
-
-# Layer units: napari's scale bar and cursor read them, and from napari 0.6.4 on, layers
-# whose units cannot be reconciled (mm against napari's default "pixel") are drawn without
-# them, with a warning; so every layer this plugin makes carries its image's.
-MM = ("mm",)
 
 
 def mm_per_unit(units, ndim: int) -> np.ndarray:

@@ -630,10 +630,11 @@ class SegmentWidget(QWidget):
         data = self._voxels_of(image)
         info = image.metadata.get("sammed2d") or {}
         affine, orientation = info.get("affine"), "radiological"
-        scale = np.asarray(image.scale[-image.ndim :], np.float64)
-        scale = scale * mm_per_unit(getattr(image, "units", None), image.ndim)
-        if affine is None and image.ndim == 3 and not np.allclose(scale, 1.0):
-            affine, orientation = np.diag([*scale, 1.0]), "array"
+        if affine is None and image.ndim == 3:
+            scale = np.asarray(image.scale[-image.ndim :], np.float64)
+            scale = scale * mm_per_unit(getattr(image, "units", None), image.ndim)
+            if not np.allclose(scale, 1.0):
+                affine, orientation = np.diag([*scale, 1.0]), "array"
         preset = self.preset_combo.currentText()
         return data, affine, preset, orientation
 
