@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from dataclasses import fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,7 @@ from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QColorDialog,
     QComboBox,
     QFileDialog,
@@ -58,7 +60,8 @@ from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
 from sammed2d.segments import default_segment
 
-from ._io import labels_layer_kwargs, mm_per_unit
+from ._autosave import AutoSave, checked_path
+from ._io import labels_layer_kwargs, mm_per_unit, write_labels_layer
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
 from ._session import (
     Engine,
@@ -88,6 +91,7 @@ KEYS = {
     "Shift-T": "toggle_polarity",
     "Shift-C": "clear_prompts",
 }
+AUTOSAVE_SECONDS = 5  # how often the labels are handed to auto-save (written only if changed)
 KEYS_HELP = (
     "Shift+S segment · Shift+R propagate · Shift+G propagate all · N new object · "
     "Shift+T +/− · Shift+C clear"
@@ -122,6 +126,14 @@ class SegmentWidget(QWidget):
         self._bridge.message.connect(self._on_served)
         self._seq = 0
         self._propagated_at: dict[int, int] = {}  # object id -> seq when its run started
+        self._autosave_bridge = _Bridge()  # the saving thread -> the Qt thread
+        self._autosave_bridge.message.connect(self._on_autosaved)
+        self.autosave = AutoSave(write_labels_layer, self._autosave_bridge.message.emit)
+        self._autosave_path = None  # the file auto-save writes; None: off
+        self._autosave_error = None  # the last failure shown (each is shown once)
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setInterval(AUTOSAVE_SECONDS * 1000)
+        self._autosave_timer.timeout.connect(self._autosave_tick)
 
         self.image_combo = QComboBox()
         self.engine_combo = QComboBox()
@@ -190,6 +202,16 @@ class SegmentWidget(QWidget):
         save_button = QPushButton("Save prompts…")
         save_button.setToolTip("PROMPTS.json that `sammed2d propagate` and `batch` replay")
         load_button = QPushButton("Load prompts…")
+        self.autosave_check = QCheckBox("Auto-save")
+        self.autosave_check.setToolTip(
+            f"write the labels to this file every {AUTOSAVE_SECONDS} s when they changed, "
+            "with names and colours (off the GUI thread; off until you choose a file)"
+        )
+        self.autosave_edit = QLineEdit()
+        self.autosave_edit.setPlaceholderText("labels file (.seg.nrrd, .nii.gz, .dcm SEG)")
+        autosave_browse = QPushButton("…")
+        autosave_browse.clicked.connect(self._autosave_dialog)
+        self.autosave_label = QLabel("")
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
         self.status = QLabel("")
@@ -210,6 +232,10 @@ class SegmentWidget(QWidget):
         form.addRow("Precision", self.precision_combo)
         form.addRow("Intensity", self.preset_combo)
         form.addRow("Propagate", self.step_spin)
+        autosave_row = QHBoxLayout()
+        autosave_row.addWidget(self.autosave_check)
+        autosave_row.addWidget(self.autosave_edit)
+        autosave_row.addWidget(autosave_browse)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.objects_view)
@@ -226,6 +252,8 @@ class SegmentWidget(QWidget):
             for w in pair:
                 row.addWidget(w)
             layout.addLayout(row)
+        layout.addLayout(autosave_row)
+        layout.addWidget(self.autosave_label)
         layout.addWidget(self.cancel_button)
         layout.addWidget(self.progress_bar)
         keys = QLabel(KEYS_HELP)
@@ -254,6 +282,8 @@ class SegmentWidget(QWidget):
         self.server_edit.editingFinished.connect(self._on_engine_changed)
         self.key_edit.editingFinished.connect(self._on_engine_changed)
         self.object_spin.valueChanged.connect(self._on_object_changed)
+        self.autosave_check.clicked.connect(self._on_autosave_clicked)
+        self.autosave_edit.editingFinished.connect(self._on_autosave_edited)
         self.model_edit.editingFinished.connect(self._drop_volume_state)
         self.device_combo.currentTextChanged.connect(self._drop_volume_state)
         self.precision_combo.currentTextChanged.connect(self._drop_volume_state)
@@ -1111,7 +1141,11 @@ class SegmentWidget(QWidget):
 
     # ----- lifetime -------------------------------------------------------------------------
     def shutdown(self, wait_ms: int = 30_000) -> None:
-        """Stop background work and remove the key bindings (the widget goes away)."""
+        """Stop background work and remove the key bindings (the widget goes away); with
+        auto-save on, the labels as they are now are written first."""
+        self._autosave_tick()
+        self._autosave_timer.stop()
+        self.autosave.stop(wait_ms / 1000)
         self._cancel = True
         self._stopping = True
         self._unbind_keys()
@@ -1241,6 +1275,90 @@ class SegmentWidget(QWidget):
                 self.load_prompts(path)
             except SamMed2DError as exc:
                 show_error(str(exc))
+
+    # ----- auto-save ------------------------------------------------------------------------
+    def set_autosave(self, path) -> None:
+        """Write the labels to `path` whenever they change (checked every few seconds, off
+        the GUI thread); None turns auto-save off, after writing what is pending."""
+        if path is None:
+            self._autosave_tick()
+            self._autosave_timer.stop()
+            self._autosave_path = None
+            self.autosave_check.setChecked(False)
+            self.autosave_label.setText("")
+            return
+        path = checked_path(path)
+        self._autosave_path = str(path)
+        self._autosave_error = None
+        self.autosave_edit.setText(str(path))
+        self.autosave_check.setChecked(True)
+        self.autosave_label.setText(f"auto-saving to {path.name}")
+        self._autosave_timer.start()
+        self._autosave_tick()
+
+    def _autosave_tick(self) -> None:
+        labels = self._layer(LABELS_NAME)
+        if self._autosave_path is None or labels is None:
+            return
+        # Only references cross to the saving thread: the widget replaces the metadata,
+        # features and colormap wholesale when it renames or recolours, never in place.
+        meta = {
+            "metadata": labels.metadata,
+            "features": labels.features.copy(),
+            "colormap": labels.colormap,
+            "scale": tuple(labels.scale),
+            "units": tuple(map(str, getattr(labels, "units", None) or ())),
+        }
+        self.autosave.offer(self._autosave_path, labels.data, meta)
+
+    def _on_autosaved(self, message) -> None:
+        kind, text = message
+        if kind == "saved":
+            self._autosave_error = None
+            self.autosave_label.setText(
+                f"auto-saved {time.strftime('%H:%M:%S')} to {Path(text).name}"
+            )
+        elif text != self._autosave_error:  # the same failure every 5 s is shown once
+            self._autosave_error = text
+            self.autosave_label.setText(text)
+            show_error(text)
+
+    def _on_autosave_clicked(self, checked: bool) -> None:
+        if not checked:
+            self.set_autosave(None)
+            return
+        path = self.autosave_edit.text().strip()
+        if not path:
+            self.autosave_check.setChecked(False)
+            self._autosave_dialog()
+            return
+        self._start_autosave(path)
+
+    def _on_autosave_edited(self) -> None:
+        path = self.autosave_edit.text().strip()
+        if self.autosave_check.isChecked() and path and path != self._autosave_path:
+            self._start_autosave(path)
+
+    def _start_autosave(self, path) -> None:
+        try:
+            self.set_autosave(path)
+        except SamMed2DError as exc:
+            self.autosave_check.setChecked(False)
+            self._autosave_path = None
+            self._autosave_timer.stop()
+            show_error(str(exc))
+
+    def _autosave_dialog(self) -> None:
+        image = self.image_layer
+        suggested = f"{image.name if image is not None else 'labels'}_labels.seg.nrrd"
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Auto-save labels to",
+            suggested,
+            "Labels (*.seg.nrrd *.nii.gz *.nii *.nrrd *.mha *.dcm)",
+        )
+        if path:
+            self._start_autosave(path)
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "PyTorch (*.pth *.pt)")

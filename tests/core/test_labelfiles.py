@@ -55,6 +55,32 @@ def test_seg_nrrd_round_trips_through_slicerio(tmp_path):
     ]
 
 
+def test_seg_nrrd_keeps_names_beyond_ascii_and_volumes_written_in_slabs(tmp_path):
+    """A name such as "Leber rechts, Segment Ä" reaches the file as UTF-8 (as Slicer writes
+    it; the writer used to fail on it) and comes back whole; a volume larger than one
+    written slab (4 MB) comes back voxel for voxel, in SimpleITK too."""
+    sitk = pytest.importorskip("SimpleITK")
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, (256, 192, 60)).astype(np.uint16)  # 5.6 MB: two slabs
+    labels[0, 0, -1] = 300  # an id beyond 255: unsigned short
+    ct = Volume(labels, oblique_affine())
+    segments = [
+        Segment(1, "Leber rechts, Segment Ä", (200, 10, 10)),
+        Segment(2, "foie", (1, 2, 3)),
+        Segment(300, "lésion", (9, 9, 9)),
+    ]
+    out = write_labels(tmp_path / "x.seg.nrrd", labels, ct, segments)
+    back, segs = read_labels(out, reference=ct)
+    assert back.array.dtype == np.uint16 and np.array_equal(back.array, labels)
+    assert [s.name for s in segs] == ["Leber rechts, Segment Ä", "foie", "lésion"]
+    image = sitk.ReadImage(str(out))
+    assert np.array_equal(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)), labels)
+    assert image.GetMetaData("Segment0_Name") == "Leber rechts, Segment Ä"
+    with pytest.raises(VolumeIOError, match="line break"):
+        write_labels(tmp_path / "y.seg.nrrd", labels, ct, [Segment(1, "two\nlines", (1, 1, 1))])
+    assert not (tmp_path / "y.seg.nrrd").exists()
+
+
 def test_seg_nrrd_written_by_slicerio_is_read(tmp_path):
     slicerio = pytest.importorskip("slicerio")
     labels = two_objects((9, 7, 5))

@@ -1,0 +1,125 @@
+"""What auto-save costs the napari viewer: write time and Qt event-loop stalls.
+
+Run under an X server (`xvfb-run -a python benchmarks/autosave.py`). The 512 x 512 x 20
+DICOM series from ../shared stacked to 300 slices (a large CT) is shown with the plugin's
+widget; a block of labels over 100 slices is painted (as a propagation lands); auto-save
+then writes it in each format, while a 10 ms QTimer heartbeat records the longest gap in
+the Qt event loop. Also timed: the GUI thread's own share (handing the layer over) and a
+check that finds nothing changed. Each format is written twice: the first time also
+loads its writer's modules. Last, a DICOM SEG of the 20-slice series itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from napari_latency import CollectorLog, Heartbeat, StallSampler, pump
+
+SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_dicom"
+
+
+def save_once(w, beat, path) -> tuple[float, float, float]:
+    """(seconds until the file is written, GUI thread's ms in the hand-over, longest stall ms)."""
+    w.autosave_label.setText("")
+    beat.reset(f"auto-save {Path(path).name}")
+    start = time.perf_counter()
+    if w._autosave_path != str(path):
+        w.set_autosave(path)  # hands over at once
+    else:
+        w._autosave_tick()
+    handed = time.perf_counter() - start
+    pump(until=lambda: w.autosave_label.text().startswith("auto-saved"), timeout=600)
+    return time.perf_counter() - start, handed * 1000, max(beat.gaps) * 1000
+
+
+def unchanged_check(w, beat) -> tuple[float, float]:
+    """(seconds for a hand-over that finds the file up to date, longest stall ms)."""
+    beat.reset("unchanged")
+    start = time.perf_counter()
+    w._autosave_tick()
+    pump(until=lambda: not w.autosave._mailbox.busy, timeout=600)
+    return time.perf_counter() - start, max(beat.gaps) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=300)
+    parser.add_argument(
+        "--sample-stalls", action="store_true", help="print where the GUI thread was in stalls"
+    )
+    args = parser.parse_args()
+    import napari
+
+    from napari_sammed2d._io import volume_to_layer_data
+    from napari_sammed2d._widget import SegmentWidget
+    from sammed2d.io import Volume, read_volume
+
+    viewer = napari.Viewer(show=True)
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    beat = Heartbeat()
+    sampler = StallSampler(beat) if args.sample_stalls else None
+    collector = CollectorLog(beat)
+    series = read_volume(SERIES)
+    reps = -(-args.depth // series.array.shape[2])
+    big = np.concatenate([series.array] * reps, axis=2)[:, :, : args.depth]
+    ((data, kwargs, _),) = volume_to_layer_data("stacked", Volume(big, series.affine))
+    viewer.add_image(data, **kwargs)
+    _, _, labels = w.ensure_prompt_layers()
+    z = slice(args.depth // 2 - 50, args.depth // 2 + 50)
+    block = np.zeros(labels.data.shape, bool)
+    block[z, 150:350, 120:380] = True
+    with labels.block_history():
+        labels.data_setitem(np.nonzero(block), 1)
+    pump(0.5)
+    shape = " x ".join(map(str, labels.data.shape[::-1]))
+    size = labels.data.nbytes / 2**20
+    print(f"napari plugin auto-save, labels {shape} ({labels.data.dtype}, {size:.0f} MB)")
+    beat.reset("idle")  # napari's own pauses, for comparison
+    pump(3.0)
+    print(f"idle viewer, 3 s: longest Qt stall {max(beat.gaps) * 1000:.0f} ms")
+    n = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for suffix in (".seg.nrrd", ".nii.gz"):
+            path = Path(tmp) / f"labels{suffix}"
+            for when in ("first", "again"):  # the first loads the format's writer
+                labels.data_setitem((np.array([z.start]), np.array([10]), np.array([10 + n])), 2)
+                n += 1
+                took, handed, gap = save_once(w, beat, path)
+                print(
+                    f"{suffix} ({when}): written in {took:.2f} s; GUI thread {handed:.1f} ms "
+                    f"to hand it over; longest Qt stall {gap:.0f} ms"
+                )
+            took, gap = unchanged_check(w, beat)
+            print(
+                f"{suffix}: nothing changed, checked in {took:.2f} s; longest Qt stall {gap:.0f} ms"
+            )
+        w.set_autosave(None)
+        for layer in list(viewer.layers):
+            viewer.layers.remove(layer)
+        viewer.open(str(SERIES), plugin="napari-sammed2d")
+        _, _, labels = w.ensure_prompt_layers()
+        block = np.zeros(labels.data.shape, bool)
+        block[5:15, 150:350, 120:380] = True
+        labels.data_setitem(np.nonzero(block), 1)
+        for when in ("first", "again"):
+            labels.data_setitem((np.array([5]), np.array([10]), np.array([10 + n])), 2)
+            n += 1
+            took, handed, gap = save_once(w, beat, Path(tmp) / "labels.dcm")
+            print(
+                f".dcm (DICOM SEG of the 512 x 512 x 20 series, {when}): written in {took:.2f} "
+                f"s; GUI thread {handed:.1f} ms; longest Qt stall {gap:.0f} ms"
+            )
+    w.shutdown()
+    collector.report()
+    if sampler is not None:
+        sampler.report(8)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
