@@ -4,7 +4,8 @@ Run under an X server (`xvfb-run -a python benchmarks/autosave.py`). The 512 x 5
 DICOM series from ../shared stacked to 300 slices (a large CT) is shown with the plugin's
 widget; a block of labels over 100 slices is painted (as a propagation lands); auto-save
 then writes it in each format, while a 10 ms QTimer heartbeat records the longest gap in
-the Qt event loop. Also timed: the GUI thread's own share (handing the layer over) and a
+the Qt event loop (first the writer alone, beside a Python thread that measures how long
+it holds Python's lock). Also timed: the GUI thread's own share (handing the layer over) and a
 check that finds nothing changed. Each format is written twice: the first time also
 loads its writer's modules. Last, a DICOM SEG of the 20-slice series itself.
 """
@@ -20,6 +21,37 @@ import numpy as np
 from napari_latency import CollectorLog, Heartbeat, StallSampler, pump
 
 SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_dicom"
+
+
+def writer_alone(labels, meta, tmp) -> None:
+    """The writer outside napari, with a Python thread ticking every 5 ms beside it: how
+    long the saving thread holds Python's lock at a stretch (the GUI thread waits as long)."""
+    import threading
+
+    from napari_sammed2d._io import write_labels_layer
+
+    gaps, done = [], threading.Event()
+
+    def tick():
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    threading.Thread(target=tick, daemon=True).start()
+    for suffix in (".seg.nrrd", ".nii.gz"):
+        for _ in range(2):
+            gaps.clear()
+            start = time.perf_counter()
+            write_labels_layer(str(Path(tmp) / f"alone{suffix}"), labels, meta)
+            took = time.perf_counter() - start
+            print(
+                f"writer alone, {suffix}: {took:.2f} s; longest wait for Python's lock "
+                f"{max(gaps) * 1000:.0f} ms"
+            )
+    done.set()
 
 
 def save_once(w, beat, path) -> tuple[float, float, float]:
@@ -69,6 +101,9 @@ def main() -> int:
     big = np.concatenate([series.array] * reps, axis=2)[:, :, : args.depth]
     ((data, kwargs, _),) = volume_to_layer_data("stacked", Volume(big, series.affine))
     viewer.add_image(data, **kwargs)
+    # The widget loads the model as soon as it has an image; that import's garbage-collector
+    # passes would fall into the first measurement.
+    pump(until=lambda: w.engine.ready, timeout=300)
     _, _, labels = w.ensure_prompt_layers()
     z = slice(args.depth // 2 - 50, args.depth // 2 + 50)
     block = np.zeros(labels.data.shape, bool)
@@ -79,6 +114,14 @@ def main() -> int:
     shape = " x ".join(map(str, labels.data.shape[::-1]))
     size = labels.data.nbytes / 2**20
     print(f"napari plugin auto-save, labels {shape} ({labels.data.dtype}, {size:.0f} MB)")
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = {
+            "metadata": labels.metadata,
+            "features": labels.features,
+            "colormap": labels.colormap,
+            "scale": tuple(labels.scale),
+        }
+        writer_alone(labels.data, meta, tmp)
     beat.reset("idle")  # napari's own pauses, for comparison
     pump(3.0)
     print(f"idle viewer, 3 s: longest Qt stall {max(beat.gaps) * 1000:.0f} ms")
