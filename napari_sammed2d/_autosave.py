@@ -13,8 +13,10 @@ fingerprint then differs from the next offer's, so the next save writes the fini
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +85,9 @@ class AutoSave:
         self._stopping = False
         self._thread = None
         self.saves = 0  # files written (what tests and the status line count)
+        # The saving thread is a daemon (it must not keep napari from quitting), so an
+        # exit waits here for what is pending rather than cutting a write short.
+        atexit.register(_stop_at_exit, weakref.ref(self))
 
     def offer(self, path, data: np.ndarray, meta: dict) -> None:
         """Hand over the labels as they are now (GUI thread; returns at once)."""
@@ -124,3 +129,9 @@ class AutoSave:
                 self._notify(("error", f"auto-save to {Path(path).name} failed: {exc}"))
             finally:
                 self._mailbox.done()
+
+
+def _stop_at_exit(ref) -> None:
+    saver = ref()
+    if saver is not None:
+        saver.stop()

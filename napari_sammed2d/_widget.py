@@ -19,6 +19,7 @@ What the widget computes and the rules it merges masks by live in `_session.py`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -291,6 +292,7 @@ class SegmentWidget(QWidget):
         viewer.layers.events.inserted.connect(self._refresh_images)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._refresh_images)
+        viewer.layers.events.removed.connect(self._on_removed)
         self._on_engine_changed()
         self._refresh_images()
         self._bind_keys()
@@ -433,7 +435,8 @@ class SegmentWidget(QWidget):
     def _style_labels(self, labels=None) -> None:
         """Names and colours of the objects on the Labels layer: its colormap, its features
         (napari's status bar shows the name) and its metadata (every export uses it)."""
-        labels = labels or self._layer(LABELS_NAME)
+        if labels is None:
+            labels = self._layer(LABELS_NAME)
         if labels is None:
             return
         segments = self.table.segments()
@@ -1144,7 +1147,8 @@ class SegmentWidget(QWidget):
         """Stop background work and remove the key bindings (the widget goes away); with
         auto-save on, the labels as they are now are written first."""
         self._autosave_tick()
-        self._autosave_timer.stop()
+        with contextlib.suppress(RuntimeError):  # the widget's Qt side may be gone already
+            self._autosave_timer.stop()
         self.autosave.stop(wait_ms / 1000)
         self._cancel = True
         self._stopping = True
@@ -1296,8 +1300,9 @@ class SegmentWidget(QWidget):
         self._autosave_timer.start()
         self._autosave_tick()
 
-    def _autosave_tick(self) -> None:
-        labels = self._layer(LABELS_NAME)
+    def _autosave_tick(self, labels=None) -> None:
+        if labels is None:
+            labels = self._layer(LABELS_NAME)
         if self._autosave_path is None or labels is None:
             return
         # Only references cross to the saving thread: the widget replaces the metadata,
@@ -1311,7 +1316,20 @@ class SegmentWidget(QWidget):
         }
         self.autosave.offer(self._autosave_path, labels.data, meta)
 
+    def _on_removed(self, event) -> None:
+        # Closing napari's window removes every layer and never closes the dock widgets:
+        # the labels layer leaving is the last chance to save it (the saving thread writes
+        # it; at exit, Python waits for that write). A layer the user deletes is saved too.
+        if getattr(event.value, "name", None) == LABELS_NAME:
+            self._autosave_tick(event.value)
+
     def _on_autosaved(self, message) -> None:
+        try:
+            self._show_autosaved(message)
+        except RuntimeError:  # the last save, after napari's window (and this widget) closed
+            pass
+
+    def _show_autosaved(self, message) -> None:
         kind, text = message
         if kind == "saved":
             self._autosave_error = None

@@ -133,3 +133,23 @@ def test_the_widget_refuses_a_file_it_cannot_write(widget, tmp_path):
     w.set_autosave(tmp_path / "labels.nii.gz")
     w.set_autosave(None)
     assert not w.autosave_check.isChecked() and not (tmp_path / "nowhere").exists()
+
+
+def test_closing_the_viewer_saves_the_last_strokes(make_napari_viewer, tmp_path):
+    """napari's window closes by removing every layer, without closing dock widgets: the
+    labels layer leaving hands its last state to auto-save."""
+    from napari_sammed2d._widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    viewer.add_image(np.zeros((4, 10, 12), np.float32), name="ct")
+    _, _, labels = w.ensure_prompt_layers()
+    path = tmp_path / "labels.nii.gz"
+    w.set_autosave(path)
+    assert w.autosave.flush() and saved(path)[0].sum() == 0
+    labels.data_setitem((np.array([1]), np.array([2]), np.array([3])), 1)
+    viewer.close()
+    assert w.autosave.flush()
+    assert saved(path)[0][1, 2, 3] == 1
+    w.shutdown()
