@@ -1292,6 +1292,14 @@ class SegmentWidget(QWidget):
             self.autosave_label.setText("")
             return
         path = checked_path(path)
+        if path.name.lower().endswith(".dcm"):
+            image = self.image_layer
+            info = {} if image is None else (image.metadata.get("sammed2d") or {})
+            if not (info.get("source") and Path(info["source"]).is_dir()):
+                raise SamMed2DError(
+                    f"auto-save to {path.name}: a DICOM SEG needs an image opened from a "
+                    "DICOM series folder; choose .seg.nrrd or .nii.gz"
+                )
         self._autosave_path = str(path)
         self._autosave_error = None
         self.autosave_edit.setText(str(path))

@@ -11,6 +11,7 @@ napari = pytest.importorskip("napari")
 from napari_sammed2d._autosave import AutoSave, checked_path  # noqa: E402
 from napari_sammed2d._io import labels_layer_kwargs, write_labels_layer  # noqa: E402
 from sammed2d.errors import SamMed2DError  # noqa: E402
+from sammed2d.io import read_volume  # noqa: E402
 from sammed2d.labelfiles import read_labels  # noqa: E402
 from sammed2d.segments import Segment  # noqa: E402
 
@@ -127,6 +128,8 @@ def test_the_widget_refuses_a_file_it_cannot_write(widget, tmp_path):
     w.ensure_prompt_layers()
     with pytest.raises(SamMed2DError, match="choose a file ending in"):
         w.set_autosave(tmp_path / "labels.txt")
+    with pytest.raises(SamMed2DError, match="needs an image opened from a DICOM series"):
+        w.set_autosave(tmp_path / "labels.dcm")
     w.autosave_edit.setText(str(tmp_path / "nowhere" / "labels.seg.nrrd"))
     w.autosave_check.click()  # as a user would: an error line, and auto-save stays off
     assert not w.autosave_check.isChecked() and w._autosave_path is None
@@ -153,3 +156,23 @@ def test_closing_the_viewer_saves_the_last_strokes(make_napari_viewer, tmp_path)
     assert w.autosave.flush()
     assert saved(path)[0][1, 2, 3] == 1
     w.shutdown()
+
+
+def test_a_dicom_series_auto_saves_as_dicom_seg_on_its_frames(widget, tmp_path):
+    from ..conftest import SHARED
+
+    series = SHARED / "data" / "ct_dicom"
+    if not series.is_dir():
+        pytest.skip("the shared DICOM series is absent")
+    viewer, w = widget
+    viewer.open(str(series), plugin="napari-sammed2d")
+    _, _, labels = w.ensure_prompt_layers()
+    labels.data_setitem((np.array([7, 7]), np.array([200, 201]), np.array([300, 300])), 1)
+    w.rename_object(1, "nodule")
+    path = tmp_path / "labels.dcm"
+    w.set_autosave(path)
+    assert w.autosave.flush()
+    volume, segments = read_labels(path, reference=read_volume(series))
+    found = np.transpose(volume.array, (2, 1, 0))  # the layer's (z, y, x)
+    assert found.sum() == 2 and found[7, 200, 300] == 1 and found[7, 201, 300] == 1
+    assert [s.name for s in segments] == ["nodule"]
