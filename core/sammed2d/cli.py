@@ -376,6 +376,76 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    import contextlib
+    from dataclasses import asdict
+
+    from .cache import EmbeddingCache
+    from .finetune import FinetuneSettings, finetune, save_finetuned
+    from .io import read_volume
+    from .labelfiles import read_labels
+    from .models import load_model
+
+    if len(args.images) != len(args.labels):
+        raise SamMed2DError(
+            f"{len(args.images)} images and {len(args.labels)} label files: give one label "
+            "file per image, in the same order"
+        )
+    if args.epochs < 1 or not args.lr > 0 or not 0 < args.val_fraction < 1:
+        raise SamMed2DError("--epochs must be 1 or more, --lr above 0, --val-fraction in (0, 1)")
+    cases = []
+    for image, labels in zip(args.images, args.labels):
+        volume = read_volume(image)
+        if volume.array.ndim != 3:
+            raise SamMed2DError(f"{image}: expected a 3D volume, got {volume.array.ndim}D")
+        truth, _ = read_labels(labels, reference=volume)
+        cases.append((volume.array, volume.affine, truth.array))
+    model = load_model(args.model, device=args.device, preprocessing=args.preprocessing)
+    settings = FinetuneSettings(
+        epochs=args.epochs, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed
+    )
+    cache = EmbeddingCache(max_bytes=4 << 30, folder=args.cache)
+    with contextlib.ExitStack() as stack:
+        bars = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in bars:
+                unit = "slice" if what == "embedding" else "step"
+                bars[what] = stack.enter_context(progress_reporter(what, unit))
+            bars[what](done, total)
+
+        report = finetune(
+            model, cases, args.axis % 3, args.window, settings, cache, progress=progress
+        )
+    print(
+        f"{report.train_samples} slices to train on, {report.val_samples} held out "
+        f"({'the last volumes' if len(cases) > 1 else 'the last slices'})"
+    )
+    print(f"validation Dice (each object's own box, 2D): before {report.before:.3f}")
+    for n, (loss, dice) in enumerate(report.epochs, 1):
+        print(f"epoch {n}: train loss {loss:.3f}, validation Dice {dice:.3f}")
+    kept = f"epoch {report.best_epoch}" if report.best_epoch else "the weights given"
+    print(f"kept {kept}: validation Dice {report.after:.3f} ({report.seconds:.0f} s)")
+    record = {
+        "base_model": Path(args.model).name,
+        "base_sha256": getattr(model, "weights_id", None),
+        "pipeline": model.spec.preprocessing,
+        "window": args.window,
+        "axis": args.axis % 3,
+        "cases": len(cases),
+        "settings": asdict(settings),
+        "sammed2d": __version__,
+    }
+    out = save_finetuned(model, args.out, report, record)
+    hint = (
+        f" --preprocessing {model.spec.preprocessing}"
+        if model.spec.name in ("sam-vit-b", "medsam")
+        else ""
+    )
+    print(f"wrote {out} (and {out.name}.json); use it with --model {out}{hint}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -522,6 +592,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="also write the Dice table here")
     common(p, cache=True)
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser(
+        "finetune", help="train the mask decoder on your labelled volumes (encoder kept)"
+    )
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="volumes")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="one label file per image, same order (.nii.gz, .seg.nrrd, DICOM SEG, ...)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the fine-tuned checkpoint, .pth")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="held out: that share of the volumes, or of one volume's last slices",
+    )
+    p.add_argument("--axis", type=int, default=2, help="slice axis (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="litemedsam", help="registry name or checkpoint path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--preprocessing", choices=PIPELINES, help="as for the other commands")
+    p.add_argument("--window", default="auto", choices=PRESETS, help="intensity preset")
+    p.add_argument("--cache", type=Path, help="folder for embeddings kept between runs")
+    p.set_defaults(run=cmd_finetune)
 
     p = sub.add_parser("serve", help="serve a model over HTTP to napari, Slicer and CLI clients")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")

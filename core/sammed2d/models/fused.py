@@ -24,7 +24,7 @@ _AVAILABLE: list[bool] = []
 def conv(x: torch.Tensor, conv2d: nn.Conv2d, weight, bias) -> torch.Tensor:
     """gelu(conv2d(x)) with `conv2d`'s geometry and the given (BatchNorm-folded) weight and
     bias."""
-    dtype = _dtype(x)
+    dtype = _dtype(x, weight, bias)
     if dtype is not None:
         return torch.ops.mkldnn._convolution_pointwise(
             x.to(dtype), weight.to(dtype), bias.to(dtype), list(conv2d.padding),
@@ -37,7 +37,7 @@ def conv(x: torch.Tensor, conv2d: nn.Conv2d, weight, bias) -> torch.Tensor:
 def linear(x: torch.Tensor, weight, bias, gelu: bool = False) -> torch.Tensor:
     """F.linear(x, weight, bias), and gelu of it, with the bias (if any) added in the
     product's epilogue (`weight` is (out, in), as nn.Linear's)."""
-    dtype = _dtype(x)
+    dtype = _dtype(x, weight, bias)
     if dtype is not None:
         return torch.ops.mkldnn._linear_pointwise(
             x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
@@ -47,12 +47,13 @@ def linear(x: torch.Tensor, weight, bias, gelu: bool = False) -> torch.Tensor:
     return F.gelu(y) if gelu else y
 
 
-def _dtype(x: torch.Tensor) -> torch.dtype | None:
+def _dtype(x: torch.Tensor, *params) -> torch.dtype | None:
     """The dtype to compute `x`'s layer in through oneDNN (autocast's, if on), or None for
-    the plain path."""
+    the plain path: also wherever autograd records (the fused calls have no gradients, and
+    fine-tuning trains the decoder's weights on inputs that need none)."""
     if not ENABLED or x.device.type != "cpu" or torch.jit.is_tracing():
         return None
-    if torch.is_grad_enabled() and x.requires_grad:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params)):
         return None
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     if dtype not in (torch.float32, torch.bfloat16) or not available():

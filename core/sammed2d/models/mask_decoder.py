@@ -283,6 +283,8 @@ class MaskDecoder(nn.Module):
 
 
 def _gelu_(x: torch.Tensor, act: nn.GELU) -> torch.Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:  # training: autograd needs the input
+        return F.gelu(x, approximate=act.approximate)
     return torch.ops.aten.gelu_(x, approximate=act.approximate)
 
 

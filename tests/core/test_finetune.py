@@ -1,0 +1,112 @@
+"""Fine-tuning the mask decoder, on a small real model and generated volumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sammed2d import load_model
+from sammed2d.cli import main
+from sammed2d.errors import Cancelled, ImageError
+from sammed2d.finetune import FinetuneSettings, finetune, save_finetuned
+from sammed2d.io import Volume, write_volume
+
+
+def blobs(seed: int = 0, depth: int = 10):
+    """A CT-like volume (HU) with two objects whose size changes along the slices."""
+    rng = np.random.default_rng(seed)
+    ct = rng.normal(-60, 8, (64, 64, depth)).astype(np.float32)
+    labels = np.zeros(ct.shape, np.uint8)
+    for k in range(depth):
+        r = 6 + k % 4
+        labels[20 - r : 20 + r, 24 - r : 24 + r, k] = 1
+        labels[44 : 44 + r, 40 : 40 + r, k] = 2
+    ct[labels == 1] += 140
+    ct[labels == 2] += 60
+    return ct, labels
+
+
+def test_the_decoder_learns_and_only_the_decoder(tiny_checkpoint, tmp_path):
+    model = load_model(tiny_checkpoint, device="cpu")
+    encoder = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
+    ct, labels = blobs()
+    report = finetune(
+        model, [(ct, np.eye(4), labels)], settings=FinetuneSettings(epochs=3, lr=1e-3)
+    )
+    assert report.train_samples == 8 and report.val_samples == 2  # the last two slices
+    assert report.best_epoch >= 1 and report.after > report.before + 0.1
+    assert len(report.epochs) == 3 and report.epochs[-1][0] < report.epochs[0][0]
+    for k, v in model.image_encoder.state_dict().items():
+        assert torch.equal(v, encoder[k]), k
+    assert any(not torch.equal(v, decoder[k]) for k, v in model.mask_decoder.state_dict().items())
+    assert not any(p.requires_grad for p in model.parameters())
+
+    out = save_finetuned(model, tmp_path / "tuned.pth", report, {"base_model": "tiny"})
+    again = load_model(out, device="cpu")  # recognised by its tensors, as any checkpoint
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    info = json.loads((tmp_path / "tuned.pth.json").read_text())
+    assert info["base_model"] == "tiny" and info["report"]["after"] == pytest.approx(report.after)
+
+
+def test_a_cancelled_run_leaves_the_weights_given(tiny_checkpoint):
+    model = load_model(tiny_checkpoint, device="cpu")
+    before = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
+    ct, labels = blobs()
+    steps = []
+
+    def progress(what, done, total):
+        steps.append(what)
+
+    with pytest.raises(Cancelled):
+        finetune(
+            model,
+            [(ct, np.eye(4), labels)],
+            settings=FinetuneSettings(epochs=2, lr=1e-3),
+            progress=progress,
+            should_stop=lambda: steps.count("epoch 1/2") >= 3,
+        )
+    for k, v in model.mask_decoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_bad_input_gets_one_line(tiny_checkpoint):
+    model = load_model(tiny_checkpoint, device="cpu")
+    ct, labels = blobs()
+    with pytest.raises(ImageError, match="do not match"):
+        finetune(model, [(ct, np.eye(4), labels[:, :, :5])])
+    with pytest.raises(ImageError, match="no labelled object"):
+        finetune(model, [(ct, np.eye(4), np.zeros_like(labels))])
+
+
+def test_the_command_holds_out_whole_volumes_and_writes_a_loadable_file(
+    tiny_checkpoint, tmp_path, capsys
+):
+    args = []
+    for n in range(3):
+        ct, labels = blobs(seed=n, depth=6)
+        image = write_volume(tmp_path / f"ct{n}.nii.gz", ct, Volume(ct, np.eye(4)))
+        label = write_volume(tmp_path / f"l{n}.nii.gz", labels, Volume(labels, np.eye(4)))
+        args.append((image, label))
+    out = tmp_path / "tuned.pth"
+    common = ["--model", str(tiny_checkpoint), "--device", "cpu", "--out", str(out)]
+    code = main(
+        ["finetune", "--images", *[str(i) for i, _ in args], "--labels"]
+        + [str(lab) for _, lab in args]
+        + ["--epochs", "2", "--lr", "1e-3", "--val-fraction", "0.34", *common]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "12 slices to train on, 6 held out (the last volumes)" in printed
+    assert "epoch 2: train loss" in printed and f"use it with --model {out}" in printed
+    record = json.loads(out.with_name("tuned.pth.json").read_text())
+    assert record["cases"] == 3 and record["pipeline"] == "sammed2d"
+    load_model(out, device="cpu")
+
+    code = main(["finetune", "--images", str(args[0][0]), "--labels", *map(str, args[1]), *common])
+    assert code == 2
+    assert "give one label file per image" in capsys.readouterr().err
