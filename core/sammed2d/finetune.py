@@ -109,7 +109,7 @@ def _forward(model, emb: ImageEmbedding, boxes: np.ndarray):
     with torch.no_grad():
         sparse, dense = model.prompt_encoder(None, box_t, None)
         pe = model.prompt_encoder.get_dense_pe()
-    low, iou = model.mask_decoder(emb.embedding, pe, sparse, dense, False)
+    low, iou = model.mask_decoder(emb.embedding.to(device), pe, sparse, dense, False)
     return geo.logits_to_original(low)[:, 0], iou[:, 0]
 
 
@@ -195,7 +195,7 @@ def finetune(
         if key not in embeddings:
             emb = volumes[sample.case].embedding(sample.index)
             # Embeddings are made in inference mode; autograd may not save such tensors.
-            embeddings[key] = ImageEmbedding(emb.embedding.clone(), emb.geometry)
+            embeddings[key] = ImageEmbedding(emb.embedding.to(model.device).clone(), emb.geometry)
         return embeddings[key]
 
     def check_stop():
