@@ -1327,9 +1327,19 @@ class SegmentWidget(QWidget):
     def _on_removed(self, event) -> None:
         # Closing napari's window removes every layer and never closes the dock widgets:
         # the labels layer leaving is the last chance to save it (the saving thread writes
-        # it; at exit, Python waits for that write). A layer the user deletes is saved too.
-        if getattr(event.value, "name", None) == LABELS_NAME:
-            self._autosave_tick(event.value)
+        # it; at exit, Python waits for that write). Auto-save then stops, so the labels of
+        # another image (a new labels layer) never overwrite that file.
+        if getattr(event.value, "name", None) != LABELS_NAME or self._autosave_path is None:
+            return
+        self._autosave_tick(event.value)
+        name = Path(self._autosave_path).name
+        self._autosave_path = None
+        with contextlib.suppress(RuntimeError):  # napari's window may be closing
+            self._autosave_timer.stop()
+            self.autosave_check.setChecked(False)
+            self.autosave_label.setText(
+                f"auto-save stopped: the labels layer was removed (its last state is in {name})"
+            )
 
     def _on_autosaved(self, message) -> None:
         try:

@@ -158,6 +158,25 @@ def test_closing_the_viewer_saves_the_last_strokes(make_napari_viewer, tmp_path)
     w.shutdown()
 
 
+def test_a_new_image_does_not_overwrite_the_file(widget, tmp_path):
+    """The widget replaces its labels layer when an image of another shape is chosen: the
+    old labels' last state is saved and auto-save stops, rather than writing the new
+    image's empty labels over them."""
+    viewer, w = widget
+    viewer.add_image(np.zeros((4, 10, 12), np.float32), name="ct")
+    _, _, labels = w.ensure_prompt_layers()
+    path = tmp_path / "labels.seg.nrrd"
+    w.set_autosave(path)
+    labels.data_setitem((np.array([1]), np.array([2]), np.array([3])), 1)
+    viewer.add_image(np.zeros((5, 16, 16), np.float32), name="other")
+    w.image_combo.setCurrentText("other")
+    w.ensure_prompt_layers()
+    w._autosave_tick()
+    assert w.autosave.flush()
+    assert saved(path)[0].shape == (4, 10, 12) and saved(path)[0][1, 2, 3] == 1
+    assert not w.autosave_check.isChecked() and "auto-save stopped" in w.autosave_label.text()
+
+
 def test_a_dicom_series_auto_saves_as_dicom_seg_on_its_frames(widget, tmp_path):
     from ..conftest import SHARED
 
