@@ -42,7 +42,14 @@ def test_the_decoder_learns_and_only_the_decoder(tiny_checkpoint, tmp_path):
     assert len(report.epochs) == 3 and report.epochs[-1][0] < report.epochs[0][0]
     for k, v in model.image_encoder.state_dict().items():
         assert torch.equal(v, encoder[k]), k
-    assert any(not torch.equal(v, decoder[k]) for k, v in model.mask_decoder.state_dict().items())
+    # every part learns, the upscaling too, which inference runs through oneDNN's fused
+    # calls (they have no gradients: training must take the plain path)
+    changed = {
+        k for k, v in model.mask_decoder.state_dict().items() if not torch.equal(v, decoder[k])
+    }
+    assert {"output_upscaling.0.weight", "output_upscaling.3.weight"} <= changed
+    assert "transformer.layers.0.cross_attn_token_to_image.k_proj.weight" in changed
+    assert "iou_prediction_head.layers.2.weight" in changed
     assert not any(p.requires_grad for p in model.parameters())
 
     out = save_finetuned(model, tmp_path / "tuned.pth", report, {"base_model": "tiny"})
@@ -110,3 +117,14 @@ def test_the_command_holds_out_whole_volumes_and_writes_a_loadable_file(
     code = main(["finetune", "--images", str(args[0][0]), "--labels", *map(str, args[1]), *common])
     assert code == 2
     assert "give one label file per image" in capsys.readouterr().err
+
+
+def test_the_fused_calls_stand_aside_where_weights_learn():
+    """oneDNN's fused calls have no gradients: with autograd recording for a weight that
+    learns, the plain path runs even when the input itself needs no gradient."""
+    from sammed2d.models import fused
+
+    weight = torch.randn(4, 3, requires_grad=True)
+    out = fused.linear(torch.randn(5, 3), weight, None, gelu=True)
+    out.sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
