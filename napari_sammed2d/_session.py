@@ -8,7 +8,9 @@ here can be tested without a viewer.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -128,6 +130,38 @@ def serve_clicks(mailbox: Latest, engine, send, stopping, server_url=lambda: "")
             mailbox.done()
 
 
+# Models loaded in this process, the most recent last. A widget opened again, or another
+# viewer's, takes the model and its traced graphs from here instead of loading and tracing
+# it anew: that takes seconds, and TorchScript never gives back about 40 MB of each trace
+# (measured: a napari test session grew to 18 GB, one LiteMedSAM per widget).
+_LOADED: OrderedDict = OrderedDict()
+MAX_LOADED = 2
+_loading = threading.Lock()
+
+
+def _loaded(name: str, device: str, precision: str, load_model):
+    """The model `name` (registry name or file) on `device` in `precision`, loaded once per
+    process; a file written again since (a new fine-tune at the same path) loads again."""
+    path = Path(name).expanduser()
+    stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+    key = (name, device, precision, stamp)
+    with _loading:
+        model = _LOADED.get(key)
+        if model is None:
+            model = load_model(name, device=device, precision=precision)
+            # napari's GUI thread shares Python's lock with the model's thread: graphs run
+            # the model without it (sammed2d.graphs), traced here rather than in a click.
+            from sammed2d import graphs
+
+            graphs.enable(model)
+            graphs.warm(model)
+            _LOADED[key] = model
+            while len(_LOADED) > MAX_LOADED:
+                _LOADED.popitem(last=False)
+        _LOADED.move_to_end(key)
+    return model
+
+
 class Engine:
     """The model in this process and the per-volume state that clicks share."""
 
@@ -165,14 +199,7 @@ class Engine:
                 reuse_freed_memory()
             if self.cache is None:
                 self.cache = EmbeddingCache(max_bytes=2 << 30)
-            model = load_model(name, device=device, precision=precision)
-            # napari's GUI thread shares Python's lock with the model's thread: graphs run
-            # the model without it (sammed2d.graphs), traced here rather than in a click.
-            from sammed2d import graphs
-
-            graphs.enable(model)
-            graphs.warm(model)
-            self.model, self._model_key = model, key
+            self.model, self._model_key = _loaded(name, device, precision, load_model), key
         return self.model
 
     @property

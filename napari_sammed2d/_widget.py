@@ -1162,6 +1162,11 @@ class SegmentWidget(QWidget):
             if thread is not None:
                 thread.join(wait_ms / 1000)
         self._prefetch = self._busy = self._server = None
+        # The model, its traced graphs and up to 2 GB of embeddings go with the engine, and
+        # a lazy layer's voxels read into memory with `_voxels`: napari and Qt may keep the
+        # widget object alive after it closes (a test session's viewers kept 18 GB).
+        self.engine = Engine()
+        self._voxels = (None, None)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.shutdown()

@@ -11,12 +11,32 @@ napari = pytest.importorskip("napari")
 
 from napari_sammed2d import _widget  # noqa: E402
 from napari_sammed2d._io import write_labels_layer  # noqa: E402
-from napari_sammed2d._session import Latest, ObjectTable, correction_stretch  # noqa: E402
+from napari_sammed2d._session import (  # noqa: E402
+    Engine,
+    Latest,
+    ObjectTable,
+    correction_stretch,
+)
 from napari_sammed2d._widget import SegmentWidget  # noqa: E402
 from sammed2d.labelfiles import read_labels  # noqa: E402
 
 from ..conftest import ABDOMEN_CT  # noqa: E402
 from .test_widget import draw_box, setup_volume  # noqa: E402
+
+
+def test_engines_share_a_loaded_model_until_its_file_is_written_again(tiny_checkpoint, tmp_path):
+    """A widget opened again (or another viewer's) reuses the model and its traced graphs;
+    a checkpoint written again at the same path (a new fine-tune) is loaded anew."""
+    import os
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(tiny_checkpoint.read_bytes())
+    first = Engine().load(str(path), "cpu")
+    assert Engine().load(str(path), "cpu") is first
+    assert getattr(first, "use_graphs", False)  # traced for the viewer once, when loaded
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert Engine().load(str(path), "cpu") is not first
 
 
 def wait_propagation(w, qtbot):
