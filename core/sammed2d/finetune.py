@@ -6,13 +6,14 @@ LiteMedSAM's users fine-tune for a structure or modality the model was not shown
 what makes it practical on a CPU: a decoder step costs tens of milliseconds, an embedding
 hundreds.
 
-Each labelled object on each slice is a sample: its box, each edge moved outward at random
-by up to `jitter` of the box's side (the decoder learns the looser boxes a person draws, not
-only the label's exact box), and its mask. The loss is the published recipes': Dice plus binary
-cross-entropy of the mask, plus the squared error of the predicted IoU against the mask's
-true IoU, which propagation's stopping rules read. Validation holds out whole volumes, or
-with one volume its last slices: neighbouring slices are nearly the same image, so a random
-split of slices would measure memory. The weights of the best validation epoch are kept.
+Each labelled object on each slice is a sample: its box, each edge moved in or out at random
+by up to `jitter` of the box's side (the decoder learns the boxes a person draws or a walk
+carries, not only the label's exact box), and its mask. The loss is the published recipes':
+Dice plus binary cross-entropy of the mask, plus the squared error of the predicted IoU
+against the mask's true IoU, which propagation's stopping rules read. Validation holds out
+whole volumes, or with one volume its last slices: neighbouring slices are nearly the same
+image, so a random split of slices would measure memory. The weights of the best
+validation epoch are kept.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class FinetuneSettings:
     epochs: int = 5
     lr: float = 5e-5  # AdamW, as LiteMedSAM's training
     weight_decay: float = 0.01
-    jitter: float = 0.1  # box edges move outward by up to this fraction of its side
+    jitter: float = 0.1  # box edges move in or out by up to this fraction of its side
     val_fraction: float = 0.2  # of the volumes, or of one volume's slices (its last ones)
     max_objects: int = 8  # prompts per decoder call (one slice's objects, at random)
     min_pixels: int = 10  # smaller sections of an object are not samples
@@ -114,12 +115,17 @@ def _forward(model, emb: ImageEmbedding, boxes: np.ndarray):
 
 
 def _jittered(box: np.ndarray, jitter: float, shape, rng) -> np.ndarray:
-    """Each edge moved outward by up to `jitter` of the box's side, as the published
-    recipes do (MedSAM, LiteMedSAM: a box drawn by hand is looser, never tighter)."""
+    """Each edge moved in or out by up to `jitter` of the box's side. MedSAM's and
+    LiteMedSAM's training only grow the box; boxes that may also cut into the object (as
+    a box carried from the previous slice does where the structure grows) held the
+    structures never shown better in benchmarks/finetune.py (docs/measurements.md)."""
     side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32)
-    grow = rng.uniform(0, jitter, 4).astype(np.float32) * np.maximum(side, 1)
+    moved = box + rng.uniform(-jitter, jitter, 4).astype(np.float32) * np.maximum(side, 1)
     h, w = shape
-    return np.clip(box + grow * np.array([-1, -1, 1, 1], np.float32), 0, [w, h, w, h])
+    moved = np.clip(moved, 0, [w, h, w, h])
+    if moved[2] - moved[0] < 1 or moved[3] - moved[1] < 1:
+        return box
+    return moved
 
 
 def _loss(logits: torch.Tensor, iou: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
