@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from napari_latency import CollectorLog, Heartbeat, StallSampler, pump
+from napari_latency import add_stall_option, docked_viewer, pump
+from volume import stacked
 
 SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_dicom"
 
@@ -80,25 +81,14 @@ def unchanged_check(w, beat) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=300)
-    parser.add_argument(
-        "--sample-stalls", action="store_true", help="print where the GUI thread was in stalls"
-    )
+    add_stall_option(parser)
     args = parser.parse_args()
-    import napari
-
     from napari_sammed2d._io import volume_to_layer_data
-    from napari_sammed2d._widget import SegmentWidget
     from sammed2d.io import Volume, read_volume
 
-    viewer = napari.Viewer(show=True)
-    w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    beat = Heartbeat()
-    sampler = StallSampler(beat) if args.sample_stalls else None
-    collector = CollectorLog(beat)
+    viewer, w, beat, sampler, collector = docked_viewer(args.sample_stalls)
     series = read_volume(SERIES)
-    reps = -(-args.depth // series.array.shape[2])
-    big = np.concatenate([series.array] * reps, axis=2)[:, :, : args.depth]
+    big = stacked(series.array, args.depth)
     ((data, kwargs, _),) = volume_to_layer_data("stacked", Volume(big, series.affine))
     viewer.add_image(data, **kwargs)
     # The widget loads the model as soon as it has an image; that import's garbage-collector

@@ -24,13 +24,13 @@ from sammed2d import EmbeddingCache, load_model
 from sammed2d.finetune import (
     FinetuneSettings,
     collect_samples,
+    embedder,
     finetune,
     validation_dice,
 )
 from sammed2d.intensity import intensity_range
 from sammed2d.io import read_volume
 from sammed2d.orientation import slice_view
-from sammed2d.predictor import ImageEmbedding
 from sammed2d.propagate import VolumeSlices
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "abdomen_ct"
@@ -42,12 +42,7 @@ def dice_on(model, ct, labels, cache) -> float:
         model, ct.array, 2, slice_view(ct.affine, 2), intensity_range(ct.array, "auto"), cache
     )
     samples = collect_samples(slices, labels, 0, 10)
-
-    def embed(sample):
-        emb = slices.embedding(sample.index)
-        return ImageEmbedding(emb.embedding.clone(), emb.geometry)
-
-    return validation_dice(model, embed, samples)
+    return validation_dice(model, embedder([slices], cache), samples)
 
 
 def main(argv=None) -> int:
@@ -58,7 +53,7 @@ def main(argv=None) -> int:
     ct = read_volume(DATA / "ct.nii.gz")
     structures = read_volume(DATA / "structures.nii.gz").array
     names = {int(k): v for k, v in json.loads((DATA / "structures.json").read_text()).items()}
-    cache = EmbeddingCache(max_bytes=4 << 30, folder=args.cache)
+    cache = EmbeddingCache(max_bytes=0, folder=args.cache) if args.cache else None
     settings = FinetuneSettings(epochs=args.epochs)
     print(f"LiteMedSAM fp32, example CT {ct.array.shape}, {args.epochs} epochs, lr {settings.lr}")
 

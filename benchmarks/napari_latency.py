@@ -117,13 +117,15 @@ def box_prompt(shapes, z, box):
     shapes.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]], float))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clicks", type=int, default=10)
+def add_stall_option(parser) -> None:
     parser.add_argument(
         "--sample-stalls", action="store_true", help="print where the GUI thread was in stalls"
     )
-    args = parser.parse_args()
+
+
+def docked_viewer(sample_stalls: bool):
+    """A shown viewer with the widget docked, and the heartbeat, stall sampler (or None)
+    and garbage-collector log that watch its event loop."""
     import napari
 
     from napari_sammed2d._widget import SegmentWidget
@@ -132,8 +134,15 @@ def main() -> int:
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w)
     beat = Heartbeat()
-    sampler = StallSampler(beat) if args.sample_stalls else None
-    collector = CollectorLog(beat)
+    return viewer, w, beat, StallSampler(beat) if sample_stalls else None, CollectorLog(beat)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clicks", type=int, default=10)
+    add_stall_option(parser)
+    args = parser.parse_args()
+    viewer, w, beat, sampler, collector = docked_viewer(args.sample_stalls)
     # The engine's own time per click, in the viewer (the rest is napari's and Qt's).
     engine_ms = []
     segment = w.engine.segment

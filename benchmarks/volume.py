@@ -71,8 +71,7 @@ def report_click(model, precision, series, depth: int = 300, clicks: int = 10) -
     on the DICOM series stacked to `depth` slices: the work per click that grows with the
     volume shows here. Window `auto` (a CT: the box's HU choose the window), and
     `percentile` (an MR's default, computed per call as Slicer's clicks do)."""
-    reps = -(-depth // series.array.shape[2])
-    big = np.asfortranarray(np.concatenate([series.array] * reps, axis=2)[:, :, :depth])
+    big = stacked(series.array, depth)
     cache = EmbeddingCache(max_bytes=1 << 30)
     index = depth // 2
     prompt = SlicePrompt(box=np.array([180, 200, 300, 320], np.float32))
@@ -89,6 +88,13 @@ def report_click(model, precision, series, depth: int = 300, clicks: int = 10) -
             f"to 512x512x{depth}, window {preset}: median {1000 * np.median(times):.0f} ms, "
             f"best {1000 * min(times):.0f} ms"
         )
+
+
+def stacked(array: np.ndarray, depth: int) -> np.ndarray:
+    """A volume's slices repeated along its last axis to `depth` slices, held as a DICOM
+    series is read (Fortran order: a slice along the last axis is contiguous)."""
+    reps = -(-depth // array.shape[2])
+    return np.asfortranarray(np.concatenate([array] * reps, axis=2)[:, :, :depth])
 
 
 def enlarged(ct, labels, factor: int = 4):

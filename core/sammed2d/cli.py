@@ -404,7 +404,8 @@ def cmd_finetune(args) -> int:
     settings = FinetuneSettings(
         epochs=args.epochs, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed
     )
-    cache = EmbeddingCache(max_bytes=4 << 30, folder=args.cache)
+    # On disk only: fine-tuning holds each embedding in memory itself.
+    cache = EmbeddingCache(max_bytes=0, folder=args.cache) if args.cache else None
     with contextlib.ExitStack() as stack:
         bars = {}
 

@@ -33,7 +33,7 @@ from .errors import Cancelled, ImageError
 from .intensity import intensity_range
 from .io import atomic_write
 from .orientation import slice_of, slice_view
-from .predictor import ImageEmbedding
+from .predictor import ImageEmbedding, embed_slices
 from .prompts import box_from_mask
 from .propagate import VolumeSlices
 
@@ -99,6 +99,24 @@ def split(samples: list[Sample], cases: int, fraction: float) -> tuple[list, lis
             f"{len(samples)} labelled slices: too few to hold {fraction:.0%} out for validation"
         )
     return train, val
+
+
+def embedder(volumes: list[VolumeSlices], cache: EmbeddingCache | None):
+    """embed(sample): its slice's embedding, made once (through `cache`, which may keep
+    them on disk between runs) and held here, once, for autograd to read."""
+    held: dict[tuple[int, int], ImageEmbedding] = {}
+
+    def embed(sample: Sample) -> ImageEmbedding:
+        key = (sample.case, sample.index)
+        if key not in held:
+            slices = volumes[sample.case]
+            (emb,) = embed_slices(slices.model, [slices.rgb(sample.index)], 1, cache)
+            # Embeddings are made in inference mode; autograd may not save such tensors.
+            device = slices.model.device
+            held[key] = ImageEmbedding(emb.embedding.to(device).clone(), emb.geometry)
+        return held[key]
+
+    return embed
 
 
 def _forward(model, emb: ImageEmbedding, boxes: np.ndarray):
@@ -171,7 +189,6 @@ def finetune(
     start = time.perf_counter()
     rng = np.random.default_rng(s.seed)
     torch.manual_seed(s.seed)
-    cache = cache if cache is not None else EmbeddingCache(max_bytes=4 << 30)
     volumes, samples = [], []
     for n, (array, affine, labels) in enumerate(cases):
         if array.ndim != 3 or labels.shape != array.shape:
@@ -193,15 +210,7 @@ def finetune(
         raise ImageError(f"no labelled object of {s.min_pixels} pixels or more on any slice")
     train, val = split(samples, len(cases), s.val_fraction)
 
-    embeddings: dict[tuple[int, int], ImageEmbedding] = {}
-
-    def embed(sample: Sample) -> ImageEmbedding:
-        key = (sample.case, sample.index)
-        if key not in embeddings:
-            emb = volumes[sample.case].embedding(sample.index)
-            # Embeddings are made in inference mode; autograd may not save such tensors.
-            embeddings[key] = ImageEmbedding(emb.embedding.to(model.device).clone(), emb.geometry)
-        return embeddings[key]
+    embed = embedder(volumes, cache)
 
     def check_stop():
         if should_stop is not None and should_stop():

@@ -100,11 +100,12 @@ def _write_gzip(fh, labels: np.ndarray, dtype, chunk_bytes: int = 4 << 20) -> No
     import zlib
 
     z = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS | 16)
-    per_slice = labels.shape[0] * labels.shape[1] * np.dtype(dtype).itemsize
+    little = np.dtype(dtype).newbyteorder("<")  # the header says "endian: little"
+    per_slice = labels.shape[0] * labels.shape[1] * little.itemsize
     step = max(1, chunk_bytes // max(per_slice, 1))
     for k in range(0, labels.shape[2], step):
-        slab = labels[:, :, k : k + step].astype(dtype, order="F", copy=False)
-        fh.write(z.compress(slab.astype("<" + slab.dtype.str[1:], copy=False).tobytes("F")))
+        slab = labels[:, :, k : k + step].astype(little, order="F", copy=False)
+        fh.write(z.compress(slab.tobytes("F")))
     fh.write(z.flush())
 
 
