@@ -52,6 +52,24 @@ class Warmup:
     model: tuple[str, ...]
 
 
+LOCAL_ONLY = "fine-tuning runs on this machine: choose Engine: local (the labels stay here)"
+
+
+@dataclass
+class FinetuneRequest:
+    """Fine-tune the model `model` on one volume's labels (shaped as `data`) and write the
+    result to `out`; slices are shown to the model as propagation shows them."""
+
+    data: np.ndarray
+    affine: np.ndarray | None
+    labels: np.ndarray
+    axis: int
+    preset: str
+    model: tuple[str, ...]
+    out: str
+    orientation: str = "radiological"
+
+
 def auto_window(req: SegmentRequest) -> str | None:
     """The window a click's object gets when its window is the widget's `auto`: the one
     its box asks for on a CT, else the volume's own (None for a 2D image or another preset)."""
@@ -282,6 +300,37 @@ class Engine:
             should_stop=should_stop,
         )
 
+    def finetune(self, req: FinetuneRequest, progress, should_stop):
+        """Train the decoder of a copy of the model on the request's labels, as `sammed2d
+        finetune` does (its defaults), and write it with its record; the report comes back.
+        `progress(what, done, total)`; `should_stop()` cancels, and nothing is written."""
+        from sammed2d import load_model
+        from sammed2d.finetune import (
+            FinetuneSettings,
+            finetune,
+            finetune_record,
+            save_finetuned,
+        )
+
+        self.load(*req.model)  # torch, and the embedding cache the clicks have filled
+        name, device, precision = req.model
+        # A copy of its own: training changes the weights in place, and the loaded model
+        # serves the clicks (and other widgets of this process) meanwhile. Its encoder is
+        # the same, so the slices already embedded are not embedded again.
+        model = load_model(name, device=device, precision=precision)
+        settings = FinetuneSettings()
+        cases = [(req.data, req.affine, req.labels)]
+        report = finetune(
+            model, cases, req.axis, req.preset, settings, self.cache,
+            progress=progress, should_stop=should_stop, orientation=req.orientation,
+        )  # fmt: skip
+        record = finetune_record(model, name, req.preset, req.axis, 1, settings)
+        save_finetuned(model, req.out, report, record)
+        # loaded (and traced) here, in the background, rather than at the next click
+        progress("loading the tuned model", 0, 0)
+        self.load(req.out, device, precision)
+        return report
+
     def embed_ahead(
         self, data, affine, preset, axis, order, keep_going, orientation="radiological"
     ) -> None:
@@ -375,6 +424,9 @@ class RemoteEngine:
         self.client.embed_ahead(
             data, list(order), axis=axis, affine=affine, preset=preset, orientation=orientation
         )
+
+    def finetune(self, req: FinetuneRequest, progress, should_stop):
+        raise SamMed2DError(LOCAL_ONLY)
 
     def close(self) -> None:
         self.client.close()

@@ -54,7 +54,7 @@ from qtpy.QtWidgets import (
 )
 
 from sammed2d.choices import PRECISIONS
-from sammed2d.errors import SamMed2DError
+from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.intensity import PRESETS
 from sammed2d.objects import ObjectPrompts, PropagationSettings
 from sammed2d.orientation import slice_of
@@ -65,7 +65,9 @@ from ._autosave import AutoSave, checked_path
 from ._io import labels_layer_kwargs, mm_per_unit, write_labels_layer
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
 from ._session import (
+    LOCAL_ONLY,
     Engine,
+    FinetuneRequest,
     Latest,
     ObjectTable,
     RemoteEngine,
@@ -75,6 +77,8 @@ from ._session import (
     serve_clicks,
     slice_changes,
 )
+
+CANCELLED = "cancelled"  # what a cancelled job returns to its landing
 
 if TYPE_CHECKING:
     import napari
@@ -203,6 +207,16 @@ class SegmentWidget(QWidget):
         save_button = QPushButton("Save prompts…")
         save_button.setToolTip("PROMPTS.json that `sammed2d propagate` and `batch` replay")
         load_button = QPushButton("Load prompts…")
+        self.finetune_button = QPushButton("Fine-tune on labels…")
+        self.finetune_button.setToolTip(
+            "train the model's mask decoder on this image's labels (its last slices held "
+            "out to check it), save it as a .pth with a .json record, and use it from then "
+            "on; the encoder is kept, so no slice is embedded again. As `sammed2d finetune` "
+            "with its defaults (5 epochs); Cancel keeps the model as it was"
+        )
+        self._job_buttons = (
+            self.propagate_button, self.propagate_all_button, self.finetune_button
+        )  # fmt: skip
         self.autosave_check = QCheckBox("Auto-save")
         self.autosave_check.setToolTip(
             f"write the labels to this file every {AUTOSAVE_SECONDS} s when they changed, "
@@ -247,6 +261,7 @@ class SegmentWidget(QWidget):
             (self.propagate_all_button,),
             (clear_slice, clear_object),
             (save_button, load_button),
+            (self.finetune_button,),
         ]
         for pair in rows:
             row = QHBoxLayout()
@@ -275,6 +290,7 @@ class SegmentWidget(QWidget):
         clear_object.clicked.connect(self.clear_object)
         save_button.clicked.connect(self._save_dialog)
         load_button.clicked.connect(self._load_dialog)
+        self.finetune_button.clicked.connect(self._finetune_dialog)
         self.objects_view.itemSelectionChanged.connect(self._on_table_selection)
         self.objects_view.itemChanged.connect(self._on_table_edit)
         self.objects_view.cellDoubleClicked.connect(self._on_table_double_click)
@@ -948,6 +964,21 @@ class SegmentWidget(QWidget):
 
     def _run_propagation(self, request, objects, on_result, what: str) -> None:
         engine = self.engine
+
+        def call(report, should_stop):
+            return engine.propagate(
+                request,
+                objects,
+                progress=lambda done, total: report(what, done, total, "slice"),
+                should_stop=should_stop,
+            )
+
+        self._run_job(call, on_result, what)
+
+    def _run_job(self, call, on_result, what: str) -> None:
+        """Long work off the GUI thread, with the progress bar and Cancel: `call(report,
+        should_stop)` runs in a thread and reports (label, done, total, unit); what it
+        returns goes to `on_result` on the GUI thread, an error to a one-line message."""
         self._cancel = False
         self.progress_bar.setVisible(True)
         self.progress_bar.setRange(0, 0)
@@ -955,19 +986,17 @@ class SegmentWidget(QWidget):
 
         @thread_worker
         def work():
-            # propagate() reports through a callback; the worker relays it to the GUI
-            # thread by yielding, polling a helper thread that does the work.
-            state = {"progress": (0, 0)}
+            # The call reports through a callback; the worker relays it to the GUI thread
+            # by yielding, polling a helper thread that does the work.
+            state = {"progress": (what, 0, 0, "")}
             result = {}
+
+            def report(label, done, total, unit):
+                state["progress"] = (label, done, total, unit)
 
             def run():
                 try:
-                    result["value"] = engine.propagate(
-                        request,
-                        objects,
-                        progress=lambda done, total: state.update(progress=(done, total)),
-                        should_stop=lambda: self._cancel,
-                    )
+                    result["value"] = call(report, lambda: self._cancel)
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
                     result["error"] = exc
 
@@ -981,21 +1010,24 @@ class SegmentWidget(QWidget):
             return result.get("value")
 
         worker = work()
-        worker.yielded.connect(lambda d: self._show_progress(what, *d))
+        worker.yielded.connect(lambda d: self._show_progress(*d))
         worker.returned.connect(lambda r: r is not None and on_result(r))
         worker.errored.connect(lambda e: self._report_error(f"{what} failed", e))
         worker.finished.connect(self._finish)
         self._busy = worker
         self.cancel_button.setEnabled(True)
-        self.propagate_button.setEnabled(False)
-        self.propagate_all_button.setEnabled(False)
+        for button in self._job_buttons:
+            button.setEnabled(False)
         worker.start()
 
-    def _show_progress(self, what: str, done: int, total: int) -> None:
+    def _show_progress(self, what: str, done: int, total: int, unit: str = "slice") -> None:
         if total:
             self.progress_bar.setRange(0, total)
             self.progress_bar.setValue(done)
-            self.progress_bar.setFormat(f"{what}: slice {done} of {total}")
+            self.progress_bar.setFormat(f"{what}: {unit} {done} of {total}")
+        elif what != self.progress_bar.format().split(":")[0]:  # a step without a count
+            self.progress_bar.setRange(0, 0)
+            self.progress_bar.setFormat(f"{what}…")
 
     def _land(self, labels, axis, oid, result, only=None, keep_slice=None) -> None:
         """Write an object's propagation as one undo step. `only` limits it to a stretch of
@@ -1050,11 +1082,77 @@ class SegmentWidget(QWidget):
         self.progress_bar.setVisible(False)
         self._busy = None
         self.cancel_button.setEnabled(False)
-        self.propagate_button.setEnabled(True)
-        self.propagate_all_button.setEnabled(True)
+        for button in self._job_buttons:
+            button.setEnabled(True)
 
     def cancel(self) -> None:
         self._cancel = True
+
+    # ----- fine-tuning ------------------------------------------------------------------------
+    def _finetune_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the fine-tuned model", "tuned.pth", "PyTorch (*.pth)"
+        )
+        if path:
+            self.finetune_to(path)
+
+    def finetune_to(self, path) -> None:
+        """Fine-tune the model on the image's labels in the background, write it to `path`
+        (.pth, and PATH.json), and make it the model; where it cannot start, one line says
+        why."""
+        if self._busy is not None:
+            show_info("wait for the running propagation or fine-tune (or cancel it)")
+            return
+        try:
+            if self.engine.remote:
+                raise SamMed2DError(LOCAL_ONLY)
+            _, _, labels = self.ensure_prompt_layers()
+            axis = self.slice_axis()
+            if axis is None:
+                raise SamMed2DError("fine-tuning needs a 3D volume with labelled slices")
+            path = Path(path).expanduser()
+            if path.suffix.lower() not in (".pth", ".pt"):
+                raise SamMed2DError(f"{path.name}: fine-tuned weights are saved as .pth")
+            name = self.model_edit.text().strip()
+            if Path(name).expanduser().resolve() == path.resolve():
+                raise SamMed2DError(
+                    f"{path.name} holds the weights being fine-tuned: save to another file"
+                )
+            data, affine, preset, orientation = self.volume_context()
+            truth = np.array(labels.data)  # a copy: painting may go on while it trains
+            if not truth.any():
+                raise SamMed2DError("the labels are empty: segment or paint some slices first")
+        except SamMed2DError as exc:
+            show_error(str(exc))
+            return
+        request = FinetuneRequest(
+            data, affine, truth, axis, preset, self._model_key(), str(path), orientation
+        )
+        engine = self.engine
+
+        def call(report, should_stop):
+            def progress(what, done, total):
+                report(what, done, total, "slice" if what == "embedding" else "step")
+
+            try:
+                return engine.finetune(request, progress, should_stop)
+            except Cancelled:
+                return CANCELLED
+
+        def land(result):
+            if result is CANCELLED:
+                self.status.setText("fine-tuning cancelled: the model is as it was")
+                return
+            self.model_edit.setText(str(path))
+            self._drop_volume_state()
+            kept = f"epoch {result.best_epoch}" if result.best_epoch else "no epoch did better"
+            self.status.setText(
+                f"fine-tuned on {result.train_samples} slices, {result.val_samples} held out: "
+                f"validation Dice {result.before:.3f} → {result.after:.3f} ({kept}); "
+                f"now using {path.name}"
+            )
+
+        self._run_job(call, land, "fine-tuning")
 
     # ----- background embedding -------------------------------------------------------------
     def _start_prefetch(self, axis: int, index: int) -> None:

@@ -23,9 +23,10 @@ from .io import publish_mode
 
 
 def embedding_key(model_input: torch.Tensor, model) -> str:
-    """Hex digest naming the embedding of `model_input` (1, 3, S, S) under `model`."""
+    """Hex digest naming the embedding of `model_input` (1, 3, S, S) under `model`'s image
+    encoder: models that differ only past the encoder (a fine-tuned decoder) share it."""
     digest = hashlib.sha256()
-    digest.update(f"{model.spec.name}|{model.weights_id}|{__version__}|".encode())
+    digest.update(f"{model.spec.name}|{model.encoder_id}|{__version__}|".encode())
     precision = getattr(model, "precision", "fp32")
     if precision != "fp32":  # fp32 keys stay as they were: existing caches remain valid
         digest.update(f"{precision}|".encode())

@@ -378,10 +378,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_finetune(args) -> int:
     import contextlib
-    from dataclasses import asdict
 
     from .cache import EmbeddingCache
-    from .finetune import FinetuneSettings, finetune, save_finetuned
+    from .finetune import FinetuneSettings, finetune, finetune_record, save_finetuned
     from .io import read_volume
     from .labelfiles import read_labels
     from .models import load_model
@@ -427,16 +426,7 @@ def cmd_finetune(args) -> int:
         print(f"epoch {n}: train loss {loss:.3f}, validation Dice {dice:.3f}")
     kept = f"epoch {report.best_epoch}" if report.best_epoch else "the weights given"
     print(f"kept {kept}: validation Dice {report.after:.3f} ({report.seconds:.0f} s)")
-    record = {
-        "base_model": Path(args.model).name,
-        "base_sha256": getattr(model, "weights_id", None),
-        "pipeline": model.spec.preprocessing,
-        "window": args.window,
-        "axis": args.axis % 3,
-        "cases": len(cases),
-        "settings": asdict(settings),
-        "sammed2d": __version__,
-    }
+    record = finetune_record(model, args.model, args.window, args.axis % 3, len(cases), settings)
     out = save_finetuned(model, args.out, report, record)
     hint = (
         f" --preprocessing {model.spec.preprocessing}"

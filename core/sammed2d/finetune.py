@@ -180,9 +180,12 @@ def finetune(
     cache: EmbeddingCache | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    orientation: str = "radiological",
 ) -> FinetuneReport:
     """Train `model`'s mask decoder in place on `cases`, (volume, affine, labels) each, the
     labels on the volume's grid; the best validation epoch's weights stay in the model.
+    Slices are shown to the model as propagation shows them (`orientation`, see
+    `orientation.slice_view`), so that it learns the images it will be asked about.
     `progress(what, done, total)` reports embedding and each epoch; `should_stop()` returning
     True raises Cancelled between steps, with the weights given restored."""
     s = settings or FinetuneSettings()
@@ -200,7 +203,7 @@ def finetune(
             model,
             array,
             axis,
-            slice_view(affine, axis),
+            slice_view(affine, axis, orientation),
             intensity_range(array, preset),
             cache,
         )
@@ -266,6 +269,23 @@ def finetune(
     decoder.load_state_dict(best)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def finetune_record(model, base: str, window: str, axis: int, cases: int, settings) -> dict:
+    """What PATH.json says of a fine-tune besides its figures. It names no training files:
+    file names can carry patient data."""
+    from . import __version__
+
+    return {
+        "base_model": Path(base).name,
+        "base_sha256": getattr(model, "weights_id", None),
+        "pipeline": model.spec.preprocessing,
+        "window": window,
+        "axis": axis,
+        "cases": cases,
+        "settings": asdict(settings),
+        "sammed2d": __version__,
+    }
 
 
 def save_finetuned(model, path: str | Path, report: FinetuneReport, record: dict) -> Path:

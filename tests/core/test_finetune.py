@@ -128,3 +128,37 @@ def test_the_fused_calls_stand_aside_where_weights_learn():
     out = fused.linear(torch.randn(5, 3), weight, None, gelu=True)
     out.sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_a_fine_tuned_model_reuses_its_base_models_embeddings(tiny_checkpoint, tmp_path):
+    """Embeddings are keyed on the image encoder alone: the tuned file hits the slices its
+    base embedded (no slice embedded twice), and another encoder never does."""
+    from sammed2d import EmbeddingCache
+    from sammed2d.cache import embedding_key
+    from sammed2d.predictor import embed_slices
+    from sammed2d.preprocess import model_input
+
+    base = load_model(tiny_checkpoint, device="cpu")
+    ct, labels = blobs()
+    cache = EmbeddingCache(max_bytes=1 << 30)
+    report = finetune(base, [(ct, np.eye(4), labels)], settings=FinetuneSettings(epochs=1),
+                      cache=cache)  # fmt: skip
+    tuned = load_model(save_finetuned(base, tmp_path / "t.pth", report, {}), device="cpu")
+    original = load_model(tiny_checkpoint, device="cpu")
+    assert tuned.weights_id != original.weights_id
+    assert tuned.encoder_id == original.encoder_id
+
+    image = np.stack([np.linspace(0, 255, 64 * 64).reshape(64, 64).astype(np.uint8)] * 3, -1)
+    x, _ = model_input(image, tuned.spec.preprocessing, tuned.spec.input_size)
+    assert embedding_key(x, tuned) == embedding_key(x, original)
+    counts = []
+    embed_slices(original, [image], cache=cache)
+    embed_slices(tuned, [image], cache=cache, progress=lambda done, total: counts.append(done))
+    assert counts[0] == 1  # found in the cache before any encoding
+
+    other = load_model(tiny_checkpoint, device="cpu")
+    with torch.no_grad():
+        other.image_encoder.patch_embed.proj.weight[0, 0, 0, 0] += 1e-3
+    path = tmp_path / "other.pth"
+    torch.save(other.state_dict(), path)
+    assert load_model(path, device="cpu").encoder_id != original.encoder_id
