@@ -56,6 +56,7 @@ from qtpy.QtWidgets import (
 from sammed2d.choices import PRECISIONS
 from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.intensity import PRESETS
+from sammed2d.io import weights_output
 from sammed2d.objects import ObjectPrompts, PropagationSettings
 from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
@@ -1110,14 +1111,7 @@ class SegmentWidget(QWidget):
             axis = self.slice_axis()
             if axis is None:
                 raise SamMed2DError("fine-tuning needs a 3D volume with labelled slices")
-            path = Path(path).expanduser()
-            if path.suffix.lower() not in (".pth", ".pt"):
-                raise SamMed2DError(f"{path.name}: fine-tuned weights are saved as .pth")
-            name = self.model_edit.text().strip()
-            if Path(name).expanduser().resolve() == path.resolve():
-                raise SamMed2DError(
-                    f"{path.name} holds the weights being fine-tuned: save to another file"
-                )
+            path = weights_output(path, self.model_edit.text().strip())
             data, affine, preset, orientation = self.volume_context()
             truth = np.array(labels.data)  # a copy: painting may go on while it trains
             if not truth.any():

@@ -381,7 +381,7 @@ def cmd_finetune(args) -> int:
 
     from .cache import EmbeddingCache
     from .finetune import FinetuneSettings, finetune, finetune_record, save_finetuned
-    from .io import read_volume
+    from .io import read_volume, weights_output
     from .labelfiles import read_labels
     from .models import load_model
 
@@ -392,6 +392,7 @@ def cmd_finetune(args) -> int:
         )
     if args.epochs < 1 or not args.lr > 0 or not 0 < args.val_fraction < 1:
         raise SamMed2DError("--epochs must be 1 or more, --lr above 0, --val-fraction in (0, 1)")
+    weights_output(args.out, args.model)  # a wrong --out says so now, not after training
     cases = []
     for image, labels in zip(args.images, args.labels):
         volume = read_volume(image)

@@ -503,6 +503,19 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def weights_output(path: str | os.PathLike, source: str | os.PathLike) -> Path:
+    """Where to write model weights (a fine-tune): a .pth or .pt file that is not `source`,
+    the file (or registry name) the weights come from. Checked before any work starts."""
+    out = Path(path).expanduser()
+    if out.suffix.lower() not in (".pth", ".pt"):
+        raise VolumeIOError(f"{out.name}: model weights are saved as .pth")
+    if out.resolve() == Path(source).expanduser().resolve():
+        raise VolumeIOError(f"{out.name} holds the weights being fine-tuned: save to another file")
+    if out.is_dir():
+        raise VolumeIOError(f"{out}: a folder; give a file name ending in .pth")
+    return out
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A 2D image (PNG, JPEG, TIFF, BMP, single DICOM in grey levels or colour, or 2D NIfTI)
     as (H, W) or (H, W, 3)."""

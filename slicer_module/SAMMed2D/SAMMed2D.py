@@ -179,6 +179,7 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadPromptsButton.connect("clicked(bool)", self.onLoadPrompts)
         self.ui.exportSegNrrdButton.connect("clicked(bool)", self.onExportSegNrrd)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+        self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.progressBar.visible = self.ui.cancelButton.visible = False
 
         # The server and key belong to this computer, not to the scene.
@@ -254,7 +255,7 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = self._run is not None
         buttons = (
             self.ui.segmentButton, self.ui.propagateButton, self.ui.propagateAllButton,
-            self.ui.loadPromptsButton,
+            self.ui.loadPromptsButton, self.ui.finetuneButton,
         )  # fmt: skip
         for button in buttons:
             button.enabled = ready and not busy
@@ -358,6 +359,33 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             work, finish = logic.preparePropagateAll(p.volume, p.segmentation)
             self._start("Propagating all", work, finish)
 
+    def onFinetune(self, *args):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not fine-tune."):
+            p = self._parameterNode
+            if not (p.volume and p.segmentation):
+                raise ValueError("choose a volume and a segmentation first")
+            logic = self.getLogic()
+            if logic is None:
+                return
+            if logic.engine.remote:
+                from SAMMed2DLib import LOCAL_ONLY
+
+                raise ValueError(LOCAL_ONLY)
+            path = qt.QFileDialog.getSaveFileName(
+                None, "Save the fine-tuned model", "tuned.pth", "*.pth"
+            )
+            if not path:
+                return
+            work, finish = logic.prepareFinetune(p.volume, p.segmentation, path)
+
+            def finishAndUse(report):
+                text = finish(report)
+                if report is not None:
+                    p.model = path  # the next click loads it, with the embeddings made so far
+                return text
+
+            self._start("Fine-tuning", work, finishAndUse, unit="")
+
     def onLoadPrompts(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not replay the prompts."):
             path = qt.QFileDialog.getOpenFileName(None, "Load prompts", "", "*.json")
@@ -370,9 +398,10 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             work, finish = logic.prepareReplay(path, p.volume, p.segmentation)
             self._start("Replaying", work, finish)
 
-    def _start(self, label, work, finish, kind="long"):
+    def _start(self, label, work, finish, kind="long", unit="slices"):
         """Run `work` in the background; a "click" shows no progress bar and lets newer
-        clicks queue behind it, a "long" run (propagate, replay) has progress and Cancel."""
+        clicks queue behind it, a "long" run (propagate, replay, fine-tune) has progress
+        (counted in `unit`) and Cancel."""
         from SAMMed2DLib import BackgroundRun
 
         self._run, self._finish, self._runKind = BackgroundRun(work), finish, kind
@@ -381,7 +410,7 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onParameters()
             self.pollTimer.start()
             return
-        self.ui.progressBar.format = f"{label}: %v of %m slices"
+        self.ui.progressBar.format = f"{label}: %v of %m {unit}".rstrip()
         self.ui.progressBar.value, self.ui.progressBar.maximum = 0, 0  # busy until the first slice
         self.ui.progressBar.visible = self.ui.cancelButton.visible = True
         self.ui.cancelButton.enabled = True
@@ -513,7 +542,10 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         if key != self.engineKey:
             from SAMMed2DLib import make_engine
 
-            self.engine = make_engine(kind, modelOrUrl, apiKey, precision)
+            # The embeddings made so far stay: they are keyed on the image encoder, so a
+            # fine-tune of the last model (or that model again) finds them.
+            cache = getattr(self.engine, "cache", None) if kind == "local" else None
+            self.engine = make_engine(kind, modelOrUrl, apiKey, precision, cache)
             self.engineKey = key
 
     def setModel(self, nameOrPath):
@@ -848,6 +880,39 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
     def replayPrompts(self, path, volume, segmentation, progress=None, shouldStop=None):
         work, finish = self.prepareReplay(path, volume, segmentation)
         return finish(work(progress, shouldStop or (lambda: False)))
+
+    def prepareFinetune(self, volume, segmentation, path):
+        """(work, finish) that train the local model's mask decoder on the segmentation
+        (every segment an object, slices as the Red view shows them) and write it to `path`;
+        `finish` gives the held-out Dice before and after. Cancelled, nothing is written."""
+        from sammed2d.errors import Cancelled
+        from SAMMed2DLib import ijk_volume_from_slicer_array, slice_axis_of_view
+
+        labels, _ = self.labelsOf(segmentation, volume)
+        ijkToRas, parentToWorld = self.matrices(volume)
+        axis = slice_axis_of_view(self.sliceToRas("Red"), ijkToRas, parentToWorld)
+        data = np.array(ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume)))
+        engine, preset, affine = self.engine, self.preset, parentToWorld @ ijkToRas
+
+        def work(progress, shouldStop):
+            try:
+                return engine.finetune(
+                    data, labels, axis, affine, preset, path, progress, shouldStop
+                )
+            except Cancelled:
+                return None
+
+        def finish(report):
+            if report is None:
+                return "fine-tuning cancelled: the model is as it was"
+            kept = f"epoch {report.best_epoch}" if report.best_epoch else "no epoch did better"
+            return (
+                f"fine-tuned on {report.train_samples} slices, {report.val_samples} held out: "
+                f"validation Dice {report.before:.3f} → {report.after:.3f} ({kept}); "
+                f"saved to {path}, now the model"
+            )
+
+        return work, finish
 
     # ----- export ------------------------------------------------------------------------------
     def labelsOf(self, segmentation, volume):

@@ -117,6 +117,12 @@ def test_the_command_holds_out_whole_volumes_and_writes_a_loadable_file(
     code = main(["finetune", "--images", str(args[0][0]), "--labels", *map(str, args[1]), *common])
     assert code == 2
     assert "give one label file per image" in capsys.readouterr().err
+    # a wrong --out is refused before any slice is embedded, not after training
+    one = ["--images", str(args[0][0]), "--labels", str(args[0][1])]
+    for bad, said in ((tmp_path / "tuned.nii.gz", "saved as .pth"),
+                      (tiny_checkpoint, "holds the weights being fine-tuned")):  # fmt: skip
+        code = main(["finetune", *one, "--model", str(tiny_checkpoint), "--out", str(bad)])
+        assert code == 2 and said in capsys.readouterr().err
 
 
 def test_the_fused_calls_stand_aside_where_weights_learn():

@@ -67,7 +67,7 @@ def test_cancel_writes_nothing_and_bad_requests_get_one_line(
     assert errors[-1] == "the labels are empty: segment or paint some slices first"
     labels.data[2:6, 12:30, 10:26] = 1
     w.finetune_to(tmp_path / "tuned.nii.gz")
-    assert errors[-1] == "tuned.nii.gz: fine-tuned weights are saved as .pth"
+    assert errors[-1] == "tuned.nii.gz: model weights are saved as .pth"
     w.finetune_to(tiny_checkpoint)
     assert "holds the weights being fine-tuned" in errors[-1]
     assert w._busy is None

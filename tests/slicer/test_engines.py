@@ -150,3 +150,55 @@ def test_remote_mode_in_a_fresh_environment_without_torch(slicer_server, tmp_pat
     assert report["torch"] is False and report["pixels"] > 0 and report["objects"] == 1
     listed = subprocess.run([str(python), "-m", "pip", "list"], capture_output=True, text=True)
     assert "torch" not in listed.stdout.lower()
+
+
+def test_the_local_engine_fine_tunes_a_copy_and_keeps_its_embeddings(tiny_checkpoint, tmp_path):
+    """Slicer's Fine-tune: the decoder of a copy is trained and written; the engine's own
+    model does not change; the next engine (the tuned file) takes the embedding cache over
+    and finds every slice in it. Cancelled, nothing is written."""
+    import torch
+
+    from sammed2d.errors import Cancelled, VolumeIOError
+    from sammed2d.predictor import embed_slices
+
+    engine = make_engine("local", str(tiny_checkpoint))
+    given = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    data = volume()
+    labels = np.zeros(data.shape, np.uint8)
+    labels[10:28, 12:30, 2:7] = 1
+    with pytest.raises(VolumeIOError, match="saved as .pth"):
+        engine.finetune(data, labels, 2, AFFINE, "abdomen", tmp_path / "t.nii.gz")
+    with pytest.raises(Cancelled):
+        engine.finetune(data, labels, 2, AFFINE, "abdomen", tmp_path / "c.pth",
+                        shouldStop=lambda: True)  # fmt: skip
+    assert not (tmp_path / "c.pth").exists()
+
+    steps = []
+    out = tmp_path / "tuned.pth"
+    report = engine.finetune(data, labels, 2, AFFINE, "abdomen", out,
+                             progress=lambda done, total: steps.append((done, total)))  # fmt: skip
+    assert out.exists() and (tmp_path / "tuned.pth.json").exists()
+    assert report.train_samples == 4 and report.val_samples == 1 and steps[-1][0] == steps[-1][1]
+    for k, v in engine.model.state_dict().items():
+        assert torch.equal(v, given[k]), k
+
+    tuned = make_engine("local", str(out), cache=engine.cache)
+    assert tuned.cache is engine.cache and tuned.model.weights_id != engine.model.weights_id
+    from sammed2d.intensity import intensity_range, to_rgb, to_uint8
+
+    lo, hi = intensity_range(data, "abdomen")
+    images = [to_rgb(to_uint8(data[:, :, k], lo, hi)) for k in range(2, 7)]
+    hits = []
+    embed_slices(engine.model, images, cache=engine.cache)
+    embed_slices(tuned.model, images, cache=tuned.cache, progress=lambda d, t: hits.append(d))
+    assert hits[0] == len(images)
+
+
+def test_a_remote_engine_refuses_to_fine_tune(slicer_server):
+    from sammed2d.errors import SamMed2DError
+    from SAMMed2DLib import LOCAL_ONLY
+
+    url, _ = slicer_server
+    with pytest.raises(SamMed2DError, match="choose the local engine"):
+        make_engine("remote", url, "s1").finetune()
+    assert "local engine" in LOCAL_ONLY

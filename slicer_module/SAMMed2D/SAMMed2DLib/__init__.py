@@ -7,6 +7,7 @@ before the engine is on the path; the rest load on first use.
 from importlib import import_module
 
 _WHERE = {
+    "LOCAL_ONLY": "engines",
     "LocalEngine": "engines",
     "RemoteEngine": "engines",
     "make_engine": "engines",

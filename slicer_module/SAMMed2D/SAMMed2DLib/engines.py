@@ -7,11 +7,16 @@ pixels), so the Logic does not care which one runs.
 
 from __future__ import annotations
 
+LOCAL_ONLY = (
+    "fine-tuning runs in Slicer's own Python: choose the local engine (the labels stay on "
+    "this computer)"
+)
+
 
 class LocalEngine:
     remote = False
 
-    def __init__(self, nameOrPath: str, precision: str = "fp32") -> None:
+    def __init__(self, nameOrPath: str, precision: str = "fp32", cache=None) -> None:
         from sammed2d import EmbeddingCache, graphs, load_model
 
         self.name = nameOrPath
@@ -20,7 +25,9 @@ class LocalEngine:
         # Background runs share Python's lock with Slicer's GUI thread: graphs run the model
         # without it (sammed2d.graphs; fp32 only, bf16 runs eager under autocast).
         graphs.enable(self.model)
-        self.cache = EmbeddingCache(max_bytes=2 << 30)
+        # Embeddings are keyed on the image encoder: another model's cache may be passed on
+        # (a fine-tune of this one then embeds nothing again).
+        self.cache = cache if cache is not None else EmbeddingCache(max_bytes=2 << 30)
 
     def describe(self) -> str:
         return f"{self.model.spec.name} on {self.model.device}, {self.model.precision}"
@@ -48,6 +55,33 @@ class LocalEngine:
             settings=settings, cache=self.cache, progress=progress, should_stop=shouldStop,
         )  # fmt: skip
 
+    def finetune(self, data, labels, axis, affine, preset, out, progress=None, shouldStop=None):
+        """Train the mask decoder of a copy of this model on `labels` (IJK, shaped as `data`,
+        every value an object), as `sammed2d finetune` does with its defaults, and write it
+        to `out` (.pth, and OUT.json); the report comes back. The engine's own model is not
+        changed: it may serve clicks meanwhile."""
+        from sammed2d import load_model
+        from sammed2d.finetune import (
+            FinetuneSettings,
+            finetune,
+            finetune_record,
+            save_finetuned,
+        )
+        from sammed2d.io import weights_output
+
+        out = weights_output(out, self.name)
+        model = load_model(self.name, device=self.model.device, precision=self.model.precision)
+        settings = FinetuneSettings()
+        report = finetune(
+            model, [(data, affine, labels)], axis, preset, settings, self.cache,
+            progress=None if progress is None else lambda what, done, total: progress(done, total),
+            should_stop=shouldStop,
+        )  # fmt: skip
+        save_finetuned(
+            model, out, report, finetune_record(model, self.name, preset, axis, 1, settings)
+        )
+        return report
+
 
 class RemoteEngine:
     remote = True
@@ -71,6 +105,11 @@ class RemoteEngine:
             data, index, prompt, axis=axis, affine=affine, preset=preset
         )
 
+    def finetune(self, *args, **kwargs):
+        from sammed2d.errors import SamMed2DError
+
+        raise SamMed2DError(LOCAL_ONLY)
+
     def propagate(self, data, objects, axis, affine, preset, settings=None, progress=None,
                   shouldStop=None):  # fmt: skip
         return self.client.propagate(
@@ -79,9 +118,10 @@ class RemoteEngine:
         )  # fmt: skip
 
 
-def make_engine(kind: str, modelOrUrl: str, apiKey: str | None = None, precision: str = "fp32"):
-    """`kind` "local" (a model name or checkpoint path, in `precision`) or "remote" (a
-    server URL; the server's model and precision)."""
+def make_engine(kind: str, modelOrUrl: str, apiKey: str | None = None, precision: str = "fp32",
+                cache=None):  # fmt: skip
+    """`kind` "local" (a model name or checkpoint path, in `precision`; `cache` an embedding
+    cache to keep) or "remote" (a server URL; the server's model and precision)."""
     if kind == "remote":
         return RemoteEngine(modelOrUrl, apiKey)
-    return LocalEngine(modelOrUrl or "litemedsam", precision)
+    return LocalEngine(modelOrUrl or "litemedsam", precision, cache)
