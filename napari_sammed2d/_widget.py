@@ -210,8 +210,9 @@ class SegmentWidget(QWidget):
         load_button = QPushButton("Load prompts…")
         self.finetune_button = QPushButton("Fine-tune on labels…")
         self.finetune_button.setToolTip(
-            "train the model's mask decoder on this image's labels (its last slices held "
-            "out to check it), save it as a .pth with a .json record, and use it from then "
+            "train the model's mask decoder on this image's labels (every labelled slice: "
+            "check them first; the last ones are held out to check it), save it as a .pth "
+            "with a .json record, and use it from then "
             "on; the encoder is kept, so no slice is embedded again. As `sammed2d finetune` "
             "with its defaults (5 epochs); Cancel keeps the model as it was"
         )
