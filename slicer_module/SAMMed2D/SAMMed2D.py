@@ -957,7 +957,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
 class SAMMed2DTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer only (Slicer's "Reload and Test", or ctest in an extension build):
     the install check, a click, propagation in the background with Cancel, undo through
-    the Segment Editor, and scene close, on the suite's CT phantom."""
+    the Segment Editor, fine-tuning, and scene close, on the suite's CT phantom."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -967,6 +967,7 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
             self.test_install_check,
             self.test_segment_propagate_undo,
             self.test_cancel_in_the_background,
+            self.test_finetune_in_the_background,
             self.test_scene_close_resets_the_module,
         ):
             self.setUp()
@@ -1051,6 +1052,33 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
         self.assertEqual(outcome[0], "done")
         self.assertTrue(outcome[1].cancelled)
         self.assertIn("cancelled", finish(outcome[1]))
+
+    def test_finetune_in_the_background(self):
+        import tempfile
+        from pathlib import Path
+
+        from SAMMed2DLib import BackgroundRun
+
+        logic, volume, segmentation, roi, liver, z = self._phantom()
+        segmentId = logic.objectSegmentId(segmentation, 1, "liver")
+        logic.segmentCurrentSlice(volume, segmentation, segmentId, "Red", (None, None, roi))
+        logic.propagateSegment(volume, segmentation, segmentId, "Red", (None, None, roi))
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "tuned.pth"
+            work, finish = logic.prepareFinetune(volume, segmentation, str(out))
+            cancelled = BackgroundRun(work)
+            cancelled.cancel()
+            self.assertTrue(cancelled.wait(120))
+            self.assertIn("cancelled", finish(cancelled.poll()[1][1]))
+            self.assertFalse(out.exists())
+            run = BackgroundRun(work)
+            self.assertTrue(run.wait(900))
+            _, outcome = run.poll()
+            self.assertEqual(outcome[0], "done", outcome)
+            self.assertIn("validation Dice", finish(outcome[1]))
+            self.assertTrue(out.exists() and out.with_name("tuned.pth.json").exists())
+            logic.setModel(str(out))
+            self.assertEqual(logic.engine.model.weights_path, str(out))
 
     def test_scene_close_resets_the_module(self):
         logic, volume, segmentation, roi, liver, z = self._phantom()
