@@ -1,7 +1,7 @@
 """Fine-tuning LiteMedSAM's mask decoder on the TotalSegmentator example CT: what it gains on
 held-out slices, and what it does to structures it was not shown.
 
-    python benchmarks/finetune.py [--epochs 5] [--cache DIR]
+    python benchmarks/finetune.py [--epochs 5] [--cache DIR] [--propagation]
 
 1. All fourteen structures of `structures.nii.gz`, the CT's last fifth of slices held out
    (`sammed2d finetune`'s split for one volume): validation Dice of each object's own box
@@ -9,6 +9,9 @@ held-out slices, and what it does to structures it was not shown.
 2. Seven structures trained (even positions in structures.json's order), the other seven
    never shown: their 2D Dice on every slice, the label's own box, before and after, so a
    decoder that forgets what it knew shows.
+3. With --propagation: all fourteen propagated together (benchmarks/propagation.py's
+   protocols A and B, its default settings and windows) with the published decoder and the
+   one tuned on the seven, each group's mean Dice: what fine-tuning does to the walks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sammed2d import EmbeddingCache, load_model
+from sammed2d.evaluation import dice, protocol_objects
 from sammed2d.finetune import (
     FinetuneSettings,
     collect_samples,
@@ -31,7 +35,7 @@ from sammed2d.finetune import (
 from sammed2d.intensity import intensity_range
 from sammed2d.io import read_volume
 from sammed2d.orientation import slice_view
-from sammed2d.propagate import VolumeSlices
+from sammed2d.propagate import VolumeSlices, propagate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "abdomen_ct"
 
@@ -49,6 +53,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cache", type=Path, help="embedding cache folder")
+    parser.add_argument("--propagation", action="store_true", help="also part 3 (above)")
     args = parser.parse_args(argv)
     ct = read_volume(DATA / "ct.nii.gz")
     structures = read_volume(DATA / "structures.nii.gz").array
@@ -83,6 +88,19 @@ def main(argv=None) -> int:
         f"7 never shown ({', '.join(names[i] for i in unseen)}), every slice, own box: "
         f"{before:.3f} -> {after:.3f}"
     )
+    if args.propagation:
+        for protocol in "AB":
+            objects = protocol_objects(structures, axis=2, protocol=protocol)
+            means = []
+            for model in (base, tuned):
+                found = propagate(ct.array, objects, model, 2, ct.affine, cache=cache).labels
+                scores = {o.id: dice(found == o.id, structures == o.id) for o in objects}
+                means.append([np.mean([scores[i] for i in group]) for group in (shown, unseen)])
+            (a, b), (c, d) = means
+            print(
+                f"propagation, protocol {protocol}, published -> tuned: 7 shown {a:.3f} -> "
+                f"{c:.3f}, 7 never shown {b:.3f} -> {d:.3f}"
+            )
     return 0
 
 
