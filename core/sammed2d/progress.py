@@ -15,7 +15,9 @@ from contextlib import contextmanager
 def _line(desc: str, done: int, total: int, unit: str, elapsed: float) -> str:
     rate = done / elapsed if elapsed > 0 else 0.0
     text = f"{desc}: {done}/{total} {unit}s, {elapsed:.0f} s"
-    if 0 < done < total and rate > 0:
+    # No rate from under a second: a reporter made at its first step (one per epoch in
+    # `finetune`) would print thousands of steps per second and 0 s left.
+    if 0 < done < total and rate > 0 and elapsed >= 1.0:
         text += f", {rate:.2f} {unit}/s, about {(total - done) / rate:.0f} s left"
     return text
 

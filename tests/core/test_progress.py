@@ -9,7 +9,9 @@ import sys
 from sammed2d.progress import progress_reporter
 
 
-def test_plain_lines_with_rate_and_time_left_off_a_terminal():
+def test_plain_lines_with_rate_and_time_left_off_a_terminal(monkeypatch):
+    clock = iter(range(0, 1000, 2))  # two seconds a step
+    monkeypatch.setattr("sammed2d.progress.time.perf_counter", lambda: next(clock))
     stream = io.StringIO()  # not a tty, as a job scheduler's log
     with progress_reporter("propagating", stream=stream, interval=0.0) as update:
         for done in range(0, 11, 5):
@@ -19,6 +21,14 @@ def test_plain_lines_with_rate_and_time_left_off_a_terminal():
     assert lines[0].startswith("propagating: 5/10 slices")
     assert "slice/s, about" in lines[0] and "s left" in lines[0]
     assert lines[-1].startswith("propagating: 10/10 slices") and len(lines) == 2
+
+
+def test_no_rate_from_under_a_second():
+    """A reporter made at its first step (one per epoch) printed 68,766 steps/s."""
+    stream = io.StringIO()
+    with progress_reporter("epoch 5/5", unit="step", stream=stream, interval=0.0) as update:
+        update(1, 24)
+    assert stream.getvalue().splitlines()[0] == "epoch 5/5: 1/24 steps, 0 s"
 
 
 def test_interrupted_work_says_where_it_stopped():
