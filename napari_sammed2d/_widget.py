@@ -212,9 +212,9 @@ class SegmentWidget(QWidget):
         self.finetune_button.setToolTip(
             "train the model's mask decoder on this image's labels (every labelled slice: "
             "check them first; the last ones are held out to check it), save it as a .pth "
-            "with a .json record, and use it from then "
-            "on; the encoder is kept, so no slice is embedded again. As `sammed2d finetune` "
-            "with its defaults (5 epochs); Cancel keeps the model as it was"
+            "with a .json record, and use it from then on; the encoder is kept, so no "
+            "slice is embedded again. As `sammed2d finetune` with its defaults (5 epochs); "
+            "Cancel keeps the model as it was"
         )
         self._job_buttons = (
             self.propagate_button, self.propagate_all_button, self.finetune_button
