@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 from .cache import EmbeddingCache
 from .errors import Cancelled, ImageError
-from .intensity import intensity_range
+from .evaluation import middle_slice, slice_box
+from .intensity import intensity_range, prompt_window, resolve_preset
 from .io import atomic_write
+from .objects import SlicePrompt
 from .orientation import slice_of, slice_view
 from .predictor import ImageEmbedding, embed_slices
 from .prompts import box_from_mask
@@ -52,11 +54,13 @@ class FinetuneSettings:
 
 @dataclass
 class Sample:
-    """One slice of one volume and its objects' masks (in the model's view of the slice)."""
+    """One slice of one volume and its objects' masks (in the model's view of the slice),
+    as `view` (an index into the fine-tune's VolumeSlices: a volume in one window) shows it."""
 
     case: int
     index: int
     masks: list[np.ndarray]
+    view: int = 0
 
 
 @dataclass
@@ -65,22 +69,46 @@ class FinetuneReport:
     after: float  # ... of the weights kept
     best_epoch: int  # 0: no epoch beat the weights given, which are kept
     epochs: list[tuple[float, float]] = field(default_factory=list)  # (train loss, val Dice)
-    train_samples: int = 0
+    train_samples: int = 0  # slices (an object's window may make one slice several samples)
     val_samples: int = 0
     seconds: float = 0.0
 
 
-def collect_samples(slices: VolumeSlices, labels: np.ndarray, case: int, min_pixels: int):
-    """Every slice of `labels` (shaped as the volume) with an object of `min_pixels` or more."""
+def collect_samples(
+    slices: VolumeSlices, labels: np.ndarray, case: int, min_pixels: int, view: int = 0, ids=None
+):
+    """Every slice of `labels` (shaped as the volume) with an object (of `ids`, default all)
+    of `min_pixels` or more."""
     samples = []
     for index in range(slices.count):
         raw = slice_of(labels, index, slices.axis)
+        present = [i for i in np.unique(raw) if i > 0 and (ids is None or i in ids)]
         # Each object's mask turned and stretched as a mask: ids are not grey levels.
-        masks = [slices.view.to_view(raw == i) for i in np.unique(raw) if i > 0]
+        masks = [slices.view.to_view(raw == i) for i in present]
         masks = [m for m in masks if m.sum() >= min_pixels]
         if masks:
-            samples.append(Sample(case, index, masks))
+            samples.append(Sample(case, index, masks, view))
     return samples
+
+
+def object_windows(array: np.ndarray, labels: np.ndarray, axis: int, preset: str) -> dict:
+    """{window: object ids}: under `auto`, each object in the window propagation gives it
+    from a box on its middle slice (on a CT lung, bone or soft tissue; on an MR one from the
+    box's grey levels), so that it learns from the images it will be segmented on; under any
+    other preset, every object in that one."""
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    if preset != "auto":
+        return {preset: ids}
+    own = resolve_preset(array, "auto")
+    groups: dict[str, list[int]] = {}
+    others = tuple(a for a in range(3) if a != axis)
+    for oid in ids:
+        # The box a protocol-A prompt (and a person's first box) gives it
+        index = middle_slice(np.flatnonzero(np.any(labels == oid, axis=others)))
+        box = slice_box(slice_of(labels, index, axis) == oid)
+        window = prompt_window(array, axis, index, SlicePrompt(box=box), own) or own
+        groups.setdefault(window, []).append(oid)
+    return groups
 
 
 def split(samples: list[Sample], cases: int, fraction: float) -> tuple[list, list]:
@@ -89,16 +117,22 @@ def split(samples: list[Sample], cases: int, fraction: float) -> tuple[list, lis
     if cases > 1:
         held = max(1, int(round(cases * fraction)))
         val = [s for s in samples if s.case >= cases - held]
-    else:
-        held = max(1, int(round(len(samples) * fraction)))
-        val = samples[-held:]
+    else:  # whole slices (a slice may be a sample in several windows)
+        indices = sorted({s.index for s in samples})
+        held = max(1, int(round(len(indices) * fraction)))
+        val = [s for s in samples if s.index in indices[len(indices) - held :]]
     held_out = {id(s) for s in val}
     train = [s for s in samples if id(s) not in held_out]
     if not train or not val:
+        count = len({(s.case, s.index) for s in samples})
         raise ImageError(
-            f"{len(samples)} labelled slices: too few to hold {fraction:.0%} out for validation"
+            f"{count} labelled slices: too few to hold {fraction:.0%} out for validation"
         )
     return train, val
+
+
+def _slices(samples: list[Sample]) -> int:
+    return len({(s.case, s.index) for s in samples})
 
 
 def embedder(volumes: list[VolumeSlices], cache: EmbeddingCache | None):
@@ -107,9 +141,9 @@ def embedder(volumes: list[VolumeSlices], cache: EmbeddingCache | None):
     held: dict[tuple[int, int], ImageEmbedding] = {}
 
     def embed(sample: Sample) -> ImageEmbedding:
-        key = (sample.case, sample.index)
+        key = (sample.view, sample.index)
         if key not in held:
-            slices = volumes[sample.case]
+            slices = volumes[sample.view]
             (emb,) = embed_slices(slices.model, [slices.rgb(sample.index)], 1, cache)
             # Embeddings are made in inference mode; autograd may not save such tensors.
             device = slices.model.device
@@ -199,16 +233,12 @@ def finetune(
                 f"case {n + 1}: labels of shape {labels.shape} do not match the volume's "
                 f"{array.shape}"
             )
-        slices = VolumeSlices(
-            model,
-            array,
-            axis,
-            slice_view(affine, axis, orientation),
-            intensity_range(array, preset),
-            cache,
-        )
-        volumes.append(slices)
-        samples += collect_samples(slices, labels, n, s.min_pixels)
+        view = slice_view(affine, axis, orientation)
+        for window, ids in object_windows(array, labels, axis, preset).items():
+            slices = VolumeSlices(model, array, axis, view, intensity_range(array, window), cache)
+            volumes.append(slices)
+            samples += collect_samples(slices, labels, n, s.min_pixels, len(volumes) - 1, ids)
+    samples.sort(key=lambda sample: (sample.case, sample.index, sample.view))
     if not samples:
         raise ImageError(f"no labelled object of {s.min_pixels} pixels or more on any slice")
     train, val = split(samples, len(cases), s.val_fraction)
@@ -228,7 +258,7 @@ def finetune(
     decoder = model.mask_decoder
     given = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
     best = dict(given)
-    report = FinetuneReport(0.0, 0.0, 0, train_samples=len(train), val_samples=len(val))
+    report = FinetuneReport(0.0, 0.0, 0, train_samples=_slices(train), val_samples=_slices(val))
     report.before = report.after = validation_dice(model, embed, val)
     model.requires_grad_(False)
     decoder.requires_grad_(True)

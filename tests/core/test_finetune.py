@@ -168,3 +168,32 @@ def test_a_fine_tuned_model_reuses_its_base_models_embeddings(tiny_checkpoint, t
     path = tmp_path / "other.pth"
     torch.save(other.state_dict(), path)
     assert load_model(path, device="cpu").encoder_id != original.encoder_id
+
+
+def test_each_object_trains_in_the_window_propagation_gives_it(tiny_checkpoint):
+    """Under `auto` an object is shown in the window its box asks for (a lung in the lung
+    window, a vertebra in the bone window), as propagation will show it; a fixed preset
+    shows every object in that one."""
+    from sammed2d import EmbeddingCache
+    from sammed2d.finetune import object_windows
+
+    rng = np.random.default_rng(1)
+    ct = rng.normal(40, 10, (64, 64, 6)).astype(np.float32)  # soft tissue, in HU
+    labels = np.zeros(ct.shape, np.uint8)
+    ct[4:30, 4:60] = rng.normal(-800, 40, (26, 56, 6))  # lung, around a small organ
+    labels[6:28, 6:58] = 1
+    ct[12:20, 20:40] = 50
+    labels[12:20, 20:40] = 0
+    ct[40:56, 20:36] = 700  # bone
+    labels[40:56, 20:36] = 2
+    ct[40:56, 40:56] += 20  # an organ
+    labels[40:56, 40:56] = 3
+    assert object_windows(ct, labels, 2, "auto") == {"lung": [1], "bone": [2], "abdomen": [3]}
+    assert object_windows(ct, labels, 2, "abdomen") == {"abdomen": [1, 2, 3]}
+
+    model = load_model(tiny_checkpoint, device="cpu")
+    cache = EmbeddingCache(max_bytes=1 << 30)
+    report = finetune(model, [(ct, np.eye(4), labels)], settings=FinetuneSettings(epochs=1),
+                      cache=cache)  # fmt: skip
+    assert (report.train_samples, report.val_samples) == (5, 1)  # slices, not samples
+    assert len(cache) == 3 * 6  # every slice in each of the three windows
