@@ -1,7 +1,8 @@
 """Fine-tuning LiteMedSAM's mask decoder on the TotalSegmentator example CT: what it gains on
 held-out slices, and what it does to structures it was not shown.
 
-    python benchmarks/finetune.py [--epochs 5] [--cache DIR] [--propagation]
+    python benchmarks/finetune.py [--epochs 5] [--cache DIR] [--propagation] [--mr-like]
+                                  [--train-window auto]
 
 1. All fourteen structures of `structures.nii.gz`, the CT's last fifth of slices held out
    (`sammed2d finetune`'s split for one volume): validation Dice of each object's own box
@@ -54,17 +55,37 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cache", type=Path, help="embedding cache folder")
     parser.add_argument("--propagation", action="store_true", help="also part 3 (above)")
+    parser.add_argument(
+        "--mr-like",
+        action="store_true",
+        help="the CT's grey levels remapped to a T1-weighted MR's (benchmarks/propagation.py)",
+    )
+    parser.add_argument(
+        "--train-window",
+        default="auto",
+        help="the window training shows (auto: each object the one propagation gives it; "
+        "percentile: the volume's, for every object)",
+    )
     args = parser.parse_args(argv)
     ct = read_volume(DATA / "ct.nii.gz")
+    if args.mr_like:
+        from propagation import mr_like
+
+        ct.array = mr_like(ct.array)
     structures = read_volume(DATA / "structures.nii.gz").array
     names = {int(k): v for k, v in json.loads((DATA / "structures.json").read_text()).items()}
     cache = EmbeddingCache(max_bytes=0, folder=args.cache) if args.cache else None
     settings = FinetuneSettings(epochs=args.epochs)
-    print(f"LiteMedSAM fp32, example CT {ct.array.shape}, {args.epochs} epochs, lr {settings.lr}")
+    print(
+        f"LiteMedSAM fp32, example CT{' (MR-like grey levels)' if args.mr_like else ''} "
+        f"{ct.array.shape}, {args.epochs} epochs, lr {settings.lr}, training window "
+        f"{args.train_window}"
+    )
 
     model = load_model("litemedsam", device="cpu")
     start = time.perf_counter()
-    report = finetune(model, [(ct.array, ct.affine, structures)], 2, "auto", settings, cache)
+    window = args.train_window
+    report = finetune(model, [(ct.array, ct.affine, structures)], 2, window, settings, cache)
     print(
         f"all 14, last slices held out ({report.train_samples} slices train, "
         f"{report.val_samples} held out): validation Dice {report.before:.3f} -> "
@@ -78,7 +99,7 @@ def main(argv=None) -> int:
     base = load_model("litemedsam", device="cpu")
     before = dice_on(base, ct, other, cache)
     tuned = load_model("litemedsam", device="cpu")
-    report = finetune(tuned, [(ct.array, ct.affine, train)], 2, "auto", settings, cache)
+    report = finetune(tuned, [(ct.array, ct.affine, train)], 2, window, settings, cache)
     after = dice_on(tuned, ct, other, cache)
     print(
         f"7 shown ({', '.join(names[i] for i in shown)}): validation Dice "

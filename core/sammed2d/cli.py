@@ -610,7 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="litemedsam", help="registry name or checkpoint path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--preprocessing", choices=PIPELINES, help="as for the other commands")
-    p.add_argument("--window", default="auto", choices=PRESETS, help="intensity preset")
+    p.add_argument(
+        "--window",
+        default="auto",
+        choices=PRESETS,
+        help="intensity preset; auto: each object in the window propagation gives it",
+    )
     p.add_argument("--cache", type=Path, help="folder for embeddings kept between runs")
     p.set_defaults(run=cmd_finetune)
 

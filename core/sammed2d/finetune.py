@@ -8,7 +8,9 @@ hundreds.
 
 Each labelled object on each slice is a sample: its box, each edge moved in or out at random
 by up to `jitter` of the box's side (the decoder learns the boxes a person draws or a walk
-carries, not only the label's exact box), and its mask. The loss is the published recipes':
+carries, not only the label's exact box), and its mask, shown in the window propagation
+will show it in (under `auto`: a lung lobe in the lung window, an MR object in its box's
+own window), so one slice may be embedded in several windows. The loss is the published recipes':
 Dice plus binary cross-entropy of the mask, plus the squared error of the predicted IoU
 against the mask's true IoU, which propagation's stopping rules read. Validation holds out
 whole volumes, or with one volume its last slices: neighbouring slices are nearly the same
