@@ -12,6 +12,7 @@ the status line, the stalls over 100 ms and the full garbage-collector passes.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ def main() -> int:
     parser.add_argument("--screenshot", type=Path, help="a PNG of the viewer when it is done")
     add_stall_option(parser)
     args = parser.parse_args()
+    screenshot = args.screenshot.resolve() if args.screenshot else None
+    home = os.getcwd()
     viewer, w, beat, sampler, collector = docked_viewer(args.sample_stalls)
     (image,) = viewer.open(str(DATA / "ct.nii.gz"), plugin="napari-sammed2d")
     pump(until=lambda: w.engine.ready, timeout=300)
@@ -40,7 +43,8 @@ def main() -> int:
     labels.data[shown] = structures[shown]
     labels.refresh()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "tuned.pth"
+        os.chdir(tmp)  # a relative path: the Model field (and a screenshot) shows tuned.pth
+        out = Path("tuned.pth")
         beat.reset("fine-tune")
         start = time.perf_counter()
         w.finetune_to(out)
@@ -62,8 +66,9 @@ def main() -> int:
         collector.report()
         if sampler is not None:
             sampler.report()
-        if args.screenshot:
-            viewer.screenshot(str(args.screenshot), canvas_only=False)
+        if screenshot:
+            viewer.screenshot(str(screenshot), canvas_only=False)
+        os.chdir(home)
     w.shutdown()
     viewer.close()
     return 0
