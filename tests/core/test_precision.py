@@ -144,8 +144,9 @@ def test_bf16_masks_agree_with_fp32_on_the_shared_ct(litemedsam):
 
 
 def test_window_softmax_in_bf16_is_the_fp32_softmax_rounded():
-    """bf16 attention scores take their softmax through fp32 (faster on the CPU): the
-    result is bf16, each weight the fp32 softmax's to within bf16 rounding, rows sum to 1."""
+    """bf16 attention scores over short rows take their softmax through fp32, over long
+    ones torch's bf16 kernel (whichever is faster on the CPU): either way the result is
+    bf16, each weight the fp32 softmax's to within bf16 rounding, rows sum to 1."""
     from sammed2d.models.tiny_vit import _softmax
 
     scores = torch.randn(40, 49, 49, generator=torch.Generator().manual_seed(0)) * 4
@@ -158,3 +159,11 @@ def test_window_softmax_in_bf16_is_the_fp32_softmax_rounded():
     # the fp32 route itself: torch's bf16 kernel differs from it in a few of these values
     many = torch.randn(361, 49, 49, generator=torch.Generator().manual_seed(1)).bfloat16()
     assert torch.equal(_softmax(many), many.float().softmax(dim=-1).bfloat16())
+    # stage 3's 196-token windows: the bf16 kernel, within rounding of the fp32 softmax
+    long = torch.randn(25, 196, 196, generator=torch.Generator().manual_seed(2)) * 4
+    got = _softmax(long.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, long.bfloat16().softmax(dim=-1))
+    exact = long.bfloat16().float().softmax(dim=-1)
+    assert torch.allclose(got.float(), exact, rtol=2**-8, atol=1e-6)
+    assert torch.allclose(got.float().sum(-1), torch.ones(25, 196), atol=0.02)

@@ -289,12 +289,22 @@ class TinyViTBlock(nn.Module):
         return torch.cat([self.attn(part) for part in windows.split(group)])
 
 
+# Rows shorter than this go through fp32 for a bf16 softmax on the CPU (below).
+_BF16_SOFTMAX_FROM = 64
+
+
 def _softmax(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis. bf16 scores go through fp32 on the CPU: torch's bf16
-    kernel over the 49-token windows' rows ran 1.6x slower than fp32's plus both casts
-    (1.01 against 0.62 ms for 361 windows, 2 threads); its result differs from the fp32
-    one rounded in about one value in 100,000, by one bf16 step."""
-    if scores.dtype == torch.bfloat16 and scores.device.type == "cpu":
+    """Softmax over the last axis. Short bf16 rows go through fp32 on the CPU: torch's bf16
+    kernel over the 49-token windows' rows ran 1.2-1.6x slower than fp32's plus both casts
+    (its vector tail); over the 196-token windows of stage 3 it is 1.5x faster than the
+    casts and fp32 (1.9 against 2.9 ms for 125 windows, 2 threads; rows of 64-256 all
+    faster). Either way the result differs from the fp32 one rounded in about one value
+    in 100,000, by one bf16 step."""
+    if (
+        scores.dtype == torch.bfloat16
+        and scores.device.type == "cpu"
+        and scores.shape[-1] < _BF16_SOFTMAX_FROM
+    ):
         return scores.float().softmax(dim=-1).to(torch.bfloat16)
     return scores.softmax(dim=-1)
 
