@@ -14,6 +14,7 @@ Slices are shown to the model in the radiological orientation derived from the a
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -45,6 +46,8 @@ from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
 from .prompts import box_from_mask, check_boxes, check_points, clip_box, interior_point
 
 MAX_ID = 65535
+# Bytes of slices' 8-bit images kept while walking (256 slices of 512 x 512).
+_GRAYS_BYTES = 64 << 20
 
 
 class VolumeSlices:
@@ -65,6 +68,7 @@ class VolumeSlices:
         self.cache = cache if cache is not None else EmbeddingCache(max_bytes=2 << 30)
         self.batch_size = max(1, batch_size)
         self._embeddings: dict[int, ImageEmbedding] = {}
+        self._grays: OrderedDict[int, np.ndarray] = OrderedDict()
         self.count = volume.shape[axis]
 
     def raw(self, index: int) -> np.ndarray:
@@ -76,8 +80,19 @@ class VolumeSlices:
         return tuple(s for a, s in enumerate(self.volume.shape) if a != self.axis)
 
     def gray(self, index: int) -> np.ndarray:
-        """The slice as the model sees it, one 8-bit channel."""
-        return to_uint8(self.view.to_view(self.raw(index)), *self.value_range)
+        """The slice as the model sees it, one 8-bit channel (read-only)."""
+        # A walk reads each slice's grey levels several times (embedding lookup, band,
+        # stopping rules), and every object's walk reads them again: kept up to a bound.
+        found = self._grays.get(index)
+        if found is None:
+            found = to_uint8(self.view.to_view(self.raw(index)), *self.value_range)
+            found.flags.writeable = False
+            self._grays[index] = found
+            if len(self._grays) * found.nbytes > _GRAYS_BYTES:
+                self._grays.popitem(last=False)
+        else:
+            self._grays.move_to_end(index)
+        return found
 
     def rgb(self, index: int) -> np.ndarray:
         return to_rgb(self.gray(index))

@@ -1072,3 +1072,23 @@ def test_a_slice_with_oblong_pixels_is_segmented_at_its_proportions(litemedsam, 
         affine=affine, preset="abdomen", cache=shared_cache,
     )  # fmt: skip
     assert walked.reached[1] == (10, 29) and dice(walked.labels == 1, truth) > 0.9
+
+
+def test_slices_grey_levels_are_kept_within_a_bound(monkeypatch):
+    """Each object's walk reads a slice's 8-bit image several times: it is computed once
+    and kept, read-only, up to a byte bound that drops the least recently read."""
+    from sammed2d import propagate as prop
+    from sammed2d.intensity import to_uint8
+    from sammed2d.orientation import SliceView
+
+    vol = np.random.default_rng(0).normal(40, 60, (20, 24, 6)).astype(np.float32)
+    slices = prop.VolumeSlices(None, vol, 2, SliceView(), (-160.0, 240.0), None)
+    first = slices.gray(3)
+    assert np.array_equal(first, to_uint8(vol[:, :, 3], -160.0, 240.0))
+    assert slices.gray(3) is first and not first.flags.writeable
+    monkeypatch.setattr(prop, "_GRAYS_BYTES", 2 * first.nbytes)
+    slices.gray(4)
+    slices.gray(3)  # read again: now the most recent
+    slices.gray(5)  # over the bound: 4 goes
+    assert list(slices._grays) == [3, 5]
+    assert np.array_equal(slices.gray(4), to_uint8(vol[:, :, 4], -160.0, 240.0))
