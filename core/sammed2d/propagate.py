@@ -13,6 +13,7 @@ Slices are shown to the model in the radiological orientation derived from the a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -69,6 +70,7 @@ class VolumeSlices:
         self.batch_size = max(1, batch_size)
         self._embeddings: dict[int, ImageEmbedding] = {}
         self._grays: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._grays_lock = threading.Lock()
         self.count = volume.shape[axis]
 
     def raw(self, index: int) -> np.ndarray:
@@ -83,15 +85,18 @@ class VolumeSlices:
         """The slice as the model sees it, one 8-bit channel (read-only)."""
         # A walk reads each slice's grey levels several times (embedding lookup, band,
         # stopping rules), and every object's walk reads them again: kept up to a bound.
-        found = self._grays.get(index)
-        if found is None:
-            found = to_uint8(self.view.to_view(self.raw(index)), *self.value_range)
-            found.flags.writeable = False
+        # (A server's embed-ahead thread and its requests share one VolumeSlices.)
+        with self._grays_lock:
+            found = self._grays.get(index)
+            if found is not None:
+                self._grays.move_to_end(index)
+                return found
+        found = to_uint8(self.view.to_view(self.raw(index)), *self.value_range)
+        found.flags.writeable = False
+        with self._grays_lock:
             self._grays[index] = found
-            if len(self._grays) * found.nbytes > _GRAYS_BYTES:
+            while self._grays and len(self._grays) * found.nbytes > _GRAYS_BYTES:
                 self._grays.popitem(last=False)
-        else:
-            self._grays.move_to_end(index)
         return found
 
     def rgb(self, index: int) -> np.ndarray:

@@ -1092,3 +1092,31 @@ def test_slices_grey_levels_are_kept_within_a_bound(monkeypatch):
     slices.gray(5)  # over the bound: 4 goes
     assert list(slices._grays) == [3, 5]
     assert np.array_equal(slices.gray(4), to_uint8(vol[:, :, 4], -160.0, 240.0))
+
+
+def test_slices_grey_levels_are_safe_to_read_from_two_threads(monkeypatch):
+    """A server's embed-ahead thread and its requests read one VolumeSlices at once."""
+    import threading
+
+    from sammed2d import propagate as prop
+    from sammed2d.orientation import SliceView
+
+    vol = np.random.default_rng(1).normal(40, 60, (16, 16, 40)).astype(np.float32)
+    slices = prop.VolumeSlices(None, vol, 2, SliceView(), (-160.0, 240.0), None)
+    monkeypatch.setattr(prop, "_GRAYS_BYTES", 3 * 16 * 16)  # three slices
+    errors = []
+
+    def read(offset):
+        try:
+            for i in range(2000):
+                assert slices.gray((i * 7 + offset) % 40).shape == (16, 16)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(slices._grays) <= 3
