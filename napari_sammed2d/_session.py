@@ -304,28 +304,15 @@ class Engine:
         """Train the decoder of a copy of the model on the request's labels, as `sammed2d
         finetune` does (its defaults), and write it with its record; the report comes back.
         `progress(what, done, total)`; `should_stop()` cancels, and nothing is written."""
-        from sammed2d import load_model
-        from sammed2d.finetune import (
-            FinetuneSettings,
-            finetune,
-            finetune_record,
-            save_finetuned,
-        )
+        from sammed2d.finetune import finetune_copy
 
         self.load(*req.model)  # torch, and the embedding cache the clicks have filled
         name, device, precision = req.model
-        # A copy of its own: training changes the weights in place, and the loaded model
-        # serves the clicks (and other widgets of this process) meanwhile. Its encoder is
-        # the same, so the slices already embedded are not embedded again.
-        model = load_model(name, device=device, precision=precision)
-        settings = FinetuneSettings()
-        cases = [(req.data, req.affine, req.labels)]
-        report = finetune(
-            model, cases, req.axis, req.preset, settings, self.cache,
-            progress=progress, should_stop=should_stop, orientation=req.orientation,
+        report = finetune_copy(
+            name, req.out, [(req.data, req.affine, req.labels)], req.axis, req.preset,
+            device=device, precision=precision, cache=self.cache, progress=progress,
+            should_stop=should_stop, orientation=req.orientation,
         )  # fmt: skip
-        record = finetune_record(model, name, req.preset, req.axis, 1, settings)
-        save_finetuned(model, req.out, report, record)
         # loaded (and traced) here, in the background, rather than at the next click
         progress("loading the tuned model", 0, 0)
         self.load(req.out, device, precision)

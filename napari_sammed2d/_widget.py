@@ -55,6 +55,7 @@ from qtpy.QtWidgets import (
 
 from sammed2d.choices import PRECISIONS
 from sammed2d.errors import Cancelled, SamMed2DError
+from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS
 from sammed2d.io import weights_output
 from sammed2d.objects import ObjectPrompts, PropagationSettings
@@ -1140,12 +1141,7 @@ class SegmentWidget(QWidget):
                 return
             self.model_edit.setText(str(path))
             self._drop_volume_state()
-            kept = f"epoch {result.best_epoch}" if result.best_epoch else "no epoch did better"
-            self.status.setText(
-                f"fine-tuned on {result.train_samples} slices, {result.val_samples} held out: "
-                f"validation Dice {result.before:.3f} → {result.after:.3f} ({kept}); "
-                f"now using {path.name}"
-            )
+            self.status.setText(f"{summary(result)}; now using {path.name}")
 
         self._run_job(call, land, "fine-tuning")
 

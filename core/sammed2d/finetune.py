@@ -34,7 +34,7 @@ from .cache import EmbeddingCache
 from .errors import Cancelled, ImageError
 from .evaluation import middle_slice, slice_box
 from .intensity import intensity_range, prompt_window, resolve_preset
-from .io import atomic_write
+from .io import atomic_write, weights_output
 from .objects import SlicePrompt
 from .orientation import slice_of, slice_view
 from .predictor import ImageEmbedding, embed_slices
@@ -126,9 +126,8 @@ def split(samples: list[Sample], cases: int, fraction: float) -> tuple[list, lis
     held_out = {id(s) for s in val}
     train = [s for s in samples if id(s) not in held_out]
     if not train or not val:
-        count = len({(s.case, s.index) for s in samples})
         raise ImageError(
-            f"{count} labelled slices: too few to hold {fraction:.0%} out for validation"
+            f"{_slices(samples)} labelled slices: too few to hold {fraction:.0%} out for validation"
         )
     return train, val
 
@@ -331,3 +330,45 @@ def save_finetuned(model, path: str | Path, report: FinetuneReport, record: dict
     text = json.dumps(info, indent=1) + "\n"
     atomic_write(path.with_suffix(path.suffix + ".json"), lambda tmp: Path(tmp).write_text(text))
     return path
+
+
+def finetune_copy(
+    source: str,
+    out: str | Path,
+    cases: list,
+    axis: int,
+    preset: str,
+    *,
+    device=None,
+    precision: str = "fp32",
+    cache: EmbeddingCache | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    orientation: str = "radiological",
+) -> FinetuneReport:
+    """Train the decoder of a fresh copy of the model `source` (a registry name or a file)
+    on `cases` with the default settings, as `sammed2d finetune` does, and write it to
+    `out` with its record. The viewers' Fine-tune runs this: their loaded model keeps
+    serving clicks meanwhile, and its embeddings (keyed on the unchanged encoder) serve the
+    copy. Cancelled (`should_stop`), nothing is written."""
+    from .models import load_model
+
+    out = weights_output(out, source)
+    model = load_model(source, device=device, precision=precision)
+    settings = FinetuneSettings()
+    report = finetune(
+        model, cases, axis, preset, settings, cache,
+        progress=progress, should_stop=should_stop, orientation=orientation,
+    )  # fmt: skip
+    record = finetune_record(model, source, preset, axis, len(cases), settings)
+    save_finetuned(model, out, report, record)
+    return report
+
+
+def summary(report: FinetuneReport) -> str:
+    """One line for a viewer's status: slices trained and held out, the held-out Dice."""
+    kept = f"epoch {report.best_epoch}" if report.best_epoch else "no epoch did better"
+    return (
+        f"fine-tuned on {report.train_samples} slices, {report.val_samples} held out: "
+        f"validation Dice {report.before:.3f} → {report.after:.3f} ({kept})"
+    )

@@ -886,6 +886,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         (every segment an object, slices as the Red view shows them) and write it to `path`;
         `finish` gives the held-out Dice before and after. Cancelled, nothing is written."""
         from sammed2d.errors import Cancelled
+        from sammed2d.finetune import summary
         from SAMMed2DLib import ijk_volume_from_slicer_array, slice_axis_of_view
 
         labels, _ = self.labelsOf(segmentation, volume)
@@ -905,12 +906,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         def finish(report):
             if report is None:
                 return "fine-tuning cancelled: the model is as it was"
-            kept = f"epoch {report.best_epoch}" if report.best_epoch else "no epoch did better"
-            return (
-                f"fine-tuned on {report.train_samples} slices, {report.val_samples} held out: "
-                f"validation Dice {report.before:.3f} → {report.after:.3f} ({kept}); "
-                f"saved to {path}, now the model"
-            )
+            return f"{summary(report)}; saved to {path}, now the model"
 
         return work, finish
 

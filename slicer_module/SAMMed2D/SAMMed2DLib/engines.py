@@ -60,27 +60,14 @@ class LocalEngine:
         every value an object), as `sammed2d finetune` does with its defaults, and write it
         to `out` (.pth, and OUT.json); the report comes back. The engine's own model is not
         changed: it may serve clicks meanwhile."""
-        from sammed2d import load_model
-        from sammed2d.finetune import (
-            FinetuneSettings,
-            finetune,
-            finetune_record,
-            save_finetuned,
-        )
-        from sammed2d.io import weights_output
+        from sammed2d.finetune import finetune_copy
 
-        out = weights_output(out, self.name)
-        model = load_model(self.name, device=self.model.device, precision=self.model.precision)
-        settings = FinetuneSettings()
-        report = finetune(
-            model, [(data, affine, labels)], axis, preset, settings, self.cache,
+        return finetune_copy(
+            self.name, out, [(data, affine, labels)], axis, preset,
+            device=self.model.device, precision=self.model.precision, cache=self.cache,
             progress=None if progress is None else lambda what, done, total: progress(done, total),
             should_stop=shouldStop,
         )  # fmt: skip
-        save_finetuned(
-            model, out, report, finetune_record(model, self.name, preset, axis, 1, settings)
-        )
-        return report
 
 
 class RemoteEngine:
