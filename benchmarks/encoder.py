@@ -11,6 +11,7 @@ imported beside this torch: it needs timm, whose torchvision does not load).
 
     python benchmarks/encoder.py [--batches 1 8] [--repeats 5] [--threads N]
                                  [--precisions fp32 bf16] [--profile] [--grid-attention]
+                                 [--bf16-softmax]
                                  [--models sam-med2d whole-maps litemedsam]
 
 --grid-attention adds, for LiteMedSAM, the window attention over the unpadded grid against
@@ -18,6 +19,10 @@ the padded one, alternating in this process (best of --repeats each).
 
 With both precisions, LiteMedSAM's bf16 speed-up over fp32 is also timed with the two
 alternating in this process (best of --repeats each).
+
+--bf16-softmax adds, for LiteMedSAM in bf16, the window softmax by row length (through fp32
+against torch's bf16 kernel, 4.7 M scores each) and the encoder with rows of 64 or more in
+the bf16 kernel (today's) against every row through fp32, alternating.
 
 --profile adds, for LiteMedSAM in each precision, where the time goes per kind of layer
 (forward hooks; "other" is what lies between them: window partitions, layout changes,
@@ -182,6 +187,46 @@ def compare_grid_attention(model, batch: int, repeats: int, precision: str) -> N
     )
 
 
+def compare_bf16_softmax(model, batch: int, repeats: int) -> None:
+    """bf16 window softmax: each route per row length, then the encoder with each rule."""
+    for n in (49, 64, 100, 196, 256):
+        scores = torch.randn(max(1, 4_700_000 // (n * n)), n, n).bfloat16()
+        via = _best_of(lambda s=scores: s.float().softmax(-1).bfloat16(), repeats)
+        kernel = _best_of(lambda s=scores: s.softmax(-1), repeats)
+        print(
+            f"bf16 softmax over {scores.shape[0]} x {n} x {n}: through fp32 "
+            f"{via * 1000:.2f} ms, bf16 kernel {kernel * 1000:.2f} ms"
+        )
+    set_precision(model, "bf16")
+    saved = tiny_vit._BF16_SOFTMAX_FROM
+    rules = {
+        "rows of 64 or more in the bf16 kernel": lambda: setattr(
+            tiny_vit, "_BF16_SOFTMAX_FROM", 64
+        ),
+        "every row through fp32": lambda: setattr(tiny_vit, "_BF16_SOFTMAX_FROM", 1 << 30),
+    }
+    try:
+        best = alternating_best(model, torch.randn(batch, 3, 256, 256), repeats, rules)
+    finally:
+        tiny_vit._BF16_SOFTMAX_FROM = saved
+    print(
+        f"litemedsam bf16 batch {batch}, alternating {repeats}x: "
+        + ", ".join(f"{k} {v * 1000:.1f} ms/slice" for k, v in best.items())
+    )
+
+
+def _best_of(fn, repeats: int, calls: int = 20) -> float:
+    """Best mean time of `calls` calls of fn, over `repeats` rounds."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
 def compare_precisions(model, batch: int, repeats: int) -> None:
     """Best time per slice in fp32 and in bf16, alternating: the speed-up the issue's goal
     (1.7x) is about."""
@@ -215,6 +260,11 @@ def main(argv=None) -> int:
         "--grid-attention",
         action="store_true",
         help="LiteMedSAM with the attention over the unpadded grid on and off, alternating",
+    )
+    parser.add_argument(
+        "--bf16-softmax",
+        action="store_true",
+        help="LiteMedSAM bf16: the window softmax's two routes, per row length and in the encoder",
     )
     args = parser.parse_args(argv)
     if args.threads:
@@ -265,6 +315,9 @@ def main(argv=None) -> int:
     if {"fp32", "bf16"} <= set(args.precisions) and "litemedsam" in args.models:
         for batch in args.batches:
             compare_precisions(litemedsam, batch, args.repeats)
+    if args.bf16_softmax:
+        for batch in args.batches:
+            compare_bf16_softmax(litemedsam, batch, args.repeats)
     if args.profile:
         for precision in args.precisions:
             for batch in args.batches:
