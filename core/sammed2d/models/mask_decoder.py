@@ -279,9 +279,12 @@ class MaskDecoder(nn.Module):
         k = hyper_in.shape[1]
         # Each mask's logits contiguous, in the order (token i, j; first block a, b'; second
         # block a2, b2), to go to row 4i+2a+a2, column 4j+2b'+b2. Two reorders with runs of
-        # 4 and 2 values take a third of the time of one 8-axis gather (0.17 against 0.63 ms
-        # for LiteMedSAM's four masks).
-        masks = (hyper_in @ x.transpose(1, 2)).view(b, k, h, w, 2, 2, 4)
+        # 4 and 2 values take half the time of one 8-axis gather (LiteMedSAM's four masks,
+        # product and reorders: 0.55 against 0.95 ms in fp32, 0.40 against 0.78 in bf16).
+        # The product stays image-rows-first: a bf16 product with the image side transposed
+        # first copies it (2.2 ms).
+        masks = (x @ hyper_in.transpose(1, 2)).transpose(1, 2).contiguous()
+        masks = masks.view(b, k, h, w, 2, 2, 4)
         masks = masks.permute(0, 1, 2, 4, 3, 5, 6).contiguous()  # (i, a, j, b', a2 b2)
         masks = masks.view(b, k, h, 2, w, 2, 2, 2).permute(0, 1, 2, 3, 6, 4, 5, 7)
         return masks.reshape(b, k, 4 * h, 4 * w)
