@@ -7,6 +7,13 @@ a Python thread spins beside the predictor the whole time, as a GUI thread betwe
 can: eager operators each wait for Python's lock, graphs do not.
 
     python benchmarks/predictor.py [--repeats 30] [--busy-thread]
+    python benchmarks/predictor.py --upscale-reorder | --four-boxes [--rounds 8]
+
+--upscale-reorder: LiteMedSAM decoder calls (fp32 and bf16) with the masks put in image order
+by one 8-axis gather (the code before 2026-12-07, kept here as the reference) and by today's
+two reorders, alternating; the logits must be identical. --four-boxes: four boxes on one
+slice decoded in one call against four calls (what decoding the objects on a slice together
+would save).
 """
 
 from __future__ import annotations
@@ -33,7 +40,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--busy-thread", action="store_true", help="a spinning Python thread beside"
     )
+    parser.add_argument("--upscale-reorder", action="store_true")
+    parser.add_argument("--four-boxes", action="store_true")
+    parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args(argv)
+    if args.upscale_reorder or args.four_boxes:
+        return _decoder_comparison(args.upscale_reorder, args.rounds)
     torch.manual_seed(0)
     ct, labels, _, _ = ct_phantom(shape=(512, 512, 3))
     image = ct[:, :, 1]
@@ -61,6 +73,83 @@ def main(argv=None) -> int:
                     "ms per prompt -> 512x512 mask"
                 )
     return 0
+
+
+def _gathered_masks(decoder, src, hyper_in, h, w):
+    """`MaskDecoder._masks_token_major` as it was before 2026-12-07: the same upscaling,
+    then the (pixel, mask) logits put in image order by one 8-axis gather."""
+    from sammed2d.models import mask_decoder as md
+
+    up1, norm, act1, up2, _ = decoder.output_upscaling
+    b = src.shape[0]
+    x = md._subpixel(src.reshape(b * h * w, -1), up1).reshape(b * h * w * 4, -1)
+    x = md._gelu_(md.F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps), act1)
+    x = md._subpixel(x, up2, gelu=True).reshape(b, h * w * 16, -1)
+    k = hyper_in.shape[1]
+    masks = (x @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, k)
+    return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, k, 4 * h, 4 * w)
+
+
+def _decoder_comparison(reorder: bool, rounds: int) -> int:
+    from sammed2d.models.mask_decoder import MaskDecoder
+    from sammed2d.predictor import embed_slices
+
+    ct, _, _, _ = ct_phantom(shape=(256, 256, 3))
+    rgb = np.repeat(
+        np.clip((ct[:, :, 1] + 160) / 400 * 255, 0, 255).astype(np.uint8)[..., None], 3, 2
+    )
+    boxes = np.array(
+        [[60, 70, 140, 150], [20, 30, 80, 90], [150, 100, 220, 200], [100, 20, 160, 60]],
+        np.float32,
+    )
+    today = MaskDecoder._masks_token_major
+    for precision in ("fp32", "bf16"):
+        model = load_model("litemedsam", device="cpu", precision=precision)
+        emb = embed_slices(model, [rgb], 1, None)[0]
+        if reorder:
+            variants = {"8-axis gather": _gathered_masks, "two reorders": today}
+        else:
+            variants = {"four calls": None, "one call of four": None}
+        times = {name: [] for name in variants}
+        logits = {}
+        try:
+            for _ in range(rounds):
+                for name, upscale in variants.items():
+                    if reorder:
+                        MaskDecoder._masks_token_major = upscale
+                    prompts = boxes[:1] if reorder else boxes
+                    separate = name == "four calls"
+                    for _ in range(3):
+                        logits[name] = _logits(model, emb, prompts, separate)
+                    for _ in range(20):
+                        start = time.perf_counter()
+                        _logits(model, emb, prompts, separate)
+                        times[name].append(time.perf_counter() - start)
+        finally:
+            MaskDecoder._masks_token_major = today
+        a, b = logits.values()
+        line = ", ".join(
+            f"{name} {statistics.median(t) * 1000:.2f} ms" for name, t in times.items()
+        )
+        what = "one box" if reorder else "four boxes"
+        print(
+            f"litemedsam {precision}, {what}, median of {rounds} alternating rounds of 20: "
+            f"{line}; logits differ by at most {float((a - b).abs().max()):.1e}"
+        )
+        if reorder:
+            assert torch.equal(a, b), "the two reorders must give the gather's logits"
+    return 0
+
+
+def _logits(model, emb, boxes, separate: bool) -> torch.Tensor:
+    """Low-res logits of `boxes`, from one decoder call or (`separate`) one call each."""
+    from sammed2d.predictor import decode
+
+    if separate:
+        return torch.cat(
+            [decode(model, emb, boxes=b[None], multimask_output=None)[0] for b in boxes]
+        )
+    return decode(model, emb, boxes=boxes, multimask_output=None)[0]
 
 
 def _timed(predictor, box, multimask, repeats, busy) -> list[float]:
