@@ -205,6 +205,7 @@ class PropagationResult:
     scores: dict[int, np.ndarray]  # per object: predicted IoU per slice, NaN where none
     reached: dict[int, tuple[int, int] | None]  # per object: first and last slice with a mask
     cancelled: bool = False
+    # per object: the time its walks took, with its share of the decoder calls it shared
     seconds: dict[int, float] = field(default_factory=dict)
     # per object: the intensity window its slices were shown in (preset name)
     windows: dict[int, str] = field(default_factory=dict)

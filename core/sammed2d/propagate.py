@@ -6,6 +6,8 @@ previous mask gives the next slice's prompt (its box grown by a margin, optional
 logits as a mask prompt and its innermost point). Between two annotated slices the gap is
 filled from both ends. A walk stops when the mask vanishes, the model's predicted IoU or the
 overlap with the previous slice falls below a threshold, or the object's slice range ends.
+The objects' walks take turns slice by slice, so that objects on the same slice share one
+decoder call.
 
 Slices are shown to the model in the radiological orientation derived from the affine
 (see `orientation`), and prompts and masks are mapped back exactly.
@@ -280,8 +282,41 @@ class _Walker:
         back: int | None = None,
         ref: tuple[int, np.ndarray] | None = None,
     ):
+        """Mask on slice `index` from the mask on slice `back` (`step_steps`, its decoder
+        calls made here)."""
+        return self._decoded(
+            self.step_steps(index, prev_mask, prev_low_res, direction, strict, back, ref)
+        )
+
+    def _decoded(self, steps):
+        """Run a generator of this class to its result, making each decoder call it yields."""
+        try:
+            request = next(steps)
+            while True:
+                emb, boxes = request
+                found = decode(
+                    self.slices.model, emb, None, None, boxes, None, self.settings.multimask
+                )
+                request = steps.send(found)
+        except StopIteration as done:
+            return done.value
+
+    def step_steps(
+        self,
+        index: int,
+        prev_mask: np.ndarray,
+        prev_low_res,
+        direction: int,
+        strict=True,
+        back: int | None = None,
+        ref: tuple[int, np.ndarray] | None = None,
+    ):
         """Mask on slice `index` from the mask on slice `back` (default: the one before, in
         `direction`); None where it should stop.
+
+        A generator: its main decoder call, boxes alone on this slice's embedding, is yielded
+        as (embedding, boxes) and the (low-res logits, IoUs) are sent back, so that
+        `propagate` can decode several objects' boxes on one slice in one call.
 
         `strict=False` (inside a slice range the user gave): the stopping rules never stop
         the walk; a non-empty mask is kept, and only an empty one returns None.
@@ -294,7 +329,7 @@ class _Walker:
         s = self.settings
         back = index - direction if back is None else back
         parts = self._parts(prev_mask)
-        found = self._from_parts(index, parts, direction, prev_low_res)
+        found = yield from self._from_parts_steps(index, parts, direction, prev_low_res)
         mask = found[0]
         # The cycle check guards ranged walks, whose only failure is drift; a walk without
         # a range has the stopping rules, and a tighter mask there only walks it further.
@@ -415,6 +450,11 @@ class _Walker:
         """(mask, score, low-res logits, logits) on slice `index` from boxes around `parts`;
         the logits (view pixels, the highest of the parts' maps) rank the mask's pixels
         against other objects' where they overlap (`compose_by`)."""
+        return self._decoded(self._from_parts_steps(index, parts, direction, prev_low_res, margin))
+
+    def _from_parts_steps(self, index, parts, direction, prev_low_res, margin=None):
+        """`_from_parts` as a generator that yields its decoder call where it is boxes
+        alone on the slice's own embedding (see `step_steps`)."""
         s = self.settings
         boxes = np.stack([self._grown_box(part, margin) for part in parts])
         k = len(boxes)
@@ -438,7 +478,9 @@ class _Walker:
             boxes = boxes - np.tile(offset, 2)
             if points is not None:
                 points = points - offset
-        if s.box_jitter is None or points is not None or mask_in is not None:
+        if points is None and mask_in is None and s.box_jitter is None and region is None:
+            low_res, iou = yield emb, boxes
+        elif s.box_jitter is None or points is not None or mask_in is not None:
             low_res, iou = decode(model, emb, points, labels, boxes, mask_in, s.multimask)
         else:
             low_res, iou = self._jittered(emb, boxes, s.box_jitter * self.pixels_per_unit)
@@ -664,111 +706,154 @@ def propagate(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
     grow = pixels_within(settings.overlap_tolerance, affine, axis, slices.view)
-    walkers = {slices.value_range: (slices, _Walker(slices, settings, grow))}
     shown = "custom" if value_range is not None else resolved
     windows = {o.id: o.window or shown for o in objects}
+    views = {slices.value_range: slices}
 
-    def walker_for(obj):
+    def slices_for(obj):
         """Slices in the object's own window, when it has one (embedded separately, once
         per distinct window)."""
         if obj.window is None:
-            return walkers[slices.value_range]
+            return slices
         key = intensity_range(volume, obj.window)
-        if key not in walkers:
-            own = volume_slices(
+        if key not in views:
+            views[key] = volume_slices(
                 model, volume, axis, affine, obj.window, key, orientation, cache, batch_size
             )
-            walkers[key] = (own, _Walker(own, settings, grow))
-        return walkers[key]
+        return views[key]
 
-    spans = [(o.range or (0, n - 1)) for o in objects]
-    total = sum(hi - lo + 1 for lo, hi in spans)
-    done = 0
+    spans = {o.id: (o.range or (0, n - 1)) for o in objects}
+    total = sum(hi - lo + 1 for lo, hi in spans.values())
     # per object: slice -> (mask, predicted IoU, logits at the mask's pixels or None)
     results: dict[int, dict[int, tuple]] = {o.id: {} for o in objects}
-    seconds: dict[int, float] = {}
+    seconds = {o.id: 0.0 for o in objects}
+    counted = {o.id: 0 for o in objects}  # slices of each object's span reached so far
     cancelled = False
 
-    def tick(count: int = 1) -> None:
-        nonlocal done
-        done += count
+    def report() -> None:
         if progress is not None:
+            done = sum(min(counted[i], hi - lo + 1) for i, (lo, hi) in spans.items())
             progress(min(done, total), total)
 
     def check_stop() -> None:
         if should_stop is not None and should_stop():
             raise Cancelled("propagation cancelled")
 
+    def walk(obj):
+        """One object's seeds and walks; a generator that yields its walk's decoder calls
+        (`_Walker.step_steps`), so that objects on the same slice share one."""
+        lo, hi = spans[obj.id]
+        obj_slices = slices_for(obj)
+        # a walker per object: it carries the object's intensity band
+        walker = _Walker(obj_slices, settings, grow)
+        out = results[obj.id]
+        seeds = {}
+        for index in sorted(obj.slices):
+            check_stop()
+            mask, score, low, logits = walker.from_prompt(index, obj.slices[index])
+            seeds[index] = (mask, low)
+            out[index] = (mask, score, _kept_logits(mask, logits))
+            counted[obj.id] += 1
+        # Walks: outward from the first and last seeds, and from both ends of each gap.
+        ordered = sorted(seeds)
+        walks = [(ordered[0], -1, lo)]
+        for a, b in zip(ordered[:-1], ordered[1:]):
+            mid = (a + b) // 2
+            walks += [(a, 1, mid), (b, -1, mid + 1)]
+        walks.append((ordered[-1], 1, hi))
+        # With a range the user has said where the object is: the walk goes through all
+        # of it. Where the model finds nothing from the previous mask, the seed's box is
+        # tried on that slice (the box around the seed's mask when it was given by points
+        # or a mask, which belong to their own slice), and the walk goes on from the
+        # last mask found.
+        strict = obj.range is None
+        retry_boxes = {i: seed_box(obj_slices, obj.slices[i], seeds[i][0]) for i in seeds}
+        for seed, direction, limit in walks:
+            mask, low = seeds[seed]
+            walker.set_band(seed, mask)
+            # `back`: the slice the carried mask is on; `last`: the furthest visited
+            back = last = seed
+            trail = [(seed, mask)]
+            stride = step
+            index = _advance(seed, direction, limit, stride)
+            while (index - limit) * direction <= 0 and 0 <= index < n:
+                check_stop()
+                if not mask.any():
+                    break
+                span = max(reach, abs(index - back))
+                ref = next(t for t in trail if abs(index - t[0]) <= span)
+                heading[obj.id] = (direction, index)
+                stepped = yield from walker.step_steps(
+                    index, mask, low, direction, strict, back, ref
+                )
+                if stepped is None and not strict and retry_boxes[seed] is not None:
+                    found, score, _, logits = walker.from_box(index, retry_boxes[seed])
+                    stepped = (found, score, None, logits) if found.any() else None
+                if stepped is None and stride > 1 and abs(index - back) > 1:
+                    # Nothing where a stepped walk landed: the object may end (or be
+                    # lost) in the slices it skipped, so those are walked one by one.
+                    stride, index = 1, back + direction
+                    continue
+                if stepped is None and strict:
+                    break
+                if stepped is not None:
+                    mask, score, low, logits = stepped
+                    out[index] = (mask, score, _kept_logits(mask, logits))
+                    walker.set_band(index, mask)
+                    back, stride = index, step
+                    trail = [t for t in trail if abs(index - t[0]) <= reach] + [(index, mask)]
+                if (index - last) * direction > 0:
+                    counted[obj.id] += abs(index - last)
+                    last = index
+                index = _advance(index, direction, limit, stride)
+        if step > 1:
+            fill_between(out, step)
+        counted[obj.id] = hi - lo + 1  # an object that stopped early skips the rest of its span
+
+    # The objects' walks take turns, and every walk waiting on the same slice's embedding
+    # is decoded in the same call (one call of four boxes costs about what two or three
+    # single calls do). The next turn goes to the walk that is furthest behind in a sweep:
+    # walks downwards from the highest slice, then walks upwards from the lowest (then the
+    # objects' order), so that walks meet on their way and go on in step. Each object's own
+    # sequence of steps is what it would be alone.
+    walks = {o.id: walk(o) for o in objects}
+    waiting: dict[int, tuple[ImageEmbedding, np.ndarray]] = {}
+    heading: dict[int, tuple[int, int]] = {}  # object id -> (direction, slice) of its step
+    rank = {o.id: r for r, o in enumerate(objects)}
+
+    def turn(oid: int) -> tuple[int, int, int]:
+        direction, index = heading[oid]
+        return (0, -index, rank[oid]) if direction < 0 else (1, index, rank[oid])
+
+    def resume(oid: int, sent=None) -> None:
+        start = time.perf_counter()
+        try:
+            waiting[oid] = walks[oid].send(sent)
+        except StopIteration:
+            waiting.pop(oid, None)
+        seconds[oid] += time.perf_counter() - start
+        report()
+
     if progress is not None:
         progress(0, total)
     try:
-        covered = 0  # slices of the objects finished so far, as counted in `total`
-        for obj, (lo, hi) in zip(objects, spans):
+        for obj in objects:
+            resume(obj.id)
+        while waiting:  # each walk asks `should_stop` before each of its steps
+            emb = waiting[min(waiting, key=turn)][0]
+            group = [o.id for o in objects if o.id in waiting and waiting[o.id][0] is emb]
+            boxes = [waiting[i][1] for i in group]
             start = time.perf_counter()
-            obj_slices, walker = walker_for(obj)
-            out = results[obj.id]
-            seeds = {}
-            for index in sorted(obj.slices):
-                check_stop()
-                mask, score, low, logits = walker.from_prompt(index, obj.slices[index])
-                seeds[index] = (mask, low)
-                out[index] = (mask, score, _kept_logits(mask, logits))
-                tick()
-            # Walks: outward from the first and last seeds, and from both ends of each gap.
-            ordered = sorted(seeds)
-            walks = [(ordered[0], -1, lo)]
-            for a, b in zip(ordered[:-1], ordered[1:]):
-                mid = (a + b) // 2
-                walks += [(a, 1, mid), (b, -1, mid + 1)]
-            walks.append((ordered[-1], 1, hi))
-            # With a range the user has said where the object is: the walk goes through all
-            # of it. Where the model finds nothing from the previous mask, the seed's box is
-            # tried on that slice (the box around the seed's mask when it was given by points
-            # or a mask, which belong to their own slice), and the walk goes on from the
-            # last mask found.
-            strict = obj.range is None
-            retry_boxes = {i: seed_box(obj_slices, obj.slices[i], seeds[i][0]) for i in seeds}
-            for seed, direction, limit in walks:
-                mask, low = seeds[seed]
-                walker.set_band(seed, mask)
-                # `back`: the slice the carried mask is on; `last`: the furthest visited
-                back = last = seed
-                trail = [(seed, mask)]
-                stride = step
-                index = _advance(seed, direction, limit, stride)
-                while (index - limit) * direction <= 0 and 0 <= index < n:
-                    check_stop()
-                    if not mask.any():
-                        break
-                    span = max(reach, abs(index - back))
-                    ref = next(t for t in trail if abs(index - t[0]) <= span)
-                    stepped = walker.step(index, mask, low, direction, strict, back, ref)
-                    if stepped is None and not strict and retry_boxes[seed] is not None:
-                        found, score, _, logits = walker.from_box(index, retry_boxes[seed])
-                        stepped = (found, score, None, logits) if found.any() else None
-                    if stepped is None and stride > 1 and abs(index - back) > 1:
-                        # Nothing where a stepped walk landed: the object may end (or be
-                        # lost) in the slices it skipped, so those are walked one by one.
-                        stride, index = 1, back + direction
-                        continue
-                    if stepped is None and strict:
-                        break
-                    if stepped is not None:
-                        mask, score, low, logits = stepped
-                        out[index] = (mask, score, _kept_logits(mask, logits))
-                        walker.set_band(index, mask)
-                        back, stride = index, step
-                        trail = [t for t in trail if abs(index - t[0]) <= reach] + [(index, mask)]
-                    if (index - last) * direction > 0:
-                        tick(abs(index - last))
-                        last = index
-                    index = _advance(index, direction, limit, stride)
-            if step > 1:
-                fill_between(out, step)
-            seconds[obj.id] = time.perf_counter() - start
-            covered += hi - lo + 1
-            done = covered  # an object that stopped early skips the rest of its span
-            tick(0)
+            low_res, iou = decode(
+                model, emb, None, None, np.concatenate(boxes), None, settings.multimask
+            )
+            share = (time.perf_counter() - start) / len(group)
+            first = 0
+            for oid, part in zip(group, boxes):
+                seconds[oid] += share
+                rows = slice(first, first + len(part))
+                first += len(part)
+                resume(oid, (low_res[rows], iou[rows]))
     except Cancelled:
         cancelled = True
 

@@ -204,6 +204,43 @@ def test_overlap_goes_to_the_higher_score(phantom, litemedsam, shared_cache):
     assert (result.labels[:, :, 5][disc_voxels] == winner).mean() > 0.9
 
 
+def test_objects_on_one_slice_walk_together_in_shared_decoder_calls(
+    phantom, litemedsam, shared_cache, monkeypatch
+):
+    """Two objects boxed on the same slice take their steps together: one decoder call per
+    slice for both, and each object's masks are those it gets propagated alone."""
+    import sammed2d.propagate as engine
+
+    _, truth = phantom
+    objects = [
+        ObjectPrompts(1, {5: box_prompt(truth, 1, 5)}),
+        ObjectPrompts(2, {5: box_prompt(truth, 2, 5)}),
+    ]
+    calls = []
+    real = engine.decode
+
+    def counted(model, emb, points, labels, boxes, *rest):
+        calls.append(0 if boxes is None else len(boxes))
+        return real(model, emb, points, labels, boxes, *rest)
+
+    monkeypatch.setattr(engine, "decode", counted)
+    alone = []
+    for obj in objects:
+        alone.append(run(phantom, litemedsam, shared_cache, [obj]))
+    separate, separate_boxes = len(calls), sum(calls)
+    calls.clear()
+    together = run(phantom, litemedsam, shared_cache, objects)
+    assert sum(calls) == separate_boxes  # the same boxes decoded...
+    assert len(calls) < separate - 8  # ...in fewer calls: both walks' steps on slices 2-9
+    assert max(calls) >= 2
+    for obj, result in zip(objects, alone):
+        assert together.reached[obj.id] == result.reached[obj.id]
+        for z in range(12):
+            a, b = together.labels[:, :, z] == obj.id, result.labels[:, :, z] == obj.id
+            if a.any() or b.any():
+                assert dice(a, b) > 0.99, (obj.id, z)
+
+
 def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
     _, truth = phantom
     asked = []
