@@ -7,8 +7,9 @@ DICOM series from ../shared: embedding every slice (batch 1, abdomen window, rad
 view, as propagation sees them), then a propagation of one box per organ (protocol A on the
 CT's labels) twice, once with nothing cached (total) and once with every embedding cached
 (everything but embedding); again on the CT enlarged 4x in-plane, a clinical slice size,
-where the per-step work on full-size slices shows. Goal from the speed issue: everything
-else < 15 % of the total. Last, the engine's call per click on an embedded slice of the
+where the per-step work on full-size slices shows; with the decoder calls the cached run
+made and the boxes they took (walks on the same slice share a call). Goal from the speed
+issue: everything else < 15 % of the total. Last, the engine's call per click on an embedded slice of the
 DICOM series stacked to 300 slices.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+import sammed2d.propagate as engine
 from sammed2d import EmbeddingCache, load_model
 from sammed2d.evaluation import protocol_objects
 from sammed2d.io import Volume, read_volume
@@ -116,16 +118,28 @@ def report_propagation(model, precision, name, volume, labels) -> None:
     objects = protocol_objects(labels, axis=2, protocol="A")
     cache = EmbeddingCache(max_bytes=4 << 30)
     timings = []
-    for _ in range(2):  # cold, then every embedding cached
+    boxes = []  # per decoder call of the cached run: how many boxes it took
+    real = engine.decode
+
+    def counted(model, emb, points, labels, prompts, *rest):
+        boxes.append(0 if prompts is None else len(prompts))
+        return real(model, emb, points, labels, prompts, *rest)
+
+    for cached in (False, True):  # cold, then every embedding cached
+        engine.decode = counted if cached else real
         start = time.perf_counter()
-        propagate(volume.array, objects, model, 2, volume.affine, preset="abdomen", cache=cache)
+        try:
+            propagate(volume.array, objects, model, 2, volume.affine, preset="abdomen", cache=cache)
+        finally:
+            engine.decode = real
         timings.append(time.perf_counter() - start)
     total, rest = timings
     visited = sum(int(np.any(labels == o.id, axis=(0, 1)).sum()) for o in objects)
     print(
         f"litemedsam {precision}: propagation of {len(objects)} organs ({visited} "
         f"object-slices) on {name}: {total:.1f} s total, {total - rest:.1f} s "
-        f"embedding, {rest:.1f} s everything else ({100 * rest / total:.0f} %)"
+        f"embedding, {rest:.1f} s everything else ({100 * rest / total:.0f} %); "
+        f"{len(boxes)} decoder calls for {sum(boxes)} boxes"
     )
 
 
