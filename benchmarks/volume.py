@@ -9,8 +9,8 @@ CT's labels) twice, once with nothing cached (total) and once with every embeddi
 (everything but embedding); again on the CT enlarged 4x in-plane, a clinical slice size,
 where the per-step work on full-size slices shows; with the decoder calls the cached run
 made and the boxes they took (walks on the same slice share a call). Goal from the speed
-issue: everything else < 15 % of the total. Last, the engine's call per click on an embedded slice of the
-DICOM series stacked to 300 slices.
+issue: everything else < 15 % of the total. Last, the engine's call per click on an
+embedded slice of the DICOM series stacked to 300 slices.
 """
 
 from __future__ import annotations
