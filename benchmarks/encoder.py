@@ -171,15 +171,21 @@ def alternating_best(model, x, repeats: int, setups: dict) -> dict:
     return best
 
 
+def alternating_setting(model, batch: int, repeats: int, name: str, values: dict) -> dict:
+    """Best time per slice with `tiny_vit.<name>` set to each of `values` (label -> value)
+    in turn, alternating; the setting is put back afterwards."""
+    saved = getattr(tiny_vit, name)
+    setups = {label: (lambda v=v: setattr(tiny_vit, name, v)) for label, v in values.items()}
+    try:
+        return alternating_best(model, torch.randn(batch, 3, 256, 256), repeats, setups)
+    finally:
+        setattr(tiny_vit, name, saved)
+
+
 def compare_grid_attention(model, batch: int, repeats: int, precision: str) -> None:
     """Best time per slice with tiny_vit.GRID_ATTENTION on and off, alternating."""
     set_precision(model, precision)
-    saved = tiny_vit.GRID_ATTENTION
-    flag = {on: (lambda on=on: setattr(tiny_vit, "GRID_ATTENTION", on)) for on in (True, False)}
-    try:
-        best = alternating_best(model, torch.randn(batch, 3, 256, 256), repeats, flag)
-    finally:
-        tiny_vit.GRID_ATTENTION = saved
+    best = alternating_setting(model, batch, repeats, "GRID_ATTENTION", {True: True, False: False})
     print(
         f"litemedsam {precision} batch {batch}, alternating {repeats}x: attention over the "
         f"padded grid {best[False] * 1000:.0f} ms/slice, over the unpadded grid "
@@ -198,17 +204,8 @@ def compare_bf16_softmax(model, batch: int, repeats: int) -> None:
             f"{via * 1000:.2f} ms, bf16 kernel {kernel * 1000:.2f} ms"
         )
     set_precision(model, "bf16")
-    saved = tiny_vit._BF16_SOFTMAX_FROM
-    rules = {
-        "rows of 64 or more in the bf16 kernel": lambda: setattr(
-            tiny_vit, "_BF16_SOFTMAX_FROM", 64
-        ),
-        "every row through fp32": lambda: setattr(tiny_vit, "_BF16_SOFTMAX_FROM", 1 << 30),
-    }
-    try:
-        best = alternating_best(model, torch.randn(batch, 3, 256, 256), repeats, rules)
-    finally:
-        tiny_vit._BF16_SOFTMAX_FROM = saved
+    rules = {"rows of 64 or more in the bf16 kernel": 64, "every row through fp32": 1 << 30}
+    best = alternating_setting(model, batch, repeats, "_BF16_SOFTMAX_FROM", rules)
     print(
         f"litemedsam bf16 batch {batch}, alternating {repeats}x: "
         + ", ".join(f"{k} {v * 1000:.1f} ms/slice" for k, v in best.items())

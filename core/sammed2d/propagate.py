@@ -272,36 +272,17 @@ class _Walker:
         top = int(np.clip(np.floor(cy - side / 2), 0, max(h - side, 0)))
         return top, min(h, top + int(np.ceil(side))), left, min(w, left + int(np.ceil(side)))
 
-    def step(
-        self,
-        index: int,
-        prev_mask: np.ndarray,
-        prev_low_res,
-        direction: int,
-        strict=True,
-        back: int | None = None,
-        ref: tuple[int, np.ndarray] | None = None,
-    ):
-        """Mask on slice `index` from the mask on slice `back` (`step_steps`, its decoder
-        calls made here)."""
-        return self._decoded(
-            self.step_steps(index, prev_mask, prev_low_res, direction, strict, back, ref)
-        )
-
     def _decoded(self, steps):
         """Run a generator of this class to its result, making each decoder call it yields."""
         try:
             request = next(steps)
             while True:
-                emb, boxes = request
-                found = decode(
-                    self.slices.model, emb, None, None, boxes, None, self.settings.multimask
-                )
-                request = steps.send(found)
+                emb, boxes, _ = request
+                request = steps.send(_decode_boxes(self.slices.model, emb, boxes, self.settings))
         except StopIteration as done:
             return done.value
 
-    def step_steps(
+    def step(
         self,
         index: int,
         prev_mask: np.ndarray,
@@ -315,8 +296,8 @@ class _Walker:
         `direction`); None where it should stop.
 
         A generator: its main decoder call, boxes alone on this slice's embedding, is yielded
-        as (embedding, boxes) and the (low-res logits, IoUs) are sent back, so that
-        `propagate` can decode several objects' boxes on one slice in one call.
+        as (embedding, boxes, (direction, index)) and the (low-res logits, IoUs) are sent
+        back, so that `propagate` can decode several objects' boxes on one slice in one call.
 
         `strict=False` (inside a slice range the user gave): the stopping rules never stop
         the walk; a non-empty mask is kept, and only an empty one returns None.
@@ -454,7 +435,7 @@ class _Walker:
 
     def _from_parts_steps(self, index, parts, direction, prev_low_res, margin=None):
         """`_from_parts` as a generator that yields its decoder call where it is boxes
-        alone on the slice's own embedding (see `step_steps`)."""
+        alone on the slice's own embedding (see `step`)."""
         s = self.settings
         boxes = np.stack([self._grown_box(part, margin) for part in parts])
         k = len(boxes)
@@ -479,7 +460,7 @@ class _Walker:
             if points is not None:
                 points = points - offset
         if points is None and mask_in is None and s.box_jitter is None and region is None:
-            low_res, iou = yield emb, boxes
+            low_res, iou = yield emb, boxes, (direction, index)
         elif s.box_jitter is None or points is not None or mask_in is not None:
             low_res, iou = decode(model, emb, points, labels, boxes, mask_in, s.multimask)
         else:
@@ -505,6 +486,12 @@ class _Walker:
             if joined is not None:
                 return joined
         return mask, score, low, logits.max(axis=0)
+
+
+def _decode_boxes(model, emb: ImageEmbedding, boxes: np.ndarray, settings) -> tuple:
+    """(low-res logits, IoUs) for boxes alone on `emb`: a walk's step, or several walks'
+    steps on one slice in one call."""
+    return decode(model, emb, None, None, boxes, None, settings.multimask)
 
 
 def box_iou(a: np.ndarray | None, b: np.ndarray) -> float:
@@ -741,7 +728,7 @@ def propagate(
 
     def walk(obj):
         """One object's seeds and walks; a generator that yields its walk's decoder calls
-        (`_Walker.step_steps`), so that objects on the same slice share one."""
+        (`_Walker.step`), so that objects on the same slice share one."""
         lo, hi = spans[obj.id]
         obj_slices = slices_for(obj)
         # a walker per object: it carries the object's intensity band
@@ -782,10 +769,7 @@ def propagate(
                     break
                 span = max(reach, abs(index - back))
                 ref = next(t for t in trail if abs(index - t[0]) <= span)
-                heading[obj.id] = (direction, index)
-                stepped = yield from walker.step_steps(
-                    index, mask, low, direction, strict, back, ref
-                )
+                stepped = yield from walker.step(index, mask, low, direction, strict, back, ref)
                 if stepped is None and not strict and retry_boxes[seed] is not None:
                     found, score, _, logits = walker.from_box(index, retry_boxes[seed])
                     stepped = (found, score, None, logits) if found.any() else None
@@ -816,19 +800,19 @@ def propagate(
     # walks downwards from the highest slice, then walks upwards from the lowest (then the
     # objects' order), so that walks meet on their way and go on in step. Each object's own
     # sequence of steps is what it would be alone.
-    walks = {o.id: walk(o) for o in objects}
-    waiting: dict[int, tuple[ImageEmbedding, np.ndarray]] = {}
-    heading: dict[int, tuple[int, int]] = {}  # object id -> (direction, slice) of its step
+    running = {o.id: walk(o) for o in objects}
+    # object id -> (embedding, boxes, (direction, slice)) of the call its walk waits on
+    waiting: dict[int, tuple[ImageEmbedding, np.ndarray, tuple[int, int]]] = {}
     rank = {o.id: r for r, o in enumerate(objects)}
 
     def turn(oid: int) -> tuple[int, int, int]:
-        direction, index = heading[oid]
+        direction, index = waiting[oid][2]
         return (0, -index, rank[oid]) if direction < 0 else (1, index, rank[oid])
 
     def resume(oid: int, sent=None) -> None:
         start = time.perf_counter()
         try:
-            waiting[oid] = walks[oid].send(sent)
+            waiting[oid] = running[oid].send(sent)
         except StopIteration:
             waiting.pop(oid, None)
         seconds[oid] += time.perf_counter() - start
@@ -844,9 +828,7 @@ def propagate(
             group = [o.id for o in objects if o.id in waiting and waiting[o.id][0] is emb]
             boxes = [waiting[i][1] for i in group]
             start = time.perf_counter()
-            low_res, iou = decode(
-                model, emb, None, None, np.concatenate(boxes), None, settings.multimask
-            )
+            low_res, iou = _decode_boxes(model, emb, np.concatenate(boxes), settings)
             share = (time.perf_counter() - start) / len(group)
             first = 0
             for oid, part in zip(group, boxes):
