@@ -7,13 +7,15 @@ a Python thread spins beside the predictor the whole time, as a GUI thread betwe
 can: eager operators each wait for Python's lock, graphs do not.
 
     python benchmarks/predictor.py [--repeats 30] [--busy-thread]
-    python benchmarks/predictor.py --upscale-reorder | --four-boxes [--rounds 8]
+    python benchmarks/predictor.py --upscale-reorder | --four-boxes | --shared-tokens [--rounds 8]
 
 --upscale-reorder: LiteMedSAM decoder calls (fp32 and bf16) with the masks put in image order
 by one 8-axis gather (the code before 2026-12-07, kept here as the reference) and by today's
 two reorders, alternating; the logits must be identical. --four-boxes: four boxes on one
 slice decoded in one call against four calls (what decoding the objects on a slice together
-would save).
+would save). --shared-tokens: four boxes in one call, starting from one copy of the image
+tokens (today) against a copy per box (the code before 2026-12-07's last change); the logits
+must be identical.
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--upscale-reorder", action="store_true")
     parser.add_argument("--four-boxes", action="store_true")
+    parser.add_argument("--shared-tokens", action="store_true")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args(argv)
-    if args.upscale_reorder or args.four_boxes:
-        return _decoder_comparison(args.upscale_reorder, args.rounds)
+    if args.upscale_reorder or args.four_boxes or args.shared_tokens:
+        which = "reorder" if args.upscale_reorder else "shared" if args.shared_tokens else "four"
+        return _decoder_comparison(which, args.rounds)
     torch.manual_seed(0)
     ct, labels, _, _ = ct_phantom(shape=(512, 512, 3))
     image = ct[:, :, 1]
@@ -90,7 +94,7 @@ def _gathered_masks(decoder, src, hyper_in, h, w):
     return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, k, 4 * h, 4 * w)
 
 
-def _decoder_comparison(reorder: bool, rounds: int) -> int:
+def _decoder_comparison(which: str, rounds: int) -> int:
     from sammed2d.models.mask_decoder import MaskDecoder
     from sammed2d.predictor import embed_slices
 
@@ -103,27 +107,27 @@ def _decoder_comparison(reorder: bool, rounds: int) -> int:
         np.float32,
     )
     today = MaskDecoder._masks_token_major
+    variants = {
+        "reorder": {"8-axis gather": "gather", "two reorders": "one"},
+        "four": {"four calls": "separate", "one call of four": "one"},
+        "shared": {"a copy of the image tokens per box": "copies", "one copy": "one"},
+    }[which]
     for precision in ("fp32", "bf16"):
         model = load_model("litemedsam", device="cpu", precision=precision)
         emb = embed_slices(model, [rgb], 1, None)[0]
-        if reorder:
-            variants = {"8-axis gather": _gathered_masks, "two reorders": today}
-        else:
-            variants = {"four calls": None, "one call of four": None}
+        prompts = boxes[:1] if which == "reorder" else boxes
         times = {name: [] for name in variants}
         logits = {}
         try:
             for _ in range(rounds):
-                for name, upscale in variants.items():
-                    if reorder:
-                        MaskDecoder._masks_token_major = upscale
-                    prompts = boxes[:1] if reorder else boxes
-                    separate = name == "four calls"
+                for name, how in variants.items():
+                    gather = how == "gather"
+                    MaskDecoder._masks_token_major = _gathered_masks if gather else today
                     for _ in range(3):
-                        logits[name] = _logits(model, emb, prompts, separate)
+                        logits[name] = _logits(model, emb, prompts, how)
                     for _ in range(20):
                         start = time.perf_counter()
-                        _logits(model, emb, prompts, separate)
+                        _logits(model, emb, prompts, how)
                         times[name].append(time.perf_counter() - start)
         finally:
             MaskDecoder._masks_token_major = today
@@ -131,24 +135,33 @@ def _decoder_comparison(reorder: bool, rounds: int) -> int:
         line = ", ".join(
             f"{name} {statistics.median(t) * 1000:.2f} ms" for name, t in times.items()
         )
-        what = "one box" if reorder else "four boxes"
+        what = "one box" if which == "reorder" else "four boxes"
         print(
             f"litemedsam {precision}, {what}, median of {rounds} alternating rounds of 20: "
             f"{line}; logits differ by at most {float((a - b).abs().max()):.1e}"
         )
-        if reorder:
-            assert torch.equal(a, b), "the two reorders must give the gather's logits"
+        if which != "four":
+            assert torch.equal(a, b), "both forms must give the same logits"
     return 0
 
 
-def _logits(model, emb, boxes, separate: bool) -> torch.Tensor:
-    """Low-res logits of `boxes`, from one decoder call or (`separate`) one call each."""
+def _logits(model, emb, boxes, how: str) -> torch.Tensor:
+    """Low-res logits of `boxes` from one decoder call, or one call each (`separate`), or
+    one call whose image tokens are copied per box (`copies`)."""
     from sammed2d.predictor import decode
 
-    if separate:
+    if how == "separate":
         return torch.cat(
             [decode(model, emb, boxes=b[None], multimask_output=None)[0] for b in boxes]
         )
+    if how == "copies":
+        # A dense embedding per box, as mask prompts give, takes the decoder's per-box path.
+        encode = model.prompt_encoder.forward
+        model.prompt_encoder.forward = lambda *a: tuple(t.contiguous() for t in encode(*a))
+        try:
+            return decode(model, emb, boxes=boxes, multimask_output=None)[0]
+        finally:
+            del model.prompt_encoder.forward
     return decode(model, emb, boxes=boxes, multimask_output=None)[0]
 
 

@@ -146,6 +146,31 @@ def test_decoder_attention_forms_match_reference(image_tokens):
             assert (attn(q, k, k + 0.5, residual=residual) - (residual + ref)).abs().max() < 1e-4
 
 
+def test_boxes_on_one_embedding_share_the_first_layers_image_tokens():
+    """Box prompts without masks start from one copy of the image tokens, which gives the
+    same logits as a copy per box; a mask prompt per box still gets its own tokens."""
+    from sammed2d.models.mask_decoder import MaskDecoder
+
+    torch.manual_seed(4)
+    decoder = MaskDecoder(256)
+    for p in decoder.parameters():
+        p.data.normal_(0, 0.1)
+    image, pe = torch.randn(1, 256, 32, 32), torch.randn(1, 256, 32, 32)
+    sparse = torch.randn(3, 2, 256)
+    dense = torch.randn(1, 256, 1, 1).expand(3, -1, 32, 32)  # as the prompt encoder's no-mask
+    batches = []
+    decoder.transformer.register_forward_pre_hook(lambda m, args: batches.append(len(args[0])))
+    with torch.inference_mode():
+        shared = decoder(image, pe, sparse, dense, False)
+        copies = decoder(image, pe, sparse, dense.contiguous(), False)
+        alone = [decoder(image, pe, sparse[i : i + 1], dense[:1], False) for i in range(3)]
+    assert batches[:2] == [1, 3]
+    assert torch.equal(shared[0], copies[0]) and torch.equal(shared[1], copies[1])
+    for i, (logits, iou) in enumerate(alone):
+        assert (shared[0][i] - logits[0]).abs().max() < 1e-4
+        assert (shared[1][i] - iou[0]).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("onednn", [True, False])
 def test_token_major_upscaling_matches_transposed_convolutions(monkeypatch, onednn):
     """Both paths: bias and GELU in oneDNN's product (CPU inference), and plain addmm."""

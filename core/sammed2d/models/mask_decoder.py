@@ -109,16 +109,19 @@ class DecoderAttention(nn.Module):
 
 
 def _times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for (1, m, N) weights over (1, N, C) image tokens. On the CPU oneDNN takes the
-    image side as the transposed weight of an inner product, in place: at LiteMedSAM's
-    56 x 4,096 x 256 about 1.5x faster than the batched matmul (fp32)."""
+    """a @ b for (B, m, N) weights over (1 or B, N, C) image tokens. On the CPU oneDNN takes
+    the image side as the transposed weight of an inner product, in place: at LiteMedSAM's
+    56 x 4,096 x 256 about 1.5x faster than the batched matmul (fp32). Over one image
+    shared by B > 1 prompts the batched matmul is kept: the prompts' rows in one inner
+    product change bf16's sums from those of a prompt decoded alone."""
     if a.shape[0] == 1 and b.shape[0] == 1:
         return fused.linear(a[0], b[0].t(), None).unsqueeze(0)
     return a @ b
 
 
 def _scores(bias: torch.Tensor, rows: torch.Tensor, image: torch.Tensor, d: int) -> torch.Tensor:
-    """(bias + rows . image) / sqrt(d), (B, H*s, N), for (B, H*s, C) rows and (B, N, C) image.
+    """(bias + rows . image) / sqrt(d), (B, H*s, N), for (B, H*s, C) rows and (1 or B, N, C)
+    image; one image shared by all B prompts meets all their rows in one product.
 
     The product is taken as (image tokens x rows), with the image as the contiguous left
     operand: at LiteMedSAM's 4,096 x 256 x 56 that runs about 1.7x faster on the CPU than
@@ -127,8 +130,11 @@ def _scores(bias: torch.Tensor, rows: torch.Tensor, image: torch.Tensor, d: int)
     # The scale goes on the few rows rather than on every score: no pass over the scores,
     # and the same numbers where it is a power of two (SAM's heads: d = 16, 1/4).
     scale = 1 / math.sqrt(d)
+    b, m, c = rows.shape
+    if image.shape[0] == 1:
+        rows, bias = rows.reshape(1, b * m, c), bias.reshape(1, b * m, 1)
     scores = torch.baddbmm(bias.transpose(1, 2) * scale, image, rows.transpose(1, 2) * scale)
-    return scores.transpose(1, 2).contiguous()  # (B, H*s, N)
+    return scores.transpose(1, 2).contiguous().view(b, m, -1)  # (B, H*s, N)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -248,8 +254,16 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([tokens, sparse], dim=1)
         n = tokens.shape[0]
         _, c, h, w = image_embeddings.shape
+        # Without mask prompts every prompt starts from the same image tokens, and the first
+        # layer's image-side products take all prompts' rows at once over one copy (with n
+        # boxes on a slice, n - 1 fewer passes over 4,096 x 256 tokens). The tokens part
+        # ways where the image attends to each prompt's tokens. SAM-Med2D's 16 x 16 tokens
+        # keep the reference's per-prompt order of operations (see REASSOCIATE_MIN_TOKENS).
+        one = image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0)
+        if one and h * w >= REASSOCIATE_MIN_TOKENS:
+            image_embeddings, dense, n = image_embeddings[:1], dense[:1], 1
         # Image tokens in token-major order, written once: every add, norm and projection
-        # after this runs on contiguous rows, and one embedding serves all n prompts.
+        # after this runs on contiguous rows.
         src = torch.empty((n, h * w, c), dtype=dense.dtype, device=dense.device)
         torch.add(_tokens(image_embeddings), _tokens(dense), out=src)
         hs, src = self.transformer(src, _tokens(image_pe), tokens)
