@@ -512,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice", type=int, help="slice index when IMAGE is a volume")
     p.add_argument("--axis", type=int, default=2, help="slice axis of the volume (default 2)")
     p.add_argument(
+        "-o",
         "--out",
         type=Path,
         required=True,
@@ -526,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, required=True, help="PROMPTS.json")
     remote_options(p)
     p.add_argument(
+        "-o",
         "--out",
         type=Path,
         required=True,
@@ -553,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the image the labels were made on (a DICOM series folder for .dcm output)",
     )
     p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
-    p.add_argument("--out", type=Path, required=True, help=".dcm, .seg.nrrd, .nii.gz, ...")
+    p.add_argument("-o", "--out", type=Path, required=True, help=".dcm, .seg.nrrd, .nii.gz, ...")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")
@@ -568,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="run a manifest of cases on dask.distributed")
     p.add_argument("manifest", type=Path, help="CSV with header image,prompts,labels")
     remote_options(p)
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--scheduler", help="tcp://host:port of a running dask scheduler")
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
     p.add_argument("--evaluate", choices=PROMPT_KINDS, help="measure Dice against labels")
@@ -596,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="one label file per image, same order (.nii.gz, .seg.nrrd, DICOM SEG, ...)",
     )
-    p.add_argument("--out", type=Path, required=True, help="the fine-tuned checkpoint, .pth")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the fine-tuned checkpoint, .pth")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
     p.add_argument(
@@ -642,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("demo", help="the main job on the embedded default model, no input needed")
-    p.add_argument("--out", default="sammed2d-demo", help="output folder")
+    p.add_argument("-o", "--out", default="sammed2d-demo", help="output folder")
     model_options(p)
     p.set_defaults(run=cmd_demo)
     return parser

@@ -153,7 +153,7 @@ def test_segment_colour_dicom(tmp_path, capsys, tiny_checkpoint):
     from tests.core.test_io import colour_phantom, write_colour_dicom
 
     path = write_colour_dicom(tmp_path / "us.dcm", colour_phantom())
-    argv = ["segment", path, "--box", 10, 6, 25, 15, "--out", tmp_path / "m.png"]
+    argv = ["segment", path, "--box", 10, 6, 25, 15, "-o", tmp_path / "m.png"]  # -o: --out
     code, out, err = run_cli(capsys, *argv, "--model", tiny_checkpoint)
     assert code == 0, err
     assert "predicted IoU" in out
