@@ -7,7 +7,8 @@ a Python thread spins beside the predictor the whole time, as a GUI thread betwe
 can: eager operators each wait for Python's lock, graphs do not.
 
     python benchmarks/predictor.py [--repeats 30] [--busy-thread]
-    python benchmarks/predictor.py --upscale-reorder | --four-boxes | --shared-tokens [--rounds 8]
+    python benchmarks/predictor.py --upscale-reorder | --four-boxes | --shared-tokens |
+                                   --near-boxes [--rounds 8]
 
 --upscale-reorder: LiteMedSAM decoder calls (fp32 and bf16) with the masks put in image order
 by one 8-axis gather (the code before 2026-12-07, kept here as the reference) and by today's
@@ -15,7 +16,8 @@ two reorders, alternating; the logits must be identical. --four-boxes: four boxe
 slice decoded in one call against four calls (what decoding the objects on a slice together
 would save). --shared-tokens: four boxes in one call, starting from one copy of the image
 tokens (today) against a copy per box (the code before 2026-12-07's last change); the logits
-must be identical.
+must be identical. --near-boxes: the same four boxes with the whole masks upscaled against
+masks around the boxes only (propagation's steps); the masks must be identical.
 """
 
 from __future__ import annotations
@@ -45,11 +47,17 @@ def main(argv=None) -> int:
     parser.add_argument("--upscale-reorder", action="store_true")
     parser.add_argument("--four-boxes", action="store_true")
     parser.add_argument("--shared-tokens", action="store_true")
+    parser.add_argument("--near-boxes", action="store_true")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args(argv)
-    if args.upscale_reorder or args.four_boxes or args.shared_tokens:
-        which = "reorder" if args.upscale_reorder else "shared" if args.shared_tokens else "four"
-        return _decoder_comparison(which, args.rounds)
+    chosen = {
+        "reorder": args.upscale_reorder,
+        "four": args.four_boxes,
+        "shared": args.shared_tokens,
+        "near": args.near_boxes,
+    }
+    if any(chosen.values()):
+        return _decoder_comparison(next(k for k, on in chosen.items() if on), args.rounds)
     torch.manual_seed(0)
     ct, labels, _, _ = ct_phantom(shape=(512, 512, 3))
     image = ct[:, :, 1]
@@ -95,7 +103,7 @@ def _gathered_masks(decoder, src, hyper_in, h, w):
 
 
 def _decoder_comparison(which: str, rounds: int) -> int:
-    from sammed2d.models.mask_decoder import MaskDecoder
+    from sammed2d.models.mask_decoder import OUTSIDE, MaskDecoder
     from sammed2d.predictor import embed_slices
 
     ct, _, _, _ = ct_phantom(shape=(256, 256, 3))
@@ -111,6 +119,7 @@ def _decoder_comparison(which: str, rounds: int) -> int:
         "reorder": {"8-axis gather": "gather", "two reorders": "one"},
         "four": {"four calls": "separate", "one call of four": "one"},
         "shared": {"a copy of the image tokens per box": "copies", "one copy": "one"},
+        "near": {"whole masks": "one", "masks around the boxes": "near"},
     }[which]
     for precision in ("fp32", "bf16"):
         model = load_model("litemedsam", device="cpu", precision=precision)
@@ -136,11 +145,15 @@ def _decoder_comparison(which: str, rounds: int) -> int:
             f"{name} {statistics.median(t) * 1000:.2f} ms" for name, t in times.items()
         )
         what = "one box" if which == "reorder" else "four boxes"
+        inside = b != OUTSIDE if which == "near" else torch.ones_like(b, dtype=torch.bool)
+        where = " inside the regions" if which == "near" else ""
         print(
             f"litemedsam {precision}, {what}, median of {rounds} alternating rounds of 20: "
-            f"{line}; logits differ by at most {float((a - b).abs().max()):.1e}"
+            f"{line}; logits{where} differ by at most {float((a - b)[inside].abs().max()):.1e}"
         )
-        if which != "four":
+        if which == "near":
+            assert torch.equal(a > 0, b > 0), "masks around the boxes must be the whole masks"
+        elif which != "four":
             assert torch.equal(a, b), "both forms must give the same logits"
     return 0
 
@@ -162,7 +175,7 @@ def _logits(model, emb, boxes, how: str) -> torch.Tensor:
             return decode(model, emb, boxes=boxes, multimask_output=None)[0]
         finally:
             del model.prompt_encoder.forward
-    return decode(model, emb, boxes=boxes, multimask_output=None)[0]
+    return decode(model, emb, boxes=boxes, multimask_output=None, near_boxes=how == "near")[0]
 
 
 def _timed(predictor, box, multimask, repeats, busy) -> list[float]:

@@ -121,9 +121,9 @@ def report_propagation(model, precision, name, volume, labels) -> None:
     boxes = []  # per decoder call of the cached run: how many boxes it took
     real = engine.decode
 
-    def counted(model, emb, points, labels, prompts, *rest):
+    def counted(model, emb, points, labels, prompts, *rest, **options):
         boxes.append(0 if prompts is None else len(prompts))
-        return real(model, emb, points, labels, prompts, *rest)
+        return real(model, emb, points, labels, prompts, *rest, **options)
 
     for cached in (False, True):  # cold, then every embedding cached
         engine.decode = counted if cached else real

@@ -13,6 +13,7 @@ from .cache import EmbeddingCache, embedding_key
 from .errors import Cancelled, PromptError
 from .intensity import prepare_rgb
 from .models import SamModel
+from .models.mask_decoder import REASSOCIATE_MIN_TOKENS, box_regions
 from .preprocess import InputGeometry, model_input
 from .prompts import check_boxes, check_points
 
@@ -99,11 +100,15 @@ def decode(
     boxes: np.ndarray | None = None,
     mask_input: np.ndarray | None = None,
     multimask_output: bool | None = True,
+    near_boxes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the prompt encoder and mask decoder on validated prompts in original pixels.
 
     `multimask_output`: True the three proposals, False the single mask, None all four
-    (the single mask first) at about the cost of one.
+    (the single mask first) at about the cost of one. `near_boxes`, for boxes alone on a
+    64 x 64 embedding: masks only around each box (`mask_decoder.box_regions`; the same
+    masks, OUTSIDE logits elsewhere), which saves most of the decoder's upscaling for a
+    small box. Not for logits fed back as mask prompts.
 
     Points (K, N, 2)/(K, N), boxes (K, 4), masks (K, 1, 4h, 4w): K prompt sets in one
     decoder call. Returns low-res logits (K, C, 4h, 4w) and IoU predictions (K, C) on the CPU.
@@ -127,6 +132,12 @@ def decode(
                 model, image.embedding.to(device), points, box_t, mask_t, multimask_output
             )
         return low_res.float().cpu(), iou.float().cpu()
+    regions = None
+    _, _, h, w = image.embedding.shape
+    alone = box_t is not None and points is None and mask_t is None
+    if near_boxes and alone and h * w >= REASSOCIATE_MIN_TOKENS:
+        size = max(model.prompt_encoder.input_image_size)
+        regions = box_regions(box_t, size, h, w)
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder(points, box_t, mask_t)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -136,6 +147,7 @@ def decode(
                 sparse,
                 dense,
                 multimask_output,
+                regions,
             )
     return low_res.float().cpu(), iou.float().cpu()
 

@@ -490,8 +490,11 @@ class _Walker:
 
 def _decode_boxes(model, emb: ImageEmbedding, boxes: np.ndarray, settings) -> tuple:
     """(low-res logits, IoUs) for boxes alone on `emb`: a walk's step, or several walks'
-    steps on one slice in one call."""
-    return decode(model, emb, None, None, boxes, None, settings.multimask)
+    steps on one slice in one call. Masks are computed around the boxes only (the same
+    masks, `decode`'s near_boxes), except where a step's logits become the next step's
+    mask prompt."""
+    near = not settings.mask_prompt
+    return decode(model, emb, None, None, boxes, None, settings.multimask, near_boxes=near)
 
 
 def box_iou(a: np.ndarray | None, b: np.ndarray) -> float:

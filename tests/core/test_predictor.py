@@ -126,3 +126,49 @@ def test_3d_array_is_refused(tiny_checkpoint):
     predictor = Predictor(load_model(tiny_checkpoint, device="cpu"))
     with pytest.raises(ImageError, match="expected .H, W. or .H, W, 3."):
         predictor.set_image(np.zeros((4, 40, 60), np.int16))
+
+
+def test_masks_near_boxes_are_the_whole_maps_there(litemedsam):
+    """Boxes decoded with masks only around them (propagation's steps): the same logits in
+    each box's region, OUTSIDE beyond it, the same masks; a region its mask reaches the
+    edge of gets the whole map."""
+    from sammed2d.models.mask_decoder import OUTSIDE
+    from sammed2d.phantom import ct_phantom
+    from sammed2d.predictor import decode
+
+    ct, labels, _, _ = ct_phantom(shape=(200, 160, 3))
+    predictor = Predictor(litemedsam)
+    predictor.set_image(ct[:, :, 1], preset="abdomen")
+    emb = predictor._image
+    boxes = []
+    for organ in np.unique(labels[:, :, 1])[1:]:
+        rows, cols = np.nonzero(labels[:, :, 1] == organ)
+        boxes.append([cols.min(), rows.min(), cols.max(), rows.max()])
+    boxes = np.array(boxes, np.float32)
+    whole, iou = decode(litemedsam, emb, boxes=boxes, multimask_output=None)
+    near, iou_near = decode(litemedsam, emb, boxes=boxes, multimask_output=None, near_boxes=True)
+    assert torch.equal(iou, iou_near)
+    inside = near != OUTSIDE
+    assert inside.any() and not inside.all()
+    assert (near[inside] - whole[inside]).abs().max() < 1e-4
+    assert (whole[~inside] <= 0).all()  # nothing of the masks was left out
+    for k in range(len(boxes)):
+        a = emb.geometry.logits_to_original(whole[k : k + 1]) > 0
+        b = emb.geometry.logits_to_original(near[k : k + 1]) > 0
+        assert torch.equal(a, b)
+    # A region far too tight for its mask (inside the largest organ's): the whole map.
+    largest = int(np.argmax([(whole[k, 0] > 0).sum() for k in range(len(boxes))]))
+    ys, xs = np.nonzero((whole[largest, 0] > 0).numpy())
+    ty, tx = int(np.median(ys)) // 4, int(np.median(xs)) // 4
+    region = (ty - 4, ty + 4, tx - 4, tx + 4)
+    assert (
+        whole[largest, 0, 4 * region[0] : 4 * region[1], 4 * region[2] : 4 * region[3]] > 0
+    ).all()
+    with torch.inference_mode():
+        box = torch.from_numpy(emb.geometry.boxes_to_input(boxes[largest : largest + 1]))
+        sparse, dense = litemedsam.prompt_encoder(None, box, None)
+        pe = litemedsam.prompt_encoder.get_dense_pe()
+        args = (emb.embedding, pe, sparse, dense, None)
+        full = litemedsam.mask_decoder(*args)[0]
+        tight = litemedsam.mask_decoder(*args, regions=[region])[0]
+    assert torch.equal(tight, full)

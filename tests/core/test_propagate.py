@@ -219,9 +219,9 @@ def test_objects_on_one_slice_walk_together_in_shared_decoder_calls(
     calls = []
     real = engine.decode
 
-    def counted(model, emb, points, labels, boxes, *rest):
+    def counted(model, emb, points, labels, boxes, *rest, **options):
         calls.append(0 if boxes is None else len(boxes))
-        return real(model, emb, points, labels, boxes, *rest)
+        return real(model, emb, points, labels, boxes, *rest, **options)
 
     monkeypatch.setattr(engine, "decode", counted)
     alone = []
