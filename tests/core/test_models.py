@@ -171,6 +171,21 @@ def test_boxes_on_one_embedding_share_the_first_layers_image_tokens():
         assert (shared[1][i] - iou[0]).abs().max() < 1e-5
 
 
+def test_box_regions_are_in_tokens_whatever_the_input_size():
+    """The same box relative to the image gives the same token region at LiteMedSAM's 256
+    px input and SAM's or MedSAM's 1024; sides are whole eighths within the grid."""
+    from sammed2d.models.mask_decoder import box_regions
+
+    boxes = torch.tensor([[100.0, 100, 120, 130], [2, 3, 10, 250], [240, 240, 255, 255]])
+    small = box_regions(boxes, 256, 64, 64)
+    assert box_regions(boxes * 4, 1024, 64, 64) == small
+    assert small[0] == (17, 41, 16, 40)  # grown by 8 tokens (32 px), 21 -> 24 tokens
+    assert small[1] == (0, 64, 0, 16)
+    assert small[2] == (48, 64, 48, 64)  # widened inwards at the grid's edge
+    for y0, y1, x0, x1 in small:
+        assert (y1 - y0) % 8 == 0 and (x1 - x0) % 8 == 0 and y0 >= 0 and x1 <= 64
+
+
 @pytest.mark.parametrize("onednn", [True, False])
 def test_token_major_upscaling_matches_transposed_convolutions(monkeypatch, onednn):
     """Both paths: bias and GELU in oneDNN's product (CPU inference), and plain addmm."""
