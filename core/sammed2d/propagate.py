@@ -947,9 +947,13 @@ def _pixel_keys(mask_view, score: float, kept, compose_by: str):
         return np.inf if compose_by != "score" else score
     if compose_by == "score":
         return score
-    logits = np.zeros(mask_view.shape, np.float32)
-    logits[mask_view] = kept
+    # Only the mask's pixels are read (`_compose`): the rest of the map stays 0.
+    kept = kept.astype(np.float32)
     if compose_by == "logit":
-        return logits
+        keys = np.zeros(mask_view.shape, np.float32)
+        keys[mask_view] = kept
+        return keys
+    keys = np.zeros(mask_view.shape, np.float64)
     # log sigmoid(x) = -log(1 + exp(-x)), written to stay finite for large |x|
-    return -np.logaddexp(0.0, -logits) + np.log(max(score, 1e-6))
+    keys[mask_view] = -np.logaddexp(0.0, -kept) + np.log(max(score, 1e-6))
+    return keys
