@@ -292,9 +292,9 @@ class MaskDecoder(nn.Module):
         convolutions have kernel = stride = 2; the norm and GELUs are per pixel), so the
         logits inside a region are the whole map's. Where a mask reaches the region's outer
         ring of tokens (one that does not lie on the image's edge), it may go on outside:
-        that prompt's whole map is computed instead. A mask apart from the prompt's mask and
-        wholly outside its region is not seen (none in 651 walk steps on fourteen
-        structures with regions half as tight as `box_regions` gives).
+        that prompt's whole map is computed instead. A second mask wholly outside the
+        region, apart from the first, is not seen: 651 walk steps on fourteen structures
+        had none even outside regions grown half as far as `box_regions` grows them.
         """
         b, k = hyper_in.shape[:2]
         out = src.new_full((b, k, 4 * h, 4 * w), OUTSIDE)
