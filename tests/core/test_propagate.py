@@ -241,6 +241,32 @@ def test_objects_on_one_slice_walk_together_in_shared_decoder_calls(
                 assert dice(a, b) > 0.99, (obj.id, z)
 
 
+def test_walk_steps_decode_masks_near_their_boxes(phantom, litemedsam, shared_cache, monkeypatch):
+    """A walk's steps ask for masks around their boxes only, and get the labels that whole
+    masks give; with mask prompts on (the logits feed the next step) they ask for whole
+    masks."""
+    import sammed2d.propagate as engine
+
+    _, truth = phantom
+    objects = [ObjectPrompts(i, {5: box_prompt(truth, i, 5)}) for i in (1, 2)]
+    asked = []
+    real = engine.decode
+
+    def recorded(*args, near_boxes=False, **options):
+        asked.append(near_boxes)
+        return real(*args, near_boxes=near_boxes and not whole, **options)
+
+    monkeypatch.setattr(engine, "decode", recorded)
+    whole = False
+    near = run(phantom, litemedsam, shared_cache, objects)
+    assert sum(asked) >= 9  # the steps on slices 0-4 and 6-11, shared by both objects
+    whole = True
+    assert np.array_equal(run(phantom, litemedsam, shared_cache, objects).labels, near.labels)
+    asked.clear()
+    run(phantom, litemedsam, shared_cache, objects, settings=PropagationSettings(mask_prompt=True))
+    assert asked and not any(asked)
+
+
 def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
     _, truth = phantom
     asked = []

@@ -264,7 +264,8 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([tokens, sparse], dim=1)
         n = tokens.shape[0]
         _, c, h, w = image_embeddings.shape
-        # Without mask prompts every prompt starts from the same image tokens, and the first
+        # Without mask prompts every prompt starts from the same image tokens (the prompt
+        # encoder's no-mask embedding is one row expanded, stride 0), and the first
         # layer's image-side products take all prompts' rows at once over one copy (with n
         # boxes on a slice, n - 1 fewer passes over 4,096 x 256 tokens). The tokens part
         # ways where the image attends to each prompt's tokens. SAM-Med2D's 16 x 16 tokens
@@ -302,9 +303,14 @@ class MaskDecoder(nn.Module):
         for i, (y0, y1, x0, x1) in enumerate(regions):
             part = grid[i, y0:y1, x0:x1].reshape(1, (y1 - y0) * (x1 - x0), -1)
             logits = self._masks_token_major(part, hyper_in[i : i + 1], y1 - y0, x1 - x0)[0]
-            ring = [logits[:, :4] if y0 > 0 else None, logits[:, -4:] if y1 < h else None]
-            ring += [logits[:, :, :4] if x0 > 0 else None, logits[:, :, -4:] if x1 < w else None]
-            if any(r is not None and bool((r > 0).any()) for r in ring):
+            # each side's outer token (4 logits deep), unless the side is the image's edge
+            ring = [
+                (y0 > 0, logits[:, :4]),
+                (y1 < h, logits[:, -4:]),
+                (x0 > 0, logits[:, :, :4]),
+                (x1 < w, logits[:, :, -4:]),
+            ]
+            if any(inner and bool((side > 0).any()) for inner, side in ring):
                 out[i] = self._masks_token_major(src[i : i + 1], hyper_in[i : i + 1], h, w)[0]
             else:
                 out[i, :, 4 * y0 : 4 * y1, 4 * x0 : 4 * x1] = logits
