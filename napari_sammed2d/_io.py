@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from sammed2d.errors import SamMed2DError
-from sammed2d.io import ITK_SUFFIXES, NIFTI_SUFFIXES, Volume, read_volume, suffix_of
+from sammed2d.io import (
+    ITK_SUFFIXES,
+    NIFTI_SUFFIXES,
+    Volume,
+    dicom_source,
+    read_volume,
+    suffix_of,
+)
 from sammed2d.labelfiles import is_seg_nrrd, read_labels, write_labels
 from sammed2d.segments import Segment, default_segment, segments_for, sidecar_path
 
@@ -198,7 +205,7 @@ def layer_segments(data, meta: dict) -> list[Segment]:
 
 def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     """Write a Labels layer with its names and colours, on the source's geometry when it
-    came through our reader (a DICOM SEG when the source was a DICOM series folder)."""
+    came through our reader (a DICOM SEG when the source was a DICOM series or file)."""
     info = (meta.get("metadata") or {}).get("sammed2d")
     data = np.asarray(data)
     if data.ndim != 3:
@@ -213,6 +220,5 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
         scale = scale * mm_per_unit(meta.get("units"), 3)
         like = Volume(labels, np.diag([*[scale[a] for a in LAYER_ORDER], 1.0]))
         source = None
-    series = source if source and Path(source).is_dir() else None
-    write_labels(path, labels, like, layer_segments(data, meta), source_series=series)
+    write_labels(path, labels, like, layer_segments(data, meta), source_series=dicom_source(source))
     return [path]

@@ -57,7 +57,7 @@ from sammed2d.choices import PRECISIONS
 from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS
-from sammed2d.io import weights_output
+from sammed2d.io import dicom_source, weights_output
 from sammed2d.objects import ObjectPrompts, PropagationSettings
 from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
@@ -1389,10 +1389,10 @@ class SegmentWidget(QWidget):
         if path.name.lower().endswith(".dcm"):
             image = self.image_layer
             info = {} if image is None else (image.metadata.get("sammed2d") or {})
-            if not (info.get("source") and Path(info["source"]).is_dir()):
+            if dicom_source(info.get("source")) is None:
                 raise SamMed2DError(
-                    f"auto-save to {path.name}: a DICOM SEG needs an image opened from a "
-                    "DICOM series folder; choose .seg.nrrd or .nii.gz"
+                    f"auto-save to {path.name}: a DICOM SEG needs an image opened from "
+                    "DICOM (a series folder or a multi-frame file); choose .seg.nrrd or .nii.gz"
                 )
         self._autosave_path = str(path)
         self._autosave_error = None

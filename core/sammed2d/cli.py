@@ -146,7 +146,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_propagate(args) -> int:
-    from .io import read_volume
+    from .io import dicom_source, read_volume
     from .labelfiles import object_segments, write_labels
     from .prompt_files import read_prompt_file
 
@@ -196,7 +196,7 @@ def cmd_propagate(args) -> int:
         result.labels,
         volume,
         object_segments(objects),
-        source_series=args.volume if Path(args.volume).is_dir() else None,
+        source_series=dicom_source(args.volume),
         algorithm=f"SAM-Med2D suite ({family})",
     )
     for obj in objects:
@@ -220,7 +220,7 @@ def cmd_propagate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .io import read_volume
+    from .io import dicom_source, read_volume
     from .labelfiles import read_labels, write_labels
     from .segments import segments_from_json
 
@@ -246,7 +246,7 @@ def cmd_export(args) -> int:
         labels.array,
         like,
         segments,
-        source_series=args.reference if args.reference and args.reference.is_dir() else None,
+        source_series=dicom_source(args.reference),
     )
     present = {int(i) for i in np.unique(labels.array) if i > 0}
     kept = [s for s in segments if s.id in present]
@@ -552,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reference",
         type=Path,
-        help="the image the labels were made on (a DICOM series folder for .dcm output)",
+        help="the image the labels were made on (for .dcm output: a DICOM series folder or "
+        "multi-frame file)",
     )
     p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
     p.add_argument("-o", "--out", type=Path, required=True, help=".dcm, .seg.nrrd, .nii.gz, ...")

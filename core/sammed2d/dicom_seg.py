@@ -2,7 +2,8 @@
 
 A SEG written here references the DICOM series it was made on: same study, patient and
 Frame of Reference, one frame per labelled source slice pointing at that slice's SOP
-Instance UID, with the slice's own position and orientation, so PACS, OHIF and 3D Slicer
+Instance UID (or, for one enhanced multi-frame source, at its frame number), with the
+slice's own position and orientation, so PACS, OHIF and 3D Slicer
 place it exactly, whatever the slice direction. Each non-empty object becomes one segment
 with its name, display colour and SNOMED CT category/type (see `segments.py`).
 """
@@ -31,12 +32,14 @@ def write_dicom_seg(
     path: str,
     labels: np.ndarray,
     segments: list[Segment],
-    series_dir: Path,
+    source: Path,
     algorithm: str = "SAM-Med2D suite",
 ) -> None:
-    """Write `labels` (voxel i, j, k of the series as `read_volume` gives it) as a binary
-    SEG referencing the series in `series_dir`, to `path` (plain file; the caller makes it
-    atomic). Empty segments are skipped; segment numbers run 1..N in label-value order."""
+    """Write `labels` (voxel i, j, k of the source as `read_volume` gives it) as a binary
+    SEG referencing `source`, to `path` (plain file; the caller makes it atomic). `source`
+    is a series folder (one file per slice) or one enhanced multi-frame file (or a folder
+    holding only that file), whose frames are the slices in the file's order, as ITK reads
+    them. Empty segments are skipped; segment numbers run 1..N in label-value order."""
     hd = _need_highdicom()
     import pydicom
     from pydicom.sr.codedict import codes
@@ -44,22 +47,26 @@ def write_dicom_seg(
     from . import __version__
     from .io import dicom_series_files
 
-    files = dicom_series_files(Path(series_dir))
+    source = Path(source)
+    files = dicom_series_files(source) if source.is_dir() else [str(source)]
     try:
         sources = [pydicom.dcmread(f) for f in files]
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        raise VolumeIOError(f"DICOM series {series_dir}: unreadable ({exc})") from None
+        raise VolumeIOError(f"DICOM source {source}: unreadable ({exc})") from None
     for ds in sources:
         _complete_identity(ds)
-    if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in sources):
+    frames = [int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in sources]
+    if len(sources) > 1 and max(frames) > 1:
         raise VolumeIOError(
-            f"DICOM series {series_dir}: multi-frame source images are not supported for SEG"
+            f"DICOM series {source}: {len(sources)} files of which some hold several frames; "
+            "a SEG references one multi-frame file or single-frame slices"
         )
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
-    if labels.shape != (cols, rows, len(sources)):
+    depth = frames[0] if len(sources) == 1 else len(sources)
+    if labels.shape != (cols, rows, depth):
         raise VolumeIOError(
-            f"labels of shape {labels.shape} do not match the series {series_dir} "
-            f"({cols} x {rows} x {len(sources)} voxels)"
+            f"labels of shape {labels.shape} do not match the DICOM source {source} "
+            f"({cols} x {rows} x {depth} voxels)"
         )
     present = [s for s in segments if np.any(labels == s.id)]
     if not present:
@@ -103,7 +110,7 @@ def write_dicom_seg(
             series_description="Segmentation",
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise VolumeIOError(f"DICOM SEG for {series_dir}: {exc}") from None
+        raise VolumeIOError(f"DICOM SEG for {source}: {exc}") from None
     seg_ds.save_as(path)
 
 

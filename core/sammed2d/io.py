@@ -46,8 +46,20 @@ def suffix_of(path: str | os.PathLike) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+def dicom_source(path: str | os.PathLike | None) -> Path | None:
+    """What a DICOM SEG of an image read from `path` references: a folder (a series, or one
+    multi-frame file) or a DICOM file; None for other formats."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir() or (path.is_file() and suffix_of(path) in DICOM_SUFFIXES):
+        return path
+    return None
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
-    """NIfTI, NRRD, MHA/MHD, or a folder of one DICOM series, as a `Volume`."""
+    """NIfTI, NRRD, MHA/MHD, a DICOM file (an enhanced multi-frame volume), or a folder
+    of one DICOM series, as a `Volume`."""
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(f"volume {path}: file not found")
@@ -125,14 +137,18 @@ def _itk_to_volume(image, source: Path) -> Volume:
     return Volume(array, affine)
 
 
-def _read_itk(path: Path) -> Volume:
+def _read_itk(path: Path, dicom: bool | None = None) -> Volume:
+    """An ITK-readable file; `dicom` (default: by its suffix) checks a multi-frame file's
+    frames, as exports name DICOM files without a suffix."""
     import SimpleITK as sitk
 
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise VolumeIOError(f"volume {path}: unreadable ({_itk_reason(exc)})") from None
-    if suffix_of(path) in DICOM_SUFFIXES and image.GetDimension() == 3:
+    if dicom is None:
+        dicom = suffix_of(path) in DICOM_SUFFIXES
+    if dicom and image.GetDimension() == 3:
         problem = multiframe_problem(path, image.GetSpacing())
         if problem:
             raise VolumeIOError(
@@ -272,6 +288,11 @@ def _read_dicom_series(folder: Path) -> Volume:
     import SimpleITK as sitk
 
     files = dicom_series_files(folder)
+    if len(files) == 1:
+        # One file: an enhanced multi-frame volume (as PACS exports put it in a folder of
+        # its own) or a single slice. ITK's series reader took a multi-frame file as a 4D
+        # image; read alone, its frames are the volume's slices, in the file's order.
+        return _read_itk(Path(files[0]), dicom=True)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()

@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VolumeIOError
-from .io import Volume, atomic_write, onto_grid, read_volume, suffix_of, write_volume
+from .io import (
+    Volume,
+    atomic_write,
+    dicom_source,
+    onto_grid,
+    read_volume,
+    suffix_of,
+    write_volume,
+)
 from .segments import (
     Segment,
     default_segment,
@@ -73,7 +81,8 @@ def write_labels(
     algorithm: str = "SAM-Med2D suite",
 ) -> Path:
     """Write `labels` (voxel order, `like`'s grid) with its segments, atomically. A `.dcm`
-    output is a DICOM SEG and needs the DICOM series folder the labels were made on."""
+    output is a DICOM SEG and needs the DICOM source the labels were made on (a series
+    folder or a multi-frame file)."""
     from .dicom_seg import write_dicom_seg
     from .seg_nrrd import write_seg_nrrd
 
@@ -89,10 +98,10 @@ def write_labels(
     segments = segments_for(ids, {s.id: s for s in (segments or [])})
     suffix = suffix_of(path)
     if suffix in (".dcm", ".dicom"):
-        if source_series is None or not Path(source_series).is_dir():
+        if dicom_source(source_series) is None:
             raise VolumeIOError(
-                f"output {path}: a DICOM SEG needs the source DICOM series folder "
-                "(propagate a series folder, or give --reference SERIES_DIR)"
+                f"output {path}: a DICOM SEG needs the DICOM source (a series folder or a "
+                "multi-frame file): propagate that, or give --reference SERIES_DIR"
             )
         return atomic_write(
             path,

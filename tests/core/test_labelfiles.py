@@ -16,7 +16,7 @@ from sammed2d.labelfiles import read_labels, write_labels
 from sammed2d.segments import Segment, default_segment, sidecar_path
 
 from ..conftest import SHARED
-from .test_io import oblique_affine
+from .test_io import oblique_affine, write_dicom_series
 
 CT_DICOM = SHARED / "data" / "ct_dicom"
 
@@ -360,12 +360,104 @@ def test_propagation_written_as_dicom_seg(tmp_path, capsys):
     assert validator_errors(tmp_path / "result.dcm") == []
 
 
+def enhanced_ct(tmp_path, array, frames: str):
+    """`array` as one Legacy Converted Enhanced CT file (what converters and newer scanners
+    write instead of a file per slice), its frames stored as highdicom sorts them
+    ("converted": head first) or the other way ("reversed": feet first)."""
+    pydicom = pytest.importorskip("pydicom")
+    hd = pytest.importorskip("highdicom")
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    series = write_dicom_series(tmp_path / "slices", array)
+    frame_of_reference = hd.UID()
+    sources = []
+    for path in sorted(series.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.FrameOfReferenceUID = frame_of_reference
+        sources.append(ds)
+    out = tmp_path / "enhanced.dcm"
+    LegacyConvertedEnhancedCTImage(sources, hd.UID(), 9, hd.UID(), 1).save_as(out)
+    if frames == "reversed":
+        ds = pydicom.dcmread(out)
+        groups = list(ds.PerFrameFunctionalGroupsSequence)
+        ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence(groups[::-1])
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1]).tobytes()
+        ds.save_as(out)
+    return out, read_volume(series)
+
+
+@pytest.mark.parametrize("frames", ["converted", "reversed"])
+@pytest.mark.parametrize("given_as", ["file", "folder"])
+def test_dicom_seg_references_the_frames_of_a_multiframe_source(tmp_path, capsys, frames, given_as):
+    """A SEG made on one enhanced multi-frame file points each of its frames at the source
+    frame it lies on, whichever way the frames are stored, and whether the file is given
+    or the folder an export put it in."""
+    import pydicom
+
+    array = np.arange(9 * 7 * 6, dtype=np.int16).reshape(9, 7, 6)
+    source, slices = enhanced_ct(tmp_path, array, frames)
+    if given_as == "folder":
+        (tmp_path / "export").mkdir()
+        source.rename(tmp_path / "export" / "IM0001")  # no suffix, as exports name them
+        source = tmp_path / "export"
+    volume = read_volume(source)
+    # The same voxels at the same places as the per-slice series it was converted from
+    # (onto_grid only undoes flips and axis orders of one grid).
+    assert np.array_equal(onto_grid(volume.array, volume.affine, slices, "v"), array)
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[1:4, 2:6, 1:3] = 3  # off-centre in every axis: a mirror would show
+    labels[6:8, 1:3, 4] = 5
+    write_volume(tmp_path / "labels.nii.gz", labels, volume)
+    out = tmp_path / "seg.dcm"
+    code = main(
+        ["export", str(tmp_path / "labels.nii.gz"), "--reference", str(source), "-o", str(out)]
+    )
+    assert code == 0, capsys.readouterr().err
+    seg = pydicom.dcmread(out)
+    src = pydicom.dcmread(source if given_as == "file" else source / "IM0001")
+    frames_px = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    seen = set()
+    for f, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        ref = group.DerivationImageSequence[0].SourceImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+        k = int(ref.ReferencedFrameNumber) - 1
+        at = src.PerFrameFunctionalGroupsSequence[k].PlanePositionSequence[0]
+        position = group.PlanePositionSequence[0].ImagePositionPatient
+        assert np.allclose(
+            [float(v) for v in position], [float(v) for v in at.ImagePositionPatient]
+        )
+        ident = group if "SegmentIdentificationSequence" in group else shared
+        number = ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        assert np.array_equal(frames_px[f].astype(bool), labels[:, :, k].T == (3, 5)[number - 1])
+        seen.add((k, number))
+    assert seen == {(1, 1), (2, 1), (4, 2)}
+    back, segs = read_labels(out, reference=volume)
+    restored = np.zeros_like(labels)
+    for s in segs:
+        restored[back.array == s.id] = (3, 5)[s.id - 1]
+    assert np.array_equal(restored, labels)
+    assert validator_errors(out) == []
+
+
+def test_a_folder_holding_one_multiframe_file_reads_as_that_file(tmp_path):
+    """PACS exports put an enhanced multi-frame volume in a folder of its own; ITK's series
+    reader took it as a 4D image and the read failed with a matrix shape error."""
+    array = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    source, _ = enhanced_ct(tmp_path, array, "converted")
+    (tmp_path / "export").mkdir()
+    moved = shutil.copy(source, tmp_path / "export" / "IM0001")
+    alone, inside = read_volume(source), read_volume(moved.parent)
+    assert np.array_equal(inside.array, alone.array) and inside.array.shape == (6, 5, 4)
+    assert np.allclose(inside.affine, alone.affine)
+
+
 def test_dicom_seg_needs_its_series_and_says_so(tmp_path, capsys):
     ct = Volume(np.zeros((9, 7, 5), np.int16), oblique_affine())
     write_volume(tmp_path / "labels.nii.gz", two_objects(ct.array.shape), ct)
     code = main(["export", str(tmp_path / "labels.nii.gz"), "--out", str(tmp_path / "x.dcm")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "needs the source DICOM series folder" in err[0]
+    assert code == 2 and len(err) == 1 and "needs the DICOM source (a series folder" in err[0]
     assert not (tmp_path / "x.dcm").exists()
 
 

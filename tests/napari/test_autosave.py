@@ -128,7 +128,7 @@ def test_the_widget_refuses_a_file_it_cannot_write(widget, tmp_path):
     w.ensure_prompt_layers()
     with pytest.raises(SamMed2DError, match="choose a file ending in"):
         w.set_autosave(tmp_path / "labels.txt")
-    with pytest.raises(SamMed2DError, match="needs an image opened from a DICOM series"):
+    with pytest.raises(SamMed2DError, match="needs an image opened from DICOM"):
         w.set_autosave(tmp_path / "labels.dcm")
     w.autosave_edit.setText(str(tmp_path / "nowhere" / "labels.seg.nrrd"))
     w.autosave_check.click()  # as a user would: an error line, and auto-save stays off

@@ -132,6 +132,34 @@ def test_dicom_seg_opens_on_the_series(make_napari_viewer, tmp_path):
     assert np.array_equal(back.array, labels)
 
 
+@pytest.mark.parametrize("given_as", ["file", "folder"])
+def test_labels_on_a_multiframe_dicom_are_saved_as_seg(make_napari_viewer, tmp_path, given_as):
+    """An enhanced multi-frame DICOM (one file holding the volume) opens as an image, and its
+    labels are written as a SEG that references the file's frames, as a series' are."""
+    pytest.importorskip("highdicom")
+    from tests.core.test_labelfiles import enhanced_ct
+
+    array = np.arange(12 * 10 * 6, dtype=np.int16).reshape(12, 10, 6)
+    source, _ = enhanced_ct(tmp_path, array, "converted")
+    if given_as == "folder":
+        (tmp_path / "export").mkdir()
+        source = source.rename(tmp_path / "export" / "IM0001").parent
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(source), plugin="napari-sammed2d")
+    volume = read_volume(source)
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[2:7, 3:8, 1:3] = 1
+    layer = viewer.add_labels(
+        np.transpose(labels, (2, 1, 0)),
+        metadata=dict(image.metadata),
+        scale=image.scale,
+        translate=image.translate,
+    )
+    write_labels_layer(str(tmp_path / "labels.dcm"), layer.data, layer._get_state())
+    back, segs = read_labels(tmp_path / "labels.dcm", reference=volume)
+    assert np.array_equal(back.array, labels) and len(segs) == 1
+
+
 def test_saved_prompts_replay_through_the_cli_bit_for_bit(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     w = SegmentWidget(viewer)
