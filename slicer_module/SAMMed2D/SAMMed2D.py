@@ -336,7 +336,10 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if prepared is None:
                 self.ui.statusLabel.text = "no prompt on this slice"
                 return
-            self._start("Segmenting", *prepared, kind="click")
+            # The local model loads in this first run (SAMMed2DLib.LocalEngine).
+            first = not logic.engine.remote and logic.engine.model_pending
+            self._start("Loading the model, then segmenting" if first else "Segmenting",
+                        *prepared, kind="click")  # fmt: skip
 
     def onPropagate(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not propagate."):

@@ -66,14 +66,49 @@ def test_the_local_engine_runs_in_the_chosen_precision(tiny_checkpoint, monkeypa
     from sammed2d.errors import CheckpointError
 
     fp32 = make_engine("local", str(tiny_checkpoint), precision="fp32")
-    assert fp32.describe().endswith("on cpu, fp32") and graphs.wanted(fp32.model)
+    assert graphs.wanted(fp32.model) and fp32.describe().endswith("on cpu, fp32")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    refused = make_engine("local", str(tiny_checkpoint), precision="bf16")
     with pytest.raises(CheckpointError, match="no bf16 instructions"):
-        make_engine("local", str(tiny_checkpoint), precision="bf16")
+        refused.segment_slice(volume(), 4, SlicePrompt(box=np.array([10.0, 8, 32, 30])), 2,
+                              AFFINE, "abdomen")  # fmt: skip
     monkeypatch.setattr("sammed2d.precision.cpu_has_bf16", lambda: True)
     bf16 = make_engine("local", str(tiny_checkpoint), precision="bf16")
     assert bf16.model.autocast_dtype == torch.bfloat16 and bf16.describe().endswith("bf16")
     assert not graphs.wanted(bf16.model)  # autocast is not kept by tracing: eager
+
+
+CHOSEN_WITHOUT_LOADING = """
+import sys, time
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+from SAMMed2DLib import BackgroundRun, make_engine
+start = time.perf_counter()
+engine = make_engine("local", sys.argv[1])
+chosen = time.perf_counter() - start
+print("torch" in sys.modules, engine.model_pending, engine.describe())
+import numpy as np
+from sammed2d.objects import SlicePrompt
+data = np.zeros((44, 40, 9), np.int16)
+data[10:28, 12:30, 2:7] = 170
+box = SlicePrompt(box=np.array([10.0, 8, 32, 30]))
+run = BackgroundRun(lambda progress, stop: engine.segment_slice(data, 4, box, 2, np.eye(4), "auto"))
+assert run.wait(120)
+print(run.poll()[1][0], engine.model_pending, engine.describe())
+"""
+
+
+def test_choosing_the_local_engine_leaves_the_model_to_the_first_run(tiny_checkpoint):
+    """Choosing the engine (on Slicer's GUI thread) neither imports torch nor loads the
+    model: the first click's background run does, and the model then stays loaded."""
+    out = subprocess.run(
+        [sys.executable, "-c", CHOSEN_WITHOUT_LOADING, str(tiny_checkpoint), str(MODULE_DIR),
+         str(CORE_DIR)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    before, after = out.stdout.strip().splitlines()[-2:]
+    assert before.startswith("False True ") and "loads at the first click" in before
+    assert after.startswith("done False ") and after.endswith("on cpu, fp32")
 
 
 def test_a_wrong_key_fails_when_the_engine_is_chosen(slicer_server):

@@ -7,6 +7,8 @@ pixels), so the Logic does not care which one runs.
 
 from __future__ import annotations
 
+import threading
+
 LOCAL_ONLY = (
     "fine-tuning runs in Slicer's own Python: choose the local engine (the labels stay on "
     "this computer)"
@@ -17,20 +19,45 @@ class LocalEngine:
     remote = False
 
     def __init__(self, nameOrPath: str, precision: str = "fp32", cache=None) -> None:
-        from sammed2d import EmbeddingCache, graphs, load_model
-
         self.name = nameOrPath
-        # bf16 where the CPU or GPU has it; elsewhere load_model refuses in one line
-        self.model = load_model(nameOrPath, precision=precision)
-        # Background runs share Python's lock with Slicer's GUI thread: graphs run the model
-        # without it (sammed2d.graphs; fp32 only, bf16 runs eager under autocast).
-        graphs.enable(self.model)
+        self.precision = precision
+        # The model loads on first use, in the background run that needs it: importing
+        # torch and reading the checkpoint held Slicer's GUI thread for seconds (a wait
+        # cursor at the first click). A bad name or precision is reported then, in one line.
+        self._model = None
+        self._loading = threading.Lock()
         # Embeddings are keyed on the image encoder: another model's cache may be passed on
-        # (a fine-tune of this one then embeds nothing again).
-        self.cache = cache if cache is not None else EmbeddingCache(max_bytes=2 << 30)
+        # (a fine-tune of this one then embeds nothing again). Made with the model if None.
+        self.cache = cache
+
+    @property
+    def model(self):
+        with self._loading:
+            if self._model is None:
+                from sammed2d.torch_import import import_torch
+
+                import_torch()  # torch's libraries mapped without holding Python's lock
+                from sammed2d import EmbeddingCache, graphs, load_model
+
+                # bf16 where the CPU or GPU has it; elsewhere load_model refuses in one line
+                model = load_model(self.name, precision=self.precision)
+                # Background runs share Python's lock with Slicer's GUI thread: graphs run
+                # the model without it (sammed2d.graphs; fp32 only, bf16 runs eager).
+                graphs.enable(model)
+                if self.cache is None:
+                    self.cache = EmbeddingCache(max_bytes=2 << 30)
+                self._model = model
+            return self._model
+
+    @property
+    def model_pending(self) -> bool:
+        """True until the model has loaded (the first run that needs it loads it)."""
+        return self._model is None
 
     def describe(self) -> str:
-        return f"{self.model.spec.name} on {self.model.device}, {self.model.precision}"
+        if self._model is None:
+            return f"{self.name}, {self.precision} (loads at the first click)"
+        return f"{self._model.spec.name} on {self._model.device}, {self._model.precision}"
 
     def record(self):
         """(model name, weights SHA-256) for a prompts file."""
@@ -41,8 +68,9 @@ class LocalEngine:
     def segment_slice(self, data, index, prompt, axis, affine, preset):
         from sammed2d.propagate import segment_slice
 
+        model = self.model  # loads it (and makes the cache) on first use
         return segment_slice(
-            data, index, prompt, self.model, axis=axis, affine=affine, preset=preset,
+            data, index, prompt, model, axis=axis, affine=affine, preset=preset,
             cache=self.cache,
         )  # fmt: skip
 
@@ -50,8 +78,9 @@ class LocalEngine:
                   shouldStop=None):  # fmt: skip
         from sammed2d.propagate import propagate
 
+        model = self.model
         return propagate(
-            data, objects, self.model, axis=axis, affine=affine, preset=preset,
+            data, objects, model, axis=axis, affine=affine, preset=preset,
             settings=settings, cache=self.cache, progress=progress, should_stop=shouldStop,
         )  # fmt: skip
 
@@ -62,9 +91,10 @@ class LocalEngine:
         changed: it may serve clicks meanwhile."""
         from sammed2d.finetune import finetune_copy
 
+        model = self.model
         return finetune_copy(
             self.name, out, [(data, affine, labels)], axis, preset,
-            device=self.model.device, precision=self.model.precision, cache=self.cache,
+            device=model.device, precision=model.precision, cache=self.cache,
             progress=None if progress is None else lambda what, done, total: progress(done, total),
             should_stop=shouldStop,
         )  # fmt: skip
