@@ -44,6 +44,18 @@ def checked_path(path) -> Path:
     return path
 
 
+def prompts_beside(path) -> Path:
+    """Where auto-save keeps the prompts of labels auto-saved to `path`: NAME.prompts.json
+    beside NAME.seg.nrrd (or .nii.gz, .dcm…)."""
+    path = Path(path)
+    name = path.name
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(f"{name}.prompts.json")
+
+
 def fingerprint(data: np.ndarray, meta: dict) -> tuple:
     """What decides whether the file is up to date: the voxels (CRC-32, which runs without
     Python's lock), their shape and type, and the names, colours and geometry written with

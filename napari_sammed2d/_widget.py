@@ -57,13 +57,18 @@ from sammed2d.choices import PRECISIONS
 from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS
-from sammed2d.io import dicom_source, weights_output
+from sammed2d.io import atomic_write, dicom_source, weights_output
 from sammed2d.objects import ObjectPrompts, PropagationSettings
 from sammed2d.orientation import slice_of
-from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
+from sammed2d.prompt_files import (
+    PromptFile,
+    prompt_file_text,
+    read_prompt_file,
+    write_prompt_file,
+)
 from sammed2d.segments import default_segment
 
-from ._autosave import AutoSave, checked_path
+from ._autosave import AutoSave, checked_path, prompts_beside
 from ._io import labels_layer_kwargs, mm_per_unit, write_labels_layer
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
 from ._session import (
@@ -138,6 +143,7 @@ class SegmentWidget(QWidget):
         self.autosave = AutoSave(write_labels_layer, self._autosave_bridge.message.emit)
         self._autosave_path = None  # the file auto-save writes; None: off
         self._autosave_error = None  # the last failure shown (each is shown once)
+        self._prompts_saved = None  # (path, text) of the prompts file auto-save wrote last
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setInterval(AUTOSAVE_SECONDS * 1000)
         self._autosave_timer.timeout.connect(self._autosave_tick)
@@ -1281,10 +1287,11 @@ class SegmentWidget(QWidget):
         info = self.image_layer.metadata.get("sammed2d") or {}
         return "source" in info
 
-    def prompt_record(self) -> PromptFile:
+    def prompt_record(self, layers=None) -> PromptFile:
         """Every object's prompts, in the source file's voxel order when the image came
-        through our reader, with names, colours, the model, window and settings."""
-        points, shapes, _ = self.ensure_prompt_layers()
+        through our reader, with names, colours, the model, window and settings; from the
+        (points, shapes) `layers` given, else from the widget's (made if missing)."""
+        points, shapes = layers if layers is not None else self.ensure_prompt_layers()[:2]
         axis = self.slice_axis()
         if axis is None:
             raise SamMed2DError("saving prompts needs a 3D volume")
@@ -1417,6 +1424,28 @@ class SegmentWidget(QWidget):
             "units": tuple(map(str, getattr(labels, "units", None) or ())),
         }
         self.autosave.offer(self._autosave_path, labels.data, meta)
+        self._autosave_prompts()
+
+    def _autosave_prompts(self) -> None:
+        """The prompts beside the auto-saved labels (NAME.prompts.json), where they changed:
+        a crash then loses neither the masks nor what made them (Load prompts… replays
+        them). A few kB of JSON, written here; the labels go to the saving thread."""
+        points, shapes = self._layer(POINTS_NAME), self._layer(SHAPES_NAME)
+        if any(x is None for x in (points, shapes, self.image_layer, self._autosave_path)):
+            return
+        try:
+            text = prompt_file_text(self.prompt_record((points, shapes)))
+        except SamMed2DError:
+            return  # no prompts yet (or a 2D image): nothing to keep
+        path = prompts_beside(self._autosave_path)
+        if self._prompts_saved == (path, text):
+            return
+        try:
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        except (OSError, SamMed2DError) as exc:
+            self._show_autosaved(("error", f"auto-save to {path.name} failed: {exc}"))
+            return
+        self._prompts_saved = (path, text)
 
     def _on_removed(self, event) -> None:
         # Closing napari's window removes every layer and never closes the dock widgets:

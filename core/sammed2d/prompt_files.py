@@ -125,8 +125,13 @@ def read_prompt_file(path: str | os.PathLike) -> PromptFile:
     return prompt_file_from_json(data, f"prompts {path}")
 
 
+def prompt_file_text(record: PromptFile) -> str:
+    """A prompts file's contents, as `write_prompt_file` writes them."""
+    return json.dumps(prompt_file_to_json(record), indent=1) + "\n"
+
+
 def write_prompt_file(path: str | os.PathLike, record: PromptFile) -> Path:
-    text = json.dumps(prompt_file_to_json(record), indent=1) + "\n"
+    text = prompt_file_text(record)
     return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 

@@ -195,3 +195,38 @@ def test_a_dicom_series_auto_saves_as_dicom_seg_on_its_frames(widget, tmp_path):
     found = np.transpose(volume.array, (2, 1, 0))  # the layer's (z, y, x)
     assert found.sum() == 2 and found[7, 200, 300] == 1 and found[7, 201, 300] == 1
     assert [s.name for s in segments] == ["nodule"]
+
+
+def test_the_prompts_are_auto_saved_beside_the_labels(widget, tmp_path):
+    """NAME.prompts.json beside NAME.seg.nrrd: what Save prompts… writes, rewritten when
+    the prompts change and left alone when they do not; Load prompts… replays it."""
+    from napari_sammed2d._autosave import prompts_beside
+    from sammed2d.objects import ObjectPrompts, SlicePrompt
+    from sammed2d.prompt_files import PromptFile, read_prompt_file, write_prompt_file
+
+    assert prompts_beside(tmp_path / "a.seg.nrrd").name == "a.prompts.json"
+    assert prompts_beside(tmp_path / "b.v2.NII.GZ").name == "b.v2.prompts.json"
+    viewer, w = widget
+    viewer.add_image(np.zeros((6, 20, 24), np.float32), name="ct")
+    path, beside = tmp_path / "ct.seg.nrrd", tmp_path / "ct.prompts.json"
+    w.set_autosave(path)
+    assert w.autosave.flush() and not beside.exists()  # no prompts yet: nothing to keep
+
+    box = SlicePrompt(box=np.array([3.0, 4.0, 15.0, 12.0]))
+    given = PromptFile(0, [ObjectPrompts(2, {3: box}, (1, 4), "lesion")], window="abdomen")
+    write_prompt_file(tmp_path / "given.json", given)
+    w.load_prompts(tmp_path / "given.json")  # prompt layers with a box, nothing segmented
+    w._autosave_tick()
+    w.save_prompts(tmp_path / "saved.json")
+    assert beside.read_text() == (tmp_path / "saved.json").read_text()
+    kept = read_prompt_file(beside).objects
+    assert [(o.id, o.name, o.range) for o in kept] == [(2, "lesion", (1, 4))]
+    assert np.allclose(kept[0].slices[3].box, box.box)
+
+    stamp = beside.stat().st_mtime_ns
+    w._autosave_tick()  # unchanged: not rewritten
+    assert beside.stat().st_mtime_ns == stamp
+    w.rename_object(2, "nodule")
+    w._autosave_tick()
+    assert read_prompt_file(beside).objects[0].name == "nodule"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
