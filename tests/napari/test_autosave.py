@@ -229,4 +229,5 @@ def test_the_prompts_are_auto_saved_beside_the_labels(widget, tmp_path):
     w.rename_object(2, "nodule")
     w._autosave_tick()
     assert read_prompt_file(beside).objects[0].name == "nodule"
+    assert w.autosave.flush()  # the labels' thread may be writing its own temporary file
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
