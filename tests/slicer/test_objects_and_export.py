@@ -72,3 +72,25 @@ def test_dicom_seg_export_needs_the_source_files(tmp_path):
     with pytest.raises(VolumeIOError, match="missing"):
         write_dicom_seg(tmp_path / "s.dcm", np.ones((2, 2, 2)), np.eye(4), segments,
                         [tmp_path / "gone.dcm"])  # fmt: skip
+
+
+def test_dicom_seg_export_of_a_volume_slicer_loaded_from_one_multiframe_file(tmp_path):
+    """An enhanced multi-frame volume has one instance UID, so Slicer's database gives one
+    file: the SEG references its frames."""
+    pytest.importorskip("highdicom")
+    from sammed2d.dicom_seg import read_dicom_seg
+    from sammed2d.io import onto_grid, read_volume
+    from tests.core.test_labelfiles import enhanced_ct
+
+    array = np.arange(9 * 7 * 6, dtype=np.int16).reshape(9, 7, 6)
+    source, _ = enhanced_ct(tmp_path, array, "converted")
+    reference = read_volume(source)
+    labels = np.zeros(reference.array.shape, np.uint16)
+    labels[1:4, 2:6, 1:3] = 1
+    flip = np.diag([1.0, 1.0, -1.0, 1.0])  # Slicer's k running the other way
+    flip[2, 3] = labels.shape[2] - 1
+    segments = [Segment(1, "lesion", (255, 0, 0))]
+    written = write_dicom_seg(tmp_path / "seg.dcm", labels[:, :, ::-1], reference.affine @ flip,
+                              segments, [source])  # fmt: skip
+    back, affine, _ = read_dicom_seg(written)
+    assert np.array_equal(onto_grid(back, affine, reference, "SEG"), labels)
