@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sammed2d.errors import SamMed2DError
+from sammed2d.errors import NothingToWrite, SamMed2DError
 
 from ._session import Latest
 
@@ -81,8 +81,9 @@ def fingerprint(data: np.ndarray, meta: dict) -> tuple:
 class AutoSave:
     """One thread that writes the newest offered labels to `path` when they changed.
 
-    `write(path, data, meta)` writes the file (atomically); `notify` gets ("saved", path)
-    or ("error", text) from the saving thread (the widget relays it to the GUI thread).
+    `write(path, data, meta)` writes the file (atomically); `notify` gets ("saved", path),
+    ("empty", path) where the file type cannot hold labels with no object, or ("error",
+    text) from the saving thread (the widget relays it to the GUI thread).
     """
 
     def __init__(
@@ -137,6 +138,10 @@ class AutoSave:
                     self._written = key
                     self.saves += 1
                     self._notify(("saved", path))
+            except NothingToWrite:
+                # A DICOM SEG of no segment: not a failure, only nothing to keep yet. The
+                # file keeps what it held; the first mask is written.
+                self._notify(("empty", path))
             except Exception as exc:  # noqa: BLE001 - reported; the next offer tries again
                 self._notify(("error", f"auto-save to {Path(path).name} failed: {exc}"))
             finally:

@@ -1477,6 +1477,11 @@ class SegmentWidget(QWidget):
             self.autosave_label.setText(
                 f"auto-saved {time.strftime('%H:%M:%S')} to {Path(text).name}"
             )
+        elif kind == "empty":
+            self.autosave_label.setText(
+                f"auto-saving to {Path(text).name}: nothing to save yet (a DICOM SEG needs a "
+                "segment)"
+            )
         elif text != self._autosave_error:  # the same failure every 5 s is shown once
             self._autosave_error = text
             self.autosave_label.setText(text)

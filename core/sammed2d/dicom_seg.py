@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SourceWarning, VolumeIOError
+from .errors import NothingToWrite, SourceWarning, VolumeIOError
 from .segments import Segment, default_segment
 
 RAS_LPS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -70,7 +70,7 @@ def write_dicom_seg(
         )
     present = [s for s in segments if np.any(labels == s.id)]
     if not present:
-        raise VolumeIOError("nothing to write: every segment is empty")
+        raise NothingToWrite("nothing to write: every segment is empty")
     by_frame = np.transpose(labels, (2, 1, 0))  # (slice, row, column), as the source frames
     numbered = np.zeros(by_frame.shape, np.uint8 if len(present) < 256 else np.uint16)
     descriptions = []

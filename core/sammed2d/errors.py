@@ -21,6 +21,11 @@ class VolumeIOError(SamMed2DError):
     """A file that cannot be read or written as a volume or image."""
 
 
+class NothingToWrite(VolumeIOError):
+    """A label file that cannot hold empty labels (a DICOM SEG needs a segment) was asked
+    for labels with no object in them."""
+
+
 class Cancelled(SamMed2DError):
     """Raised inside long work when the caller asked it to stop."""
 

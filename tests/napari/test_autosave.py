@@ -177,7 +177,7 @@ def test_a_new_image_does_not_overwrite_the_file(widget, tmp_path):
     assert not w.autosave_check.isChecked() and "auto-save stopped" in w.autosave_label.text()
 
 
-def test_a_dicom_series_auto_saves_as_dicom_seg_on_its_frames(widget, tmp_path):
+def test_a_dicom_series_auto_saves_as_dicom_seg_on_its_frames(widget, qtbot, tmp_path):
     from ..conftest import SHARED
 
     series = SHARED / "data" / "ct_dicom"
@@ -186,10 +186,15 @@ def test_a_dicom_series_auto_saves_as_dicom_seg_on_its_frames(widget, tmp_path):
     viewer, w = widget
     viewer.open(str(series), plugin="napari-sammed2d")
     _, _, labels = w.ensure_prompt_layers()
+    path = tmp_path / "labels.dcm"
+    # Chosen before any mask: a SEG cannot hold no segment, which is not a failure.
+    w.set_autosave(path)
+    assert w.autosave.flush()
+    qtbot.waitUntil(lambda: "nothing to save yet" in w.autosave_label.text())
+    assert w._autosave_error is None and not path.exists()
     labels.data_setitem((np.array([7, 7]), np.array([200, 201]), np.array([300, 300])), 1)
     w.rename_object(1, "nodule")
-    path = tmp_path / "labels.dcm"
-    w.set_autosave(path)
+    w._autosave_tick()
     assert w.autosave.flush()
     volume, segments = read_labels(path, reference=read_volume(series))
     found = np.transpose(volume.array, (2, 1, 0))  # the layer's (z, y, x)
