@@ -25,6 +25,7 @@ from sammed2d.io import (
     NIFTI_SUFFIXES,
     Volume,
     dicom_source,
+    is_dicom_file,
     read_volume,
     suffix_of,
 )
@@ -142,7 +143,7 @@ def is_label_file(path: Path) -> bool:
 
     if is_seg_nrrd(path):
         return True
-    if path.is_file() and suffix_of(path) in (".dcm", ".dicom") and is_dicom_seg(path):
+    if is_dicom_file(path) and is_dicom_seg(path):
         return True
     # Only the file's own sidecar (x.json beside x.nii.gz): a labels.json in the folder
     # describes the label file of that name, not the CT beside it.
@@ -155,7 +156,7 @@ def get_reader(path):
             return None
         path = path[0]
     p = Path(path)
-    if p.is_dir() or suffix_of(p) in NIFTI_SUFFIXES + ITK_SUFFIXES + (".dcm", ".dicom"):
+    if p.is_dir() or suffix_of(p) in NIFTI_SUFFIXES + ITK_SUFFIXES or is_dicom_file(p):
         return read_layers
     return None
 
@@ -164,7 +165,7 @@ def read_layers(path):
     path = Path(path[0] if isinstance(path, list) else path)
     if not path.is_dir() and is_label_file(path):
         return labels_to_layer_data(path)
-    if suffix_of(path) in (".dcm", ".dicom"):
+    if is_dicom_file(path):
         return dicom_file_to_layer_data(path)
     return volume_to_layer_data(path)
 

@@ -46,15 +46,33 @@ def suffix_of(path: str | os.PathLike) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """A DICOM file: by its suffix, or by the "DICM" mark at byte 128 where the name says
+    nothing (exports name files IM0001, or by their UIDs, whose last digits read as a
+    suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    suffix = suffix_of(path)
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix in NIFTI_SUFFIXES + ITK_SUFFIXES + IMAGE_SUFFIXES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def dicom_source(path: str | os.PathLike | None) -> Path | None:
     """What a DICOM SEG of an image read from `path` references: a folder (a series, or one
     multi-frame file) or a DICOM file; None for other formats."""
     if path is None:
         return None
     path = Path(path)
-    if path.is_dir() or (path.is_file() and suffix_of(path) in DICOM_SUFFIXES):
-        return path
-    return None
+    return path if path.is_dir() or is_dicom_file(path) else None
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
@@ -68,12 +86,14 @@ def read_volume(path: str | os.PathLike) -> Volume:
         volume = _read_dicom_series(path)
     elif suffix in NIFTI_SUFFIXES:
         volume = _read_nifti(path)
-    elif suffix in ITK_SUFFIXES + DICOM_SUFFIXES:
+    elif suffix in ITK_SUFFIXES:
         volume = _read_itk(path)
+    elif is_dicom_file(path):
+        volume = _read_itk(path, dicom=True)
     else:
         raise VolumeIOError(
             f"volume {path}: unsupported format {suffix or '(none)'}; expected .nii, .nii.gz, "
-            ".nrrd, .mha, .mhd or a DICOM series folder"
+            ".nrrd, .mha, .mhd, a DICOM file or a DICOM series folder"
         )
     # Intensities are real numbers: complex (k-space, phase) or RGB voxels are not a scan
     # the models can window.
@@ -561,8 +581,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             array = iio.imread(str(path))
         except Exception as exc:  # noqa: BLE001
             raise VolumeIOError(f"image {path}: unreadable ({_first_line(exc)})") from None
-    elif suffix in DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES:
-        found = read_dicom_file(path) if suffix in DICOM_SUFFIXES else read_volume(path)
+    elif suffix in NIFTI_SUFFIXES + ITK_SUFFIXES or is_dicom_file(path):
+        found = (
+            read_volume(path) if suffix in NIFTI_SUFFIXES + ITK_SUFFIXES else read_dicom_file(path)
+        )
         if isinstance(found, np.ndarray):  # colour, (H, W, 3) already
             array = found
         else:

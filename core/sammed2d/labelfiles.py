@@ -23,6 +23,7 @@ from .io import (
     Volume,
     atomic_write,
     dicom_source,
+    is_dicom_file,
     onto_grid,
     read_volume,
     suffix_of,
@@ -55,7 +56,7 @@ def read_labels(
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(f"labels {path}: file not found")
-    if path.is_file() and (suffix_of(path) in (".dcm", ".dicom", "") and is_dicom_seg(path)):
+    if is_dicom_file(path) and is_dicom_seg(path):
         array, affine, segments = read_dicom_seg(path)
         volume = Volume(array, affine)
     elif is_seg_nrrd(path):

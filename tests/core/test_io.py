@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -9,6 +11,7 @@ import SimpleITK as sitk
 from sammed2d.errors import VolumeIOError
 from sammed2d.io import (
     Volume,
+    dicom_source,
     read_image,
     read_volume,
     slice_geometry_problem,
@@ -204,6 +207,23 @@ def test_bad_files(tmp_path):
         write_volume(tmp_path / "x.nii.gz", np.zeros((2, 2, 2)), Volume(np.zeros((3, 3, 3))))
     with pytest.raises(VolumeIOError, match="unsupported format"):
         write_volume(tmp_path / "x.png", np.zeros((2, 2, 2)), Volume(np.zeros((2, 2, 2))))
+
+
+def test_dicom_files_named_without_a_dicom_suffix_are_read(tmp_path):
+    """Exports name DICOM files IM0001 or by their UIDs (whose last digits read as a
+    suffix): the "DICM" mark at byte 128 says what they are; anything else stays refused."""
+    array = np.arange(6 * 5 * 3, dtype=np.int16).reshape(6, 5, 3)
+    series = write_dicom_series(tmp_path / "s", array)
+    first = series / "slice001.dcm"
+    for name in ("IM0001", "1.2.840.113619.2.55.320"):
+        shutil.copy(first, tmp_path / name)
+        volume = read_volume(tmp_path / name)
+        assert np.array_equal(volume.array[:, :, 0], array[:, :, 1])
+        assert dicom_source(tmp_path / name) == tmp_path / name
+    (tmp_path / "notes.320").write_bytes(b"\0" * 200)
+    with pytest.raises(VolumeIOError, match=r"unsupported format .320; expected .*a DICOM file"):
+        read_volume(tmp_path / "notes.320")
+    assert dicom_source(tmp_path / "notes.320") is None
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".nii.gz"])

@@ -387,7 +387,7 @@ def enhanced_ct(tmp_path, array, frames: str):
 
 
 @pytest.mark.parametrize("frames", ["converted", "reversed"])
-@pytest.mark.parametrize("given_as", ["file", "folder"])
+@pytest.mark.parametrize("given_as", ["file", "folder", "file named as exports name it"])
 def test_dicom_seg_references_the_frames_of_a_multiframe_source(tmp_path, capsys, frames, given_as):
     """A SEG made on one enhanced multi-frame file points each of its frames at the source
     frame it lies on, whichever way the frames are stored, and whether the file is given
@@ -396,10 +396,12 @@ def test_dicom_seg_references_the_frames_of_a_multiframe_source(tmp_path, capsys
 
     array = np.arange(9 * 7 * 6, dtype=np.int16).reshape(9, 7, 6)
     source, slices = enhanced_ct(tmp_path, array, frames)
-    if given_as == "folder":
+    if given_as != "file":
         (tmp_path / "export").mkdir()
-        source.rename(tmp_path / "export" / "IM0001")  # no suffix, as exports name them
-        source = tmp_path / "export"
+        # No suffix, as exports name them: found by the "DICM" mark at byte 128.
+        source = source.rename(tmp_path / "export" / "IM0001")
+        if given_as == "folder":
+            source = source.parent
     volume = read_volume(source)
     # The same voxels at the same places as the per-slice series it was converted from
     # (onto_grid only undoes flips and axis orders of one grid).
@@ -414,7 +416,7 @@ def test_dicom_seg_references_the_frames_of_a_multiframe_source(tmp_path, capsys
     )
     assert code == 0, capsys.readouterr().err
     seg = pydicom.dcmread(out)
-    src = pydicom.dcmread(source if given_as == "file" else source / "IM0001")
+    src = pydicom.dcmread(source / "IM0001" if given_as == "folder" else source)
     frames_px = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
     shared = seg.SharedFunctionalGroupsSequence[0]
     seen = set()
