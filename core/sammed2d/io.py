@@ -157,17 +157,15 @@ def _itk_to_volume(image, source: Path) -> Volume:
     return Volume(array, affine)
 
 
-def _read_itk(path: Path, dicom: bool | None = None) -> Volume:
-    """An ITK-readable file; `dicom` (default: by its suffix) checks a multi-frame file's
-    frames, as exports name DICOM files without a suffix."""
+def _read_itk(path: Path, dicom: bool = False) -> Volume:
+    """An ITK-readable file; for a DICOM file (`dicom`), a multi-frame file's frames are
+    checked against the grid ITK reads them onto."""
     import SimpleITK as sitk
 
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise VolumeIOError(f"volume {path}: unreadable ({_itk_reason(exc)})") from None
-    if dicom is None:
-        dicom = suffix_of(path) in DICOM_SUFFIXES
     if dicom and image.GetDimension() == 3:
         problem = multiframe_problem(path, image.GetSpacing())
         if problem:

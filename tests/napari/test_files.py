@@ -121,15 +121,21 @@ def test_dicom_seg_opens_on_the_series(make_napari_viewer, tmp_path):
     assert np.allclose(world_of(layer, (k, j, i)), world_of(image, (6 + k, j, i)))
     assert dict(zip(layer.features["index"], layer.features["name"]))[1] == "spleen"
     # Saving the napari labels of a DICOM series writes a SEG again.
-    labels_layer = viewer.add_labels(
+    back, _ = saved_through_the_writer(viewer, image, labels, tmp_path / "again.dcm", ct)
+    assert np.array_equal(back.array, labels)
+
+
+def saved_through_the_writer(viewer, image, labels, path, reference):
+    """`labels` (voxel i, j, k of `reference`) as a Labels layer on `image`, written by the
+    plugin's writer to `path` and read back onto `reference`: (volume, segments)."""
+    layer = viewer.add_labels(
         np.transpose(labels, (2, 1, 0)),
         metadata=dict(image.metadata),
         scale=image.scale,
         translate=image.translate,
     )
-    write_labels_layer(str(tmp_path / "again.dcm"), labels_layer.data, labels_layer._get_state())
-    back, _ = read_labels(tmp_path / "again.dcm", reference=ct)
-    assert np.array_equal(back.array, labels)
+    write_labels_layer(str(path), layer.data, layer._get_state())
+    return read_labels(path, reference=reference)
 
 
 @pytest.mark.parametrize("given_as", ["file", "folder"])
@@ -149,14 +155,7 @@ def test_labels_on_a_multiframe_dicom_are_saved_as_seg(make_napari_viewer, tmp_p
     volume = read_volume(source)
     labels = np.zeros(volume.array.shape, np.uint8)
     labels[2:7, 3:8, 1:3] = 1
-    layer = viewer.add_labels(
-        np.transpose(labels, (2, 1, 0)),
-        metadata=dict(image.metadata),
-        scale=image.scale,
-        translate=image.translate,
-    )
-    write_labels_layer(str(tmp_path / "labels.dcm"), layer.data, layer._get_state())
-    back, segs = read_labels(tmp_path / "labels.dcm", reference=volume)
+    back, segs = saved_through_the_writer(viewer, image, labels, tmp_path / "labels.dcm", volume)
     assert np.array_equal(back.array, labels) and len(segs) == 1
 
 
