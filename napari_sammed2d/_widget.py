@@ -66,6 +66,7 @@ from sammed2d.prompt_files import (
     read_prompt_file,
     write_prompt_file,
 )
+from sammed2d.review import slices_to_check
 from sammed2d.segments import default_segment
 
 from ._autosave import AutoSave, checked_path, prompts_beside
@@ -102,11 +103,12 @@ KEYS = {
     "N": "new_object",
     "Shift-T": "toggle_polarity",
     "Shift-C": "clear_prompts",
+    "Shift-K": "check_next",
 }
 AUTOSAVE_SECONDS = 5  # how often the labels are handed to auto-save (written only if changed)
 KEYS_HELP = (
     "Shift+S segment · Shift+R propagate · Shift+G propagate all · N new object · "
-    "Shift+T +/− · Shift+C clear"
+    "Shift+T +/− · Shift+C clear · Shift+K next slice to check"
 )
 
 
@@ -130,6 +132,10 @@ class SegmentWidget(QWidget):
         # Slice ranges of a loaded file's objects (id -> (first, last)): such an object is
         # followed through its range, as `sammed2d propagate` follows it.
         self._ranges: dict[int, tuple[int, int]] = {}
+        # Per object, the predicted IoU of each slice its propagations segmented (slice ->
+        # IoU), and the slices Check next has shown since its labels last landed.
+        self._scores: dict[int, dict[int, float]] = {}
+        self._checked: dict[int, set[int]] = {}
         self._cancel = False
         self._stopping = False
         self._loading = False
@@ -207,6 +213,12 @@ class SegmentWidget(QWidget):
             "fewer slices to embed. auto: as many slices as lie within 3 mm (every slice of "
             "a scan with slices 2 mm apart or more; every third of a 1 mm scan)"
         )
+        self.check_button = QPushButton("Check next (Shift+K)")
+        self.check_button.setToolTip(
+            "go to the current object's next slice to look at after a propagation, most "
+            "suspect first: the model's predicted IoU there is low, or its mask differs from "
+            "its neighbours' (a jump, a slip onto something else, a gap)"
+        )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         clear_button = QPushButton("Clear prompts (Shift+C)")
@@ -267,7 +279,7 @@ class SegmentWidget(QWidget):
             (add_object, delete_object),
             (self.positive_button, clear_button),
             (self.segment_button, self.propagate_button),
-            (self.propagate_all_button,),
+            (self.propagate_all_button, self.check_button),
             (clear_slice, clear_object),
             (save_button, load_button),
             (self.finetune_button,),
@@ -291,6 +303,7 @@ class SegmentWidget(QWidget):
         self.segment_button.clicked.connect(self.segment_current_slice)
         self.propagate_button.clicked.connect(self.propagate_object)
         self.propagate_all_button.clicked.connect(self.propagate_all)
+        self.check_button.clicked.connect(self.check_next)
         self.cancel_button.clicked.connect(self.cancel)
         add_object.clicked.connect(self.new_object)
         delete_object.clicked.connect(self.delete_object)
@@ -964,6 +977,7 @@ class SegmentWidget(QWidget):
                 labels.data_setitem(where, found[where])
         parts = []
         for oid in ids:
+            self._note_scores(oid, result.scores.get(oid))
             info = self._note_reached(labels, axis, oid)
             span = "none" if info.reached is None else f"{info.reached[0]}–{info.reached[1]}"
             parts.append(f"{info.name} {span}")
@@ -1061,6 +1075,7 @@ class SegmentWidget(QWidget):
             fresh = found & (labels.data == 0) & inside
             if fresh.any():
                 labels.data_setitem(np.nonzero(fresh), oid)
+        self._note_scores(oid, result.scores.get(oid), (lo, hi), keep_slice)
         info = self._note_reached(labels, axis, oid)
         self._show_objects()
         text = (
@@ -1069,6 +1084,68 @@ class SegmentWidget(QWidget):
         cancelled = " (cancelled)" if result.cancelled else ""
         stepped = f", every {result.slice_step} slices" if result.slice_step > 1 else ""
         self.status.setText(f"{info.name}: {text}{stepped}{cancelled}")
+
+    def _note_scores(self, oid, scores, stretch=None, keep_slice=None) -> None:
+        """Keep the predicted IoU of each slice a run segmented for `oid` (within `stretch`,
+        for a correction) for Check next; a slice written as the user's own segmentation
+        has none."""
+        kept = self._scores.setdefault(oid, {})
+        lo, hi = (
+            stretch if stretch is not None else (0, len(scores) - 1 if scores is not None else -1)
+        )
+        for index in [i for i in kept if lo <= i <= hi]:
+            del kept[index]
+        if scores is not None:
+            for index in range(lo, hi + 1):
+                if index < len(scores) and np.isfinite(scores[index]):
+                    kept[index] = float(scores[index])
+        if keep_slice is not None:
+            kept.pop(keep_slice[0], None)
+        self._checked.pop(oid, None)  # new labels: Check next starts from the top again
+
+    def check_next(self) -> None:
+        """Go to the current object's next slice to check (`sammed2d.review`), the most
+        suspect first; each press shows the next, then starts again from the first."""
+        labels, image = self._layer(LABELS_NAME), self.image_layer
+        try:
+            axis = None if image is None else self.slice_axis()
+        except SamMed2DError as exc:
+            show_info(str(exc))
+            return
+        oid = self.object_spin.value()
+        info = self.table.objects.get(oid)
+        name = info.name if info is not None else f"object {oid}"
+        if labels is None or axis is None or labels.ndim != 3:
+            self.status.setText("Check next needs a volume with propagated labels")
+            return
+        prompted = slice_prompts(
+            image, self._layer(POINTS_NAME), self._layer(SHAPES_NAME), oid, axis
+        )
+        ranked = slices_to_check(
+            np.asarray(labels.data), oid, axis, self._scores.get(oid), prompted, limit=None
+        )
+        if not ranked:
+            self.status.setText(f"{name}: nothing to check (labels on fewer than two slices)")
+            return
+        seen = self._checked.setdefault(oid, set())
+        if all(c.index in seen for c in ranked):
+            seen.clear()  # all shown: from the top again
+        rank, pick = next((r, c) for r, c in enumerate(ranked, 1) if c.index not in seen)
+        seen.add(pick.index)
+        self._go_to_slice(axis, pick.index)
+        self.status.setText(
+            f"{name}: slice {pick.index}, {_ordinal(rank)} of {len(ranked)} to check: "
+            f"{pick.reason()} (Shift+K: the next)"
+        )
+
+    def _go_to_slice(self, axis: int, index: int) -> None:
+        """Move the viewer to slice `index` along the image's data axis `axis`."""
+        image = self.image_layer
+        point = np.asarray(image.world_to_data(self.viewer.dims.point[-image.ndim :]), float)
+        point[axis] = index
+        world = image.data_to_world(point)
+        offset = self.viewer.dims.ndim - image.ndim
+        self.viewer.dims.set_point(offset + axis, float(world[axis]))
 
     def _note_reached(self, labels, axis, oid):
         """Object `oid`'s table row, its first and last slice with labels noted there."""
@@ -1233,6 +1310,8 @@ class SegmentWidget(QWidget):
         if labels is not None and (labels.data == oid).any():
             with labels.block_history():
                 labels.data_setitem(np.nonzero(labels.data == oid), 0)
+        self._scores.pop(oid, None)
+        self._checked.pop(oid, None)
         if oid in self.table.objects:
             self.table.objects[oid].reached = None
             self._show_objects()
@@ -1578,3 +1657,9 @@ def _show_window(combo, window: str | None) -> None:
     if combo.findText(text) < 0:
         combo.addItem(text)
     combo.setCurrentText(text)
+
+
+def _ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, … 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -105,6 +105,12 @@ def test_propagate_with_real_model_and_cache(tmp_path, capsys, volume_file, prom
     assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.85
     assert "slices 1-4" in stdout
     assert len(list(cache.rglob("*.npz"))) >= 4
+    # each object's slices to check first follow its line: the block's are among the
+    # slices it reached, and not the one its box was drawn on
+    block = stdout.split("object 3 block:")[1].splitlines()
+    assert block[1].startswith("  check first: slice ")
+    listed = [int(part.split()[1]) for part in block[1].split(":", 1)[1].split(";")]
+    assert listed and set(listed) <= {1, 3, 4}, block[1]
 
 
 def test_propagate_slice_step_walks_fewer_slices(tmp_path, capsys, volume_file, prompts_file):

@@ -177,6 +177,33 @@ def test_propagate_fills_neighbours_and_one_undo_removes_it(widget, qtbot):
     assert np.array_equal(labels.data, before)
 
 
+def test_check_next_goes_to_the_slices_a_propagation_may_have_got_wrong(widget, qtbot):
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w)
+    draw_box(viewer, shapes, 3, 11, 9, 30, 26)
+    w.wait_idle()
+    w.check_next()  # one slice of labels: nothing to compare yet
+    assert "nothing to check" in w.status.text()
+    w.propagate_object()
+    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+        pass
+    assert w._scores[1] and set(w._scores[1]) <= {2, 3, 4, 5}
+    # a slice emptied by hand inside the object's stretch is the first to look at
+    where = np.nonzero(labels.data == 1)
+    on_4 = where[0] == 4
+    labels.data_setitem(tuple(axis[on_4] for axis in where), 0)
+    w.check_next()
+    assert w.current_index(0) == 4
+    assert "slice 4, 1st of 3 to check: no mask" in w.status.text()
+    shown = {4}
+    for _ in range(2):
+        w.check_next()
+        shown.add(w.current_index(0))
+    assert shown == {2, 4, 5}  # every slice it reached but the one the box was drawn on
+    w.check_next()  # all shown: from the first again
+    assert w.current_index(0) == 4 and "1st of 3" in w.status.text()
+
+
 def test_cancel_leaves_labels_consistent(widget, qtbot):
     viewer, w = widget
     _, shapes, labels = setup_volume(viewer, w)
