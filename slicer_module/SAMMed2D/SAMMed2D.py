@@ -755,6 +755,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         GUI thread and returns a status line."""
         from sammed2d.objects import ObjectPrompts, SlicePrompt
         from sammed2d.orientation import slice_of
+        from sammed2d.review import slices_to_check
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
         axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
@@ -787,6 +788,9 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             text += f" ({written} written), {result.windows.get(1, preset)} window"
             if getattr(result, "slice_step", 1) > 1:  # an engine from before the field
                 text += f", every {result.slice_step} slices"
+            checks = slices_to_check(result.labels, 1, axis, result.scores.get(1), {index})
+            if checks:  # where the model is least sure, or a mask breaks from its neighbours
+                text += f"; check slices {', '.join(str(c.index) for c in checks)} first"
             return text + (" (cancelled)" if result.cancelled else "")
 
         return work, finish
