@@ -144,6 +144,18 @@ def mr_like(volume: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.sqrt(real**2 + imag**2)
 
 
+def stand_in(ct, gt: np.ndarray, args) -> np.ndarray:
+    """The view of the CT that `args.mr_like`, `args.enlarge` and `args.thin` ask for: `ct`
+    (a Volume) is changed in place, and the labels on its new grid are returned."""
+    if args.mr_like:
+        ct.array = mr_like(ct.array)
+    if args.enlarge > 1:
+        ct.array, ct.affine, gt = enlarged(ct.array, ct.affine, gt, args.enlarge)
+    if args.thin > 1:
+        ct.array, ct.affine, gt = thinner(ct.array, ct.affine, gt, args.thin)
+    return gt
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -234,12 +246,7 @@ def main(argv=None) -> int:
         ramp = args.drift * (np.arange(n, dtype=np.float32) - n // 2)
         drifted = np.rint(ct.array.astype(np.float32) + ramp[None, None, :])
         ct.array = drifted.astype(ct.array.dtype)  # still integers in HU: still a CT
-    if args.mr_like:
-        ct.array = mr_like(ct.array)
-    if args.enlarge > 1:
-        ct.array, ct.affine, gt = enlarged(ct.array, ct.affine, gt, args.enlarge)
-    if args.thin > 1:
-        ct.array, ct.affine, gt = thinner(ct.array, ct.affine, gt, args.thin)
+    gt = stand_in(ct, gt, args)
     names_file = args.data / (args.labels.split(".")[0] + ".json")  # structures.json
     names = {int(k): v for k, v in json.loads(names_file.read_text()).items()}
     model = load_model(args.model, device="cpu", precision=args.precision)

@@ -40,7 +40,7 @@ from sammed2d.propagate import propagate
 from sammed2d.review import slices_to_check
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from propagation import enlarged, mr_like, thinner  # noqa: E402
+from propagation import stand_in  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "abdomen_ct"
@@ -195,12 +195,7 @@ def main(argv=None) -> int:
         return 2
     ct = read_volume(args.data / "ct.nii.gz")
     gt = read_volume(args.data / "structures.nii.gz").array
-    if args.mr_like:
-        ct.array = mr_like(ct.array)
-    if args.enlarge > 1:
-        ct.array, ct.affine, gt = enlarged(ct.array, ct.affine, gt, args.enlarge)
-    if args.thin > 1:
-        ct.array, ct.affine, gt = thinner(ct.array, ct.affine, gt, args.thin)
+    gt = stand_in(ct, gt, args)
     names = {int(k): v for k, v in json.loads((args.data / "structures.json").read_text()).items()}
     model = load_model("litemedsam", device="cpu")
     cache = EmbeddingCache(folder=args.cache) if args.cache else EmbeddingCache(max_bytes=4 << 30)
