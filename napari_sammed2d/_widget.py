@@ -1090,15 +1090,13 @@ class SegmentWidget(QWidget):
         for a correction) for Check next; a slice written as the user's own segmentation
         has none."""
         kept = self._scores.setdefault(oid, {})
-        lo, hi = (
-            stretch if stretch is not None else (0, len(scores) - 1 if scores is not None else -1)
-        )
+        scores = np.asarray([] if scores is None else scores, np.float64)
+        lo, hi = stretch if stretch is not None else (0, len(scores) - 1)
         for index in [i for i in kept if lo <= i <= hi]:
             del kept[index]
-        if scores is not None:
-            for index in range(lo, hi + 1):
-                if index < len(scores) and np.isfinite(scores[index]):
-                    kept[index] = float(scores[index])
+        for index in range(lo, min(hi + 1, len(scores))):
+            if np.isfinite(scores[index]):
+                kept[index] = float(scores[index])
         if keep_slice is not None:
             kept.pop(keep_slice[0], None)
         self._checked.pop(oid, None)  # new labels: Check next starts from the top again
