@@ -105,6 +105,7 @@ KEYS = {
     "Shift-C": "clear_prompts",
     "Shift-K": "check_next",
 }
+CHECK_HINT = " · Shift+K: the slices to check"  # after a propagation's status
 AUTOSAVE_SECONDS = 5  # how often the labels are handed to auto-save (written only if changed)
 KEYS_HELP = (
     "Shift+S segment · Shift+R propagate · Shift+G propagate all · N new object · "
@@ -983,7 +984,7 @@ class SegmentWidget(QWidget):
             parts.append(f"{info.name} {span}")
         self._show_objects()
         cancelled = " (cancelled)" if result.cancelled else ""
-        self.status.setText("slices: " + ", ".join(parts) + cancelled)
+        self.status.setText("slices: " + ", ".join(parts) + cancelled + CHECK_HINT)
 
     def _run_propagation(self, request, objects, on_result, what: str) -> None:
         engine = self.engine
@@ -1083,7 +1084,9 @@ class SegmentWidget(QWidget):
         )
         cancelled = " (cancelled)" if result.cancelled else ""
         stepped = f", every {result.slice_step} slices" if result.slice_step > 1 else ""
-        self.status.setText(f"{info.name}: {text}{stepped}{cancelled}")
+        several = info.reached is not None and info.reached[1] > info.reached[0]
+        hint = CHECK_HINT if several else ""
+        self.status.setText(f"{info.name}: {text}{stepped}{cancelled}{hint}")
 
     def _note_scores(self, oid, scores, stretch=None, keep_slice=None) -> None:
         """Keep the predicted IoU of each slice a run segmented for `oid` (within `stretch`,

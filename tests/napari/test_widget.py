@@ -188,6 +188,7 @@ def test_check_next_goes_to_the_slices_a_propagation_may_have_got_wrong(widget, 
     with qtbot.waitSignal(w._busy.finished, timeout=120_000):
         pass
     assert w._scores[1] and set(w._scores[1]) <= {2, 3, 4, 5}
+    assert "Shift+K: the slices to check" in w.status.text()
     # a slice emptied by hand inside the object's stretch is the first to look at
     where = np.nonzero(labels.data == 1)
     on_4 = where[0] == 4
