@@ -82,10 +82,12 @@ def flags(model, ct, gt, names, cache, protocols) -> None:
         objects = protocol_objects(gt, axis=2, protocol=protocol, names=names)
         result = propagate(ct.array, objects, model, 2, ct.affine, cache=cache)
         scores: dict[str, list] = {}
+        every = []  # the true Dice of every slice with a mask but the prompted ones
         for obj in objects:
             truth = _slice_dice(result.labels == obj.id, gt == obj.id)
             for s in obj.slices:
                 truth.pop(s, None)
+            every.extend(truth.values())
             if len(truth) < 2:
                 continue
             worst = min(truth, key=truth.get)
@@ -97,15 +99,9 @@ def flags(model, ct, gt, names, cache, protocols) -> None:
                 row[1].extend(truth[z] for z in top)
                 if bad:
                     row[2].append(len(bad & set(top)) / min(FIRST, len(bad)))
-        every = [
-            d
-            for o in objects
-            for z, d in _slice_dice(result.labels == o.id, gt == o.id).items()
-            if z not in o.slices
-        ]
         print(
             f"protocol {protocol}: {len(scores['random (no flags)'][0])} structures, mean "
-            f"slice Dice {np.mean(every):.3f}; {sum(1 for _ in scores['random (no flags)'][2])} "
+            f"slice Dice {np.mean(every):.3f}; {len(scores['random (no flags)'][2])} "
             "structures have slices under Dice 0.5"
         )
         for rule, (hits, flagged, caught) in scores.items():

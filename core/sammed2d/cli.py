@@ -211,13 +211,12 @@ def cmd_propagate(args) -> int:
         window = result.windows.get(obj.id)
         shown = f", {window} window" if window else ""
         print(f"object {obj.id}{name}: {span}{shown}, {result.seconds.get(obj.id, 0.0):.1f} s")
-        if result.labels.ndim == 3:
-            checks = slices_to_check(
-                result.labels, obj.id, record.axis, result.scores.get(obj.id), obj.slices
-            )
-            if checks:
-                listed = "; ".join(f"slice {c.index} ({c.reason()})" for c in checks)
-                print(f"  check first: {listed}")
+        checks = slices_to_check(
+            result.labels, obj.id, record.axis, result.scores.get(obj.id), obj.slices
+        )
+        if checks:
+            listed = "; ".join(f"slice {c.index} ({c.reason()})" for c in checks)
+            print(f"  check first: {listed}")
     if result.slice_step > 1:
         print(
             f"walked every {result.slice_step} slices (--slice-step), the slices between "

@@ -579,10 +579,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             array = iio.imread(str(path))
         except Exception as exc:  # noqa: BLE001
             raise VolumeIOError(f"image {path}: unreadable ({_first_line(exc)})") from None
-    elif suffix in NIFTI_SUFFIXES + ITK_SUFFIXES or is_dicom_file(path):
-        found = (
-            read_volume(path) if suffix in NIFTI_SUFFIXES + ITK_SUFFIXES else read_dicom_file(path)
-        )
+    elif (as_volume := suffix in NIFTI_SUFFIXES + ITK_SUFFIXES) or is_dicom_file(path):
+        found = read_volume(path) if as_volume else read_dicom_file(path)
         if isinstance(found, np.ndarray):  # colour, (H, W, 3) already
             array = found
         else:

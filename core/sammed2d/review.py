@@ -59,41 +59,39 @@ def slices_to_check(
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"slices_to_check needs a 3D label volume, got shape {labels.shape}")
-    axis = axis % 3
-    other = tuple(a for a in range(3) if a != axis)
-    present = np.flatnonzero(np.any(labels == object_id, axis=other))
+    mine = np.moveaxis(labels == object_id, axis % 3, 0)  # (slices, rows, columns)
+    present = np.flatnonzero(mine.any(axis=(1, 2)))
     if len(present) < 2:
         return []
     lo, hi = int(present[0]), int(present[-1])
-    # Only the object's own stretch is compared; a crop to its extent in the slice's plane
-    # keeps this quick on a 512 x 512 x 300 volume.
-    block = np.moveaxis(np.take(labels, range(lo, hi + 1), axis=axis), axis, 0) == object_id
+    # Only the object's own stretch is compared, cropped to its extent in the slice's
+    # plane: quick on a 512 x 512 x 300 volume.
+    block = mine[lo : hi + 1]
     rows = np.flatnonzero(block.any(axis=(0, 2)))
     cols = np.flatnonzero(block.any(axis=(0, 1)))
     block = block[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     areas = block.sum(axis=(1, 2))
     skip = set(int(i) for i in prompted)
-    found, ranked = {}, []
+    ranked = []  # (sort key, slice to check)
     for offset, area in enumerate(areas):
         index = lo + offset
         if index in skip:
             continue
         if area == 0:  # a gap inside the object's stretch: the most suspect of all
-            ranked.append((2.0, 0.0, index))
-            found[index] = SliceToCheck(index, 2.0, None, 0.0, empty=True)
+            ranked.append(((-2.0, 0.0, index), SliceToCheck(index, 2.0, None, 0.0, empty=True)))
             continue
         # The neighbours that hold the object: at its first and last slice one does, and
         # an island between empty slices is compared with nothing (Dice 0).
         near = [n for n in (offset - 1, offset + 1) if 0 <= n < len(areas) and areas[n]]
         dices = [_dice(block[offset], block[n], area, areas[n]) for n in near] or [0.0]
         iou = _score(scores, index)
-        suspicion = (1.0 - min(dices)) + (0.0 if iou is None else 1.0 - iou)
+        suspicion = round((1.0 - min(dices)) + (0.0 if iou is None else 1.0 - iou), 6)
         # Both sides of a jump have the same lower Dice; of equally suspect slices the one
         # that disagrees with both neighbours comes first (a mask that slipped for a slice).
-        ranked.append((round(suspicion, 6), -sum(dices) / len(dices), index))
-        found[index] = SliceToCheck(index, round(suspicion, 6), iou, min(dices))
-    ranked.sort(key=lambda r: (-r[0], -r[1], r[2]))
-    order = [found[index] for *_, index in ranked]
+        key = (-suspicion, sum(dices) / len(dices), index)
+        ranked.append((key, SliceToCheck(index, suspicion, iou, min(dices))))
+    ranked.sort(key=lambda r: r[0])
+    order = [check for _, check in ranked]
     return order if limit is None else order[:limit]
 
 
