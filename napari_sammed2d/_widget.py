@@ -66,7 +66,7 @@ from sammed2d.prompt_files import (
     read_prompt_file,
     write_prompt_file,
 )
-from sammed2d.review import slices_to_check
+from sammed2d.review import check_status, next_to_check, slices_to_check
 from sammed2d.segments import default_segment
 
 from ._autosave import AutoSave, checked_path, prompts_beside
@@ -1128,16 +1128,9 @@ class SegmentWidget(QWidget):
         if not ranked:
             self.status.setText(f"{name}: nothing to check (labels on fewer than two slices)")
             return
-        seen = self._checked.setdefault(oid, set())
-        if all(c.index in seen for c in ranked):
-            seen.clear()  # all shown: from the top again
-        rank, pick = next((r, c) for r, c in enumerate(ranked, 1) if c.index not in seen)
-        seen.add(pick.index)
+        rank, pick = next_to_check(ranked, self._checked.setdefault(oid, set()))
         self._go_to_slice(axis, pick.index)
-        self.status.setText(
-            f"{name}: slice {pick.index}, {_ordinal(rank)} of {len(ranked)} to check: "
-            f"{pick.reason()} (Shift+K: the next)"
-        )
+        self.status.setText(f"{check_status(name, rank, len(ranked), pick)} (Shift+K: the next)")
 
     def _go_to_slice(self, axis: int, index: int) -> None:
         """Move the viewer to slice `index` along the image's data axis `axis`."""
@@ -1658,9 +1651,3 @@ def _show_window(combo, window: str | None) -> None:
     if combo.findText(text) < 0:
         combo.addItem(text)
     combo.setCurrentText(text)
-
-
-def _ordinal(n: int) -> str:
-    """1st, 2nd, 3rd, 4th, … 11th, 12th, 13th, 21st."""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"

@@ -173,6 +173,7 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.propagateAllButton.connect("clicked(bool)", self.onPropagateAll)
+        self.ui.checkNextButton.connect("clicked(bool)", self.onCheckNext)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.savePromptsButton.connect("clicked(bool)", self.onSavePrompts)
@@ -362,6 +363,14 @@ class SAMMed2DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             work, finish = logic.preparePropagateAll(p.volume, p.segmentation)
             self._start("Propagating all", work, finish)
 
+    def onCheckNext(self, *args):
+        with slicer.util.tryWithErrorDisplay("SAM-Med2D could not go to a slice to check."):
+            context = self._context()
+            if context is None:
+                return
+            logic, volume, segmentation, segmentId, view = context
+            self.ui.statusLabel.text = logic.checkNext(volume, segmentation, segmentId, view)
+
     def onFinetune(self, *args):
         with slicer.util.tryWithErrorDisplay("SAM-Med2D could not fine-tune."):
             p = self._parameterNode
@@ -514,6 +523,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         self.preset = "auto"
         self.promptLog = None  # every prompt segmented with, for Save prompts
         self.objectWindows = {}  # object id -> the window its first box asked for (auto)
+        self.reviews = {}  # segment id -> what Check next ranks by (see noteReview)
         self.reset()
 
     def getParameterNode(self):
@@ -525,6 +535,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
 
         self.promptLog = PromptLog()
         self.objectWindows = {}
+        self.reviews = {}
 
     def windowFor(self, objectId, data, axis, index, prompt):
         """The intensity window object `objectId` is segmented in: the chosen preset, or
@@ -788,9 +799,12 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             text += f" ({written} written), {result.windows.get(1, preset)} window"
             if getattr(result, "slice_step", 1) > 1:  # an engine from before the field
                 text += f", every {result.slice_step} slices"
-            checks = slices_to_check(result.labels, 1, axis, result.scores.get(1), {index})
+            scores = result.scores.get(1)
+            self.noteReview(segmentId, axis, scores, {index})
+            checks = slices_to_check(result.labels, 1, axis, scores, {index})
             if checks:  # where the model is least sure, or a mask breaks from its neighbours
-                text += f"; check slices {', '.join(str(c.index) for c in checks)} first"
+                shown = ", ".join(str(c.index) for c in checks)
+                text += f"; check slices {shown} first (Check next)"
             return text + (" (cancelled)" if result.cancelled else "")
 
         return work, finish
@@ -803,6 +817,39 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             volume, segmentation, segmentId, view, markups, objectId
         )
         return finish(work(progress, shouldStop or (lambda: False)))
+
+    def noteReview(self, segmentId, axis, scores, prompted):
+        """Keep what a propagation knows of a segment's slices for Check next: the model's
+        predicted IoU per slice along `axis`, and the prompted slices (not to check)."""
+        self.reviews[segmentId] = {"axis": axis, "scores": scores, "prompted": prompted,
+                                   "seen": set()}  # fmt: skip
+
+    def checkNext(self, volume, segmentation, segmentId, view="Red"):
+        """Move `view` to the segment's next slice to check (`sammed2d.review`), the most
+        suspect first, ranked from the segment as it is now (a slice corrected meanwhile
+        drops down); after the last, from the first again. Returns the status line."""
+        from sammed2d.review import check_status, next_to_check, slices_to_check
+        from SAMMed2DLib import point_on_slice, slice_axis_of_view
+
+        if volume is None or segmentation is None:
+            raise ValueError("choose a volume and a segmentation first")
+        ijkToRas, parentToWorld = self.matrices(volume)
+        sliceToRas = self.sliceToRas(view)
+        axis = slice_axis_of_view(sliceToRas, ijkToRas, parentToWorld)
+        review = self.reviews.get(segmentId)
+        if review is None or review["axis"] != axis:  # painted by hand, or another view
+            review = self.reviews[segmentId] = {"axis": axis, "scores": None,
+                                                "prompted": set(), "seen": set()}  # fmt: skip
+        mine = self._readSegment(segmentation, segmentId, volume).view(np.uint8)
+        ranked = slices_to_check(mine, 1, axis, review["scores"], review["prompted"], None)
+        name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
+        if not ranked:
+            return f"{name}: nothing to check (the segment is on fewer than two slices)"
+        rank, pick = next_to_check(ranked, review["seen"])
+        point = point_on_slice(sliceToRas, ijkToRas, parentToWorld, axis, pick.index)
+        sliceNode = slicer.app.layoutManager().sliceWidget(view).mrmlSliceNode()
+        sliceNode.JumpSliceByOffsetting(*(float(c) for c in point))
+        return f"{check_status(name, rank, len(ranked), pick)} (Check next: the next)"
 
     @staticmethod
     def _checkPresent(*nodes):
@@ -875,6 +922,8 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
                 )  # fmt: skip
                 for index, prompt in obj.slices.items():
                     self.promptLog.record(obj.id, record.axis, index, prompt, seg.name)
+                scores = getattr(result, "scores", {}).get(obj.id)
+                self.noteReview(segmentId, record.axis, scores, set(obj.slices))
             cancelled = " (cancelled)" if result.cancelled else ""
             return f"{len(record.objects)} object(s) {what}{cancelled}: " + ", ".join(shown)
 
@@ -1028,6 +1077,15 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
         logic.propagateSegment(volume, segmentation, segmentId, "Red", (None, None, roi))
         result = logic._readSegment(segmentation, segmentId, volume)
         self.assertGreater(dice(result, liver), 0.8)
+        # Check next: the Red view goes to a propagated slice, never the prompted one, and
+        # after every slice was shown it starts again.
+        reached = sorted(set(np.flatnonzero(result.any(axis=(0, 1)))) - {z})
+        visited = []
+        for _ in range(len(reached) + 1):
+            self.assertIn("to check", logic.checkNext(volume, segmentation, segmentId, "Red"))
+            visited.append(self._redSlice(logic, volume))
+        self.assertEqual(sorted(visited[:-1]), reached)
+        self.assertEqual(visited[-1], visited[0])
         # Ctrl+Z in the Segment Editor: the propagation goes, the clicked slice stays.
         logic.segmentEditor(segmentation, volume).undo()
         self.assertTrue(
@@ -1038,6 +1096,14 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
         # Propagate all objects: the clicked prompt, from the session's log, in one run.
         self.assertIn("1 object(s) propagated", logic.propagateAllObjects(volume, segmentation))
         self.assertGreater(dice(logic._readSegment(segmentation, segmentId, volume), liver), 0.8)
+
+    @staticmethod
+    def _redSlice(logic, volume):
+        from SAMMed2DLib import slice_index_of_view
+
+        ijkToRas, parentToWorld = logic.matrices(volume)
+        dims = volume.GetImageData().GetDimensions()
+        return slice_index_of_view(logic.sliceToRas("Red"), ijkToRas, parentToWorld, dims, 2)
 
     def test_cancel_in_the_background(self):
         from SAMMed2DLib import BackgroundRun

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sammed2d.review import slices_to_check
+from sammed2d.review import check_status, next_to_check, ordinal, slices_to_check
 
 
 def disc_volume(n=10, slipped=None, gap=None, shrunk=None):
@@ -80,3 +80,23 @@ def test_nothing_to_compare_gives_nothing_and_a_2d_volume_is_refused():
     assert slices_to_check(one, 9, 2) == []  # an object with no labels
     with pytest.raises(ValueError, match="3D label volume"):
         slices_to_check(np.zeros((20, 20), np.uint8), 1, 0)
+
+
+def test_check_next_visits_every_slice_most_suspect_first_then_starts_again():
+    ranked = slices_to_check(disc_volume(n=5, slipped=2), 2, axis=2, prompted={0}, limit=None)
+    seen: set[int] = set()
+    visits = [next_to_check(ranked, seen) for _ in range(len(ranked) + 1)]
+    assert [rank for rank, _ in visits] == [1, 2, 3, 4, 1]  # wraps after the last
+    assert [pick.index for _, pick in visits][:4] == [c.index for c in ranked]
+    assert visits[0][1].index == 2  # the slip first
+    # a slice already seen is skipped even when a fresh ranking puts it first again
+    seen = {2}
+    assert next_to_check(ranked, seen)[1].index != 2 and len(seen) == 2
+    rank, pick = visits[0]
+    line = check_status("liver", rank, len(ranked), pick)
+    assert line.startswith("liver: slice 2, 1st of 4 to check: Dice ")
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 111)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "111th",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="nothing to check"):
+        next_to_check([], set())

@@ -20,6 +20,7 @@ from SAMMed2DLib import (  # noqa: E402
     changed_slices,
     ijk_volume_from_slicer_array,
     inside,
+    point_on_slice,
     prompt_from_markups,
     roi_corners,
     slice_axis_of_view,
@@ -90,6 +91,27 @@ def test_slice_index_from_the_view_origin():
     view[:3, 3] = (ijk_to_ras @ [10, 20, 30, 1.0])[:3]
     with pytest.raises(PromptError, match="outside the volume"):
         slice_index_of_view(view, ijk_to_ras, None, (40, 50, 12), 2)
+
+
+def test_check_next_jumps_along_the_volumes_axis_without_panning():
+    # A moved, sagittally acquired volume seen in the Yellow view: its slice axis is k.
+    m = np.eye(4)
+    m[:3, :3] = np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]]) @ np.diag([0.7, 0.8, 2.0])
+    m[:3, 3] = [-30.0, 12.0, 5.0]
+    parent = np.eye(4)
+    parent[:3, 3] = [4.0, -6.0, 9.0]
+    view = YELLOW.copy()
+    view[:3, 3] = (parent @ m @ [11.2, 23.6, 3.0, 1.0])[:3]  # panned off the voxel grid
+    axis = slice_axis_of_view(view, m, parent)
+    point = point_on_slice(view, m, parent, axis, 17)
+    assert np.allclose(world_to_ijk(point, m, parent)[0], [11.2, 23.6, 17.0])
+    jumped = view.copy()
+    jumped[:3, 3] = point
+    assert slice_index_of_view(jumped, m, parent, (40, 50, 30), axis) == 17
+    # only the view's position along its normal changes: the picture does not pan
+    normal = view[:3, 2]
+    offset = point - view[:3, 3]
+    assert np.allclose(offset, normal * (normal @ offset))
 
 
 def test_points_on_the_edge_inside_and_outside():

@@ -15,6 +15,7 @@ _WHERE = {
     "changed_slices": "geometry",
     "ijk_volume_from_slicer_array": "geometry",
     "inside": "geometry",
+    "point_on_slice": "geometry",
     "prompt_from_markups": "geometry",
     "roi_corners": "geometry",
     "slice_axis_of_view": "geometry",

@@ -85,6 +85,16 @@ def slice_index_of_view(slice_to_ras, ijk_to_ras, parent_to_world, dims_ijk, axi
     return index
 
 
+def point_on_slice(slice_to_ras, ijk_to_ras, parent_to_world, axis: int, index: int):
+    """World RAS of a view's centre moved along the volume's `axis` onto slice `index`: the
+    point a view jumps to (vtkMRMLSliceNode.JumpSliceByOffsetting) to show that slice
+    without panning."""
+    ijk = world_to_ijk(np.asarray(slice_to_ras, float)[:3, 3], ijk_to_ras, parent_to_world)[0]
+    ijk[axis] = index
+    ijk_to_world = np.linalg.inv(world_to_ijk_matrix(ijk_to_ras, parent_to_world))
+    return (ijk_to_world @ np.append(ijk, 1.0))[:3]
+
+
 def _plane_xy(ijk: np.ndarray, axis: int) -> np.ndarray:
     earlier, later = [a for a in range(3) if a != axis]
     return np.stack([ijk[:, later], ijk[:, earlier]], axis=1)
