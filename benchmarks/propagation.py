@@ -10,7 +10,8 @@ embeddings: middle-slice box, then the previous mask's box + 3 px at 256 scale, 
 Prints per-structure 3D Dice, the mean, the slices each object visited (B) and the time.
 
     python benchmarks/propagation.py [--data DIR] [--labels structures.nii.gz] [--cache DIR]
-                                     [--drift HU_PER_SLICE] [--<setting> VALUE ...]
+                                     [--drift HU_PER_SLICE] [--loose MM] [--window-inset MM]
+                                     [--<setting> VALUE ...]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+import sammed2d.intensity
 from sammed2d import EmbeddingCache, load_model
 from sammed2d.evaluation import dice, official_chaining, protocol_objects
 from sammed2d.intensity import resolve_preset
@@ -107,6 +109,18 @@ def enlarged(volume: np.ndarray, affine: np.ndarray, labels: np.ndarray, factor:
         affine,
         ndimage.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest"),
     )
+
+
+def loosened(objects, pixels: int, labels: np.ndarray):
+    """The objects with each box `pixels` wider on each side, within the slice."""
+    if pixels == 0:
+        return objects
+    h, w = labels.shape[:2]
+    for obj in objects:
+        for prompt in obj.slices.values():
+            box = prompt.box + np.array([-pixels, -pixels, pixels, pixels], np.float32)
+            prompt.box = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+    return objects
 
 
 # HU -> signal of a T1-weighted MR, roughly: air and cortical bone dark, fat brightest,
@@ -217,6 +231,21 @@ def main(argv=None) -> int:
         "and Rician noise (`mr_like`): a stand-in for another modality; the official "
         "chaining then sees the same percentile window as ours",
     )
+    parser.add_argument(
+        "--loose",
+        type=float,
+        default=0.0,
+        help="every box (ours and the official chaining's) drawn this many mm wider on each "
+        "side, rounded to whole pixels: the labels' own boxes are tight to the pixel, a "
+        "person's are not",
+    )
+    parser.add_argument(
+        "--window-inset",
+        type=float,
+        default=None,
+        help="mm taken off each side of a CT object's first box before its window is "
+        f"chosen (default {sammed2d.intensity.WINDOW_INSET_MM:g}; 0: the whole box)",
+    )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     for f in fields(PropagationSettings):
         kind = type(f.default)
@@ -247,6 +276,13 @@ def main(argv=None) -> int:
         drifted = np.rint(ct.array.astype(np.float32) + ramp[None, None, :])
         ct.array = drifted.astype(ct.array.dtype)  # still integers in HU: still a CT
     gt = stand_in(ct, gt, args)
+    if args.window_inset is not None:
+        sammed2d.intensity.WINDOW_INSET_MM = args.window_inset
+    grow = round(args.loose / float(np.linalg.norm(ct.affine[:3, 0])))  # pixels
+
+    def prompts(protocol):
+        return loosened(protocol_objects(gt, axis=2, protocol=protocol, names=names), grow, gt)
+
     names_file = args.data / (args.labels.split(".")[0] + ".json")  # structures.json
     names = {int(k): v for k, v in json.loads(names_file.read_text()).items()}
     model = load_model(args.model, device="cpu", precision=args.precision)
@@ -254,14 +290,15 @@ def main(argv=None) -> int:
     print(
         f"model {args.model} ({args.precision}), orientation {args.orientation}, "
         f"window {args.window}{' (box windows)' if args.box_windows else ''}, "
-        f"drift {args.drift} HU/slice, "
+        f"drift {args.drift} HU/slice, boxes {grow} px loose, "
+        f"window inset {sammed2d.intensity.WINDOW_INSET_MM:g} mm, "
         f"{'MR-like grey levels, ' if args.mr_like else ''}volume {gt.shape}, {settings}"
     )
     width = max(len(v) for v in names.values())
     base = {}  # the official chaining is protocol A whatever the protocol compared
     if not args.no_baseline:
         single = resolve_preset(ct.array, args.window)
-        for obj in protocol_objects(gt, axis=2, protocol="A", names=names):
+        for obj in prompts("A"):
             found = official_chaining(
                 ct.array, obj, model, 2, ct.affine, single, args.orientation, cache
             )
@@ -274,9 +311,9 @@ def main(argv=None) -> int:
         )  # fmt: skip
 
     for protocol in protocols:
-        objects = protocol_objects(gt, axis=2, protocol=protocol, names=names)
+        objects = prompts(protocol)
         if args.box_windows:
-            objects = with_object_windows(ct.array, 2, objects, "percentile")
+            objects = with_object_windows(ct.array, 2, objects, "percentile", ct.affine)
         start = time.perf_counter()
         result = ours_on(objects)
         seconds = time.perf_counter() - start

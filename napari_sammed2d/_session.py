@@ -77,7 +77,7 @@ def auto_window(req: SegmentRequest) -> str | None:
 
     if req.preset != "auto" or req.axis is None:
         return None
-    return auto_object_window(req.data, req.axis, req.index, req.prompt)
+    return auto_object_window(req.data, req.axis, req.index, req.prompt, req.affine)
 
 
 class Latest:

@@ -93,7 +93,9 @@ def collect_samples(
     return samples
 
 
-def object_windows(array: np.ndarray, labels: np.ndarray, axis: int, preset: str) -> dict:
+def object_windows(
+    array: np.ndarray, labels: np.ndarray, axis: int, preset: str, affine=None
+) -> dict:
     """{window: object ids}: under `auto`, each object in the window propagation gives it
     from a box on its middle slice (on a CT lung, bone or soft tissue; on an MR one from the
     box's grey levels), so that it learns from the images it will be segmented on; under any
@@ -108,7 +110,7 @@ def object_windows(array: np.ndarray, labels: np.ndarray, axis: int, preset: str
         # The box a protocol-A prompt (and a person's first box) gives it
         index = middle_slice(np.flatnonzero(np.any(labels == oid, axis=others)))
         box = slice_box(slice_of(labels, index, axis) == oid)
-        window = prompt_window(array, axis, index, SlicePrompt(box=box), own) or own
+        window = prompt_window(array, axis, index, SlicePrompt(box=box), own, affine) or own
         groups.setdefault(window, []).append(oid)
     return groups
 
@@ -235,7 +237,7 @@ def finetune(
                 f"{array.shape}"
             )
         view = slice_view(affine, axis, orientation)
-        for window, ids in object_windows(array, labels, axis, preset).items():
+        for window, ids in object_windows(array, labels, axis, preset, affine).items():
             slices = VolumeSlices(model, array, axis, view, intensity_range(array, window), cache)
             volumes.append(slices)
             samples += collect_samples(slices, labels, n, s.min_pixels, len(volumes) - 1, ids)

@@ -25,6 +25,13 @@ PRESETS = ("auto", *CT_WINDOWS, "percentile", "minmax", "none")
 # The windows `auto` may give one object of a CT (brain only when asked: its 80 HU would
 # clip every organ that is not brain).
 OBJECT_WINDOWS = ("abdomen", "lung", "bone")
+# A CT object's window is read from its first box less this many mm on each side, where the
+# box is wider and taller than twice that: people draw boxes a few mm loose, and the rim of a
+# loose box around a small structure in a ring of bone (the spinal cord in its canal) is
+# bone, which gave it the bone window and lost it. 6 mm is two of the example CT's 3 mm
+# pixels; leave-one-structure-out over boxes drawn 0 to 6 mm loose picks it (README,
+# Performance, "A CT object's window").
+WINDOW_INSET_MM = 6.0
 
 
 def object_window(hu: np.ndarray) -> str:
@@ -128,13 +135,17 @@ def resolve_preset(data: np.ndarray, preset: str = "auto") -> str:
     return "percentile"
 
 
-def prompt_window(volume: np.ndarray, axis: int, index: int, prompt, own=None) -> str | None:
+def prompt_window(
+    volume: np.ndarray, axis: int, index: int, prompt, own=None, affine=None
+) -> str | None:
     """`auto`: the window this prompt's box (or mask; a `SlicePrompt` on slice `index` along
     `axis`, in raw pixels) asks for where it is not the volume's own. On a CT, one of the
-    standard windows (`object_window`); on a scan that gets the percentile window (an MR),
-    a window from the box's own grey levels (`box_window`). None for points only, a
-    soft-tissue box on a CT, a flat box, or 8-bit data. `own` is
-    `resolve_preset(volume, "auto")` when the caller has it (it reads the whole volume)."""
+    standard windows (`object_window`) from the box less WINDOW_INSET_MM on each side
+    (`affine`, the volume's voxel-to-mm matrix, gives the pixels' size; without it the whole
+    box); on a scan that gets the percentile window (an MR), a window from the box's own
+    grey levels (`box_window`). None for points only, a soft-tissue box on a CT, a flat box,
+    or 8-bit data. `own` is `resolve_preset(volume, "auto")` when the caller has it (it
+    reads the whole volume)."""
     own = own or resolve_preset(volume, "auto")
     if own not in CT_WINDOWS and own != "percentile":
         return None
@@ -154,6 +165,8 @@ def prompt_window(volume: np.ndarray, axis: int, index: int, prompt, own=None) -
         from .prompts import check_boxes
 
         x0, y0, x1, y1 = check_boxes(prompt.box, raw.shape)[0]
+        if own in CT_WINDOWS:
+            x0, y0, x1, y1 = _inset(x0, y0, x1, y1, affine, axis)
         values = raw[int(y0) : int(np.ceil(y1)) + 1, int(x0) : int(np.ceil(x1)) + 1]
     else:
         return None
@@ -161,11 +174,27 @@ def prompt_window(volume: np.ndarray, axis: int, index: int, prompt, own=None) -
     return None if window == own else window
 
 
-def auto_object_window(volume: np.ndarray, axis: int, index: int, prompt) -> str:
+def _inset(x0, y0, x1, y1, affine, axis: int):
+    """A box (raw pixels of a slice along `axis`) less WINDOW_INSET_MM on each side, where
+    it is wider and taller than twice that; as it is without a usable `affine`."""
+    if affine is None:
+        return x0, y0, x1, y1
+    spacing = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    rows, cols = (float(spacing[a]) for a in range(3) if a != axis % 3)
+    if not (np.isfinite(rows) and np.isfinite(cols)) or min(rows, cols) <= 0:
+        return x0, y0, x1, y1
+    dx, dy = WINDOW_INSET_MM / cols, WINDOW_INSET_MM / rows
+    if x1 - x0 <= 2 * dx or y1 - y0 <= 2 * dy:
+        return x0, y0, x1, y1
+    return x0 + dx, y0 + dy, x1 - dx, y1 - dy
+
+
+def auto_object_window(volume: np.ndarray, axis: int, index: int, prompt, affine=None) -> str:
     """The window an object prompted with `prompt` gets under `auto`: the one its box asks
-    for on a CT, else the volume's own (what the front ends show and keep per object)."""
+    for on a CT, else the volume's own (what the front ends show and keep per object).
+    `affine`: the volume's voxel-to-mm matrix (see `prompt_window`)."""
     own = resolve_preset(volume, "auto")
-    return prompt_window(volume, axis, index, prompt, own) or own
+    return prompt_window(volume, axis, index, prompt, own, affine) or own
 
 
 def intensity_range(data: np.ndarray, preset: str = "auto") -> tuple[float, float]:

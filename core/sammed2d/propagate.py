@@ -615,17 +615,20 @@ def _parts(
     return [np.isin(labelled, keep[group == g]) for g in range(count)]
 
 
-def with_object_windows(volume: np.ndarray, axis: int, objects: list[ObjectPrompts], own: str):
+def with_object_windows(
+    volume: np.ndarray, axis: int, objects: list[ObjectPrompts], own: str, affine=None
+):
     """`auto`: each object without a window of its own gets the one its first prompted
     slice's box asks for: on a CT a standard window (lung for a lung lobe, bone for a
     vertebra), on other scans one from the box's grey levels (`intensity.box_window`).
-    `own` is `resolve_preset(volume, "auto")`."""
+    `own` is `resolve_preset(volume, "auto")`; `affine` the volume's voxel-to-mm matrix
+    (`intensity.prompt_window`)."""
     out = []
     for obj in objects:
         if obj.window is None and obj.slices:
             index = sorted(obj.slices)[0]
             if 0 <= index < volume.shape[axis]:
-                window = prompt_window(volume, axis, index, obj.slices[index], own)
+                window = prompt_window(volume, axis, index, obj.slices[index], own, affine)
                 if window is not None:
                     obj = replace(obj, window=window)
         out.append(obj)
@@ -691,7 +694,7 @@ def propagate(
         settings = replace(settings, slice_step=step)
     resolved = resolve_preset(volume, preset)  # once: `auto` reads the whole volume
     if preset == "auto":
-        objects = with_object_windows(volume, axis, objects, resolved)
+        objects = with_object_windows(volume, axis, objects, resolved, affine)
     slices = volume_slices(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
@@ -880,7 +883,7 @@ def segment_slice(
             f"slice {index} is outside the volume's 0..{volume.shape[axis] - 1} along axis {axis}"
         )
     if preset == "auto":
-        window = prompt_window(volume, axis, index, prompt)
+        window = prompt_window(volume, axis, index, prompt, affine=affine)
         if window is not None:
             preset, value_range = window, intensity_range(volume, window)
     slices = volume_slices(model, volume, axis, affine, preset, value_range, orientation, cache)

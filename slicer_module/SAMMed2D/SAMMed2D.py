@@ -537,7 +537,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         self.objectWindows = {}
         self.reviews = {}
 
-    def windowFor(self, objectId, data, axis, index, prompt):
+    def windowFor(self, objectId, data, axis, index, prompt, affine=None):
         """The intensity window object `objectId` is segmented in: the chosen preset, or
         with `auto` the one its first box asked for (lung, bone or soft tissue on a CT),
         kept for the object from then on."""
@@ -546,7 +546,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         if objectId not in self.objectWindows:
             from sammed2d.intensity import auto_object_window
 
-            self.objectWindows[objectId] = auto_object_window(data, axis, index, prompt)
+            self.objectWindows[objectId] = auto_object_window(data, axis, index, prompt, affine)
         return self.objectWindows[objectId]
 
     def setEngine(self, kind, modelOrUrl, apiKey=None, precision="fp32"):
@@ -732,7 +732,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         # alive, and the volume's voxels are not edited while a click is served.
         data = ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume))
         engine, affine = self.engine, parentToWorld @ ijkToRas
-        window = self.windowFor(objectId, data, axis, index, prompt)
+        window = self.windowFor(objectId, data, axis, index, prompt, affine)
 
         def work(progress, shouldStop):
             return engine.segment_slice(data, index, prompt, axis, affine, window)

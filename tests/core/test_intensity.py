@@ -7,13 +7,15 @@ import pytest
 
 from sammed2d.errors import ImageError
 from sammed2d.intensity import (
+    auto_object_window,
     intensity_range,
     prepare_rgb,
     prompt_window,
     resolve_preset,
     to_uint8,
 )
-from sammed2d.objects import SlicePrompt
+from sammed2d.objects import ObjectPrompts, SlicePrompt
+from sammed2d.propagate import with_object_windows
 
 
 @pytest.mark.parametrize(
@@ -122,6 +124,53 @@ def test_prompt_window_reads_the_prompted_slice(axis):
     for v in (volume, np.asfortranarray(volume)):
         assert prompt_window(v, axis, 7, box) == "lung"
         assert prompt_window(v, axis, 8, box) is None
+
+
+def cord_in_bone(spacing=3.0):
+    """(30, 30, 3) CT, `spacing` mm pixels and slices: on slice 1 a cord (30 HU, radius 2 px)
+    in its canal (10 HU, to 3.5 px) in a ring of bone (700 HU, to 6 px) in fat; a lung base
+    (-850 HU) round a dome of liver (60 HU) in the top left corner."""
+    yy, xx = np.mgrid[:30, :30]
+    r = np.hypot(yy - 20, xx - 20)
+    ct = np.full((30, 30, 3), -100, np.int16)
+    ct[..., 1][r <= 6] = 700
+    ct[..., 1][r <= 3.5] = 10
+    ct[..., 1][r <= 2] = 30
+    ct[:12, :12, 1] = -850
+    ct[:12, :12, 1][np.hypot(yy - 11, xx - 6)[:12, :12] <= 4] = 60
+    ct[0, 0, 0] = -1000  # air somewhere: a CT
+    return ct, np.diag([spacing, spacing, spacing, 1.0])
+
+
+@pytest.mark.parametrize("spacing", [3.0, 0.75])
+def test_a_box_drawn_loose_round_a_structure_in_bone_keeps_the_soft_tissue_window(spacing):
+    ct, affine = cord_in_bone()
+    if spacing != 3.0:  # the same scan with 4x4 pixels for each: a clinical slice size
+        ct = np.repeat(np.repeat(ct, 4, axis=0), 4, axis=1)
+        affine = np.diag([spacing, spacing, 3.0, 1.0])
+    px = 3.0 / spacing  # pixels per 3 mm
+
+    def box(lo, hi):  # a square box from pixel `lo` to `hi` of the 3 mm grid
+        return SlicePrompt(box=np.array([lo, lo, hi, hi], np.float32) * px + (px - 1) / 2)
+
+    tight, loose = box(18, 22), box(17, 23)  # the cord's own box, and one 3 mm wider
+    assert auto_object_window(ct, 2, 1, tight, affine) == "abdomen"
+    assert auto_object_window(ct, 2, 1, loose, affine) == "abdomen"
+    # Read from the whole box, the loose box's rim of bone asks for the bone window
+    # (without an affine there is no mm to take off).
+    assert auto_object_window(ct, 2, 1, loose) == "bone"
+    # The bone round the cord, boxed, still asks for bone, and the lung base round the
+    # liver's dome for the lung window, though its middle is liver.
+    assert auto_object_window(ct, 2, 1, box(14, 26), affine) == "bone"
+    lung = SlicePrompt(box=(np.array([0, 0, 11, 11], np.float32) * px))
+    assert auto_object_window(ct, 2, 1, lung, affine) == "lung"
+    # Propagation gives its objects windows the same way, from the volume's affine.
+    objects = [ObjectPrompts(1, {1: loose}), ObjectPrompts(2, {1: lung})]
+    assert [o.window for o in with_object_windows(ct, 2, objects, "abdomen", affine)] == [
+        None,  # the volume's own window
+        "lung",
+    ]
+    assert with_object_windows(ct, 2, objects, "abdomen")[0].window == "bone"
 
 
 def test_rgb_passes_through_and_volume_range_is_shared():
