@@ -804,11 +804,19 @@ class SegmentWidget(QWidget):
         elif kind == "mask":
             _, request, mask, window = message
             info = self.table.objects.get(request.object_id)
-            if window is not None and info is not None and info.window is None:
+            chosen = window is not None and info is not None and info.window is None
+            if chosen:
                 # `auto`: the object keeps the window its first box asked for (lung,
                 # bone or soft tissue), shown in the table and used from now on.
                 self.set_object_window(request.object_id, window)
             self._apply_click(request, mask)
+            if chosen and window != "abdomen" and request.index is not None:
+                # Said once, where it is chosen: a box drawn loose round a small structure
+                # beside bone can ask for the bone window (README, Limits).
+                self.status.setText(
+                    f"{self.status.text()} · {window} window, from the grey levels in its "
+                    "box (another: the object table's window)"
+                )
 
     def _apply_click(self, request: SegmentRequest, mask: np.ndarray) -> None:
         labels = self._layer(LABELS_NAME)

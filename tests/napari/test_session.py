@@ -305,10 +305,13 @@ def test_auto_gives_each_object_the_window_its_first_box_asks_for(widget):
     w.wait_idle()
     assert w.window_of(1) == "lung"
     assert w.objects_view.cellWidget(0, 3).currentText() == "lung"
+    # The status line says so once, where the window is chosen, and where to change it.
+    assert "lung window, from the grey levels in its box" in w.status.text()
     w.new_object()
     draw_box(viewer, shapes, 3, 36, 34, 58, 58)
     w.wait_idle()
     assert w.window_of(2) == "abdomen"
+    assert "window" not in w.status.text()  # the soft-tissue window goes unsaid
     w.preset_combo.setCurrentText("abdomen")
     w.new_object()
     draw_box(viewer, shapes, 2, 5, 5, 28, 30)
