@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from .errors import ImageError
-from .orientation import slice_of
+from .orientation import SliceView, slice_of, view_pixel_spacing
 
 # (width, level) in Hounsfield units.
 CT_WINDOWS = {
@@ -177,13 +177,10 @@ def prompt_window(
 def _inset(x0, y0, x1, y1, affine, axis: int):
     """A box (raw pixels of a slice along `axis`) less WINDOW_INSET_MM on each side, where
     it is wider and taller than twice that; as it is without a usable `affine`."""
-    if affine is None:
+    spacing = view_pixel_spacing(affine, axis % 3, SliceView())  # the raw slice's mm
+    if spacing is None:
         return x0, y0, x1, y1
-    spacing = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
-    rows, cols = (float(spacing[a]) for a in range(3) if a != axis % 3)
-    if not (np.isfinite(rows) and np.isfinite(cols)) or min(rows, cols) <= 0:
-        return x0, y0, x1, y1
-    dx, dy = WINDOW_INSET_MM / cols, WINDOW_INSET_MM / rows
+    dx, dy = WINDOW_INSET_MM / spacing[1], WINDOW_INSET_MM / spacing[0]
     if x1 - x0 <= 2 * dx or y1 - y0 <= 2 * dy:
         return x0, y0, x1, y1
     return x0 + dx, y0 + dy, x1 - dx, y1 - dy

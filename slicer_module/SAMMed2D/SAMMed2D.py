@@ -836,10 +836,9 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         ijkToRas, parentToWorld = self.matrices(volume)
         sliceToRas = self.sliceToRas(view)
         axis = slice_axis_of_view(sliceToRas, ijkToRas, parentToWorld)
-        review = self.reviews.get(segmentId)
-        if review is None or review["axis"] != axis:  # painted by hand, or another view
-            review = self.reviews[segmentId] = {"axis": axis, "scores": None,
-                                                "prompted": set(), "seen": set()}  # fmt: skip
+        if self.reviews.get(segmentId, {}).get("axis") != axis:  # painted, or another view
+            self.noteReview(segmentId, axis, None, set())
+        review = self.reviews[segmentId]
         mine = self._readSegment(segmentation, segmentId, volume).view(np.uint8)
         ranked = slices_to_check(mine, 1, axis, review["scores"], review["prompted"], None)
         name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
