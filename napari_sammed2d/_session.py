@@ -70,14 +70,18 @@ class FinetuneRequest:
     orientation: str = "radiological"
 
 
-def auto_window(req: SegmentRequest) -> str | None:
-    """The window a click's object gets when its window is the widget's `auto`: the one
-    its box asks for on a CT, else the volume's own (None for a 2D image or another preset)."""
-    from sammed2d.intensity import auto_object_window
+def auto_window(req: SegmentRequest) -> tuple[str | None, bool]:
+    """(window, asked): the window a click's object gets when its window is the widget's
+    `auto`, the one its box asks for (lung or bone on a CT, an MR box's own) or else the
+    volume's own, and whether the box asked for it; (None, False) for a 2D image or
+    another preset."""
+    from sammed2d.intensity import prompt_window, resolve_preset
 
     if req.preset != "auto" or req.axis is None:
-        return None
-    return auto_object_window(req.data, req.axis, req.index, req.prompt, req.affine)
+        return None, False
+    own = resolve_preset(req.data, "auto")
+    asked = prompt_window(req.data, req.axis, req.index, req.prompt, own, req.affine)
+    return asked or own, asked is not None
 
 
 class Latest:
@@ -117,7 +121,8 @@ def serve_clicks(mailbox: Latest, engine, send, stopping, server_url=lambda: "")
     """The click thread's loop, until `stopping()`: take the newest request, load the model
     it names if needed, segment, and `send` a message tuple to the GUI thread:
     ("status", text), ("loaded", remote description or ""), ("mask", request, mask,
-    window), ("info", text) for a box-only model given points, ("error", exception).
+    window, asked) (`auto_window`), ("info", text) for a box-only model given points,
+    ("error", exception).
     `engine()` is read per request: the user may switch engines between clicks. A
     `Warmup` only loads; if that fails, the status line names the reason, and the click
     that needs the model raises the notification."""
@@ -139,7 +144,7 @@ def serve_clicks(mailbox: Latest, engine, send, stopping, server_url=lambda: "")
             if warmup:
                 continue
             mask = current.segment(request)
-            send(("mask", request, mask, auto_window(request)))
+            send(("mask", request, mask, *auto_window(request)))
         except BoxOnly as exc:
             send(("info", str(exc)))
         except Exception as exc:  # noqa: BLE001 - shown to the user, the loop goes on

@@ -802,7 +802,7 @@ class SegmentWidget(QWidget):
         elif kind == "error":
             self._report_error("segmenting failed", message[1])
         elif kind == "mask":
-            _, request, mask, window = message
+            _, request, mask, window, asked = message
             info = self.table.objects.get(request.object_id)
             chosen = window is not None and info is not None and info.window is None
             if chosen:
@@ -810,9 +810,10 @@ class SegmentWidget(QWidget):
                 # bone or soft tissue), shown in the table and used from now on.
                 self.set_object_window(request.object_id, window)
             self._apply_click(request, mask)
-            if chosen and window != "abdomen" and request.index is not None:
-                # Said once, where it is chosen: a box drawn loose round a small structure
-                # beside bone can ask for the bone window (README, Limits).
+            if chosen and asked and request.index is not None:
+                # Said once, where the box chose other than the volume's own window: a box
+                # drawn loose round a small structure beside bone can ask for bone (README,
+                # Limits).
                 self.status.setText(
                     f"{self.status.text()} · {window} window, from the grey levels in its "
                     "box (another: the object table's window)"

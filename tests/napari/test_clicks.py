@@ -53,7 +53,7 @@ def test_warmup_loads_then_a_box_gives_its_mask(server):
     assert engine.ready and engine.boxes_only
     data = block_volume()
     mailbox.put(request(data, box=np.array([9.0, 11, 27, 31])))
-    kind, req, mask, window = inbox.get(timeout=120)
+    kind, req, mask, window, _ = inbox.get(timeout=120)
     assert kind == "mask" and req.index == 3 and window is None  # a fixed preset
     assert mask.shape == (48, 40)
     inside = mask[12:30, 10:26].mean()

@@ -317,3 +317,16 @@ def test_auto_gives_each_object_the_window_its_first_box_asks_for(widget):
     draw_box(viewer, shapes, 2, 5, 5, 28, 30)
     w.wait_idle()
     assert w.table.objects[3].window is None and w.window_of(3) == "abdomen"
+
+
+def test_a_window_the_box_did_not_choose_goes_unsaid(widget):
+    """`auto` on an 8-bit stack shows it as it is ("none"): that is the volume's own
+    window, not one the box asked for, so the status line does not name it."""
+    viewer, w = widget
+    stack = np.zeros((6, 64, 64), np.uint8)
+    stack[:, 20:40, 20:40] = 200
+    _, shapes, _ = setup_volume(viewer, w, data=stack, preset="auto")
+    draw_box(viewer, shapes, 2, 18, 18, 42, 42)
+    w.wait_idle()
+    assert w.window_of(1) == "none"
+    assert w.status.text() == "object 1: slice 2"
