@@ -147,11 +147,12 @@ def cmd_segment(args) -> int:
 
 def cmd_propagate(args) -> int:
     from .io import dicom_source, read_volume
-    from .labelfiles import object_segments, write_labels
+    from .labelfiles import check_output, object_segments, write_labels
     from .prompt_files import read_prompt_file
     from .review import slices_to_check
 
     record = read_prompt_file(args.prompts)
+    check_output(args.out)  # before the model runs, not after
     volume = read_volume(args.volume)
     settings = record.settings
     if args.slice_step is not None:

@@ -34,6 +34,7 @@ from .segments import (
     default_segment,
     read_sidecar,
     segments_for,
+    segments_from_json,
     segments_to_json,
     sidecar_path,
 )
@@ -73,6 +74,25 @@ def read_labels(
     return volume, segments
 
 
+def check_output(path: str | os.PathLike) -> None:
+    """Refuse, in one line, a label file whose names file (`x.json` beside `x.nii.gz`) would
+    replace a JSON file that holds no label names: `-o prompts.nii.gz` beside the
+    `prompts.json` it was propagated from would otherwise overwrite the user's prompts."""
+    path = Path(path)
+    if suffix_of(path) in (".dcm", ".dicom") or is_seg_nrrd(path):
+        return  # names inside the file: nothing written beside it
+    beside = sidecar_path(path)
+    if not beside.exists():
+        return
+    try:
+        segments_from_json(json.loads(beside.read_text(encoding="utf-8")), str(beside))
+    except (OSError, ValueError, VolumeIOError):  # JSON errors are ValueErrors
+        raise VolumeIOError(
+            f"output {path}: its names file {beside} would replace a file that holds no "
+            "label names (a prompts file?); choose another output name"
+        ) from None
+
+
 def write_labels(
     path: str | os.PathLike,
     labels: np.ndarray,
@@ -95,6 +115,7 @@ def write_labels(
         )
     if labels.size and labels.min() < 0:
         raise VolumeIOError("labels must be non-negative integers")
+    check_output(path)
     ids = [int(i) for i in np.unique(labels) if i > 0]
     segments = segments_for(ids, {s.id: s for s in (segments or [])})
     suffix = suffix_of(path)

@@ -81,6 +81,29 @@ def test_propagate_keeps_input_geometry(tmp_path, capsys, tiny_checkpoint, promp
     assert "object 3 block:" in stdout and "object 5:" in stdout and " s" in stdout
 
 
+def test_propagate_never_writes_its_names_file_over_the_prompts(
+    tmp_path, capsys, volume_file, prompts_file, tiny_checkpoint
+):
+    """`-o prompts.nii.gz` would put the labels' names in `prompts.json`, the prompts file
+    it was given: refused in one line before the model runs, and the prompts stay."""
+    before = prompts_file.read_bytes()
+    out = prompts_file.with_name("prompts.nii.gz")
+    code, _, err = run_cli(
+        capsys, "propagate", volume_file, "--prompts", prompts_file, "-o", out,
+        "--model", tiny_checkpoint, "--device", "cpu",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "holds no label names")
+    assert prompts_file.read_bytes() == before and not out.exists()
+    # A names file the suite wrote before is a names file: replaced, as any output is.
+    out = tmp_path / "labels.nii.gz"
+    for _ in range(2):
+        code, _, _ = run_cli(
+            capsys, "propagate", volume_file, "--prompts", prompts_file, "-o", out,
+            "--model", tiny_checkpoint, "--device", "cpu",
+        )  # fmt: skip
+        assert code == 0 and out.with_name("labels.json").exists()
+
+
 def test_propagate_with_real_model_and_cache(tmp_path, capsys, volume_file, prompts_file):
     cache = tmp_path / "cache"
     out = tmp_path / "labels.nrrd"
