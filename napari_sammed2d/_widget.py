@@ -42,6 +42,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -189,6 +190,9 @@ class SegmentWidget(QWidget):
         self.objects_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.objects_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.objects_view.verticalHeader().setVisible(False)
+        # The name takes the width the other columns leave, so a long name is not cut
+        # while the table shows empty space beside it.
+        self.objects_view.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.objects_view.setToolTip("double-click a name to rename, a colour to change it")
         add_object = QPushButton("Add object (N)")
         delete_object = QPushButton("Delete object")
@@ -566,6 +570,9 @@ class SegmentWidget(QWidget):
             color = QTableWidgetItem("")
             color.setFlags(color.flags() & ~Qt.ItemFlag.ItemIsEditable)
             color.setBackground(QColor(*info.color))
+            # The background disappears under the selection's highlight, and the selected
+            # row is the current object, whose colour matters most; a swatch stays.
+            color.setData(Qt.ItemDataRole.DecorationRole, QColor(*info.color))
             reached = info.reached
             span = QTableWidgetItem("" if reached is None else f"{reached[0]}–{reached[1]}")
             span.setFlags(span.flags() & ~Qt.ItemFlag.ItemIsEditable)
@@ -647,6 +654,9 @@ class SegmentWidget(QWidget):
         column by its items, not by the widgets set into its cells."""
         view = self.objects_view
         lists = [view.cellWidget(row, 3) for row in range(view.rowCount())]
+        for combo in lists:
+            if combo is not None:
+                combo.ensurePolished()
         widths = [combo.sizeHint().width() for combo in lists if combo is not None]
         if widths:
             view.setColumnWidth(3, max(widths))
@@ -1344,6 +1354,12 @@ class SegmentWidget(QWidget):
         # widget object alive after it closes (a test session's viewers kept 18 GB).
         self.engine = Engine()
         self._voxels = (None, None)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        # The window lists were sized in the style the widget had when they were made; in
+        # napari's (padding, a wider arrow) "(Intensity)" was cut to "(Intens".
+        super().showEvent(event)
+        self._fit_window_column()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.shutdown()

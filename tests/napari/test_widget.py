@@ -7,6 +7,8 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from qtpy.QtCore import Qt  # noqa: E402
+
 from napari_sammed2d._io import get_reader, write_labels_layer  # noqa: E402
 from napari_sammed2d._sample_data import phantom  # noqa: E402
 from napari_sammed2d._widget import SegmentWidget  # noqa: E402
@@ -534,3 +536,33 @@ def test_the_widget_keys_are_not_napari_shortcuts():
 
     taken = {str(k).replace("+", "-") for keys in default_shortcuts.values() for k in keys}
     assert not taken & set(KEYS), taken & set(KEYS)
+
+
+def test_object_table_shows_each_colour_and_whole_window_names_in_napari_style(
+    make_napari_viewer, qtbot
+):
+    """Docked in napari's window (its style sheet pads the lists and selects the current
+    row), every row shows its object's colour, the selected one included, and the window
+    column shows "(Intensity)" whole (it was cut to "(Intens" and the current object's
+    colour hidden under the highlight)."""
+    viewer = make_napari_viewer(show=True)
+    w = SegmentWidget(viewer)
+    try:
+        viewer.window.add_dock_widget(w, name="SAM-Med2D")
+        qtbot.wait(50)
+        view = w.objects_view
+        # the first object's row was made before the widget was docked
+        assert view.columnWidth(3) >= view.cellWidget(0, 3).sizeHint().width()
+        viewer.add_image(block_volume(), name="ct")
+        w.new_object()
+        qtbot.waitUntil(lambda: w.objects_view.rowCount() == 2)
+        assert view.selectionModel().isRowSelected(1, view.rootIndex())
+        for row in range(view.rowCount()):
+            oid = int(view.item(row, 0).text())
+            swatch = view.item(row, 2).data(Qt.ItemDataRole.DecorationRole)
+            assert swatch.getRgb()[:3] == tuple(w.table.objects[oid].color)
+            combo = view.cellWidget(row, 3)
+            assert combo.currentText() == "(Intensity)"
+            assert view.columnWidth(3) >= combo.sizeHint().width()
+    finally:
+        w.shutdown()
