@@ -661,6 +661,10 @@ class SegmentWidget(QWidget):
         if widths:
             view.setColumnWidth(3, max(widths))
 
+    def _name_of(self, oid: int) -> str:
+        info = self.table.objects.get(oid)
+        return info.name if info is not None else f"object {oid}"
+
     def window_of(self, oid: int) -> str:
         """The intensity preset object `oid` is segmented in."""
         info = self.table.objects.get(oid)
@@ -834,8 +838,8 @@ class SegmentWidget(QWidget):
         if labels is None or self.image_layer is None or request.data is not self._image_data():
             return  # the image changed meanwhile: the result belongs to nothing shown
         axis, index, oid = request.axis, request.index, request.object_id
-        self.status.setText("" if index is None else f"object {oid}: slice {index}")
         info = self.table.objects.get(oid)
+        self.status.setText("" if index is None else f"{self._name_of(oid)}: slice {index}")
         stretch = None
         newer = request.seq > self._propagated_at.get(oid, -1)
         if axis is not None and info is not None and self._busy is None and newer:
@@ -919,7 +923,7 @@ class SegmentWidget(QWidget):
                 raise SamMed2DError(
                     "no object has prompts: draw a box first"
                     if oid is None
-                    else f"object {oid} has no prompts: draw a box first"
+                    else f"{self._name_of(oid)} has no prompts: draw a box first"
                 )
             data, affine, _, orientation = self.volume_context()
             shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
@@ -1133,8 +1137,7 @@ class SegmentWidget(QWidget):
             show_info(str(exc))
             return
         oid = self.object_spin.value()
-        info = self.table.objects.get(oid)
-        name = info.name if info is not None else f"object {oid}"
+        name = self._name_of(oid)
         if labels is None or axis is None or labels.ndim != 3:
             self.status.setText("Check next needs a volume with propagated labels")
             return

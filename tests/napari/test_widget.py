@@ -49,8 +49,10 @@ def draw_box(viewer, shapes, z, r0, c0, r1, c1, scale=(1, 1, 1)):
 def test_rectangle_segments_the_right_slice(widget):
     viewer, w = widget
     _, shapes, labels = setup_volume(viewer, w)
+    w.rename_object(1, "block")
     draw_box(viewer, shapes, 3, 11, 9, 30, 26)
     w.wait_idle()
+    assert w.status.text() == "block: slice 3"  # the name it was given, not "object 1"
     assert not labels.data[[0, 1, 2, 4, 5, 6, 7]].any()
     assert block_dice(labels.data[3] == 1) > 0.85
 
