@@ -29,15 +29,38 @@ def test_truncated_file(tmp_path, tiny_checkpoint):
     data = tiny_checkpoint.read_bytes()
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as caught:
         load_model(bad)
+    assert "internal" not in str(caught.value)  # torch's advice after its first sentence
 
 
 def test_not_a_checkpoint(tmp_path):
     bad = tmp_path / "notes.pth"
     bad.write_text("this is not a model\n")
-    with pytest.raises(CheckpointError, match=r"notes\.pth"):
+    with pytest.raises(CheckpointError, match=r"notes\.pth: a text file"):
         load_model(bad)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "the file is empty"),
+        (b"<!DOCTYPE html><html><head><title>Sign in", "a text file, not PyTorch weights"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not a PyTorch"),
+    ],
+)
+def test_a_file_that_is_no_pytorch_file_is_named_for_what_it_is(tmp_path, content, reason):
+    """An empty file, a web page saved in place of a download (the usual wrong file) and
+    random bytes each get one line saying what the file is, not torch's advice about
+    `weights_only` ("Weights only load failed. In PyTorch 2.6, we changed...")."""
+    bad = tmp_path / "sam-med2d_b.pth"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError, match=reason) as caught:
+        load_model(bad)
+    message = str(caught.value)
+    assert "\n" not in message and "weights_only" not in message
+    if content.startswith(b"<!DOCTYPE"):
+        assert "it begins '<!DOCTYPE html><html><head><title>Sign" in message
 
 
 class Evil:

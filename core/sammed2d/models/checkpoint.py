@@ -82,6 +82,7 @@ def read_state_dict(path: str | Path, verified: bool = False) -> dict[str, torch
             f"safely (weights_only has known bypasses before {SAFE_TORCH[0]}.{SAFE_TORCH[1]}); "
             f"install torch>={SAFE_TORCH[0]}.{SAFE_TORCH[1]}"
         )
+    _check_kind(path)
     allow = getattr(torch.serialization, "safe_globals", None)
     try:
         with allow(_OFFICIAL_EXTRA_GLOBALS) if allow else contextlib.nullcontext():
@@ -130,4 +131,35 @@ def _state_dict_of(obj, depth: int = 3) -> dict[str, torch.Tensor] | None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    # torch's messages go on to advice about its own internals ("This is an internal miniz
+    # error. If you are seeing...", "In PyTorch 2.6, we changed..."): their first sentence
+    # is the reason.
+    first = text[0].split(". ")[0].rstrip(".")
+    return first[:160]
+
+
+def _check_kind(path: Path) -> None:
+    """A one-line CheckpointError unless `path` begins as a PyTorch file does (a zip
+    archive, or a pickle for the format before torch 1.6). The common wrong file is a web
+    page saved in place of a download, whose reason torch gives as "Weights only load
+    failed" followed by advice about `weights_only`."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CheckpointError(f"checkpoint {path}: the file is empty (an interrupted download?)")
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return
+    text = head.decode("utf-8", errors="replace")
+    readable = sum(c != "\ufffd" and (c.isprintable() or c in "\r\n\t") for c in text)
+    if readable >= 0.9 * len(text):
+        begins = " ".join(text.split())[:40]
+        raise CheckpointError(
+            f"checkpoint {path}: a text file, not PyTorch weights (it begins {begins!r}; a web "
+            "page saved in place of the download?)"
+        )
+    raise CheckpointError(
+        f"checkpoint {path}: not a PyTorch file (neither a zip archive nor a pickle): corrupt, "
+        "or not a checkpoint"
+    )
