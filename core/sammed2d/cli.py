@@ -97,6 +97,15 @@ def cmd_segment(args) -> int:
 
     if args.box is None and not args.point:
         raise SamMed2DError("segment: give --box X0 Y0 X1 Y1 or at least one --point X Y")
+    # Checked before the model loads and runs, which on a large image takes a while.
+    writable = (".png", ".tif", ".tiff", *NIFTI_SUFFIXES)
+    if args.slice is not None:
+        writable += ITK_SUFFIXES
+    if suffix_of(args.out) not in writable:
+        raise SamMed2DError(
+            f"output {args.out}: unsupported mask format {suffix_of(args.out) or '(none)'}; "
+            f"expected {', '.join(writable)}"
+        )
     points = [*args.point, *args.negative]
     labels = [1] * len(args.point) + [0] * len(args.negative)
     coords = np.array(points, np.float64) if points else None

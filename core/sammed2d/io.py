@@ -12,6 +12,7 @@ interrupted write never leaves a partial output.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from .errors import VolumeIOError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+# ITK formats whose header names a separate data file
+DETACHED_SUFFIXES = (".nhdr", ".mhd")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -473,7 +476,7 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, like: Volume) -> Pa
     if suffix not in NIFTI_SUFFIXES + ITK_SUFFIXES:
         raise VolumeIOError(
             f"output {path}: unsupported format {suffix or '(none)'}; expected .nii.gz, .nii, "
-            ".nrrd or .mha"
+            ".nrrd, .mha, .nhdr or .mhd"
         )
     if suffix in NIFTI_SUFFIXES:
         import nibabel as nib
@@ -488,7 +491,30 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, like: Volume) -> Pa
         time_unit = header.get_xyzt_units()[1] if header is not None else "unknown"
         img.header.set_xyzt_units("mm", time_unit)
         return atomic_write(path, lambda tmp: nib.save(img, tmp))
+    if suffix in DETACHED_SUFFIXES:
+        return _write_detached(path, lambda tmp: _write_itk(tmp, array, like.affine))
     return atomic_write(path, lambda tmp: _write_itk(tmp, array, like.affine))
+
+
+def _write_detached(path: Path, write) -> Path:
+    """`atomic_write` for a header that names its data file (.mhd, .nhdr): both are written
+    under their final names in a temporary folder beside `path`, then the data file is moved
+    into place and the header last, so the header never names a file that is not there.
+    Written through `atomic_write`, the header named the hidden temporary data file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+    try:
+        header = folder / path.name
+        write(str(header))
+        for part in folder.iterdir():
+            if part != header:
+                os.replace(part, path.parent / part.name)
+        os.replace(header, path)
+    except (OSError, RuntimeError) as exc:
+        raise VolumeIOError(f"output {path}: could not write ({_first_line(exc)})") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return path
 
 
 def _write_itk(path: str, array: np.ndarray, affine: np.ndarray) -> None:

@@ -189,6 +189,40 @@ def test_segment_colour_dicom(tmp_path, capsys, tiny_checkpoint):
     assert read_image(tmp_path / "m.png").shape == (24, 32)
 
 
+@pytest.mark.parametrize(
+    ("with_slice", "out", "expected"),
+    [
+        (False, "m.jpg", ".png, .tif, .tiff, .nii, .nii.gz"),
+        (False, "m.nrrd", ".nii.gz"),
+        (True, "m.jpg", ".nii.gz, .nrrd, .nhdr, .mha, .mhd"),
+    ],
+)
+def test_segment_refuses_an_output_format_before_the_model_loads(
+    tmp_path, capsys, volume_file, with_slice, out, expected
+):
+    """The mask's format is checked first (the missing model would be named otherwise), and
+    the formats named are those this kind of input can be written as: a volume's slice also
+    as NRRD or MHA, on the volume's grid."""
+    where = [volume_file, "--slice", 2] if with_slice else [tmp_path / "img.png"]
+    code, _, err = run_cli(
+        capsys,
+        "segment",
+        *where,
+        "--box",
+        1,
+        1,
+        9,
+        9,
+        "-o",
+        tmp_path / out,
+        "--model",
+        tmp_path / "nowhere.pth",
+    )
+    assert_one_line_error(code, err, "unsupported mask format ." + out.split(".")[-1])
+    assert err.strip().endswith(expected)
+    assert not (tmp_path / out).exists()
+
+
 def test_segment_2d_image_and_volume_slice(tmp_path, capsys, volume_file, tiny_checkpoint):
     import imageio.v3 as iio
 

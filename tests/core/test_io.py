@@ -57,7 +57,7 @@ def write_dicom_series(
     return folder
 
 
-@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd"])
 def test_round_trip_keeps_geometry(tmp_path, suffix):
     rng = np.random.default_rng(0)
     array = rng.integers(-1000, 1000, (9, 7, 5)).astype(np.int16)
@@ -67,6 +67,24 @@ def test_round_trip_keeps_geometry(tmp_path, suffix):
     assert np.array_equal(back.array, array)
     assert np.allclose(back.affine, vol.affine, atol=1e-4)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(("suffix", "data"), [(".mhd", "vol.zraw"), (".nhdr", "vol.raw.gz")])
+def test_a_detached_header_names_its_data_file_under_its_own_name(tmp_path, suffix, data):
+    """.mhd and .nhdr keep the voxels in a second file that the header names: it is written
+    as vol.zraw / vol.raw.gz beside the header (it was left under the hidden temporary name,
+    which the header named), and writing again replaces both."""
+    array = np.arange(9 * 7 * 5, dtype=np.int16).reshape(9, 7, 5)
+    vol = Volume(array, oblique_affine())
+    for values in (array, array[::-1].copy()):
+        write_volume(tmp_path / f"vol{suffix}", values, vol)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"vol{suffix}", data])
+    assert data in (tmp_path / f"vol{suffix}").read_text(errors="replace")
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for name in (f"vol{suffix}", data):
+        shutil.move(tmp_path / name, moved / name)
+    assert np.array_equal(read_volume(moved / f"vol{suffix}").array, array[::-1])
 
 
 def test_labels_written_like_their_source_across_formats(tmp_path):
