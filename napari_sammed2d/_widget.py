@@ -59,7 +59,7 @@ from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS
 from sammed2d.io import atomic_write, dicom_source, weights_output
-from sammed2d.objects import ObjectPrompts, PropagationSettings
+from sammed2d.objects import ObjectPrompts, PropagationSettings, check_objects_fit
 from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import (
     PromptFile,
@@ -1425,14 +1425,29 @@ class SegmentWidget(QWidget):
 
     def load_prompts(self, path) -> None:
         """Add a PROMPTS.json's objects, boxes and points (without segmenting: press
-        Shift+S or Propagate, as after drawing them)."""
+        Shift+S or Propagate, as after drawing them). An object already here with the same
+        id gives way: its prompts are replaced, not doubled. Prompts that do not fit this
+        image (saved on another scan) are refused before anything changes."""
         record = read_prompt_file(path)
-        points, shapes, _ = self.ensure_prompt_layers()
         axis, objects = record.axis, record.objects
+        image = self.image_layer
         if self._from_our_reader():
-            axis, objects = reorder_objects(axis, objects, self.image_layer.ndim)
-        if not 0 <= axis < self.image_layer.ndim:
+            axis, objects = reorder_objects(axis, objects, image.ndim)
+        if not 0 <= axis < image.ndim:
             raise SamMed2DError(f"prompts {path}: axis {record.axis} does not fit this image")
+        if image.ndim == 3:
+            shape = image.level_shapes[0] if image.multiscale else image.data.shape
+            try:
+                # in the file's own axes, so the message names its slices and coordinates
+                reordered = self._from_our_reader()
+                check_objects_fit(
+                    record.objects, tuple(shape[::-1]) if reordered else tuple(shape), record.axis
+                )
+            except SamMed2DError as exc:
+                raise SamMed2DError(f"prompts {path}: {exc} (saved on another scan?)") from None
+        points, shapes, _ = self.ensure_prompt_layers()
+        for obj in objects:
+            self._remove_prompts(obj.id)
         if record.window in PRESETS:
             self.preset_combo.setCurrentText(record.window)
         self.step_spin.setValue(record.settings.slice_step or 0)

@@ -199,6 +199,40 @@ def check_settings(settings: PropagationSettings) -> None:
             raise PromptError(f"{f.name} {value!r}: expected {words}")
 
 
+def check_objects_fit(objects: list[ObjectPrompts], shape: tuple[int, ...], axis: int) -> None:
+    """A PromptError naming the first object whose slices, range, boxes or points do not
+    fit a volume of `shape` sliced along `axis` (prompts saved on another scan). On a slice,
+    `x` indexes the later remaining axis and `y` the earlier one."""
+    from .prompts import check_boxes, check_points
+
+    n = shape[axis]
+    h, w = (shape[a] for a in range(len(shape)) if a != axis)
+    for obj in objects:
+        if not obj.slices:
+            raise PromptError(f"object {obj.id}: no annotated slice")
+        for index, prompt in obj.slices.items():
+            if not 0 <= index < n:
+                raise PromptError(
+                    f"object {obj.id}: prompt on slice {index}, outside the volume's 0..{n - 1} "
+                    f"along axis {axis}"
+                )
+            try:
+                check_boxes(prompt.box, (h, w))
+                if prompt.points is not None:
+                    check_points(prompt.points, prompt.labels, (h, w))
+            except PromptError as exc:
+                raise PromptError(f"object {obj.id}, slice {index}: {exc}") from None
+        if obj.range is not None:
+            lo, hi = obj.range
+            if not (0 <= lo <= hi < n):
+                raise PromptError(
+                    f"object {obj.id}: range {list(obj.range)}: expected [first, last] with "
+                    f"0 <= first <= last <= {n - 1}"
+                )
+            if any(not lo <= i <= hi for i in obj.slices):
+                raise PromptError(f"object {obj.id}: annotated slice outside its range")
+
+
 @dataclass
 class PropagationResult:
     labels: np.ndarray  # same shape as the volume, one id per object

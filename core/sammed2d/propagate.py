@@ -33,6 +33,7 @@ from .objects import (  # noqa: F401 (re-exported: the engine's public names)
     PropagationResult,
     PropagationSettings,
     SlicePrompt,
+    check_objects_fit,
     check_settings,
     objects_from_json,
     objects_to_json,
@@ -667,24 +668,7 @@ def propagate(
     # Labels are stored as 8- or 16-bit integers (as DICOM SEG numbers its segments).
     if len(set(ids)) != len(ids) or any(not 0 < i <= MAX_ID for i in ids):
         raise PromptError(f"object ids {ids}: expected distinct integers from 1 to {MAX_ID}")
-    for obj in objects:
-        if not obj.slices:
-            raise PromptError(f"object {obj.id}: no annotated slice")
-        for index in obj.slices:
-            if not 0 <= index < n:
-                raise PromptError(
-                    f"object {obj.id}: prompt on slice {index}, outside the volume's 0..{n - 1} "
-                    f"along axis {axis}"
-                )
-        if obj.range is not None:
-            lo, hi = obj.range
-            if not (0 <= lo <= hi < n):
-                raise PromptError(
-                    f"object {obj.id}: range {list(obj.range)}: expected [first, last] with "
-                    f"0 <= first <= last <= {n - 1}"
-                )
-            if any(not lo <= i <= hi for i in obj.slices):
-                raise PromptError(f"object {obj.id}: annotated slice outside its range")
+    check_objects_fit(objects, volume.shape, axis)
     settings = settings or PropagationSettings()
     check_settings(settings)
     reach = slices_within(settings.step_distance, affine, axis)

@@ -331,6 +331,16 @@ def test_cancel_returns_what_was_finished(phantom, litemedsam, shared_cache):
             PromptError,
             "outside its range",
         ),
+        (
+            # a second object's point past the slice's edge, named before anything runs
+            [
+                ObjectPrompts(1, {2: SlicePrompt(box=[1, 1, 9, 9])}),
+                ObjectPrompts(2, {4: SlicePrompt(points=[[5, 70 * S]], labels=[1])}),
+            ],
+            {},
+            PromptError,
+            r"object 2, slice 4: point \(5, \d+\) lies outside",
+        ),
     ],
 )
 def test_bad_input(phantom, litemedsam, objects, kwargs, error, message):

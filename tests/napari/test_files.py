@@ -12,6 +12,7 @@ napari = pytest.importorskip("napari")
 from napari_sammed2d._io import write_labels_layer  # noqa: E402
 from napari_sammed2d._widget import SegmentWidget, camera_of  # noqa: E402
 from sammed2d.cli import main  # noqa: E402
+from sammed2d.errors import SamMed2DError  # noqa: E402
 from sammed2d.io import Volume, read_volume, write_volume  # noqa: E402
 from sammed2d.labelfiles import read_labels, write_labels  # noqa: E402
 from sammed2d.segments import Segment, default_segment  # noqa: E402
@@ -329,3 +330,48 @@ def test_labels_painted_on_a_layer_in_micrometres_are_written_in_mm(tmp_path):
     path = str(tmp_path / "painted.nii.gz")
     write_labels_layer(path, data, layer.as_layer_data_tuple()[1])  # what napari hands a writer
     assert np.allclose(read_volume(path).spacing[:3], (0.75, 0.75, 3.0))
+
+
+def test_prompts_saved_on_another_scan_are_refused_before_anything_changes(
+    make_napari_viewer, tmp_path
+):
+    """Load prompts checks the file's slices and boxes against the open image (x and y in
+    the file's own voxel axes) and refuses one that does not fit in one line, before its
+    window, settings or objects replace anything. Loading a file again replaces its
+    objects' prompts instead of doubling them."""
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    try:
+        viewer.open(str(block_file(tmp_path)), plugin="napari-sammed2d")  # (i, j, k) 40, 48, 8
+        w.preset_combo.setCurrentText("bone")
+        fits = {
+            "axis": 2,
+            "window": "abdomen",
+            "objects": [
+                {"id": 1, "name": "block", "slices": {"3": {"box": [11.0, 9.0, 47.0, 26.0]}}}
+            ],
+        }
+        wide = json.loads(json.dumps(fits))
+        wide["objects"][0]["slices"]["3"]["box"] = [11.0, 9.0, 60.0, 26.0]  # x past j's 48
+        deep = json.loads(json.dumps(fits))
+        deep["objects"][0]["slices"] = {"8": {"box": [11.0, 9.0, 30.0, 26.0]}}
+        for name, record, reason in [
+            ("wide.json", wide, "box [11, 9, 60, 26] reaches outside the 48 x 40 image"),
+            ("deep.json", deep, "prompt on slice 8, outside the volume's 0..7 along axis 2"),
+        ]:
+            (tmp_path / name).write_text(json.dumps(record))
+            with pytest.raises(SamMed2DError, match="saved on another scan") as caught:
+                w.load_prompts(tmp_path / name)
+            assert reason in str(caught.value) and "\n" not in str(caught.value)
+            assert w.preset_combo.currentText() == "bone"
+            assert w.table.objects[1].name != "block"
+            layers = [viewer.layers[n] for n in ("SAM points", "SAM boxes") if n in viewer.layers]
+            assert all(len(layer.data) == 0 for layer in layers)
+        (tmp_path / "fits.json").write_text(json.dumps(fits))
+        for _ in range(2):
+            w.load_prompts(tmp_path / "fits.json")
+        shapes = w.ensure_prompt_layers()[1]
+        assert len(shapes.data) == 1 and w.table.objects[1].name == "block"
+        assert w.preset_combo.currentText() == "abdomen"
+    finally:
+        w.shutdown()
