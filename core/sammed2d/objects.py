@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import PromptError
 from .intensity import WINDOW_WORDS, is_window
+from .prompts import check_boxes, check_points
 
 
 @dataclass
@@ -203,8 +204,6 @@ def check_objects_fit(objects: list[ObjectPrompts], shape: tuple[int, ...], axis
     """A PromptError naming the first object whose slices, range, boxes or points do not
     fit a volume of `shape` sliced along `axis` (prompts saved on another scan). On a slice,
     `x` indexes the later remaining axis and `y` the earlier one."""
-    from .prompts import check_boxes, check_points
-
     n = shape[axis]
     h, w = (shape[a] for a in range(len(shape)) if a != axis)
     for obj in objects:
