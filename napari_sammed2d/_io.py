@@ -139,11 +139,13 @@ def labels_to_layer_data(path: str | Path):
 
 
 def is_label_file(path: Path) -> bool:
-    from sammed2d.dicom_seg import is_dicom_seg
+    from sammed2d.dicom_seg import dicom_modality
 
     if is_seg_nrrd(path):
         return True
-    if is_dicom_file(path) and is_dicom_seg(path):
+    # An RT Structure Set goes the labels' way too, where it is refused in one line (not
+    # "no ImageIO reader" from ITK).
+    if is_dicom_file(path) and dicom_modality(path) in ("SEG", "RTSTRUCT"):
         return True
     # Only the file's own sidecar (x.json beside x.nii.gz): a labels.json in the folder
     # describes the label file of that name, not the CT beside it.

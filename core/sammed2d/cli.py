@@ -549,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         help="labels: .nii.gz/.nii/.nrrd/.mha (+ x.json with names and colours), .seg.nrrd "
-        "(3D Slicer) or .dcm (DICOM SEG; VOLUME must be a DICOM series folder)",
+        "(3D Slicer), .dcm (DICOM SEG) or .rtstruct.dcm (RT Structure Set, for planning "
+        "systems); DICOM outputs need VOLUME to be a DICOM series folder",
     )
     p.add_argument(
         "--slice-step",
@@ -563,17 +564,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_propagate)
 
     p = sub.add_parser(
-        "export", help="convert labels to DICOM SEG, .seg.nrrd or NIfTI with names and colours"
+        "export",
+        help="convert labels to DICOM SEG, RT Structure Set, .seg.nrrd or NIfTI with names and "
+        "colours",
     )
     p.add_argument("labels", type=Path, help="label volume, .seg.nrrd or DICOM SEG")
     p.add_argument(
         "--reference",
         type=Path,
         help="the image the labels were made on (for .dcm output: a DICOM series folder or "
-        "multi-frame file)",
+        "multi-frame file; for .rtstruct.dcm: a series folder)",
     )
     p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
-    p.add_argument("-o", "--out", type=Path, required=True, help=".dcm, .seg.nrrd, .nii.gz, ...")
+    p.add_argument(
+        "-o", "--out", type=Path, required=True, help=".dcm, .rtstruct.dcm, .seg.nrrd, .nii.gz, ..."
+    )
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")

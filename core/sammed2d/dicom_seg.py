@@ -185,10 +185,15 @@ def read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray, list[Segment]]:
 
 def is_dicom_seg(path: Path) -> bool:
     """True for a DICOM file whose Modality is SEG (reads the header only)."""
+    return dicom_modality(path) == "SEG"
+
+
+def dicom_modality(path: Path) -> str | None:
+    """A DICOM file's Modality (the header only); None where it has none or is no DICOM."""
     try:
         import pydicom
 
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Modality"])
     except Exception:  # noqa: BLE001
-        return False
-    return getattr(ds, "Modality", None) == "SEG"
+        return None
+    return getattr(ds, "Modality", None)

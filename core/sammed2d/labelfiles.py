@@ -51,12 +51,17 @@ def read_labels(
 ) -> tuple[Volume, list[Segment]]:
     """A label volume and its segments. With `reference`, the labels are put on its grid
     (a SEG or `.seg.nrrd` may cover only part of it); the result then has its affine."""
-    from .dicom_seg import is_dicom_seg, read_dicom_seg
+    from .dicom_seg import dicom_modality, is_dicom_seg, read_dicom_seg
     from .seg_nrrd import read_seg_nrrd
 
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(f"labels {path}: file not found")
+    if is_dicom_file(path) and dicom_modality(path) == "RTSTRUCT":
+        raise VolumeIOError(
+            f"labels {path}: an RT Structure Set (contours); labels are read from DICOM SEG, "
+            ".seg.nrrd or label volumes (3D Slicer's SlicerRT converts one)"
+        )
     if is_dicom_file(path) and is_dicom_seg(path):
         array, affine, segments = read_dicom_seg(path)
         volume = Volume(array, affine)
@@ -102,9 +107,10 @@ def write_labels(
     algorithm: str = "SAM-Med2D suite",
 ) -> Path:
     """Write `labels` (voxel order, `like`'s grid) with its segments, atomically. A `.dcm`
-    output is a DICOM SEG and needs the DICOM source the labels were made on (a series
-    folder or a multi-frame file)."""
+    output is a DICOM SEG, and `x.rtstruct.dcm` an RT Structure Set; both need the DICOM
+    source the labels were made on (a series folder, or for a SEG a multi-frame file)."""
     from .dicom_seg import write_dicom_seg
+    from .rtstruct import is_rtstruct_path, write_rtstruct
     from .seg_nrrd import write_seg_nrrd
 
     path = Path(path)
@@ -120,10 +126,16 @@ def write_labels(
     segments = segments_for(ids, {s.id: s for s in (segments or [])})
     suffix = suffix_of(path)
     if suffix in (".dcm", ".dicom"):
+        what = "an RT Structure Set" if is_rtstruct_path(path) else "a DICOM SEG"
         if dicom_source(source_series) is None:
             raise VolumeIOError(
-                f"output {path}: a DICOM SEG needs the DICOM source (a series folder or a "
+                f"output {path}: {what} needs the DICOM source (a series folder or a "
                 "multi-frame file): propagate that, or give --reference SERIES_DIR"
+            )
+        if is_rtstruct_path(path):
+            return atomic_write(
+                path,
+                lambda tmp: write_rtstruct(tmp, labels, segments, Path(source_series), algorithm),
             )
         return atomic_write(
             path,

@@ -12,7 +12,7 @@ napari = pytest.importorskip("napari")
 from napari_sammed2d._io import write_labels_layer  # noqa: E402
 from napari_sammed2d._widget import SegmentWidget, camera_of  # noqa: E402
 from sammed2d.cli import main  # noqa: E402
-from sammed2d.errors import SamMed2DError  # noqa: E402
+from sammed2d.errors import SamMed2DError, SourceWarning  # noqa: E402
 from sammed2d.io import Volume, read_volume, write_volume  # noqa: E402
 from sammed2d.labelfiles import read_labels, write_labels  # noqa: E402
 from sammed2d.segments import Segment, default_segment  # noqa: E402
@@ -124,6 +124,34 @@ def test_dicom_seg_opens_on_the_series(make_napari_viewer, tmp_path):
     # Saving the napari labels of a DICOM series writes a SEG again.
     back, _ = saved_through_the_writer(viewer, image, labels, tmp_path / "again.dcm", ct)
     assert np.array_equal(back.array, labels)
+
+
+@pytest.mark.skipif(not CT_DICOM.is_dir(), reason="the DICOM CT series is absent")
+def test_labels_of_a_series_save_as_an_rt_structure_set_and_refuse_to_open_as_one(
+    make_napari_viewer, tmp_path
+):
+    """The writer takes `x.rtstruct.dcm` (for planning systems) as the CLI does: contours on
+    the series that give back the labels; opening that file is one line, not ITK's."""
+    from tests.core.test_rtstruct import read_back
+
+    viewer = make_napari_viewer()
+    ct = read_volume(CT_DICOM)
+    (image,) = viewer.open(str(CT_DICOM), plugin="napari-sammed2d")
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[300:360, 200:280, 6:9] = 3
+    layer = viewer.add_labels(
+        np.transpose(labels, (2, 1, 0)), metadata=dict(image.metadata), scale=image.scale,
+        translate=image.translate,
+    )  # fmt: skip
+    path = tmp_path / "plan.rtstruct.dcm"
+    with pytest.warns(SourceWarning):  # the shared series lacks a Study ID
+        viewer.layers.selection = {layer}
+        assert viewer.layers.save(str(path), selected=True, plugin="napari-sammed2d")
+    roi = read_back(path, CT_DICOM)
+    (found,) = roi.values()
+    assert np.array_equal(found, labels == 3)
+    with pytest.raises(Exception, match="an RT Structure Set"):
+        viewer.open(str(path), plugin="napari-sammed2d")
 
 
 def saved_through_the_writer(viewer, image, labels, path, reference):
