@@ -58,10 +58,16 @@ def read_labels(
     if not path.exists():
         raise VolumeIOError(f"labels {path}: file not found")
     if is_dicom_file(path) and dicom_modality(path) == "RTSTRUCT":
-        raise VolumeIOError(
-            f"labels {path}: an RT Structure Set (contours); labels are read from DICOM SEG, "
-            ".seg.nrrd or label volumes (3D Slicer's SlicerRT converts one)"
-        )
+        if reference is None:
+            raise VolumeIOError(
+                f"labels {path}: an RT Structure Set holds contours in mm, read onto the image "
+                "they were drawn on (`sammed2d export` with --reference IMAGE; evaluate and "
+                "finetune read it onto their image)"
+            )
+        from .rtstruct import read_rtstruct
+
+        array, segments = read_rtstruct(path, reference.array.shape[:3], reference.affine)
+        return Volume(array, reference.affine, reference.header), segments
     if is_dicom_file(path) and is_dicom_seg(path):
         array, affine, segments = read_dicom_seg(path)
         volume = Volume(array, affine)

@@ -1,4 +1,4 @@
-"""DICOM RT Structure Sets (RTSTRUCT), written with pydicom.
+"""DICOM RT Structure Sets (RTSTRUCT), written and read with pydicom.
 
 Radiotherapy planning systems (and many PACS viewers) take structures as RTSTRUCT, not as
 SEG. An RTSTRUCT written here references the DICOM series it was made on, as the SEG does:
@@ -12,6 +12,9 @@ The contours run through the midpoints between pixel centres on the mask's bound
 0.5 level of the mask), so a pixel is inside exactly when its centre is. A hole (a vessel
 inside an organ) is a contour of its own inside the outer one: planning systems read
 nested contours on one slice by the even-odd rule, as rt-utils and 3D Slicer's SlicerRT do.
+
+Read (`read_rtstruct`), contours from any writer are filled onto the grid of the image they
+were drawn on, through its affine: the series itself or any other file of that scan.
 """
 
 from __future__ import annotations
@@ -203,3 +206,80 @@ def write_rtstruct(
 def is_rtstruct_path(path: str | Path) -> bool:
     """An output named `x.rtstruct.dcm` is written as an RT Structure Set (`x.dcm`: SEG)."""
     return Path(path).name.lower().endswith(".rtstruct.dcm")
+
+
+# A contour counts as on a slice when its points are within this share of the slice
+# spacing of the slice's plane (coordinates are written to 0.1 µm-1 mm precision).
+ON_SLICE = 0.1
+
+
+def read_rtstruct(path: Path, shape: tuple[int, int, int], affine: np.ndarray):
+    """(labels on the grid of `shape` and `affine` (voxel -> RAS), segments) from an RT
+    Structure Set whose contours were drawn on that image (any file of the same scan: the
+    DICOM series, or a NIfTI of it). Each closed planar contour is filled on the slice it
+    lies on, pixels whose centre is inside, nested contours by the even-odd rule. Where
+    ROIs overlap (an External contour round the organs) the smaller ROI keeps the voxels,
+    and a warning says how many; ROIs without contours are left out."""
+    import warnings
+
+    import pydicom
+    from skimage.draw import polygon2mask
+
+    from .errors import SourceWarning
+    from .segments import default_segment
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise VolumeIOError(f"labels {path}: unreadable ({exc})") from None
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
+    to_voxel = np.linalg.inv(affine)
+    masks = {}
+    for roi in ds.get("ROIContourSequence", []):
+        number = int(roi.ReferencedROINumber)
+        mask = np.zeros(shape, bool)
+        for item in roi.get("ContourSequence", []):
+            if item.get("ContourGeometricType") != "CLOSED_PLANAR":
+                continue  # points and open lines mark, they enclose nothing
+            lps = np.asarray(item.ContourData, float).reshape(-1, 3)
+            ras = lps * [-1.0, -1.0, 1.0]
+            ijk = (to_voxel[:3, :3] @ ras.T).T + to_voxel[:3, 3]
+            axis = int(np.argmin(np.ptp(ijk, axis=0)))
+            level = float(ijk[:, axis].mean())
+            index = round(level)
+            name = names.get(number, f"ROI {number}")
+            if np.abs(ijk[:, axis] - index).max() > ON_SLICE or not 0 <= index < shape[axis]:
+                raise VolumeIOError(
+                    f"labels {path}: a contour of {name} is not on a slice of the image "
+                    f"(voxel {level:.2f} along axis {axis}): give the image it was drawn on"
+                )
+            plane = [a for a in range(3) if a != axis]
+            fill = polygon2mask((shape[plane[0]], shape[plane[1]]), ijk[:, plane])
+            where = [slice(None)] * 3
+            where[axis] = index
+            mask[tuple(where)] ^= fill
+        if mask.any():
+            masks[number] = mask
+    if not masks:
+        raise VolumeIOError(f"labels {path}: no ROI has a closed contour")
+    labels = np.zeros(shape, np.uint8 if max(masks) < 256 else np.uint16)
+    overlap = 0
+    for number in sorted(masks, key=lambda n: -int(masks[n].sum())):  # the smaller on top
+        overlap += int((labels[masks[number]] > 0).sum())
+        labels[masks[number]] = number
+    if overlap:
+        warnings.warn(
+            f"{path}: {overlap} voxels lie in more than one ROI; each went to the smallest",
+            SourceWarning,
+            stacklevel=2,
+        )
+    colors = {
+        int(r.ReferencedROINumber): tuple(int(v) for v in r.ROIDisplayColor)
+        for r in ds.get("ROIContourSequence", [])
+        if "ROIDisplayColor" in r and len(r.ROIDisplayColor) == 3
+    }
+    segments = []
+    for number in sorted(masks):
+        base = default_segment(number, names.get(number) or None)
+        segments.append(Segment(number, base.name, colors.get(number, base.color)))
+    return labels, segments

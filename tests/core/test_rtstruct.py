@@ -11,7 +11,9 @@ from skimage.draw import polygon2mask
 
 from sammed2d.cli import main
 from sammed2d.dicom_seg import _complete_identity
-from sammed2d.io import dicom_series_files, read_volume, write_volume
+from sammed2d.errors import SamMed2DError, SourceWarning
+from sammed2d.io import Volume, dicom_series_files, read_volume, write_volume
+from sammed2d.labelfiles import read_labels, write_labels
 from sammed2d.rtstruct import slice_contours
 
 from .test_labelfiles import need_series, series_copy, validator_errors
@@ -124,6 +126,39 @@ def test_rtstruct_export_places_every_roi_on_every_series_layout(tmp_path, capsy
         [0, 255, 0],
     ]
     assert validator_errors(out) == []
+    # Read back onto the series, and onto a NIfTI of it (the same scan, another file).
+    write_volume(tmp_path / "ct.nii.gz", volume.array, volume)
+    for reference in (volume, read_volume(tmp_path / "ct.nii.gz")):
+        again, segments = read_labels(out, reference=reference)
+        assert [(s.name, s.color) for s in segments] == [
+            ("liver", (221, 130, 101)),
+            ("lésion", (0, 255, 0)),
+        ]
+        restored = np.select([again.array == 1, again.array == 2], [2, 7], 0)
+        assert np.array_equal(restored, labels)
+
+
+def uid_series(tmp_path):
+    """The shared series with each instance's UID in its dataset too (rt-utils matches
+    instances by the dataset's UID; the de-identified files keep it in their meta header)."""
+    import pydicom
+
+    src = need_series()
+    series = tmp_path / "series"
+    series.mkdir()
+    for f in dicom_series_files(src):
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.save_as(series / ds.SOPInstanceUID, enforce_file_format=True)
+    return series
+
+
+def slice_order(series):
+    """Our slice index of each of rt-utils' slices (it sorts them by position)."""
+    import pydicom
+
+    files = dicom_series_files(series)
+    return np.argsort([float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in files])
 
 
 def test_rtstruct_reads_in_rt_utils_as_its_users_read_it(tmp_path):
@@ -131,15 +166,7 @@ def test_rtstruct_reads_in_rt_utils_as_its_users_read_it(tmp_path):
     finds each ROI where our labels are. It fills a contour with its boundary (half a pixel
     wider than the pixel centres inside it), so its masks are a ring larger than ours."""
     rt_utils = pytest.importorskip("rt_utils")
-    import pydicom
-
-    src = need_series()
-    series = tmp_path / "series"
-    series.mkdir()
-    for f in dicom_series_files(src):  # rt-utils matches instances by the dataset's UID
-        ds = pydicom.dcmread(f)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.save_as(series / ds.SOPInstanceUID, enforce_file_format=True)
+    series = uid_series(tmp_path)
     volume = read_volume(series)
     ni, nj, nk = volume.array.shape
     labels = np.zeros(volume.array.shape, np.uint8)
@@ -155,19 +182,63 @@ def test_rtstruct_reads_in_rt_utils_as_its_users_read_it(tmp_path):
     )
     (name,) = rt.get_roi_names()
     theirs = rt.get_roi_mask_by_name(name)  # (row, column, slice) in slice-position order
-    ours = np.transpose(labels == 1, (1, 0, 2))
-    position = [
-        float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in dicom_series_files(series)
-    ]
-    ours = ours[:, :, np.argsort(position)]
+    ours = np.transpose(labels == 1, (1, 0, 2))[:, :, slice_order(series)]
     assert 2 * (theirs & ours).sum() / (theirs.sum() + ours.sum()) > 0.95
     assert (ours & ~theirs).sum() == 0  # nothing of ours missing there
+
+
+def test_rtstruct_written_by_rt_utils_reads_with_overlaps_to_the_smaller_roi(tmp_path):
+    """An RT Structure Set from another writer (rt-utils, whose contours run through the
+    boundary pixels' centres) with an External contour round a GTV, as planning systems
+    keep them: each ROI is filled where it was drawn, the GTV keeps its voxels inside the
+    External, and a warning counts them."""
+    rt_utils = pytest.importorskip("rt_utils")
+    series = uid_series(tmp_path)
+    volume = read_volume(series)
+    external = np.zeros(volume.array.shape, bool)
+    external[80:450, 100:400, :] = True
+    gtv = np.zeros(volume.array.shape, bool)
+    gtv[150:230, 200:260, 5:12] = True
+    order = slice_order(series)
+    rt = rt_utils.RTStructBuilder.create_new(dicom_series_path=str(series))
+    # the GTV first: ROI 1, under the External's ROI 2 in number order
+    for name, mask, color in (("GTV", gtv, [255, 0, 0]), ("External", external, [0, 255, 0])):
+        rt.add_roi(mask=np.transpose(mask, (1, 0, 2))[:, :, order], name=name, color=color)
+    rt.save(str(tmp_path / "plan.dcm"))
+    with pytest.warns(SourceWarning, match=f"{int(gtv.sum())} voxels lie in more than one ROI"):
+        labels, segments = read_labels(tmp_path / "plan.dcm", reference=volume)
+    assert [(s.name, s.color) for s in segments] == [
+        ("GTV", (255, 0, 0)),
+        ("External", (0, 255, 0)),
+    ]
+    assert np.array_equal(labels.array == 1, gtv)
+    assert np.array_equal(labels.array == 2, external & ~gtv)
+
+
+def test_contours_off_the_image_slices_are_refused(tmp_path):
+    """Read onto an image whose slices lie half a slice away from the contours (another
+    scan in the same frame of reference): refused in one line, not filled on the nearest;
+    without an image, refused too."""
+    series = need_series()
+    volume = read_volume(series)
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[100:200, 100:200, 4:6] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = write_labels(tmp_path / "s.rtstruct.dcm", labels, volume, source_series=series)
+    shifted = Volume(volume.array, volume.affine.copy())
+    shifted.affine[:3, 3] += shifted.affine[:3, 2] * 0.5
+    with pytest.raises(SamMed2DError, match="is not on a slice of the image") as caught:
+        read_labels(out, reference=shifted)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(SamMed2DError, match="read onto the image they were drawn on"):
+        read_labels(out)
 
 
 def test_rtstruct_needs_its_series(tmp_path, capsys):
     labels = np.zeros((6, 5, 4), np.uint8)
     labels[1:3, 1:3, 1] = 1
-    write_volume(tmp_path / "labels.nii.gz", labels, read_volume_like(labels))
+    write_volume(tmp_path / "labels.nii.gz", labels, Volume(labels, np.eye(4)))
     code = main(
         ["export", str(tmp_path / "labels.nii.gz"), "--out", str(tmp_path / "x.rtstruct.dcm")]
     )
@@ -175,9 +246,3 @@ def test_rtstruct_needs_its_series(tmp_path, capsys):
     assert code == 2 and "\n" not in err
     assert "an RT Structure Set needs the DICOM source" in err
     assert not (tmp_path / "x.rtstruct.dcm").exists()
-
-
-def read_volume_like(array):
-    from sammed2d.io import Volume
-
-    return Volume(array, np.eye(4))
