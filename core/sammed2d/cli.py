@@ -161,8 +161,8 @@ def cmd_propagate(args) -> int:
     from .review import slices_to_check
 
     record = read_prompt_file(args.prompts)
-    check_output(args.out)  # before the model runs, not after
     volume = read_volume(args.volume)
+    check_output(args.out, dicom_source(args.volume))  # before the model runs, not after
     settings = record.settings
     if args.slice_step is not None:
         settings = replace(settings, slice_step=args.slice_step)

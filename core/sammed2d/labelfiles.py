@@ -85,12 +85,30 @@ def read_labels(
     return volume, segments
 
 
-def check_output(path: str | os.PathLike) -> None:
-    """Refuse, in one line, a label file whose names file (`x.json` beside `x.nii.gz`) would
-    replace a JSON file that holds no label names: `-o prompts.nii.gz` beside the
-    `prompts.json` it was propagated from would otherwise overwrite the user's prompts."""
+def check_output(path: str | os.PathLike, source_series: str | os.PathLike | None = None) -> None:
+    """Refuse, in one line, a label file that cannot be written: a DICOM output without
+    the DICOM source `source_series` it must reference, or a label volume whose names file
+    (`x.json` beside `x.nii.gz`) would replace a JSON file that holds no label names (`-o
+    prompts.nii.gz` beside the `prompts.json` it was propagated from would otherwise
+    overwrite the user's prompts). Called before the work, so nothing runs in vain."""
+    from .rtstruct import is_rtstruct_path
+
     path = Path(path)
-    if suffix_of(path) in (".dcm", ".dicom") or is_seg_nrrd(path):
+    if suffix_of(path) in (".dcm", ".dicom"):
+        source = dicom_source(source_series)
+        what = "an RT Structure Set" if is_rtstruct_path(path) else "a DICOM SEG"
+        if source is None:
+            raise VolumeIOError(
+                f"output {path}: {what} needs the DICOM source (a series folder or a "
+                "multi-frame file): propagate that, or give --reference SERIES_DIR"
+            )
+        if is_rtstruct_path(path) and not Path(source).is_dir():
+            raise VolumeIOError(
+                f"output {path}: an RT Structure Set references a series of single-frame "
+                f"slices, and {source} is one multi-frame file: write a DICOM SEG (.dcm)"
+            )
+        return
+    if is_seg_nrrd(path):
         return  # names inside the file: nothing written beside it
     beside = sidecar_path(path)
     if not beside.exists():
@@ -127,17 +145,11 @@ def write_labels(
         )
     if labels.size and labels.min() < 0:
         raise VolumeIOError("labels must be non-negative integers")
-    check_output(path)
+    check_output(path, source_series)
     ids = [int(i) for i in np.unique(labels) if i > 0]
     segments = segments_for(ids, {s.id: s for s in (segments or [])})
     suffix = suffix_of(path)
     if suffix in (".dcm", ".dicom"):
-        what = "an RT Structure Set" if is_rtstruct_path(path) else "a DICOM SEG"
-        if dicom_source(source_series) is None:
-            raise VolumeIOError(
-                f"output {path}: {what} needs the DICOM source (a series folder or a "
-                "multi-frame file): propagate that, or give --reference SERIES_DIR"
-            )
         if is_rtstruct_path(path):
             return atomic_write(
                 path,

@@ -246,3 +246,23 @@ def test_rtstruct_needs_its_series(tmp_path, capsys):
     assert code == 2 and "\n" not in err
     assert "an RT Structure Set needs the DICOM source" in err
     assert not (tmp_path / "x.rtstruct.dcm").exists()
+
+
+@pytest.mark.parametrize("out", ["x.rtstruct.dcm", "x.dcm"])
+def test_propagate_refuses_a_dicom_output_without_its_series_before_the_model_loads(
+    tmp_path, capsys, out
+):
+    """A NIfTI propagated to DICOM: refused in one line before the model loads (the
+    missing checkpoint would be named otherwise) and before any slice is embedded."""
+    labels = np.zeros((6, 5, 4), np.int16)
+    write_volume(tmp_path / "ct.nii.gz", labels, Volume(labels, np.eye(4)))
+    prompts = tmp_path / "p.json"
+    prompts.write_text(
+        json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"1": {"box": [0, 0, 3, 3]}}}]})
+    )
+    code = main(
+        ["propagate", str(tmp_path / "ct.nii.gz"), "--prompts", str(prompts), "--out",
+         str(tmp_path / out), "--model", str(tmp_path / "nowhere.pth")]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "needs the DICOM source" in err
