@@ -97,6 +97,11 @@ def _refuse_clashes(manifest: Path, cases: list[Case]) -> None:
         seen[key] = case
 
 
+# Label formats `batch --format` writes: the DICOM ones need each case's image to be a
+# DICOM series (a SEG also takes a multi-frame file).
+OUT_FORMATS = (".nii.gz", ".nrrd", ".mha", ".seg.nrrd", ".dcm", ".rtstruct.dcm")
+
+
 def output_path(case: Case, out_dir: Path, suffix: str = "_labels", ext: str | None = None) -> Path:
     """Where a case's output goes: its name (folders kept) plus `suffix`, with extension
     `ext`, or else the input's format where that is a single file, else NIfTI."""
@@ -156,16 +161,20 @@ def propagate_case(
     precision: str = "fp32",
     server: str | None = None,
     api_key: str | None = None,
+    out_format: str | None = None,
 ) -> CaseResult:
     """Propagate one case's prompts, here or on a `sammed2d serve` at `server`; never raises
-    (a failure becomes the result's status)."""
-    from .io import read_volume
-    from .labelfiles import object_segments, write_labels
+    (a failure becomes the result's status). `out_format` (an extension of `OUT_FORMATS`)
+    names the labels' format; None: the image's own where that is one file, else NIfTI."""
+    from .io import dicom_source, read_volume
+    from .labelfiles import check_output, object_segments, write_labels
     from .prompt_files import read_prompt_file
 
-    out = output_path(case, Path(out_dir))
+    out = output_path(case, Path(out_dir), ext=out_format)
+    source = dicom_source(case.image)
 
     def work(result: CaseResult) -> None:
+        check_output(out, source)  # a DICOM output needs a DICOM case: before its model runs
         if case.prompts is None:
             raise SamMed2DError("no prompts file for this case")
         record = read_prompt_file(case.prompts)
@@ -186,7 +195,7 @@ def propagate_case(
 
             net = _model(model, device, preprocessing, precision)
             run = propagate(volume.array, objects, net, cache=_cache(cache_dir), **options)
-        write_labels(out, run.labels, volume, object_segments(objects))
+        write_labels(out, run.labels, volume, object_segments(objects), source_series=source)
         result.objects = len(objects)
         result.slices = sum(hi - lo + 1 for r in run.reached.values() if r for lo, hi in [r])
 
@@ -333,6 +342,7 @@ def run_batch(
     precision: str = "fp32",
     server: str | None = None,
     api_key: str | None = None,
+    out_format: str | None = None,
 ) -> list[CaseResult]:
     """Every case of the manifest as one dask task; returns results in manifest order.
     With `server`, the workers are clients of that `sammed2d serve` and load no model."""
@@ -356,7 +366,7 @@ def run_batch(
         client = Client(cluster)
     try:
         task = propagate_case if evaluate is None else evaluate_case
-        extra = {} if evaluate is None else {"prompt": evaluate}
+        extra = {"out_format": out_format} if evaluate is None else {"prompt": evaluate}
         futures = {
             client.submit(
                 task,

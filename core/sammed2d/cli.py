@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .batch import PROMPT_KINDS
+from .batch import OUT_FORMATS, PROMPT_KINDS
 from .choices import PIPELINES, PRECISIONS
 from .errors import SamMed2DError, SourceWarning
 from .intensity import PRESETS
@@ -347,6 +347,7 @@ def cmd_batch(args) -> int:
             progress=update,
             server=args.server,
             api_key=args.api_key,
+            out_format=args.format,
         )
     print(format_table(results))
     failed = [r for r in results if r.status.startswith("failed")]
@@ -597,6 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="tcp://host:port of a running dask scheduler")
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
     p.add_argument("--evaluate", choices=PROMPT_KINDS, help="measure Dice against labels")
+    p.add_argument(
+        "--format",
+        choices=OUT_FORMATS,
+        help="the labels' format (default: the image's own where it is one file, else .nii.gz); "
+        ".dcm (DICOM SEG) and .rtstruct.dcm (RT Structure Set) need DICOM series",
+    )
     model_options(p, device="cpu")
     p.add_argument("--cache", help="shared on-disk embedding cache folder")
     p.set_defaults(run=cmd_batch)

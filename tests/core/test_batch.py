@@ -256,3 +256,39 @@ def test_batch_without_dask_names_the_extra(monkeypatch, tmp_path):
     (tmp_path / "m.csv").write_text("image,prompts,labels\n")
     with pytest.raises(SamMed2DError, match=r"pip install 'sammed2d\[distributed\]'"):
         run_batch(tmp_path / "m.csv", tmp_path / "out")
+
+
+def test_batch_writes_dicom_seg_and_rt_structure_sets_for_dicom_cases(
+    cases, tmp_path, tiny_checkpoint
+):
+    """`--format .dcm` / `.rtstruct.dcm`: a DICOM series case gets a SEG or an RT Structure
+    Set referencing its series, holding what the same run writes as NIfTI; a NIfTI/NRRD case
+    fails in one line naming what it needs, and the others go on."""
+    pytest.importorskip("highdicom")
+    from sammed2d.labelfiles import read_labels
+
+    from .test_io import write_dicom_series
+
+    rng = np.random.default_rng(1)
+    array = rng.normal(0, 50, (18, 20, 4)).astype(np.int16)  # (i, j, k): 20 rows, 18 columns
+    array[4:12, 5:14, :] += 300
+    write_dicom_series(cases / "series", array)
+    manifest = cases / "dicom.csv"
+    manifest.write_text("image,prompts,labels\nseries,p.json,\ncase0.nrrd,p.json,\n")
+    labels = {}
+    for fmt in (".nii.gz", ".dcm", ".rtstruct.dcm"):
+        out = tmp_path / fmt.strip(".")
+        results = run_batch(manifest, out, workers=1, model=str(tiny_checkpoint), out_format=fmt)
+        status = {r.case: r.status for r in results}
+        assert status["series"] == "done"
+        volume = read_volume(cases / "series")
+        labels[fmt] = read_labels(out / f"series_labels{fmt}", reference=volume)[0].array
+        if fmt == ".nii.gz":
+            assert status["case0.nrrd"] == "done"
+        else:
+            assert status["case0.nrrd"].startswith("failed: output")
+            assert "needs the DICOM source" in status["case0.nrrd"]
+            assert not (out / f"case0_labels{fmt}").exists()
+    assert labels[".nii.gz"].any()
+    assert np.array_equal(labels[".dcm"] > 0, labels[".nii.gz"] > 0)
+    assert np.array_equal(labels[".rtstruct.dcm"] > 0, labels[".nii.gz"] > 0)

@@ -50,6 +50,7 @@ def write_dicom_series(
         sl.SetMetaData("0020|0013", str(k))
         sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.1")
         sl.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1.2")
+        sl.SetMetaData("0020|0052", "1.2.826.0.1.3680043.2.1125.1.3")  # Frame of Reference
         sl.SetMetaData("0008|0060", "CT")
         sl.SetMetaData("0018|0050", str(spacing[2]))
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
