@@ -39,6 +39,11 @@ def test_contours_give_back_the_mask_holes_and_thin_parts_included():
     contours = slice_contours(mask)
     assert len(contours) == 6
     assert np.array_equal(even_odd(contours, mask.shape), mask)
+    # noise: pixels touching only at corners, holes in holes, pieces on every edge
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        noise = rng.random((24, 20)) < rng.uniform(0.2, 0.7)
+        assert np.array_equal(even_odd(slice_contours(noise), noise.shape), noise)
     # no point repeats, none lies on a straight run between its neighbours
     square = slice_contours(np.pad(np.ones((6, 6), bool), 2))
     assert len(square) == 1 and len(square[0]) == 8  # four sides, four cut corners
