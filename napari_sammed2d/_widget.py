@@ -1431,7 +1431,8 @@ class SegmentWidget(QWidget):
         record = read_prompt_file(path)
         axis, objects = record.axis, record.objects
         image = self.image_layer
-        if self._from_our_reader():
+        ours = self._from_our_reader()
+        if ours:
             axis, objects = reorder_objects(axis, objects, image.ndim)
         if not 0 <= axis < image.ndim:
             raise SamMed2DError(f"prompts {path}: axis {record.axis} does not fit this image")
@@ -1439,9 +1440,8 @@ class SegmentWidget(QWidget):
             shape = image.level_shapes[0] if image.multiscale else image.data.shape
             try:
                 # in the file's own axes, so the message names its slices and coordinates
-                reordered = self._from_our_reader()
                 check_objects_fit(
-                    record.objects, tuple(shape[::-1]) if reordered else tuple(shape), record.axis
+                    record.objects, tuple(shape[::-1]) if ours else tuple(shape), record.axis
                 )
             except SamMed2DError as exc:
                 raise SamMed2DError(f"prompts {path}: {exc} (saved on another scan?)") from None

@@ -85,6 +85,7 @@ def cmd_segment(args) -> int:
     from .io import (
         IMAGE_SUFFIXES,
         ITK_SUFFIXES,
+        MASK_SUFFIXES,
         NIFTI_SUFFIXES,
         one_slice,
         read_image,
@@ -98,7 +99,7 @@ def cmd_segment(args) -> int:
     if args.box is None and not args.point:
         raise SamMed2DError("segment: give --box X0 Y0 X1 Y1 or at least one --point X Y")
     # Checked before the model loads and runs, which on a large image takes a while.
-    writable = (".png", ".tif", ".tiff", *NIFTI_SUFFIXES)
+    writable = MASK_SUFFIXES
     if args.slice is not None:
         writable += ITK_SUFFIXES
     if suffix_of(args.out) not in writable:

@@ -41,36 +41,20 @@ def write_dicom_seg(
     holding only that file), whose frames are the slices in the file's order, as ITK reads
     them. Empty segments are skipped; segment numbers run 1..N in label-value order."""
     hd = _need_highdicom()
-    import pydicom
     from pydicom.sr.codedict import codes
 
     from . import __version__
-    from .io import dicom_series_files
 
     source = Path(source)
-    files = dicom_series_files(source) if source.is_dir() else [str(source)]
-    try:
-        sources = [pydicom.dcmread(f) for f in files]
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        raise VolumeIOError(f"DICOM source {source}: unreadable ({exc})") from None
-    for ds in sources:
-        _complete_identity(ds)
+    sources = source_datasets(source)
     frames = [int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in sources]
     if len(sources) > 1 and max(frames) > 1:
         raise VolumeIOError(
             f"DICOM series {source}: {len(sources)} files of which some hold several frames; "
             "a SEG references one multi-frame file or single-frame slices"
         )
-    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     depth = frames[0] if len(sources) == 1 else len(sources)
-    if labels.shape != (cols, rows, depth):
-        raise VolumeIOError(
-            f"labels of shape {labels.shape} do not match the DICOM source {source} "
-            f"({cols} x {rows} x {depth} voxels)"
-        )
-    present = [s for s in segments if np.any(labels == s.id)]
-    if not present:
-        raise NothingToWrite("nothing to write: every segment is empty")
+    present = labelled_segments(labels, segments, sources, depth, source)
     by_frame = np.transpose(labels, (2, 1, 0))  # (slice, row, column), as the source frames
     numbered = np.zeros(by_frame.shape, np.uint8 if len(present) < 256 else np.uint16)
     descriptions = []
@@ -112,6 +96,38 @@ def write_dicom_seg(
     except (ValueError, TypeError, AttributeError) as exc:
         raise VolumeIOError(f"DICOM SEG for {source}: {exc}") from None
     seg_ds.save_as(path)
+
+
+def source_datasets(source: Path, pixels: bool = True) -> list:
+    """The datasets of a DICOM source (a series folder's files in slice order, or one
+    file), with the identifiers a SEG or an RT Structure Set references completed."""
+    import pydicom
+
+    from .io import dicom_series_files
+
+    files = dicom_series_files(source) if source.is_dir() else [str(source)]
+    try:
+        sources = [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in files]
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise VolumeIOError(f"DICOM source {source}: unreadable ({exc})") from None
+    for ds in sources:
+        _complete_identity(ds)
+    return sources
+
+
+def labelled_segments(labels, segments, sources, depth: int, source: Path) -> list[Segment]:
+    """The segments with voxels in `labels`, which must be on the grid of `sources` (`depth`
+    slices); NothingToWrite where every one is empty."""
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    if labels.shape != (cols, rows, depth):
+        raise VolumeIOError(
+            f"labels of shape {labels.shape} do not match the DICOM source {source} "
+            f"({cols} x {rows} x {depth} voxels)"
+        )
+    present = [s for s in segments if np.any(labels == s.id)]
+    if not present:
+        raise NothingToWrite("nothing to write: every segment is empty")
+    return present
 
 
 def _complete_identity(ds) -> None:
@@ -181,11 +197,6 @@ def read_dicom_seg(path: Path) -> tuple[np.ndarray, np.ndarray, list[Segment]]:
         )
         segments.append(Segment(number, base.name, rgb))  # type: ignore[arg-type]
     return labels, affine, segments
-
-
-def is_dicom_seg(path: Path) -> bool:
-    """True for a DICOM file whose Modality is SEG (reads the header only)."""
-    return dicom_modality(path) == "SEG"
 
 
 def dicom_modality(path: Path) -> str | None:

@@ -26,6 +26,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 # ITK formats whose header names a separate data file
 DETACHED_SUFFIXES = (".nhdr", ".mhd")
+# What a 2D mask is written as (`write_mask`)
+MASK_SUFFIXES = (".png", ".tif", ".tiff", *NIFTI_SUFFIXES)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -697,8 +699,8 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     if suffix in NIFTI_SUFFIXES:
         return write_volume(path, mask.T[:, :, None], Volume(mask.T[:, :, None]))
     raise VolumeIOError(
-        f"output {path}: unsupported mask format {suffix or '(none)'}; expected .png, .tif, "
-        ".tiff, .nii or .nii.gz"
+        f"output {path}: unsupported mask format {suffix or '(none)'}; expected "
+        f"{', '.join(MASK_SUFFIXES)}"
     )
 
 

@@ -51,13 +51,14 @@ def read_labels(
 ) -> tuple[Volume, list[Segment]]:
     """A label volume and its segments. With `reference`, the labels are put on its grid
     (a SEG or `.seg.nrrd` may cover only part of it); the result then has its affine."""
-    from .dicom_seg import dicom_modality, is_dicom_seg, read_dicom_seg
+    from .dicom_seg import dicom_modality, read_dicom_seg
     from .seg_nrrd import read_seg_nrrd
 
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(f"labels {path}: file not found")
-    if is_dicom_file(path) and dicom_modality(path) == "RTSTRUCT":
+    modality = dicom_modality(path) if is_dicom_file(path) else None
+    if modality == "RTSTRUCT":
         if reference is None:
             raise VolumeIOError(
                 f"labels {path}: an RT Structure Set holds contours in mm, read onto the image "
@@ -68,7 +69,7 @@ def read_labels(
 
         array, segments = read_rtstruct(path, reference.array.shape[:3], reference.affine)
         return Volume(array, reference.affine, reference.header), segments
-    if is_dicom_file(path) and is_dicom_seg(path):
+    if modality == "SEG":
         array, affine, segments = read_dicom_seg(path)
         volume = Volume(array, affine)
     elif is_seg_nrrd(path):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NothingToWrite, VolumeIOError
+from .errors import VolumeIOError
 from .segments import Segment
 
 RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -79,8 +79,7 @@ def write_rtstruct(
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from . import __version__
-    from .dicom_seg import _complete_identity
-    from .io import dicom_series_files
+    from .dicom_seg import labelled_segments, source_datasets
 
     source = Path(source)
     if not source.is_dir():
@@ -88,22 +87,8 @@ def write_rtstruct(
             f"DICOM source {source}: an RT Structure Set references a series of single-frame "
             "slices (a folder); write a DICOM SEG (.dcm) for a multi-frame file"
         )
-    files = dicom_series_files(source)
-    try:
-        sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        raise VolumeIOError(f"DICOM source {source}: unreadable ({exc})") from None
-    for ds in sources:
-        _complete_identity(ds)
-    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
-    if labels.shape != (cols, rows, len(sources)):
-        raise VolumeIOError(
-            f"labels of shape {labels.shape} do not match the DICOM source {source} "
-            f"({cols} x {rows} x {len(sources)} voxels)"
-        )
-    present = [s for s in segments if np.any(labels == s.id)]
-    if not present:
-        raise NothingToWrite("nothing to write: every segment is empty")
+    sources = source_datasets(source, pixels=False)
+    present = labelled_segments(labels, segments, sources, len(sources), source)
     first = sources[0]
     frame_of_reference = first.get("FrameOfReferenceUID")
     if not frame_of_reference:
@@ -234,10 +219,12 @@ def read_rtstruct(path: Path, shape: tuple[int, int, int], affine: np.ndarray):
         raise VolumeIOError(f"labels {path}: unreadable ({exc})") from None
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
     to_voxel = np.linalg.inv(affine)
-    masks = {}
+    # Per ROI only the slices it has contours on: a planning CT's fifty ROIs as whole
+    # volumes would take gigabytes.
+    planes: dict[int, dict[tuple[int, int], np.ndarray]] = {}
     for roi in ds.get("ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
-        mask = np.zeros(shape, bool)
+        mine = planes.setdefault(number, {})
         for item in roi.get("ContourSequence", []):
             if item.get("ContourGeometricType") != "CLOSED_PLANAR":
                 continue  # points and open lines mark, they enclose nothing
@@ -255,18 +242,19 @@ def read_rtstruct(path: Path, shape: tuple[int, int, int], affine: np.ndarray):
                 )
             plane = [a for a in range(3) if a != axis]
             fill = polygon2mask((shape[plane[0]], shape[plane[1]]), ijk[:, plane])
-            where = [slice(None)] * 3
-            where[axis] = index
-            mask[tuple(where)] ^= fill
-        if mask.any():
-            masks[number] = mask
-    if not masks:
+            key = (axis, index)
+            mine[key] = mine[key] ^ fill if key in mine else fill
+    sizes = {n: sum(int(p.sum()) for p in mine.values()) for n, mine in planes.items()}
+    sizes = {n: size for n, size in sizes.items() if size}
+    if not sizes:
         raise VolumeIOError(f"labels {path}: no ROI has a closed contour")
-    labels = np.zeros(shape, np.uint8 if max(masks) < 256 else np.uint16)
+    labels = np.zeros(shape, np.uint8 if max(sizes) < 256 else np.uint16)
     overlap = 0
-    for number in sorted(masks, key=lambda n: -int(masks[n].sum())):  # the smaller on top
-        overlap += int((labels[masks[number]] > 0).sum())
-        labels[masks[number]] = number
+    for number in sorted(sizes, key=lambda n: -sizes[n]):  # the smaller on top
+        for (axis, index), fill in planes[number].items():
+            view = labels[(slice(None),) * axis + (index,)]  # a view: writes reach `labels`
+            overlap += int((view[fill] > 0).sum())
+            view[fill] = number
     if overlap:
         warnings.warn(
             f"{path}: {overlap} voxels lie in more than one ROI; each went to the smallest",
@@ -279,7 +267,7 @@ def read_rtstruct(path: Path, shape: tuple[int, int, int], affine: np.ndarray):
         if "ROIDisplayColor" in r and len(r.ROIDisplayColor) == 3
     }
     segments = []
-    for number in sorted(masks):
+    for number in sorted(sizes):
         base = default_segment(number, names.get(number) or None)
         segments.append(Segment(number, base.name, colors.get(number, base.color)))
     return labels, segments
