@@ -429,6 +429,10 @@ def onto_grid(array: np.ndarray, affine: np.ndarray, reference: Volume, what: st
     shape = reference.array.shape[:3]
     step = np.linalg.solve(reference.affine, affine)
     rot, shift = step[:3, :3], step[:3, 3]
+    # Along an axis one voxel deep there is no spacing to match: a SEG holding one frame
+    # has only the Spacing Between Slices its source recorded, which may be untrue.
+    for axis in [a for a in range(3) if np.shape(array)[a] == 1]:
+        rot[:, axis] /= np.linalg.norm(rot[:, axis])
     targets = np.argmax(np.abs(rot), axis=0)  # reference axis of each of our axes
     signs = np.sign(rot[targets, range(3)])
     expected = np.zeros((3, 3))

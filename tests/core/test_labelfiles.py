@@ -160,6 +160,33 @@ def test_onto_grid_refuses_what_needs_resampling():
         onto_grid(np.ones((3, 2, 2)), outside, ref, "labels x")
 
 
+def test_a_one_slice_segmentation_is_placed_whatever_spacing_it_records(tmp_path):
+    """A DICOM SEG with one labelled slice has no second frame to give the spacing between
+    slices; it records the source's Spacing Between Slices, which scanners and ITK's writer
+    do not always keep true (1 on a series of 2 mm slices), and it was refused as off the
+    grid. Along an axis one voxel deep only the position and direction count; two slices
+    still must match."""
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    array = np.zeros((18, 20, 4), np.int16)
+    series = write_dicom_series(tmp_path / "series", array)  # slices 2 mm apart
+    for path in series.iterdir():  # a header that says otherwise, which the SEG copies
+        ds = pydicom.dcmread(path)
+        ds.SpacingBetweenSlices = 1
+        ds.save_as(path)
+    volume = read_volume(series)
+    labels = np.zeros(array.shape, np.uint8)
+    labels[4:12, 5:14, 2] = 1
+    seg = write_labels(tmp_path / "one.dcm", labels, volume, source_series=series)
+    back, _ = read_labels(seg, reference=volume)
+    assert np.array_equal(back.array, labels)
+    thick = volume.affine.copy()
+    thick[:3, 2] *= 3.0
+    with pytest.raises(VolumeIOError, match="not on the image's voxel grid"):
+        onto_grid(np.ones((2, 2, 2)), thick, volume, "labels x")
+
+
 # ----- DICOM SEG on the real CT series ------------------------------------------------------
 
 
