@@ -522,11 +522,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="one 2D mask from a 2D image or one slice of a volume")
     remote_options(p)
-    p.add_argument("image", type=Path)
-    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
-    p.add_argument("--point", type=float, nargs=2, action="append", default=[], metavar=("X", "Y"))
     p.add_argument(
-        "--negative", type=float, nargs=2, action="append", default=[], metavar=("X", "Y")
+        "image",
+        type=Path,
+        help="2D image (PNG, JPEG, TIFF, one DICOM file), or with --slice a volume (NIfTI, "
+        "NRRD, MHA or a DICOM series folder)",
+    )
+    p.add_argument(
+        "--box",
+        type=float,
+        nargs=4,
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="box corners in pixels, x along columns and y along rows (for a volume's slice, "
+        "x indexes its later remaining axis, as in the prompts file)",
+    )
+    p.add_argument(
+        "--point",
+        type=float,
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("X", "Y"),
+        help="a point on the object (repeat for more)",
+    )
+    p.add_argument(
+        "--negative",
+        type=float,
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("X", "Y"),
+        help="a point off the object (repeat for more)",
     )
     p.add_argument("--slice", type=int, help="slice index when IMAGE is a volume")
     p.add_argument("--axis", type=int, default=2, help="slice axis of the volume (default 2)")
@@ -584,12 +610,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")
-    p.add_argument("volume", type=Path)
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--axis", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
+    p.add_argument("--cache", type=Path, required=True, help="folder for the embeddings")
+    p.add_argument("--axis", type=int, default=2, help="slice axis (default 2)")
+    p.add_argument("--batch-size", type=int, default=1, help="slices per encoder call")
     model_options(p)
-    p.add_argument("--window", default="auto", choices=PRESETS)
+    p.add_argument(
+        "--window",
+        default="auto",
+        choices=PRESETS,
+        help="intensity preset; propagate reuses embeddings made in the window it uses",
+    )
     p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser("batch", help="run a manifest of cases on dask.distributed")
@@ -610,10 +641,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_batch)
 
     p = sub.add_parser("evaluate", help="Dice of the model on a labelled volume")
-    p.add_argument("image", type=Path)
-    p.add_argument("labels", type=Path)
-    p.add_argument("--prompt", default="box3d", choices=PROMPT_KINDS)
-    p.add_argument("--classes", type=int, nargs="+")
+    p.add_argument("image", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
+    p.add_argument(
+        "labels", type=Path, help="its reference labels (.nii.gz, .seg.nrrd, DICOM SEG, ...)"
+    )
+    p.add_argument(
+        "--prompt",
+        default="box3d",
+        choices=PROMPT_KINDS,
+        help="per slice: box, point1/3/5 (the label's own, as the SAM-Med2D paper); through "
+        "the volume: box3d (middle slice's box and the range, the default), box3d-free (no "
+        "range) or box3d-multi (boxes on three slices)",
+    )
+    p.add_argument("--classes", type=int, nargs="+", help="label values to score (default all)")
     p.add_argument("--csv", type=Path, help="also write the Dice table here")
     common(p, cache=True)
     p.set_defaults(run=cmd_evaluate)

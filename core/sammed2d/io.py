@@ -593,6 +593,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(f"image {path}: file not found")
+    if path.is_dir():
+        raise VolumeIOError(
+            f"image {path}: a folder, not one 2D image; for a DICOM series give --slice N to "
+            "segment one of its slices"
+        )
     suffix = suffix_of(path)
     if suffix in (".tif", ".tiff"):
         import tifffile
@@ -630,6 +635,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     elif array.ndim == 3 and array.shape[-1] in (1, 2):
         array = array[..., 0]  # grey levels, alone or with an alpha channel
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+        if suffix in NIFTI_SUFFIXES + ITK_SUFFIXES:
+            raise VolumeIOError(
+                f"image {path}: a volume of shape {array.shape}, not one 2D image; give "
+                "--slice N (and --axis) to segment one of its slices"
+            )
         raise VolumeIOError(
             f"image {path}: shape {array.shape} is a stack of images, not one 2D image; for "
             "a volume, save it as NIfTI, NRRD or MHA and give --slice"

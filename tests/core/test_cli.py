@@ -366,6 +366,14 @@ def test_bad_inputs_exit_2_with_one_line(
         "--out", tmp_path / "m.png", "--model", tiny_checkpoint,
     )  # fmt: skip
     assert_one_line_error(code, err, "--slice needs a volume")
+    # and a volume without --slice was told to be saved as NIfTI, which it already was
+    for image, said in ((volume_file, "a volume of shape"), (tmp_path, "a folder")):
+        code, _, err = run_cli(
+            capsys, "segment", image, "--box", "1", "1", "9", "9",
+            "--out", tmp_path / "m.png", "--model", tiny_checkpoint,
+        )  # fmt: skip
+        assert_one_line_error(code, err, said)
+        assert "give --slice N" in err
     far = tmp_path / "far.json"
     far.write_text(
         json.dumps({"axis": 2, "objects": [{"id": 1, "slices": {"9": {"box": [1, 1, 5, 5]}}}]})
