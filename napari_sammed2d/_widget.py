@@ -57,9 +57,9 @@ from qtpy.QtWidgets import (
 from sammed2d.choices import PRECISIONS
 from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
-from sammed2d.intensity import PRESETS
+from sammed2d.intensity import PRESETS, is_window, resolve_preset
 from sammed2d.io import atomic_write, dicom_source, weights_output
-from sammed2d.objects import ObjectPrompts, PropagationSettings, check_objects_fit
+from sammed2d.objects import ObjectPrompts, PropagationSettings, SlicePrompt, check_objects_fit
 from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import (
     PromptFile,
@@ -919,11 +919,15 @@ class SegmentWidget(QWidget):
             if axis is None:
                 raise SamMed2DError("propagation needs a 3D volume")
             objects = self._object_prompts(points, shapes, axis, None if oid is None else [oid])
+            painted = not objects and oid is not None
+            if painted:
+                objects = self._painted_object(labels, axis, oid)
             if not objects:
                 raise SamMed2DError(
                     "no object has prompts: draw a box first"
                     if oid is None
-                    else f"{self._name_of(oid)} has no prompts: draw a box first"
+                    else f"{self._name_of(oid)} has no prompts or labels: draw a box or paint "
+                    "a slice first"
                 )
             data, affine, _, orientation = self.volume_context()
             shape = tuple(s for a, s in enumerate(data.shape) if a != axis)
@@ -952,6 +956,14 @@ class SegmentWidget(QWidget):
 
         def land(result):
             if oid is not None:
+                info = self.table.objects.get(oid)
+                if painted and request.preset == "auto" and info and info.window is None:
+                    # As a first box does, the window its painted slices asked for stays;
+                    # the run names the volume's own "custom" (it got the value range).
+                    window = result.windows.get(oid)
+                    if not is_window(window):
+                        window = resolve_preset(request.data, "auto")
+                    self.set_object_window(oid, window)
                 self._land(labels, axis, oid, result)
             else:
                 self._land_all(labels, axis, ids, result)
@@ -982,6 +994,20 @@ class SegmentWidget(QWidget):
                     )
                 )
         return objects
+
+    def _painted_object(self, labels, axis, oid) -> list[ObjectPrompts]:
+        """Object `oid` seeded by its labels where it has no prompts: painted by hand or
+        opened from a file, each labelled slice taken as given (as Slicer's module takes
+        the segment's slice), so the walk fills between them and goes on past the ends."""
+        data = np.asarray(labels.data)
+        ours = data == oid
+        present = np.flatnonzero(ours.any(axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            return []
+        info = self.table.add(oid)
+        seeds = {int(i): SlicePrompt(mask=slice_of(ours, int(i), axis)) for i in present}
+        span = self._ranges.get(oid)
+        return [ObjectPrompts(oid, seeds, span, info.name, info.color, info.window)]
 
     def _land_all(self, labels, axis, ids, result) -> None:
         """Write a run of several objects as one undo step: their pixels become what the run

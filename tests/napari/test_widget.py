@@ -181,6 +181,33 @@ def test_propagate_fills_neighbours_and_one_undo_removes_it(widget, qtbot):
     assert np.array_equal(labels.data, before)
 
 
+def test_an_object_painted_by_hand_propagates_from_its_painted_slice(widget, qtbot, monkeypatch):
+    viewer, w = widget
+    _, _, labels = setup_volume(viewer, w, preset="auto")
+    errors = []
+    monkeypatch.setattr("napari_sammed2d._widget.show_error", errors.append)
+    w.propagate_object()  # nothing drawn, nothing painted
+    assert errors == ["object 1 has no prompts or labels: draw a box or paint a slice first"]
+    painted = np.zeros((48, 40), bool)
+    painted[13:29, 11:25] = True  # a brush's rough outline of the block, no prompt at all
+    labels.data_setitem(
+        np.nonzero(np.broadcast_to(painted, (8, 48, 40)) & (np.arange(8) == 3)[:, None, None]), 1
+    )
+    before = labels.data.copy()
+    w.propagate_object()
+    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+        pass
+    filled = [z for z in range(8) if (labels.data[z] == 1).any()]
+    assert filled == [2, 3, 4, 5]
+    assert np.array_equal(labels.data[3] == 1, painted)  # the painted slice is kept as it is
+    # the neighbours follow the painted outline's box, a little inside the block's edges
+    assert all(block_dice(labels.data[z] == 1) > 0.8 for z in (2, 4, 5))
+    # auto: the window the run gave it (this volume has no air: not a CT) is its own now
+    assert w.table.objects[1].window == "percentile"
+    labels.undo()
+    assert np.array_equal(labels.data, before)
+
+
 def test_check_next_goes_to_the_slices_a_propagation_may_have_got_wrong(widget, qtbot):
     viewer, w = widget
     _, shapes, labels = setup_volume(viewer, w)
