@@ -59,7 +59,12 @@ from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS, is_window, resolve_preset
 from sammed2d.io import atomic_write, dicom_source, weights_output
-from sammed2d.objects import ObjectPrompts, PropagationSettings, SlicePrompt, check_objects_fit
+from sammed2d.objects import (
+    ObjectPrompts,
+    PropagationSettings,
+    check_objects_fit,
+    objects_from_labels,
+)
 from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import (
     PromptFile,
@@ -999,15 +1004,19 @@ class SegmentWidget(QWidget):
         """Object `oid` seeded by its labels where it has no prompts: painted by hand or
         opened from a file, each labelled slice taken as given (as Slicer's module takes
         the segment's slice), so the walk fills between them and goes on past the ends."""
-        data = np.asarray(labels.data)
-        ours = data == oid
-        present = np.flatnonzero(ours.any(axis=tuple(a for a in range(3) if a != axis)))
-        if present.size == 0:
+        found = objects_from_labels(labels.data, axis, ids=[oid])
+        if not found:
             return []
         info = self.table.add(oid)
-        seeds = {int(i): SlicePrompt(mask=slice_of(ours, int(i), axis)) for i in present}
-        span = self._ranges.get(oid)
-        return [ObjectPrompts(oid, seeds, span, info.name, info.color, info.window)]
+        return [
+            replace(
+                found[0],
+                range=self._ranges.get(oid),
+                name=info.name,
+                color=info.color,
+                window=info.window,
+            )
+        ]
 
     def _land_all(self, labels, axis, ids, result) -> None:
         """Write a run of several objects as one undo step: their pixels become what the run

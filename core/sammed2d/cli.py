@@ -161,9 +161,18 @@ def cmd_propagate(args) -> int:
     from .prompt_files import read_prompt_file
     from .review import slices_to_check
 
-    record = read_prompt_file(args.prompts)
+    if (args.prompts is None) == (args.seeds is None):
+        raise SamMed2DError("propagate: give --prompts PROMPTS.json or --seeds LABELS, one of them")
+    if args.prompts is not None and (args.axis is not None or args.between):
+        raise SamMed2DError(
+            "propagate: --axis and --between go with --seeds (a prompts file names its axis "
+            "and ranges)"
+        )
+    record = read_prompt_file(args.prompts) if args.prompts is not None else None
     volume = read_volume(args.volume)
     check_output(args.out, dicom_source(args.volume))  # before the model runs, not after
+    if record is None:
+        record = _seeded(args, volume)
     settings = record.settings
     if args.slice_step is not None:
         settings = replace(settings, slice_step=args.slice_step)
@@ -235,6 +244,27 @@ def cmd_propagate(args) -> int:
         )
     print(f"labels written to {args.out}")
     return 0
+
+
+def _seeded(args, volume):
+    """A prompts record whose objects are the labels of `--seeds`, each labelled slice
+    taken as given."""
+    from .labelfiles import read_labels
+    from .objects import objects_from_labels
+    from .prompt_files import PromptFile
+
+    if volume.array.ndim != 3:
+        raise SamMed2DError(f"{args.volume}: --seeds needs a 3D volume, got {volume.array.ndim}D")
+    axis = 2 if args.axis is None else args.axis
+    if not -3 <= axis < 3:
+        raise SamMed2DError(f"--axis {axis}: expected 0, 1 or 2")
+    labels, segments = read_labels(args.seeds, reference=volume)
+    objects = objects_from_labels(labels.array, axis % 3, segments=segments)
+    if not objects:
+        raise SamMed2DError(f"seeds {args.seeds}: no labelled voxels to propagate from")
+    if args.between:
+        objects = [replace(o, range=(min(o.slices), max(o.slices))) for o in objects]
+    return PromptFile(axis=axis % 3, objects=objects)
 
 
 def cmd_export(args) -> int:
@@ -569,7 +599,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("propagate", help="segment objects through a volume from prompts")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
-    p.add_argument("--prompts", type=Path, required=True, help="PROMPTS.json")
+    p.add_argument("--prompts", type=Path, help="PROMPTS.json")
+    p.add_argument(
+        "--seeds",
+        type=Path,
+        metavar="LABELS",
+        help="instead of prompts: labels drawn on some slices (a label volume, .seg.nrrd, "
+        "DICOM SEG or RT Structure Set on VOLUME); each labelled slice is taken as given and "
+        "every label is carried through the slices between and past them",
+    )
+    p.add_argument(
+        "--axis", type=int, help="slice axis of --seeds (default 2; a prompts file names its own)"
+    )
+    p.add_argument(
+        "--between",
+        action="store_true",
+        help="with --seeds: fill only between each label's first and last labelled slice "
+        "(by default the walk also goes on past them until the structure ends)",
+    )
     remote_options(p)
     p.add_argument(
         "-o",

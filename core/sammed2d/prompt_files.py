@@ -52,6 +52,7 @@ TURNED_ON_LATER = {
     "step_distance": None,
     "join_parts": False,
     "compose_by": "score",  # a default changed later: overlaps went to the higher IoU
+    "interpolate_drawn": None,
 }
 
 

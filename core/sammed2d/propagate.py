@@ -527,19 +527,34 @@ def fill_between(out: dict[int, tuple], step: int) -> None:
     nothing was found, and stays empty, as it does when every slice is walked."""
     found = sorted(i for i, (m, *_) in out.items() if m.any())
     for a, b in zip(found[:-1], found[1:]):
-        if not 1 < b - a <= step:
-            continue
-        (mask_a, score_a, kept_a), (mask_b, score_b, kept_b) = out[a], out[b]
-        level = None
-        if kept_a is not None and kept_b is not None:
-            level = min(float(np.median(kept_a)), float(np.median(kept_b)))
-        window, dist_a, dist_b = _signed_distances(mask_a, mask_b)
-        for t in range(a + 1, b):
-            w = (t - a) / (b - a)
-            mask = np.zeros_like(mask_a)
-            mask[window] = (1 - w) * dist_a + w * dist_b < 0
-            kept = None if level is None else np.full(int(mask.sum()), level, np.float16)
-            out[t] = (mask, min(score_a, score_b), kept)
+        if 1 < b - a <= step:
+            interpolate(out, a, b)
+
+
+def interpolate(out: dict[int, tuple], a: int, b: int) -> None:
+    """Fill slices a+1..b-1 of `out` from its masks on slices a and b (see fill_between)."""
+    (mask_a, score_a, kept_a), (mask_b, score_b, kept_b) = out[a], out[b]
+    level = None
+    if kept_a is not None and kept_b is not None:
+        level = min(float(np.median(kept_a)), float(np.median(kept_b)))
+    window, dist_a, dist_b = _signed_distances(mask_a, mask_b)
+    for t in range(a + 1, b):
+        w = (t - a) / (b - a)
+        mask = np.zeros_like(mask_a)
+        mask[window] = (1 - w) * dist_a + w * dist_b < 0
+        kept = None if level is None else np.full(int(mask.sum()), level, np.float16)
+        out[t] = (mask, min(score_a, score_b), kept)
+
+
+def _slices_in(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
+    """The largest step along `axis` (in slices) that is at most `distance` mm; 0 without
+    either (unlike `slices_within`, unbounded: a gap is not walked step by step)."""
+    if distance is None or affine is None:
+        return 0
+    spacing = float(np.linalg.norm(np.asarray(affine, np.float64)[:3, axis]))
+    if not np.isfinite(spacing) or spacing <= 0:
+        return 0
+    return int(np.floor(distance / spacing + 1e-6))
 
 
 def _kept_logits(mask: np.ndarray, logits: np.ndarray | None) -> np.ndarray | None:
@@ -672,6 +687,7 @@ def propagate(
     settings = settings or PropagationSettings()
     check_settings(settings)
     reach = slices_within(settings.step_distance, affine, axis)
+    drawn_reach = _slices_in(settings.interpolate_drawn, affine, axis)
     step = settings.slice_step
     if step is None:
         step = reach
@@ -731,10 +747,16 @@ def propagate(
             seeds[index] = (mask, low)
             out[index] = (mask, score, _kept_logits(mask, logits))
             counted[obj.id] += 1
-        # Walks: outward from the first and last seeds, and from both ends of each gap.
+        # Walks: outward from the first and last seeds, and from both ends of each gap,
+        # but a short gap between two drawn masks is interpolated (`interpolate_drawn`).
         ordered = sorted(seeds)
         walks = [(ordered[0], -1, lo)]
         for a, b in zip(ordered[:-1], ordered[1:]):
+            drawn = obj.slices[a].mask is not None and obj.slices[b].mask is not None
+            if drawn and b - a <= drawn_reach and seeds[a][0].any() and seeds[b][0].any():
+                interpolate(out, a, b)
+                counted[obj.id] += b - a - 1
+                continue
             mid = (a + b) // 2
             walks += [(a, 1, mid), (b, -1, mid + 1)]
         walks.append((ordered[-1], 1, hi))

@@ -136,6 +136,52 @@ def test_propagate_with_real_model_and_cache(tmp_path, capsys, volume_file, prom
     assert listed and set(listed) <= {1, 3, 4}, block[1]
 
 
+def test_propagate_from_labels_drawn_on_some_slices(tmp_path, capsys, volume_file):
+    """--seeds: labels drawn on a few slices (here a .seg.nrrd, names kept) are taken as
+    given there, interpolated between two drawings 5 mm apart, and walked past them until
+    the structure ends; --between stays between the first and last drawn slice."""
+    from sammed2d.labelfiles import read_labels, write_labels
+    from sammed2d.segments import Segment
+
+    volume = read_volume(volume_file)
+    truth = np.zeros(volume.array.shape, bool)
+    truth[10:25, 8:20, 1:5] = True  # the block, on slices 1-4, 2.5 mm apart
+    drawn = np.zeros(volume.array.shape, np.uint8)
+    drawn[11:24, 9:19, 1] = 4  # drawn a voxel inside the block, on slices 1 and 3
+    drawn[11:24, 9:19, 3] = 4
+    seeds = write_labels(
+        tmp_path / "drawn.seg.nrrd", drawn, volume, [Segment(4, "block", (200, 40, 40))]
+    )
+    out = tmp_path / "labels.nii.gz"
+    code, stdout, err = run_cli(
+        capsys, "propagate", volume_file, "--seeds", seeds, "-o", out, "--window", "abdomen"
+    )
+    assert code == 0, err
+    labels, segments = read_labels(out)
+    found = labels.array == 4
+    assert [(s.id, s.name, s.color) for s in segments] == [(4, "block", (200, 40, 40))]
+    for k in (1, 2, 3):  # as drawn, and between two drawings their shape
+        assert np.array_equal(found[..., k], drawn[..., 1] == 4)
+    a, b = found[..., 4], truth[..., 4]  # past the last drawing: the model's
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.85
+    assert not found[..., 5].any()  # where the block ends, the walk stopped
+    assert "object 4 block: slices 1-4" in stdout
+
+    code, stdout, err = run_cli(
+        capsys, "propagate", volume_file, "--seeds", seeds, "-o", out, "--between",
+        "--window", "abdomen",
+    )  # fmt: skip
+    assert code == 0, err
+    expected = drawn == 4
+    expected[..., 2] = expected[..., 1]  # slices 1-3 only
+    assert np.array_equal(read_volume(out).array == 4, expected)
+    empty = write_volume(tmp_path / "empty.nii.gz", np.zeros_like(drawn), volume)
+    code, _, err = run_cli(capsys, "propagate", volume_file, "--seeds", empty, "-o", out)
+    assert_one_line_error(code, err, "no labelled voxels to propagate from")
+    code, _, err = run_cli(capsys, "propagate", volume_file, "-o", out)
+    assert_one_line_error(code, err, "give --prompts PROMPTS.json or --seeds LABELS")
+
+
 def test_propagate_slice_step_walks_fewer_slices(tmp_path, capsys, volume_file, prompts_file):
     cache = tmp_path / "cache"
     out = tmp_path / "labels.nii.gz"

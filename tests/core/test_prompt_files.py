@@ -3,6 +3,7 @@ release that wrote a file for settings it did not record."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sammed2d.errors import PromptError
@@ -131,3 +132,25 @@ def test_names_are_read_as_utf8_whatever_the_locale(tmp_path):
         assert read_sidecar(tmp_path / "l.nii.gz")[1].name == name
     finally:
         locale.setlocale(locale.LC_CTYPE, before)
+
+
+def test_objects_from_labels_seed_each_labelled_slice_along_the_axis():
+    from sammed2d.objects import objects_from_labels
+    from sammed2d.segments import Segment
+
+    labels = np.zeros((5, 6, 7), np.uint16)
+    labels[1:3, 1, 2:5] = 2
+    labels[0, 3, 0] = 2
+    labels[2:4, 3, 4:6] = 300
+    found = objects_from_labels(labels, 1, segments=[Segment(300, "cyst", (1, 2, 3))])
+    assert [(o.id, sorted(o.slices), o.name, o.color) for o in found] == [
+        (2, [1, 3], "", None),
+        (300, [3], "cyst", (1, 2, 3)),
+    ]
+    for obj in found:
+        for index, prompt in obj.slices.items():
+            assert np.array_equal(prompt.mask, labels[:, index, :] == obj.id)
+            assert prompt.box is None and prompt.points is None
+    assert [o.id for o in objects_from_labels(labels, 1, ids=[300, 5])] == [300]
+    with pytest.raises(PromptError, match="expected a 3D label volume"):
+        objects_from_labels(labels[0], 0)

@@ -189,6 +189,33 @@ def test_gap_between_two_annotated_slices_is_filled(phantom, litemedsam, shared_
     assert all((result.labels[:, :, z] == 1).any() for z in range(2, 10))
 
 
+@pytest.mark.parametrize("mm,interpolated", [(3.0, True), (4.0, False), (None, False)])
+def test_two_drawn_slices_close_together_are_interpolated_not_walked(
+    tiny_checkpoint, mm, interpolated
+):
+    """Between two given masks at most `interpolate_drawn` (10 mm) apart the slices take
+    the shape between the drawings; farther apart, or with no geometry, the model walks
+    (a model of random weights here: its masks are not discs)."""
+    from sammed2d import load_model
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0, 50, (64, 64, 8)).astype(np.float32)
+    small, large = disc((64, 64), (30, 32), 8), disc((64, 64), (30, 32), 20)
+    obj = ObjectPrompts(1, {2: SlicePrompt(mask=small), 5: SlicePrompt(mask=large)})
+    affine = None if mm is None else np.diag([1.0, 1.0, mm, 1.0])
+    model = load_model(str(tiny_checkpoint), device="cpu")
+    result = propagate(volume, [obj], model, affine=affine, preset="none", orientation="array")
+    found = result.labels == 1
+    assert np.array_equal(found[..., 2], small) and np.array_equal(found[..., 5], large)
+    between = [dice(found[..., z], disc((64, 64), (30, 32), r)) for z, r in ((3, 12), (4, 16))]
+    assert (min(between) > 0.95) == interpolated, between
+    off = PropagationSettings(interpolate_drawn=None)
+    walked = propagate(
+        volume, [obj], model, affine=affine, preset="none", orientation="array", settings=off
+    )
+    assert np.array_equal(walked.labels == 1, found) != interpolated
+
+
 def test_overlap_goes_to_the_higher_score(phantom, litemedsam, shared_cache):
     _, truth = phantom
     same = box_prompt(truth, 1, 5)
