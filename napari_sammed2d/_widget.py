@@ -1001,9 +1001,9 @@ class SegmentWidget(QWidget):
         return objects
 
     def _painted_object(self, labels, axis, oid) -> list[ObjectPrompts]:
-        """Object `oid` seeded by its labels where it has no prompts: painted by hand or
-        opened from a file, each labelled slice taken as given (as Slicer's module takes
-        the segment's slice), so the walk fills between them and goes on past the ends."""
+        """Object `oid` seeded by its labels where it has no prompts (painted by hand),
+        each labelled slice taken as given (as Slicer's module takes the segment's slice),
+        so the walk fills between them and goes on past the ends."""
         found = objects_from_labels(labels.data, axis, ids=[oid])
         if not found:
             return []

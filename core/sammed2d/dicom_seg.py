@@ -146,14 +146,14 @@ def _complete_identity(ds) -> None:
     if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
         raise VolumeIOError(
             "a source image has no SOP Class/Instance UID, neither in its dataset nor in its "
-            "file meta header: a SEG cannot reference it"
+            "file meta header: a SEG or RT Structure Set cannot reference it"
         )
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not ds.get(keyword):
             anchor = str(ds.get("FrameOfReferenceUID") or ds.get("StudyDate") or "")
             setattr(ds, keyword, pydicom.uid.generate_uid(entropy_srcs=[anchor, keyword]))
             _warn_once(
-                f"the source series has no {keyword}; the SEG carries one derived from its "
+                f"the source series has no {keyword}; the output carries one derived from its "
                 "Frame of Reference, so a PACS will not file it with the original study"
             )
 
