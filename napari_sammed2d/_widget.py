@@ -964,7 +964,7 @@ class SegmentWidget(QWidget):
                 info = self.table.objects.get(oid)
                 if painted and request.preset == "auto" and info and info.window is None:
                     # As a first box does, the window its painted slices asked for stays;
-                    # the run names the volume's own "custom" (it got the value range).
+                    # a run given a range of its own names it "custom".
                     window = result.windows.get(oid)
                     if not is_window(window):
                         window = resolve_preset(request.data, "auto")

@@ -699,7 +699,11 @@ def propagate(
         model, volume, axis, affine, preset, value_range, orientation, cache, batch_size
     )
     grow = pixels_within(settings.overlap_tolerance, affine, axis, slices.view)
-    shown = "custom" if value_range is not None else resolved
+    # A range given that is the preset's own (the server and napari pass the session's)
+    # still names the preset; only another range is "custom".
+    shown = resolved
+    if value_range is not None and not np.allclose(value_range, intensity_range(volume, resolved)):
+        shown = "custom"
     windows = {o.id: o.window or shown for o in objects}
     views = {slices.value_range: slices}
 

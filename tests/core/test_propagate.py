@@ -1220,3 +1220,19 @@ def test_slices_grey_levels_are_safe_to_read_from_two_threads(monkeypatch):
         t.join()
     assert not errors
     assert len(slices._grays) <= 3
+
+
+def test_a_window_given_as_its_preset_s_own_range_keeps_its_name(tiny_checkpoint):
+    """The server and napari pass the session's value range; the run named every object's
+    window "custom" then, and the command line printed that through a server."""
+    from sammed2d import load_model
+    from sammed2d.intensity import intensity_range
+
+    volume = np.random.default_rng(0).normal(-80, 5, (32, 32, 4)).astype(np.float32)
+    volume[0, 0, 0] = -1000  # air: a CT
+    model = load_model(str(tiny_checkpoint), device="cpu")
+    obj = [ObjectPrompts(1, {1: SlicePrompt(box=np.array([8, 8, 20, 20.0]))}, (1, 2))]
+    own = intensity_range(volume, "abdomen")
+    for value_range, name in ((None, "abdomen"), (own, "abdomen"), ((0.0, 100.0), "custom")):
+        result = propagate(volume, obj, model, preset="auto", value_range=value_range)
+        assert result.windows == {1: name}
