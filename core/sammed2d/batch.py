@@ -1,11 +1,13 @@
 """Dataset scale: many cases on dask.distributed, and measuring a model on labelled data.
 
-A manifest is a CSV with the header `image,prompts,labels` and an optional `case` column
-(relative paths are relative to the manifest). Each case is one task; a failing case is
-reported and the others go on; outputs are written atomically, so a rerun skips what is
-finished (resume). A case's outputs are named from its `case` value, or else from the
-image's path relative to the manifest (`s0001/ct.nii.gz` -> `s0001/ct_labels.nii.gz`), so
-two images of the same file name never share an output; clashes are refused up front.
+A manifest is a CSV with the header `image,prompts,labels` and optional `case` and `seeds`
+columns (relative paths are relative to the manifest; `seeds`, labels drawn on some slices,
+stands in for a case's prompts, as `sammed2d propagate --seeds` does). Each case is one
+task; a failing case is reported and the others go on; outputs are written atomically, so a
+rerun skips what is finished (resume). A case's outputs are named from its `case` value, or
+else from the image's path relative to the manifest (`s0001/ct.nii.gz` ->
+`s0001/ct_labels.nii.gz`), so two images of the same file name never share an output;
+clashes are refused up front.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Case:
     labels: Path | None
     name: str  # unique within the manifest: the `case` column or the image's relative path
     row: int  # line in the manifest, for messages
+    seeds: Path | None = None  # labels drawn on some slices, instead of prompts
 
 
 @dataclass
@@ -55,7 +58,10 @@ def read_manifest(path: str | os.PathLike) -> list[Case]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or "image" not in reader.fieldnames:
-                raise SamMed2DError(f"manifest {path}: expected a CSV header image,prompts,labels")
+                raise SamMed2DError(
+                    f"manifest {path}: expected a CSV header image,prompts,labels (and optional "
+                    "case, seeds)"
+                )
             rows = [(n, r) for n, r in enumerate(reader, start=2) if (r.get("image") or "").strip()]
     except UnicodeDecodeError as exc:
         raise SamMed2DError(
@@ -80,7 +86,8 @@ def read_manifest(path: str | os.PathLike) -> list[Case]:
                 f"manifest {path}: row {line}: case {name!r} must be a relative name inside the "
                 "output folder"
             )
-        cases.append(Case(image, resolve(r.get("prompts")), resolve(r.get("labels")), name, line))
+        prompts, seeds = resolve(r.get("prompts")), resolve(r.get("seeds"))
+        cases.append(Case(image, prompts, resolve(r.get("labels")), name, line, seeds))
     _refuse_clashes(path, cases)
     return cases
 
@@ -167,19 +174,26 @@ def propagate_case(
     (a failure becomes the result's status). `out_format` (an extension of `OUT_FORMATS`)
     names the labels' format; None: the image's own where that is one file, else NIfTI."""
     from .io import dicom_source, read_volume
-    from .labelfiles import check_output, object_segments, write_labels
-    from .prompt_files import read_prompt_file
+    from .labelfiles import check_output, object_segments, seed_objects, write_labels
+    from .prompt_files import PromptFile, read_prompt_file
 
     out = output_path(case, Path(out_dir), ext=out_format)
     source = dicom_source(case.image)
 
     def work(result: CaseResult) -> None:
         check_output(out, source)  # a DICOM output needs a DICOM case: before its model runs
-        if case.prompts is None:
-            raise SamMed2DError("no prompts file for this case")
-        record = read_prompt_file(case.prompts)
-        objects = record.objects
+        if (case.prompts is None) == (case.seeds is None):
+            raise SamMed2DError(
+                "no prompts or seeds file for this case"
+                if case.prompts is None
+                else "both a prompts and a seeds file: give one"
+            )
         volume = read_volume(case.image)
+        if case.seeds is not None:
+            record = PromptFile(axis=2, objects=seed_objects(case.seeds, volume))
+        else:
+            record = read_prompt_file(case.prompts)
+        objects = record.objects
         options = dict(
             axis=record.axis,
             affine=volume.affine,

@@ -247,23 +247,12 @@ def cmd_propagate(args) -> int:
 
 
 def _seeded(args, volume):
-    """A prompts record whose objects are the labels of `--seeds`, each labelled slice
-    taken as given."""
-    from .labelfiles import read_labels
-    from .objects import objects_from_labels
+    """A prompts record whose objects are the labels of `--seeds`."""
+    from .labelfiles import seed_objects
     from .prompt_files import PromptFile
 
-    if volume.array.ndim != 3:
-        raise SamMed2DError(f"{args.volume}: --seeds needs a 3D volume, got {volume.array.ndim}D")
     axis = 2 if args.axis is None else args.axis
-    if not -3 <= axis < 3:
-        raise SamMed2DError(f"--axis {axis}: expected 0, 1 or 2")
-    labels, segments = read_labels(args.seeds, reference=volume)
-    objects = objects_from_labels(labels.array, axis % 3, segments=segments)
-    if not objects:
-        raise SamMed2DError(f"seeds {args.seeds}: no labelled voxels to propagate from")
-    if args.between:
-        objects = [replace(o, range=(min(o.slices), max(o.slices))) for o in objects]
+    objects = seed_objects(args.seeds, volume, axis, args.between)
     return PromptFile(axis=axis % 3, objects=objects)
 
 
@@ -671,7 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser("batch", help="run a manifest of cases on dask.distributed")
-    p.add_argument("manifest", type=Path, help="CSV with header image,prompts,labels")
+    p.add_argument(
+        "manifest",
+        type=Path,
+        help="CSV with header image,prompts,labels (optional columns case, seeds)",
+    )
     remote_options(p)
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--scheduler", help="tcp://host:port of a running dask scheduler")

@@ -181,5 +181,27 @@ def object_segments(objects) -> list[Segment]:
     return out
 
 
+def seed_objects(path: str | os.PathLike, volume: Volume, axis: int = 2, between: bool = False):
+    """Objects seeded by the labels in `path` (any format `read_labels` takes, put on
+    `volume`'s grid): every label with its name and colour, each labelled slice along
+    `axis` taken as given (`objects.objects_from_labels`). `between`: each object's range is
+    its first to last labelled slice, so a propagation fills only between them."""
+    from dataclasses import replace
+
+    from .objects import objects_from_labels
+
+    if volume.array.ndim != 3:
+        raise VolumeIOError(f"seeds {path}: need a 3D volume, got {volume.array.ndim}D")
+    if not -3 <= axis < 3:
+        raise VolumeIOError(f"axis {axis}: expected 0, 1 or 2")
+    labels, segments = read_labels(path, reference=volume)
+    objects = objects_from_labels(labels.array, axis % 3, segments=segments)
+    if not objects:
+        raise VolumeIOError(f"seeds {path}: no labelled voxels to propagate from")
+    if between:
+        objects = [replace(o, range=(min(o.slices), max(o.slices))) for o in objects]
+    return objects
+
+
 def names_of(segments: list[Segment]) -> dict[int, str]:
     return {s.id: s.name for s in segments}

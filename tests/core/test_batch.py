@@ -55,6 +55,36 @@ def test_batch_on_local_cluster_with_failure_and_resume(cases, tmp_path, tiny_ch
     assert (out / "summary.csv").read_text(encoding="utf-8").count("\n") == 5
 
 
+def test_a_case_seeded_by_drawn_labels(cases, tmp_path, tiny_checkpoint):
+    """A `seeds` column stands in for prompts: the labels drawn on slices 0 and 3 (6 mm
+    apart) are kept and the slices between interpolated, with the labels' names."""
+    from sammed2d.labelfiles import read_labels, write_labels
+    from sammed2d.segments import Segment
+
+    volume = read_volume(cases / "case0.nrrd")
+    drawn = np.zeros(volume.array.shape, np.uint8)
+    drawn[3:12, 4:10, 0] = 2
+    drawn[3:12, 4:10, 3] = 2
+    write_labels(cases / "drawn.nii.gz", drawn, volume, [Segment(2, "lesion", (9, 8, 7))])
+    (cases / "seeded.csv").write_text(
+        "image,prompts,labels,seeds\ncase0.nrrd,,,drawn.nii.gz\ncase1.nrrd,,,\n"
+        "case2.nrrd,p.json,,drawn.nii.gz\n"
+    )
+    out = tmp_path / "out"
+    results = run_batch(cases / "seeded.csv", out, workers=2, model=str(tiny_checkpoint))
+    status = {r.case: r.status for r in results}
+    assert status == {
+        "case0.nrrd": "done",
+        "case1.nrrd": "failed: no prompts or seeds file for this case",
+        "case2.nrrd": "failed: both a prompts and a seeds file: give one",
+    }
+    labels, segments = read_labels(out / "case0_labels.nrrd")
+    expected = np.zeros(drawn.shape, bool)
+    expected[3:12, 4:10, :] = True
+    assert np.array_equal(labels.array == 2, expected)
+    assert [(s.id, s.name, s.color) for s in segments] == [(2, "lesion", (9, 8, 7))]
+
+
 def test_manifest_paths_are_relative_to_it(cases):
     parsed = read_manifest(cases / "manifest.csv")
     assert parsed[0].image == (cases / "case0.nrrd").resolve() and parsed[0].labels is None
