@@ -325,11 +325,17 @@ def cmd_embed(args) -> int:
 
 
 def cmd_info(args) -> int:
+    import os
+
     import torch
 
     from .models import SPECS, weights_path
+    from .models.registry import weight_folders
 
     print(f"sammed2d {__version__}, torch {torch.__version__}")
+    env = "" if os.environ.get("SAMMED2D_WEIGHTS") else " ($SAMMED2D_WEIGHTS is unset)"
+    folders = ", ".join(str(f) for f in weight_folders())
+    print(f"weights are looked up in: {folders}{env}; or give a file's path to --model")
     print("models:")
     for name, spec in SPECS.items():
         path = weights_path(name)
@@ -802,6 +808,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("sammed2d: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went (`sammed2d info | head`): Python's own exit would flush into the
+        # closed pipe again and print a traceback.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

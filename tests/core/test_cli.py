@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,6 +374,7 @@ def test_embed_then_info(tmp_path, capsys, volume_file, tiny_checkpoint):
     assert len(list((tmp_path / "c").rglob("*.npz"))) == 6
     code, out, _ = run_cli(capsys, "info")
     assert code == 0 and "litemedsam" in out and "lite_medsam.pth" in out and "devices: cpu" in out
+    assert str(Path.home() / ".cache" / "sammed2d") in out  # where to put named weights
 
 
 def test_demo_writes_labels_and_montage(tmp_path, capsys, tiny_checkpoint):
@@ -484,3 +486,10 @@ def test_console_script_runs(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    # a reader that goes early (`sammed2d info | head -1`) gets no traceback
+    piped = subprocess.Popen(
+        [exe, "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    piped.stdout.close()  # before anything is written: every write meets a closed pipe
+    _, err = piped.communicate(timeout=120)
+    assert piped.returncode == 0 and "Traceback" not in err, err
