@@ -78,7 +78,15 @@ def read_labels(
     else:
         volume = read_volume(path)
         known = read_sidecar(path)
-        ids = [int(i) for i in np.unique(volume.array) if i > 0]
+        values = np.unique(volume.array)
+        # A probability map or an image given as labels: 0.7 read as label 0, -3 as nothing.
+        bad = values[~np.isfinite(values) | (values < 0) | (values != np.round(values))]
+        if bad.size:
+            raise VolumeIOError(
+                f"labels {path}: value {bad[0]:g} is not a label (labels are whole numbers, 0 "
+                "for none); an image or a probability map? threshold it first"
+            )
+        ids = [int(i) for i in values if i > 0]
         segments = segments_for(sorted(set(ids) | set(known)), known)
     if reference is not None:
         array = onto_grid(volume.array, volume.affine, reference, f"labels {path}")

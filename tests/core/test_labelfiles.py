@@ -518,3 +518,19 @@ def test_evaluate_takes_a_seg_nrrd_as_ground_truth(tmp_path, capsys, tiny_checkp
     out = capsys.readouterr().out
     assert code == 0
     assert any(line.split()[:2] == ["2", "block"] for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize("value", [0.7, -3.0, np.nan])
+def test_values_that_are_not_labels_are_refused(tmp_path, value):
+    """A probability map or an image given as labels: 0.7 was read as a segment numbered 0
+    and exported as "Segment_0"; a CT given as labels counted every HU as a class."""
+    array = np.zeros((6, 5, 4), np.float32)
+    array[1:3, 1:3, 1] = 2
+    array[3, 3, 2] = value
+    path = write_volume(tmp_path / "p.nii.gz", array, Volume(array, np.eye(4)))
+    with pytest.raises(VolumeIOError, match="is not a label .*threshold it first"):
+        read_labels(path)
+    array[3, 3, 2] = 1.0  # whole numbers stored as floats are labels
+    write_volume(path, array, Volume(array, np.eye(4)))
+    labels, segments = read_labels(path)
+    assert [s.id for s in segments] == [1, 2]
