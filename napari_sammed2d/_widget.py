@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import weakref
+import zlib
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,7 @@ from sammed2d.io import atomic_write, dicom_source, weights_output
 from sammed2d.objects import (
     ObjectPrompts,
     PropagationSettings,
+    SlicePrompt,
     check_objects_fit,
     objects_from_labels,
 )
@@ -139,6 +141,12 @@ class SegmentWidget(QWidget):
         # Slice ranges of a loaded file's objects (id -> (first, last)): such an object is
         # followed through its range, as `sammed2d propagate` follows it.
         self._ranges: dict[int, tuple[int, int]] = {}
+        # Per object, the slices whose painted labels seeded a propagation (taken as given):
+        # they anchor its later runs and corrections as prompted slices do.
+        self._drawn: dict[int, set[int]] = {}
+        # and for such an object, each labelled slice's CRC as its last run left it: a slice
+        # that differs at the next run was painted since, and joins its drawn slices
+        self._landed: dict[int, dict[int, int]] = {}
         # Per object, the predicted IoU of each slice its propagations segmented (slice ->
         # IoU), and the slices Check next has shown since its labels last landed.
         self._scores: dict[int, dict[int, float]] = {}
@@ -443,6 +451,8 @@ class SegmentWidget(QWidget):
         if labels is None or labels.data.shape != shape:
             if labels is not None:
                 self.viewer.layers.remove(labels)
+            self._drawn.clear()
+            self._landed.clear()
             labels = self.viewer.add_labels(
                 np.zeros(shape, np.uint16),
                 name=LABELS_NAME,
@@ -848,9 +858,9 @@ class SegmentWidget(QWidget):
         stretch = None
         newer = request.seq > self._propagated_at.get(oid, -1)
         if axis is not None and info is not None and self._busy is None and newer:
-            prompted = sorted(
-                k for k in self._prompted_slices(oid, axis) if k is not None and k != index
-            )
+            self._note_painted(labels, axis, oid)
+            anchors = {*self._prompted_slices(oid, axis), *self._drawn.get(oid, ())}
+            prompted = sorted(k for k in anchors if k is not None and k != index)
             stretch = correction_stretch(index, prompted, info.reached, labels.data.shape[axis])
         if stretch is None or stretch == (index, index):
             self._write_slice(labels, axis, index, oid, mask)
@@ -895,6 +905,8 @@ class SegmentWidget(QWidget):
         seeds = {k: p for k, p in prompts.items() if k is not None and lo <= k <= hi}
         shape = tuple(s for a, s in enumerate(request.data.shape) if a != axis)
         seeds = {k: clip_box_to(p, shape) for k, p in seeds.items()}
+        drawn = self._drawn_seeds(labels, axis, oid, skip=seeds)
+        seeds |= {k: p for k, p in drawn.items() if lo <= k <= hi and k != index}
         obj = ObjectPrompts(oid, seeds, (lo, hi), window=self.table.add(oid).window)
 
         def land(result):
@@ -985,9 +997,15 @@ class SegmentWidget(QWidget):
         if ids is None:
             ids = set(np.asarray(points.features["object"]).tolist())
             ids |= set(np.asarray(shapes.features["object"]).tolist())
+            ids |= set(self._drawn)
+        labels = self._layer(LABELS_NAME)
         objects = []
         for oid in sorted(int(i) for i in ids):
             prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
+            if prompts and axis is not None and labels is not None:
+                prompts = self._drawn_seeds(labels, axis, oid, skip=prompts) | prompts
+            elif not prompts and labels is not None and self._drawn.get(oid):
+                prompts = self._drawn_seeds(labels, axis, oid)
             if prompts:
                 info = self.table.add(oid)
                 span = self._ranges.get(oid)
@@ -1000,6 +1018,37 @@ class SegmentWidget(QWidget):
                 )
         return objects
 
+    def _drawn_seeds(self, labels, axis, oid, skip=()) -> dict:
+        """Object `oid`'s remembered drawn slices (not in `skip`) as given masks, read from
+        the labels as they are now; a slice since cleared of the object is forgotten."""
+        self._note_painted(labels, axis, oid)
+        seeds = {}
+        n = labels.data.shape[axis]
+        for index in sorted(self._drawn.get(oid, ())):
+            mask = slice_of(labels.data, index, axis) == oid if index < n else None
+            if mask is None or not mask.any():
+                self._drawn[oid].discard(index)
+            elif index not in skip:
+                seeds[index] = SlicePrompt(mask=np.array(mask))
+        return seeds
+
+    def _slice_crcs(self, labels, axis, oid) -> dict[int, int]:
+        others = tuple(a for a in range(labels.data.ndim) if a != axis)
+        present = np.flatnonzero(np.any(labels.data == oid, axis=others))
+        return {
+            int(i): zlib.crc32(np.packbits(slice_of(labels.data, int(i), axis) == oid))
+            for i in present
+        }
+
+    def _note_painted(self, labels, axis, oid) -> None:
+        """Slices of a drawn object painted since its last run join its drawn slices."""
+        landed = self._landed.get(oid)
+        if landed is None or oid not in self._drawn:
+            return
+        now = self._slice_crcs(labels, axis, oid)
+        self._drawn[oid] |= {index for index, crc in now.items() if landed.get(index) != crc}
+        self._landed[oid] = now  # noted
+
     def _painted_object(self, labels, axis, oid) -> list[ObjectPrompts]:
         """Object `oid` seeded by its labels where it has no prompts (painted by hand),
         each labelled slice taken as given (as Slicer's module takes the segment's slice),
@@ -1007,6 +1056,7 @@ class SegmentWidget(QWidget):
         found = objects_from_labels(labels.data, axis, ids=[oid])
         if not found:
             return []
+        self._drawn[oid] = set(found[0].slices)
         info = self.table.add(oid)
         return [
             replace(
@@ -1037,6 +1087,8 @@ class SegmentWidget(QWidget):
         parts = []
         for oid in ids:
             self._note_scores(oid, result.scores.get(oid))
+            if oid in self._drawn:
+                self._landed[oid] = self._slice_crcs(labels, axis, oid)
             info = self._note_reached(labels, axis, oid)
             span = "none" if info.reached is None else f"{info.reached[0]}–{info.reached[1]}"
             parts.append(f"{info.name} {span}")
@@ -1135,6 +1187,8 @@ class SegmentWidget(QWidget):
             if fresh.any():
                 labels.data_setitem(np.nonzero(fresh), oid)
         self._note_scores(oid, result.scores.get(oid), (lo, hi), keep_slice)
+        if oid in self._drawn:
+            self._landed[oid] = self._slice_crcs(labels, axis, oid)
         info = self._note_reached(labels, axis, oid)
         self._show_objects()
         text = (
@@ -1350,6 +1404,7 @@ class SegmentWidget(QWidget):
         oid = self.object_spin.value()
         index = None if axis is None else self.current_index(axis)
         self._remove_prompts(oid, index, axis)
+        self._drawn.get(oid, set()).discard(index)
         view = labels.data if axis is None else slice_of(labels.data, index, axis)
         self._write_slice(labels, axis, index, oid, np.zeros(view.shape, bool))
 
@@ -1363,6 +1418,8 @@ class SegmentWidget(QWidget):
                 labels.data_setitem(np.nonzero(labels.data == oid), 0)
         self._scores.pop(oid, None)
         self._checked.pop(oid, None)
+        self._drawn.pop(oid, None)
+        self._landed.pop(oid, None)
         if oid in self.table.objects:
             self.table.objects[oid].reached = None
             self._show_objects()

@@ -208,6 +208,42 @@ def test_an_object_painted_by_hand_propagates_from_its_painted_slice(widget, qtb
     assert np.array_equal(labels.data, before)
 
 
+def test_slices_painted_later_anchor_the_next_runs_and_corrections(widget, qtbot):
+    """An object seeded by painted labels keeps its painted slices through later runs: a
+    slice painted after a run joins them (it was overwritten by the next run), and a box
+    between two of them re-segments only the slices between."""
+    viewer, w = widget
+    _, shapes, labels = setup_volume(viewer, w)
+
+    def paint(z, mask):
+        where = np.nonzero(mask)
+        labels.data_setitem((np.full(len(where[0]), z), *where), 1)
+
+    def propagate():
+        w.propagate_object()
+        with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+            pass
+
+    first = np.zeros((48, 40), bool)
+    first[13:29, 11:25] = True
+    paint(3, first)
+    propagate()
+    assert [z for z in range(8) if (labels.data[z] == 1).any()] == [2, 3, 4, 5]
+    fix = np.zeros((48, 40), bool)
+    fix[12:30, 10:26] = True  # the brush corrects slice 5 to the block's true outline
+    labels.data_setitem(np.nonzero((labels.data == 1) & (np.arange(8) == 5)[:, None, None]), 0)
+    paint(5, fix)
+    propagate()
+    assert np.array_equal(labels.data[3] == 1, first) and np.array_equal(labels.data[5] == 1, fix)
+    kept = labels.data.copy()
+    draw_box(viewer, shapes, 4, 11, 9, 30, 26)  # between the two painted slices
+    w.wait_idle()
+    qtbot.waitUntil(lambda: w._busy is None, timeout=120_000)  # a correction, if one ran
+    changed = [z for z in range(8) if not np.array_equal(labels.data[z], kept[z])]
+    assert set(changed) <= {4}
+    assert np.array_equal(labels.data[3] == 1, first) and np.array_equal(labels.data[5] == 1, fix)
+
+
 def test_check_next_goes_to_the_slices_a_propagation_may_have_got_wrong(widget, qtbot):
     viewer, w = widget
     _, shapes, labels = setup_volume(viewer, w)
