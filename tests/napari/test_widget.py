@@ -242,6 +242,11 @@ def test_slices_painted_later_anchor_the_next_runs_and_corrections(widget, qtbot
     changed = [z for z in range(8) if not np.array_equal(labels.data[z], kept[z])]
     assert set(changed) <= {4}
     assert np.array_equal(labels.data[3] == 1, first) and np.array_equal(labels.data[5] == 1, fix)
+    w.propagate_all()  # its drawn slices and its box, in one run
+    with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+        pass
+    assert np.array_equal(labels.data[3] == 1, first) and np.array_equal(labels.data[5] == 1, fix)
+    assert [z for z in range(8) if (labels.data[z] == 1).any()] == [2, 3, 4, 5]
 
 
 def test_check_next_goes_to_the_slices_a_propagation_may_have_got_wrong(widget, qtbot):
