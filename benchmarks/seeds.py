@@ -10,7 +10,7 @@ blended; nothing past the first and last drawn slice), what "fill between slices
 do. Prints per-structure 3D Dice, the mean and the time, for each N.
 
     python benchmarks/seeds.py [--data DIR] [--labels structures.nii.gz] [--every 3 5 8]
-                               [--cache DIR]
+                               [--cache DIR] [--mr-like] [--interpolate-drawn MM]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sammed2d import EmbeddingCache, load_model
 from sammed2d.evaluation import dice
 from sammed2d.io import read_volume
 from sammed2d.memory import reuse_freed_memory
-from sammed2d.objects import objects_from_labels
+from sammed2d.objects import PropagationSettings, objects_from_labels
 from sammed2d.propagate import propagate
 
 HERE = Path(__file__).resolve().parent
@@ -62,9 +62,28 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, nargs="+", default=[3, 5, 8], help="slices apart")
     parser.add_argument("--axis", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=None, help="on-disk embedding cache")
+    parser.add_argument(
+        "--mr-like",
+        action="store_true",
+        help="the CT's grey levels remapped to an MR's (benchmarks/propagation.py `mr_like`)",
+    )
+    parser.add_argument(
+        "--interpolate-drawn",
+        type=float,
+        default=PropagationSettings.interpolate_drawn,
+        help="mm (the setting; 0: the model walks every gap)",
+    )
     args = parser.parse_args(argv)
+    settings = PropagationSettings(interpolate_drawn=args.interpolate_drawn)
 
     volume = read_volume(args.data / "ct.nii.gz")
+    if args.mr_like:
+        import sys
+
+        sys.path.insert(0, str(HERE))
+        from propagation import mr_like
+
+        volume.array = mr_like(volume.array)
     truth = read_volume(args.data / args.labels).array.astype(np.int32)
     names_file = args.data / (args.labels.split(".")[0] + ".json")
     names = json.loads(names_file.read_text()) if names_file.exists() else {}
@@ -73,7 +92,11 @@ def main(argv=None) -> int:
     axis = args.axis
     ids = [int(i) for i in np.unique(truth) if i]
     mm = abs(float(volume.spacing[axis]))
-    print(f"{args.model}, {len(ids)} structures of {args.labels}, slices {mm:g} mm apart")
+    what = "MR-like grey levels, " if args.mr_like else ""
+    print(
+        f"{args.model}, {what}{len(ids)} structures of {args.labels}, slices {mm:g} mm apart, "
+        f"interpolate_drawn {args.interpolate_drawn:g} mm"
+    )
     for every in args.every:
         drawn = np.zeros_like(truth)
         keep = [slice(None)] * 3
@@ -81,10 +104,11 @@ def main(argv=None) -> int:
         drawn[tuple(keep)] = truth[tuple(keep)]
         objects = objects_from_labels(drawn, axis)
         start = time.perf_counter()
-        result = propagate(volume.array, objects, model, axis, volume.affine, "auto", cache=cache)
+        where = dict(affine=volume.affine, preset="auto", settings=settings, cache=cache)
+        result = propagate(volume.array, objects, model, axis, **where)
         seconds = time.perf_counter() - start
         ranged = [replace(o, range=(min(o.slices), max(o.slices))) for o in objects]
-        inside = propagate(volume.array, ranged, model, axis, volume.affine, "auto", cache=cache)
+        inside = propagate(volume.array, ranged, model, axis, **where)
         ours, between, base = [], [], []
         print(f"drawn every {every} slices ({every * mm:g} mm):")
         for oid in ids:

@@ -189,11 +189,11 @@ def test_gap_between_two_annotated_slices_is_filled(phantom, litemedsam, shared_
     assert all((result.labels[:, :, z] == 1).any() for z in range(2, 10))
 
 
-@pytest.mark.parametrize("mm,interpolated", [(3.0, True), (4.0, False), (None, False)])
+@pytest.mark.parametrize("mm,interpolated", [(3.0, True), (8.0, True), (9.0, False), (None, False)])
 def test_two_drawn_slices_close_together_are_interpolated_not_walked(
     tiny_checkpoint, mm, interpolated
 ):
-    """Between two given masks at most `interpolate_drawn` (10 mm) apart the slices take
+    """Between two given masks at most `interpolate_drawn` (25 mm) apart the slices take
     the shape between the drawings; farther apart, or with no geometry, the model walks
     (a model of random weights here: its masks are not discs)."""
     from sammed2d import load_model
