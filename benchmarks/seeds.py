@@ -22,14 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
 
 from sammed2d import EmbeddingCache, load_model
 from sammed2d.evaluation import dice
 from sammed2d.io import read_volume
 from sammed2d.memory import reuse_freed_memory
 from sammed2d.objects import PropagationSettings, objects_from_labels
-from sammed2d.propagate import propagate
+from sammed2d.propagate import interpolate, propagate
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "abdomen_ct"
@@ -38,20 +37,17 @@ reuse_freed_memory()  # a benchmark owns its process, as the CLI does
 
 
 def interpolated(drawn: np.ndarray, axis: int) -> np.ndarray:
-    """Shape-based interpolation of a binary mask between its labelled slices."""
-
-    def signed(mask):
-        return distance_transform_edt(~mask) - distance_transform_edt(mask)
-
+    """Shape-based interpolation of a binary mask between its labelled slices (the
+    engine's own, `propagate.interpolate`, on the drawn masks alone)."""
     moved = np.moveaxis(drawn, axis, 0)
-    out = moved.copy()
-    given = [k for k in range(moved.shape[0]) if moved[k].any()]
+    out = {k: (moved[k], 1.0, None) for k in range(moved.shape[0]) if moved[k].any()}
+    given = sorted(out)
     for a, b in zip(given, given[1:]):
-        sa, sb = signed(moved[a]), signed(moved[b])
-        for k in range(a + 1, b):
-            f = (k - a) / (b - a)
-            out[k] = (1 - f) * sa + f * sb < 0
-    return np.moveaxis(out, 0, axis)
+        interpolate(out, a, b)
+    filled = np.zeros_like(moved)
+    for k, (mask, *_) in out.items():
+        filled[k] = mask
+    return np.moveaxis(filled, 0, axis)
 
 
 def main(argv=None) -> int:

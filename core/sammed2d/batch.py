@@ -174,8 +174,8 @@ def propagate_case(
     (a failure becomes the result's status). `out_format` (an extension of `OUT_FORMATS`)
     names the labels' format; None: the image's own where that is one file, else NIfTI."""
     from .io import dicom_source, read_volume
-    from .labelfiles import check_output, object_segments, seed_objects, write_labels
-    from .prompt_files import PromptFile, read_prompt_file
+    from .labelfiles import check_output, object_segments, seed_record, write_labels
+    from .prompt_files import read_prompt_file
 
     out = output_path(case, Path(out_dir), ext=out_format)
     source = dicom_source(case.image)
@@ -190,7 +190,7 @@ def propagate_case(
             )
         volume = read_volume(case.image)
         if case.seeds is not None:
-            record = PromptFile(axis=2, objects=seed_objects(case.seeds, volume))
+            record = seed_record(case.seeds, volume)
         else:
             record = read_prompt_file(case.prompts)
         objects = record.objects

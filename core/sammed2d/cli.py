@@ -157,7 +157,7 @@ def cmd_segment(args) -> int:
 
 def cmd_propagate(args) -> int:
     from .io import dicom_source, read_volume
-    from .labelfiles import check_output, object_segments, write_labels
+    from .labelfiles import check_output, object_segments, seed_record, write_labels
     from .prompt_files import read_prompt_file
     from .review import slices_to_check
 
@@ -172,7 +172,8 @@ def cmd_propagate(args) -> int:
     volume = read_volume(args.volume)
     check_output(args.out, dicom_source(args.volume))  # before the model runs, not after
     if record is None:
-        record = _seeded(args, volume)
+        axis = 2 if args.axis is None else args.axis
+        record = seed_record(args.seeds, volume, axis, args.between)
     settings = record.settings
     if args.slice_step is not None:
         settings = replace(settings, slice_step=args.slice_step)
@@ -244,16 +245,6 @@ def cmd_propagate(args) -> int:
         )
     print(f"labels written to {args.out}")
     return 0
-
-
-def _seeded(args, volume):
-    """A prompts record whose objects are the labels of `--seeds`."""
-    from .labelfiles import seed_objects
-    from .prompt_files import PromptFile
-
-    axis = 2 if args.axis is None else args.axis
-    objects = seed_objects(args.seeds, volume, axis, args.between)
-    return PromptFile(axis=axis % 3, objects=objects)
 
 
 def cmd_export(args) -> int:

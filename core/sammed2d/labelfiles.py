@@ -189,14 +189,16 @@ def object_segments(objects) -> list[Segment]:
     return out
 
 
-def seed_objects(path: str | os.PathLike, volume: Volume, axis: int = 2, between: bool = False):
-    """Objects seeded by the labels in `path` (any format `read_labels` takes, put on
-    `volume`'s grid): every label with its name and colour, each labelled slice along
-    `axis` taken as given (`objects.objects_from_labels`). `between`: each object's range is
-    its first to last labelled slice, so a propagation fills only between them."""
+def seed_record(path: str | os.PathLike, volume: Volume, axis: int = 2, between: bool = False):
+    """A prompts record (`PromptFile`) whose objects are seeded by the labels in `path`
+    (any format `read_labels` takes, put on `volume`'s grid): every label with its name and
+    colour, each labelled slice along `axis` taken as given (`objects.objects_from_labels`).
+    `between`: each object's range is its first to last labelled slice, so a propagation
+    fills only between them."""
     from dataclasses import replace
 
     from .objects import objects_from_labels
+    from .prompt_files import PromptFile
 
     if volume.array.ndim != 3:
         raise VolumeIOError(f"seeds {path}: need a 3D volume, got {volume.array.ndim}D")
@@ -208,7 +210,7 @@ def seed_objects(path: str | os.PathLike, volume: Volume, axis: int = 2, between
         raise VolumeIOError(f"seeds {path}: no labelled voxels to propagate from")
     if between:
         objects = [replace(o, range=(min(o.slices), max(o.slices))) for o in objects]
-    return objects
+    return PromptFile(axis=axis % 3, objects=objects)
 
 
 def names_of(segments: list[Segment]) -> dict[int, str]:

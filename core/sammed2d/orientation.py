@@ -218,15 +218,20 @@ def radiological_view(affine: np.ndarray | None, axis: int) -> SliceView:
 MAX_REACH = 8
 
 
-def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
-    """How many slices along `axis` fit in `distance` mm (at least 1; 1 without either;
-    at most MAX_REACH). `distance` is a setting `check_settings` has passed."""
+def slices_in(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
+    """How many slice steps along `axis` fit in `distance` mm; 0 without either, or where
+    the affine gives the axis no length. `distance` is a setting `check_settings` passed."""
     if distance is None or affine is None:
-        return 1
+        return 0
     spacing = float(np.linalg.norm(np.asarray(affine, np.float64)[:3, axis]))
     if not np.isfinite(spacing) or spacing <= 0:
-        return 1
-    return min(MAX_REACH, max(1, int(np.floor(distance / spacing + 1e-6))))
+        return 0
+    return int(np.floor(distance / spacing + 1e-6))
+
+
+def slices_within(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
+    """`slices_in`, at least 1 and at most MAX_REACH: the step of a walk."""
+    return min(MAX_REACH, max(1, slices_in(distance, affine, axis)))
 
 
 def pixels_within(

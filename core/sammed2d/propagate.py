@@ -44,6 +44,7 @@ from .orientation import (  # noqa: F401 (MAX_REACH re-exported)
     pixels_within,
     slice_of,
     slice_view,
+    slices_in,
     slices_within,
 )
 from .predictor import ImageEmbedding, ProgressCallback, decode, embed_slices
@@ -546,17 +547,6 @@ def interpolate(out: dict[int, tuple], a: int, b: int) -> None:
         out[t] = (mask, min(score_a, score_b), kept)
 
 
-def _slices_in(distance: float | None, affine: np.ndarray | None, axis: int) -> int:
-    """The largest step along `axis` (in slices) that is at most `distance` mm; 0 without
-    either (unlike `slices_within`, unbounded: a gap is not walked step by step)."""
-    if distance is None or affine is None:
-        return 0
-    spacing = float(np.linalg.norm(np.asarray(affine, np.float64)[:3, axis]))
-    if not np.isfinite(spacing) or spacing <= 0:
-        return 0
-    return int(np.floor(distance / spacing + 1e-6))
-
-
 def _kept_logits(mask: np.ndarray, logits: np.ndarray | None) -> np.ndarray | None:
     """The decoder's logits at the mask's pixels (float16, in the mask's pixel order), kept
     for the composition; None for a mask the user gave."""
@@ -687,7 +677,7 @@ def propagate(
     settings = settings or PropagationSettings()
     check_settings(settings)
     reach = slices_within(settings.step_distance, affine, axis)
-    drawn_reach = _slices_in(settings.interpolate_drawn, affine, axis)
+    drawn_reach = slices_in(settings.interpolate_drawn, affine, axis)
     step = settings.slice_step
     if step is None:
         step = reach
