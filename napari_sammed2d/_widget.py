@@ -58,14 +58,13 @@ from qtpy.QtWidgets import (
 from sammed2d.choices import PRECISIONS
 from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
-from sammed2d.intensity import PRESETS, is_window, resolve_preset
+from sammed2d.intensity import PRESETS
 from sammed2d.io import atomic_write, dicom_source, weights_output
 from sammed2d.objects import (
     ObjectPrompts,
     PropagationSettings,
     SlicePrompt,
     check_objects_fit,
-    objects_from_labels,
 )
 from sammed2d.orientation import slice_of
 from sammed2d.prompt_files import (
@@ -937,8 +936,11 @@ class SegmentWidget(QWidget):
                 raise SamMed2DError("propagation needs a 3D volume")
             objects = self._object_prompts(points, shapes, axis, None if oid is None else [oid])
             painted = not objects and oid is not None
-            if painted:
-                objects = self._painted_object(labels, axis, oid)
+            if painted:  # its painted slices, each taken as given, become its drawn slices
+                drawn = set(self._labelled_slices(labels, axis, oid).tolist())
+                if drawn:
+                    self._drawn[oid] = drawn
+                    objects = self._object_prompts(points, shapes, axis, [oid])
             if not objects:
                 raise SamMed2DError(
                     "no object has prompts: draw a box first"
@@ -975,12 +977,8 @@ class SegmentWidget(QWidget):
             if oid is not None:
                 info = self.table.objects.get(oid)
                 if painted and request.preset == "auto" and info and info.window is None:
-                    # As a first box does, the window its painted slices asked for stays;
-                    # a run given a range of its own names it "custom".
-                    window = result.windows.get(oid)
-                    if not is_window(window):
-                        window = resolve_preset(request.data, "auto")
-                    self.set_object_window(oid, window)
+                    # as a first box does, the window its painted slices asked for stays
+                    self.set_object_window(oid, result.windows.get(oid))
                 self._land(labels, axis, oid, result)
             else:
                 self._land_all(labels, axis, ids, result)
@@ -1002,10 +1000,9 @@ class SegmentWidget(QWidget):
         objects = []
         for oid in sorted(int(i) for i in ids):
             prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
-            if prompts and axis is not None and labels is not None:
+            if oid in self._drawn and labels is not None:
+                self._note_painted(labels, axis, oid)
                 prompts = self._drawn_seeds(labels, axis, oid, skip=prompts) | prompts
-            elif not prompts and labels is not None and self._drawn.get(oid):
-                prompts = self._drawn_seeds(labels, axis, oid)
             if prompts:
                 info = self.table.add(oid)
                 span = self._ranges.get(oid)
@@ -1021,7 +1018,6 @@ class SegmentWidget(QWidget):
     def _drawn_seeds(self, labels, axis, oid, skip=()) -> dict:
         """Object `oid`'s remembered drawn slices (not in `skip`) as given masks, read from
         the labels as they are now; a slice since cleared of the object is forgotten."""
-        self._note_painted(labels, axis, oid)
         seeds = {}
         n = labels.data.shape[axis]
         for index in sorted(self._drawn.get(oid, ())):
@@ -1032,9 +1028,14 @@ class SegmentWidget(QWidget):
                 seeds[index] = SlicePrompt(mask=np.array(mask))
         return seeds
 
-    def _slice_crcs(self, labels, axis, oid) -> dict[int, int]:
+    @staticmethod
+    def _labelled_slices(labels, axis, oid) -> np.ndarray:
         others = tuple(a for a in range(labels.data.ndim) if a != axis)
-        present = np.flatnonzero(np.any(labels.data == oid, axis=others))
+        return np.flatnonzero(np.any(labels.data == oid, axis=others))
+
+    @staticmethod
+    def _slice_crcs(labels, axis, oid, present) -> dict[int, int]:
+        """The CRC of object `oid`'s mask on each of the slices `present`."""
         return {
             int(i): zlib.crc32(np.packbits(slice_of(labels.data, int(i), axis) == oid))
             for i in present
@@ -1045,28 +1046,9 @@ class SegmentWidget(QWidget):
         landed = self._landed.get(oid)
         if landed is None or oid not in self._drawn:
             return
-        now = self._slice_crcs(labels, axis, oid)
+        now = self._slice_crcs(labels, axis, oid, self._labelled_slices(labels, axis, oid))
         self._drawn[oid] |= {index for index, crc in now.items() if landed.get(index) != crc}
         self._landed[oid] = now  # noted
-
-    def _painted_object(self, labels, axis, oid) -> list[ObjectPrompts]:
-        """Object `oid` seeded by its labels where it has no prompts (painted by hand),
-        each labelled slice taken as given (as Slicer's module takes the segment's slice),
-        so the walk fills between them and goes on past the ends."""
-        found = objects_from_labels(labels.data, axis, ids=[oid])
-        if not found:
-            return []
-        self._drawn[oid] = set(found[0].slices)
-        info = self.table.add(oid)
-        return [
-            replace(
-                found[0],
-                range=self._ranges.get(oid),
-                name=info.name,
-                color=info.color,
-                window=info.window,
-            )
-        ]
 
     def _land_all(self, labels, axis, ids, result) -> None:
         """Write a run of several objects as one undo step: their pixels become what the run
@@ -1087,8 +1069,6 @@ class SegmentWidget(QWidget):
         parts = []
         for oid in ids:
             self._note_scores(oid, result.scores.get(oid))
-            if oid in self._drawn:
-                self._landed[oid] = self._slice_crcs(labels, axis, oid)
             info = self._note_reached(labels, axis, oid)
             span = "none" if info.reached is None else f"{info.reached[0]}–{info.reached[1]}"
             parts.append(f"{info.name} {span}")
@@ -1187,8 +1167,6 @@ class SegmentWidget(QWidget):
             if fresh.any():
                 labels.data_setitem(np.nonzero(fresh), oid)
         self._note_scores(oid, result.scores.get(oid), (lo, hi), keep_slice)
-        if oid in self._drawn:
-            self._landed[oid] = self._slice_crcs(labels, axis, oid)
         info = self._note_reached(labels, axis, oid)
         self._show_objects()
         text = (
@@ -1253,12 +1231,13 @@ class SegmentWidget(QWidget):
         self.viewer.dims.set_point(offset + axis, float(world[axis]))
 
     def _note_reached(self, labels, axis, oid):
-        """Object `oid`'s table row, its first and last slice with labels noted there."""
-        present = np.flatnonzero(
-            np.any(labels.data == oid, axis=tuple(a for a in range(3) if a != axis))
-        )
+        """After a run landed: object `oid`'s table row, its first and last slice with labels
+        noted there, and for an object with drawn slices what the run left on each."""
+        present = self._labelled_slices(labels, axis, oid)
         info = self.table.add(oid)
         info.reached = (int(present[0]), int(present[-1])) if present.size else None
+        if oid in self._drawn:
+            self._landed[oid] = self._slice_crcs(labels, axis, oid, present)
         return info
 
     def _report_error(self, what: str, exc: BaseException) -> None:
