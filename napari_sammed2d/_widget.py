@@ -989,18 +989,19 @@ class SegmentWidget(QWidget):
             what = f"propagating {len(ids)} objects" if len(ids) > 1 else "propagating"
         self._run_propagation(request, objects, land, what)
 
-    def _object_prompts(self, points, shapes, axis, ids=None) -> list[ObjectPrompts]:
+    def _object_prompts(self, points, shapes, axis, ids=None, drawn=True) -> list[ObjectPrompts]:
         """The objects (all that have prompts, or those of `ids`) with their prompts, names,
-        colours and windows, in id order."""
+        colours and windows, in id order; with `drawn`, an object's drawn slices too, as
+        given masks."""
         if ids is None:
             ids = set(np.asarray(points.features["object"]).tolist())
             ids |= set(np.asarray(shapes.features["object"]).tolist())
-            ids |= set(self._drawn)
+            ids |= set(self._drawn) if drawn else set()
         labels = self._layer(LABELS_NAME)
         objects = []
         for oid in sorted(int(i) for i in ids):
             prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
-            if oid in self._drawn and labels is not None:
+            if drawn and oid in self._drawn and labels is not None:
                 self._note_painted(labels, axis, oid)
                 prompts = self._drawn_seeds(labels, axis, oid, skip=prompts) | prompts
             if prompts:
@@ -1467,7 +1468,8 @@ class SegmentWidget(QWidget):
         axis = self.slice_axis()
         if axis is None:
             raise SamMed2DError("saving prompts needs a 3D volume")
-        objects = self._object_prompts(points, shapes, axis)
+        # Drawn slices are labels, not prompts: the labels file keeps them.
+        objects = self._object_prompts(points, shapes, axis, drawn=False)
         if not objects:
             raise SamMed2DError("no prompts to save: draw a box first")
         if self._from_our_reader():

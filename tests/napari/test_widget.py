@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -208,7 +210,7 @@ def test_an_object_painted_by_hand_propagates_from_its_painted_slice(widget, qtb
     assert np.array_equal(labels.data, before)
 
 
-def test_slices_painted_later_anchor_the_next_runs_and_corrections(widget, qtbot):
+def test_slices_painted_later_anchor_the_next_runs_and_corrections(widget, qtbot, tmp_path):
     """An object seeded by painted labels keeps its painted slices through later runs: a
     slice painted after a run joins them (it was overwritten by the next run), and a box
     between two of them re-segments only the slices between."""
@@ -247,6 +249,11 @@ def test_slices_painted_later_anchor_the_next_runs_and_corrections(widget, qtbot
         pass
     assert np.array_equal(labels.data[3] == 1, first) and np.array_equal(labels.data[5] == 1, fix)
     assert [z for z in range(8) if (labels.data[z] == 1).any()] == [2, 3, 4, 5]
+    # Save prompts writes the box alone: drawn slices are labels (they were written as
+    # slices holding nothing, which a replay refused)
+    w.save_prompts(tmp_path / "p.json")
+    saved = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
+    assert [(o["id"], list(o["slices"])) for o in saved["objects"]] == [(1, ["4"])]
 
 
 def test_check_next_goes_to_the_slices_a_propagation_may_have_got_wrong(widget, qtbot):
