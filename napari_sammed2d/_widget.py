@@ -25,7 +25,6 @@ import os
 import threading
 import time
 import weakref
-import zlib
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +55,7 @@ from qtpy.QtWidgets import (
 )
 
 from sammed2d.choices import PRECISIONS
+from sammed2d.drawn import DrawnSlices, labelled_slices
 from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS
@@ -63,7 +63,6 @@ from sammed2d.io import atomic_write, dicom_source, weights_output
 from sammed2d.objects import (
     ObjectPrompts,
     PropagationSettings,
-    SlicePrompt,
     check_objects_fit,
 )
 from sammed2d.orientation import slice_of
@@ -142,10 +141,8 @@ class SegmentWidget(QWidget):
         self._ranges: dict[int, tuple[int, int]] = {}
         # Per object, the slices whose painted labels seeded a propagation (taken as given):
         # they anchor its later runs and corrections as prompted slices do.
-        self._drawn: dict[int, set[int]] = {}
-        # and for such an object, each labelled slice's CRC as its last run left it: a slice
-        # that differs at the next run was painted since, and joins its drawn slices
-        self._landed: dict[int, dict[int, int]] = {}
+        # A slice painted since its last run landed joins them (`sammed2d.drawn`).
+        self._drawn = DrawnSlices()
         # Per object, the predicted IoU of each slice its propagations segmented (slice ->
         # IoU), and the slices Check next has shown since its labels last landed.
         self._scores: dict[int, dict[int, float]] = {}
@@ -451,7 +448,6 @@ class SegmentWidget(QWidget):
             if labels is not None:
                 self.viewer.layers.remove(labels)
             self._drawn.clear()
-            self._landed.clear()
             labels = self.viewer.add_labels(
                 np.zeros(shape, np.uint16),
                 name=LABELS_NAME,
@@ -857,8 +853,8 @@ class SegmentWidget(QWidget):
         stretch = None
         newer = request.seq > self._propagated_at.get(oid, -1)
         if axis is not None and info is not None and self._busy is None and newer:
-            self._note_painted(labels, axis, oid)
-            anchors = {*self._prompted_slices(oid, axis), *self._drawn.get(oid, ())}
+            self._drawn.note_painted(oid, labels.data, oid, axis)
+            anchors = {*self._prompted_slices(oid, axis), *self._drawn.slices(oid)}
             prompted = sorted(k for k in anchors if k is not None and k != index)
             stretch = correction_stretch(index, prompted, info.reached, labels.data.shape[axis])
         if stretch is None or stretch == (index, index):
@@ -904,7 +900,7 @@ class SegmentWidget(QWidget):
         seeds = {k: p for k, p in prompts.items() if k is not None and lo <= k <= hi}
         shape = tuple(s for a, s in enumerate(request.data.shape) if a != axis)
         seeds = {k: clip_box_to(p, shape) for k, p in seeds.items()}
-        drawn = self._drawn_seeds(labels, axis, oid, skip=seeds)
+        drawn = self._drawn.seeds(oid, labels.data, oid, axis, skip=seeds)
         seeds |= {k: p for k, p in drawn.items() if lo <= k <= hi and k != index}
         obj = ObjectPrompts(oid, seeds, (lo, hi), window=self.table.add(oid).window)
 
@@ -937,9 +933,9 @@ class SegmentWidget(QWidget):
             objects = self._object_prompts(points, shapes, axis, None if oid is None else [oid])
             painted = not objects and oid is not None
             if painted:  # its painted slices, each taken as given, become its drawn slices
-                drawn = set(self._labelled_slices(labels, axis, oid).tolist())
-                if drawn:
-                    self._drawn[oid] = drawn
+                drawn = labelled_slices(labels.data, oid, axis)
+                if drawn.size:
+                    self._drawn.start(oid, drawn)
                     objects = self._object_prompts(points, shapes, axis, [oid])
             if not objects:
                 raise SamMed2DError(
@@ -996,14 +992,14 @@ class SegmentWidget(QWidget):
         if ids is None:
             ids = set(np.asarray(points.features["object"]).tolist())
             ids |= set(np.asarray(shapes.features["object"]).tolist())
-            ids |= set(self._drawn) if drawn else set()
+            ids |= set(self._drawn.keys()) if drawn else set()
         labels = self._layer(LABELS_NAME)
         objects = []
         for oid in sorted(int(i) for i in ids):
             prompts = slice_prompts(self.image_layer, points, shapes, oid, axis)
             if drawn and oid in self._drawn and labels is not None:
-                self._note_painted(labels, axis, oid)
-                prompts = self._drawn_seeds(labels, axis, oid, skip=prompts) | prompts
+                self._drawn.note_painted(oid, labels.data, oid, axis)
+                prompts = self._drawn.seeds(oid, labels.data, oid, axis, skip=prompts) | prompts
             if prompts:
                 info = self.table.add(oid)
                 span = self._ranges.get(oid)
@@ -1015,41 +1011,6 @@ class SegmentWidget(QWidget):
                     )
                 )
         return objects
-
-    def _drawn_seeds(self, labels, axis, oid, skip=()) -> dict:
-        """Object `oid`'s remembered drawn slices (not in `skip`) as given masks, read from
-        the labels as they are now; a slice since cleared of the object is forgotten."""
-        seeds = {}
-        n = labels.data.shape[axis]
-        for index in sorted(self._drawn.get(oid, ())):
-            mask = slice_of(labels.data, index, axis) == oid if index < n else None
-            if mask is None or not mask.any():
-                self._drawn[oid].discard(index)
-            elif index not in skip:
-                seeds[index] = SlicePrompt(mask=np.array(mask))
-        return seeds
-
-    @staticmethod
-    def _labelled_slices(labels, axis, oid) -> np.ndarray:
-        others = tuple(a for a in range(labels.data.ndim) if a != axis)
-        return np.flatnonzero(np.any(labels.data == oid, axis=others))
-
-    @staticmethod
-    def _slice_crcs(labels, axis, oid, present) -> dict[int, int]:
-        """The CRC of object `oid`'s mask on each of the slices `present`."""
-        return {
-            int(i): zlib.crc32(np.packbits(slice_of(labels.data, int(i), axis) == oid))
-            for i in present
-        }
-
-    def _note_painted(self, labels, axis, oid) -> None:
-        """Slices of a drawn object painted since its last run join its drawn slices."""
-        landed = self._landed.get(oid)
-        if landed is None or oid not in self._drawn:
-            return
-        now = self._slice_crcs(labels, axis, oid, self._labelled_slices(labels, axis, oid))
-        self._drawn[oid] |= {index for index, crc in now.items() if landed.get(index) != crc}
-        self._landed[oid] = now  # noted
 
     def _land_all(self, labels, axis, ids, result) -> None:
         """Write a run of several objects as one undo step: their pixels become what the run
@@ -1234,11 +1195,11 @@ class SegmentWidget(QWidget):
     def _note_reached(self, labels, axis, oid):
         """After a run landed: object `oid`'s table row, its first and last slice with labels
         noted there, and for an object with drawn slices what the run left on each."""
-        present = self._labelled_slices(labels, axis, oid)
+        present = labelled_slices(labels.data, oid, axis)
         info = self.table.add(oid)
         info.reached = (int(present[0]), int(present[-1])) if present.size else None
         if oid in self._drawn:
-            self._landed[oid] = self._slice_crcs(labels, axis, oid, present)
+            self._drawn.note_landed(oid, labels.data, oid, axis, present)
         return info
 
     def _report_error(self, what: str, exc: BaseException) -> None:
@@ -1384,7 +1345,7 @@ class SegmentWidget(QWidget):
         oid = self.object_spin.value()
         index = None if axis is None else self.current_index(axis)
         self._remove_prompts(oid, index, axis)
-        self._drawn.get(oid, set()).discard(index)
+        self._drawn.discard(oid, index)
         view = labels.data if axis is None else slice_of(labels.data, index, axis)
         self._write_slice(labels, axis, index, oid, np.zeros(view.shape, bool))
 
@@ -1398,8 +1359,7 @@ class SegmentWidget(QWidget):
                 labels.data_setitem(np.nonzero(labels.data == oid), 0)
         self._scores.pop(oid, None)
         self._checked.pop(oid, None)
-        self._drawn.pop(oid, None)
-        self._landed.pop(oid, None)
+        self._drawn.forget(oid)
         if oid in self.table.objects:
             self.table.objects[oid].reached = None
             self._show_objects()
