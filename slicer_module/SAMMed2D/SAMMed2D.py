@@ -524,6 +524,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         self.promptLog = None  # every prompt segmented with, for Save prompts
         self.objectWindows = {}  # object id -> the window its first box asked for (auto)
         self.reviews = {}  # segment id -> what Check next ranks by (see noteReview)
+        self.drawn = None  # the slices of each segment drawn by hand (see drawnKey)
         self.reset()
 
     def getParameterNode(self):
@@ -531,11 +532,13 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
 
     def reset(self):
         """Forget the scene's prompts (the scene was closed); the model stays loaded."""
+        from sammed2d.drawn import DrawnSlices
         from SAMMed2DLib import PromptLog
 
         self.promptLog = PromptLog()
         self.objectWindows = {}
         self.reviews = {}
+        self.drawn = DrawnSlices()
 
     def windowFor(self, objectId, data, axis, index, prompt, affine=None):
         """The intensity window object `objectId` is segmented in: the chosen preset, or
@@ -656,6 +659,30 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             segments.GetSegment(segmentId).SetTerminology(terminology)
         return segmentId
 
+    @staticmethod
+    def existingSegmentId(segmentation, objectId, name=""):
+        """Object `objectId`'s segment if the segmentation has it, else None (nothing made)."""
+        from SAMMed2DLib import object_segment
+
+        segmentName = object_segment(objectId, name)[0]
+        return segmentation.GetSegmentation().GetSegmentIdBySegmentName(segmentName) or None
+
+    @staticmethod
+    def drawnKey(segmentation, segmentId, volume, axis):
+        """What `self.drawn` knows a segment's slices by: its slices along `axis` of
+        `volume`'s voxels. Each slice the module wrote is remembered (`sammed2d.drawn`); a
+        labelled slice that differs from it at the next Propagate was drawn by hand (the
+        Segment Editor's effects, an imported segment) and is taken as given."""
+        return (segmentation.GetID(), segmentId, volume.GetID(), int(axis))
+
+    def drawnSeeds(self, key, segment, axis, skip=()):
+        """The segment's drawn slices (not in `skip`) as given masks; a segment the module
+        has not written yet has every labelled slice drawn."""
+        if key not in self.drawn:
+            self.drawn.start(key, ())
+        self.drawn.note_painted(key, segment, True, axis)
+        return self.drawn.seeds(key, segment, True, axis, skip=skip)
+
     # ----- segments in and out -----------------------------------------------------------------
     def _readSegment(self, segmentation, segmentId, volume):
         from SAMMed2DLib import ijk_volume_from_slicer_array
@@ -715,6 +742,15 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         if segmentation is None:
             return "nothing to undo: no segmentation chosen"
         self.segmentEditor(segmentation, volume).undo()
+        if volume is not None:  # what the undo restored is not a drawing
+            for key in self.drawn.keys():
+                if key[0] == segmentation.GetID() and key[2] == volume.GetID():
+                    try:
+                        segment = self._readSegment(segmentation, key[1], volume)
+                    except Exception:  # the segment is gone
+                        self.drawn.forget(key)
+                        continue
+                    self.drawn.note_landed(key, segment, True, key[3])
         return "the last change undone, if there was one (the Segment Editor's Redo restores it)"
 
     # ----- work ---------------------------------------------------------------------------------
@@ -744,6 +780,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             self._writeSlab(
                 segmentation, segmentId, volume, np.expand_dims(mask, axis), axis, index
             )
+            self.drawn.note_slice(self.drawnKey(segmentation, segmentId, volume, axis), index, mask)
             return (
                 f"slice {index}: {int(mask.sum())} voxels, predicted IoU {score:.2f}, "
                 f"{window} window"
@@ -770,13 +807,16 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
         axis, index, prompt, ijkToRas, parentToWorld = self.prompts(volume, view, markups)
+        segment = self._readSegment(segmentation, segmentId, volume)
         # One slice copied out (np.take walked the whole volume for it): the thread reads it.
-        current = np.array(
-            slice_of(self._readSegment(segmentation, segmentId, volume), index, axis)
-        )
+        current = np.array(slice_of(segment, index, axis))
         seed = SlicePrompt(mask=current) if current.any() else prompt
-        if seed is None:
-            raise ValueError("segment a slice first, or place a prompt on this slice")
+        key = self.drawnKey(segmentation, segmentId, volume, axis)
+        seeds = self.drawnSeeds(key, segment, axis, skip={index})
+        if seed is None and not seeds:
+            raise ValueError("segment or paint a slice first, or place a prompt on this slice")
+        if seed is not None:
+            seeds[index] = seed
         # A copy: the thread must not read memory that belongs to a VTK object.
         data = np.array(ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume)))
         engine, preset, affine = self.engine, self.preset, parentToWorld @ ijkToRas
@@ -784,24 +824,27 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
 
         def work(progress, shouldStop):
             return engine.propagate(
-                data, [ObjectPrompts(1, {index: seed}, window=window)], axis, affine, preset,
+                data, [ObjectPrompts(1, seeds, window=window)], axis, affine, preset,
                 progress=progress, shouldStop=shouldStop,
             )  # fmt: skip
 
         def finish(result):
             self._checkPresent(volume, segmentation)
             before = self._readSegment(segmentation, segmentId, volume)
-            written = self._writeChanges(
-                segmentation, segmentId, volume, before, before | (result.labels == 1), axis
-            )
+            after = before | (result.labels == 1)
+            written = self._writeChanges(segmentation, segmentId, volume, before, after, axis)
+            self.drawn.note_landed(key, after, True, axis)
             reached = result.reached[1]
             text = "no slices" if reached is None else f"slices {reached[0]}-{reached[1]}"
             text += f" ({written} written), {result.windows.get(1, preset)} window"
+            drawnKept = len(set(seeds) - {index})
+            if drawnKept:
+                text += f", {drawnKept} drawn slice(s) kept as drawn"
             if getattr(result, "slice_step", 1) > 1:  # an engine from before the field
                 text += f", every {result.slice_step} slices"
             scores = result.scores.get(1)
-            self.noteReview(segmentId, axis, scores, {index})
-            checks = slices_to_check(result.labels, 1, axis, scores, {index})
+            self.noteReview(segmentId, axis, scores, set(seeds))
+            checks = slices_to_check(result.labels, 1, axis, scores, set(seeds))
             if checks:  # where the model is least sure, or a mask breaks from its neighbours
                 shown = ", ".join(str(c.index) for c in checks)
                 text += f"; check slices {shown} first (Check next)"
@@ -882,14 +925,28 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         overlap, the pixel goes to the more confident one)."""
         windows = self.objectWindows if self.preset == "auto" else {}
         record = self.promptLog.prompt_file(window=self.preset, windows=windows)
-        return self._prepareObjects(record, volume, segmentation, "propagated")
+        return self._prepareObjects(record, volume, segmentation, "propagated", drawn=True)
 
-    def _prepareObjects(self, record, volume, segmentation, what):
+    def _prepareObjects(self, record, volume, segmentation, what, drawn=False):
         """(work, finish) that propagate `record`'s objects together, one segment each with
-        the object's name and colour; the whole run is one undo step."""
+        the object's name and colour; the whole run is one undo step. `drawn`: each object's
+        slices drawn by hand in its segment join its prompts, taken as given."""
+        from dataclasses import replace
+
         from sammed2d.labelfiles import object_segments
         from SAMMed2DLib import ijk_volume_from_slicer_array
 
+        if drawn:
+            objects = []
+            for obj in record.objects:
+                segmentId = self.existingSegmentId(segmentation, obj.id, obj.name)
+                if segmentId is not None:
+                    key = self.drawnKey(segmentation, segmentId, volume, record.axis)
+                    segment = self._readSegment(segmentation, segmentId, volume)
+                    seeds = self.drawnSeeds(key, segment, record.axis, skip=obj.slices)
+                    obj = replace(obj, slices={**seeds, **obj.slices})
+                objects.append(obj)
+            record = replace(record, objects=objects)
         ijkToRas, parentToWorld = self.matrices(volume)
         data = np.array(ijk_volume_from_slicer_array(slicer.util.arrayFromVolume(volume)))
         engine, preset, affine = self.engine, record.window or self.preset, parentToWorld @ ijkToRas
@@ -915,10 +972,12 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
                     *[c / 255 for c in seg.color]
                 )
                 before = self._readSegment(segmentation, segmentId, volume)
+                after = result.labels == obj.id
                 self._writeChanges(
-                    segmentation, segmentId, volume, before, result.labels == obj.id,
-                    record.axis, saveUndo=False,
-                )  # fmt: skip
+                    segmentation, segmentId, volume, before, after, record.axis, saveUndo=False
+                )
+                key = self.drawnKey(segmentation, segmentId, volume, record.axis)
+                self.drawn.note_landed(key, after, True, record.axis)
                 for index, prompt in obj.slices.items():
                     self.promptLog.record(obj.id, record.axis, index, prompt, seg.name)
                 scores = getattr(result, "scores", {}).get(obj.id)
@@ -1017,6 +1076,7 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
         for test in (
             self.test_install_check,
             self.test_segment_propagate_undo,
+            self.test_painted_slices_are_kept,
             self.test_cancel_in_the_background,
             self.test_finetune_in_the_background,
             self.test_scene_close_resets_the_module,
@@ -1096,6 +1156,31 @@ class SAMMed2DTest(ScriptedLoadableModuleTest):
         # Propagate all objects: the clicked prompt, from the session's log, in one run.
         self.assertIn("1 object(s) propagated", logic.propagateAllObjects(volume, segmentation))
         self.assertGreater(dice(logic._readSegment(segmentation, segmentId, volume), liver), 0.8)
+
+    def test_painted_slices_are_kept(self):
+        from sammed2d.evaluation import dice
+
+        logic, volume, segmentation, roi, liver, z = self._phantom()
+        segmentId = logic.objectSegmentId(segmentation, 1, "liver")
+        # Two slices painted (as the Segment Editor would), none on the Red view's slice.
+        for k in (z - 3, z + 3):
+            logic._writeSlab(segmentation, segmentId, volume, liver[:, :, k : k + 1], 2, k)
+        status = logic.propagateSegment(volume, segmentation, segmentId, "Red", (None,) * 3)
+        self.assertIn("2 drawn slice(s) kept", status)
+        result = logic._readSegment(segmentation, segmentId, volume)
+        for k in (z - 3, z + 3):
+            self.assertTrue(np.array_equal(result[:, :, k], liver[:, :, k]))
+        self.assertGreater(dice(result, liver), 0.8)
+        # A slice the run wrote, then painted over, is a drawing at the next run.
+        painted = result[:, :, z + 1].copy()
+        rows = np.flatnonzero(painted.any(axis=1))
+        painted[: (rows[0] + rows[-1]) // 2] = False  # half of it erased
+        logic._writeSlab(segmentation, segmentId, volume, painted[:, :, None], 2, z + 1)
+        status = logic.propagateSegment(volume, segmentation, segmentId, "Red", (None,) * 3)
+        self.assertIn("3 drawn slice(s) kept", status)
+        self.assertTrue(np.array_equal(
+            logic._readSegment(segmentation, segmentId, volume)[:, :, z + 1], painted
+        ))  # fmt: skip
 
     @staticmethod
     def _redSlice(logic, volume):
