@@ -59,7 +59,8 @@ from sammed2d.drawn import DrawnSlices, labelled_slices
 from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS
-from sammed2d.io import atomic_write, dicom_source, weights_output
+from sammed2d.io import Volume, atomic_write, dicom_source, weights_output
+from sammed2d.labelfiles import read_labels
 from sammed2d.objects import (
     ObjectPrompts,
     PropagationSettings,
@@ -76,7 +77,7 @@ from sammed2d.review import check_status, next_to_check, slices_to_check
 from sammed2d.segments import default_segment
 
 from ._autosave import AutoSave, checked_path, prompts_beside
-from ._io import labels_layer_kwargs, mm_per_unit, write_labels_layer
+from ._io import LAYER_ORDER, labels_layer_kwargs, mm_per_unit, write_labels_layer
 from ._prompts import add_prompt_shapes, clip_box_to, reorder_objects, slice_prompts
 from ._session import (
     LOCAL_ONLY,
@@ -241,6 +242,13 @@ class SegmentWidget(QWidget):
         save_button = QPushButton("Save prompts…")
         save_button.setToolTip("PROMPTS.json that `sammed2d propagate` and `batch` replay")
         load_button = QPushButton("Load prompts…")
+        load_labels_button = QPushButton("Load labels…")
+        load_labels_button.setToolTip(
+            "labels drawn on some slices (NIfTI or NRRD with names beside, .seg.nrrd, DICOM "
+            "SEG, RT Structure Set) into SAM labels, each label an object whose labelled "
+            "slices are taken as given: Propagate all fills between them and walks past "
+            "them, as `sammed2d propagate --seeds`"
+        )
         self.finetune_button = QPushButton("Fine-tune on labels…")
         self.finetune_button.setToolTip(
             "train the model's mask decoder on this image's labels (every labelled slice: "
@@ -296,7 +304,7 @@ class SegmentWidget(QWidget):
             (self.propagate_all_button, self.check_button),
             (clear_slice, clear_object),
             (save_button, load_button),
-            (self.finetune_button,),
+            (load_labels_button, self.finetune_button),
         ]
         for pair in rows:
             row = QHBoxLayout()
@@ -326,6 +334,7 @@ class SegmentWidget(QWidget):
         clear_object.clicked.connect(self.clear_object)
         save_button.clicked.connect(self._save_dialog)
         load_button.clicked.connect(self._load_dialog)
+        load_labels_button.clicked.connect(self._load_labels_dialog)
         self.finetune_button.clicked.connect(self._finetune_dialog)
         self.objects_view.itemSelectionChanged.connect(self._on_table_selection)
         self.objects_view.itemChanged.connect(self._on_table_edit)
@@ -1529,6 +1538,81 @@ class SegmentWidget(QWidget):
                 self.load_prompts(path)
             except SamMed2DError as exc:
                 show_error(str(exc))
+
+    def load_labels(self, path) -> None:
+        """Labels from a file (any format `sammed2d export` reads), put on this image's grid,
+        into SAM labels as drawn objects: each label an object with its name and colour, its
+        labelled slices taken as given by Propagate and Propagate all, which fill between
+        them and walk past them (`sammed2d propagate --seeds`). An object already here with
+        the same id gives way (its prompts and labels); one undo step. Labels that do not
+        fit the image are refused before anything changes."""
+        image = self.image_layer
+        if image is None:
+            raise SamMed2DError("no image layer: open an image or volume first")
+        axis = self.slice_axis()
+        if axis is None:
+            raise SamMed2DError("labels as drawn slices need a 3D volume")
+        shape = tuple(image.level_shapes[0] if image.multiscale else image.data.shape)[:3]
+        info = image.metadata.get("sammed2d") or {}
+        order = np.argsort(LAYER_ORDER)  # layer axes -> the file's voxel axes
+        if info.get("affine") is not None:  # our reader: onto its grid, by the geometry
+            affine = np.asarray(info["affine"])[:, [*order, 3]]
+            grid = np.broadcast_to(np.uint8(0), tuple(shape[a] for a in order))
+            volume, segments = read_labels(path, reference=Volume(grid, affine, None))
+        else:  # no geometry: the same voxels, in the order our reader shows them
+            volume, segments = read_labels(path)
+        data = np.transpose(volume.array, LAYER_ORDER) if volume.array.ndim == 3 else None
+        if data is None or data.shape != shape:
+            got = "x".join(str(n) for n in volume.array.shape)
+            raise SamMed2DError(
+                f"labels {path}: {got} voxels do not fit this image (open the image with this "
+                "plugin's reader to have labels put on its grid)"
+            )
+        ids = [int(i) for i in np.unique(data) if i]
+        if not ids:
+            raise SamMed2DError(f"labels {path}: no labelled voxels")
+        if ids[-1] > 65535:
+            raise SamMed2DError(f"labels {path}: label {ids[-1]} is above 65535")
+        _, _, labels = self.ensure_prompt_layers()
+        named = {s.id: s for s in segments}
+        with labels.block_history():  # one undo step
+            for oid in ids:
+                old = np.nonzero(labels.data == oid)
+                if old[0].size:
+                    labels.data_setitem(old, 0)
+            for oid in ids:
+                labels.data_setitem(np.nonzero(data == oid), oid)
+        slices = set()
+        for oid in ids:
+            self._remove_prompts(oid)
+            self._ranges.pop(oid, None)
+            self._scores.pop(oid, None)
+            self._checked.pop(oid, None)
+            segment = named.get(oid) or default_segment(oid)
+            self.table.remove(oid)
+            self.table.add(oid, segment.name, segment.color)
+            drawn = labelled_slices(labels.data, oid, axis)
+            self._drawn.start(oid, drawn)
+            slices |= set(drawn.tolist())
+            self._note_reached(labels, axis, oid)
+        self.object_spin.setValue(ids[0])
+        self._on_object_changed(ids[0])
+        self._show_objects()
+        self.status.setText(
+            f"{len(ids)} object(s) loaded from {Path(path).name}, drawn on {len(slices)} "
+            "slice(s): Propagate all (Shift+G) fills between them and past them"
+        )
+
+    def _load_labels_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load labels", "",
+            "Labels (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.dcm);;All files (*)",
+        )  # fmt: skip
+        if path:
+            try:
+                self.load_labels(path)
+            except SamMed2DError as exc:
+                self._report_error("loading labels", exc)
 
     # ----- auto-save ------------------------------------------------------------------------
     def set_autosave(self, path) -> None:

@@ -403,3 +403,56 @@ def test_prompts_saved_on_another_scan_are_refused_before_anything_changes(
         assert w.preset_combo.currentText() == "abdomen"
     finally:
         w.shutdown()
+
+
+def test_labels_loaded_from_a_file_are_drawn_objects_that_propagate(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """Load labels…: a label file drawn on two slices becomes an object whose labelled
+    slices are taken as given; Propagate all fills between them and past them."""
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    try:
+        src = block_file(tmp_path)
+        ct = read_volume(src)
+        drawing = np.zeros(ct.array.shape, np.uint8)  # voxel (i, j, k); the block is k 2-5
+        drawing[11:25, 13:29, 2] = 3
+        drawing[10:26, 12:30, 4] = 3
+        segments = [Segment(3, "tumour", (255, 0, 0))]
+        # Cropped, as Slicer may save a .seg.nrrd: it must land on the image's grid.
+        crop = Volume(drawing[8:30, 10:32, 1:7], ct.affine.copy())
+        crop.affine[:3, 3] = ct.affine[:3, :3] @ [8, 10, 1] + ct.affine[:3, 3]
+        path = write_labels(tmp_path / "drawn.seg.nrrd", crop.array, crop, segments)
+        viewer.open(str(src), plugin="napari-sammed2d")
+        w.preset_combo.setCurrentText("abdomen")
+        _, _, labels = w.ensure_prompt_layers()
+        labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 3)  # gives way
+        before = labels.data.copy()
+        w.load_labels(path)
+        layer_drawing = np.transpose(drawing, (2, 1, 0))
+        assert np.array_equal(labels.data == 3, layer_drawing == 3)
+        assert w.table.objects[3].name == "tumour" and w.table.objects[3].color == (255, 0, 0)
+        assert "1 object(s) loaded from drawn.seg.nrrd, drawn on 2 slice(s)" in w.status.text()
+        labels.undo()  # the load is one step
+        assert np.array_equal(labels.data, before)
+        labels.redo()
+        w.propagate_all()
+        with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+            pass
+        for k in (2, 4):  # kept as drawn
+            assert np.array_equal(labels.data[k] == 3, layer_drawing[k] == 3)
+        assert [k for k in range(8) if (labels.data[k] == 3).any()] == [2, 3, 4, 5]
+        block = np.zeros((48, 40), bool)
+        block[12:30, 10:26] = True
+        for k in (3, 5):  # between the drawings, and past the last
+            found = labels.data[k] == 3
+            assert 2 * (found & block).sum() / (found.sum() + block.sum()) > 0.75  # 0.79 at 5
+        # Labels on another grid are refused before anything changes.
+        kept = labels.data.copy()
+        other = Volume(np.ones((5, 5, 5), np.uint8), np.eye(4))
+        bad = write_labels(tmp_path / "other.nii.gz", other.array, other, [])
+        with pytest.raises(SamMed2DError, match="not on the image's voxel grid"):
+            w.load_labels(bad)
+        assert np.array_equal(labels.data, kept)
+    finally:
+        w.shutdown()
