@@ -986,6 +986,12 @@ class SegmentWidget(QWidget):
                     self.set_object_window(oid, result.windows.get(oid))
                 self._land(labels, axis, oid, result)
             else:
+                windows = getattr(result, "windows", None) or {}
+                if request.preset == "auto":  # as a first box does, for objects without one
+                    for i in ids:
+                        info = self.table.objects.get(i)
+                        if info is not None and info.window is None and i in windows:
+                            self.set_object_window(i, windows[i])
                 self._land_all(labels, axis, ids, result)
 
         if oid is not None:
@@ -1042,7 +1048,7 @@ class SegmentWidget(QWidget):
             self._note_scores(oid, result.scores.get(oid))
             info = self._note_reached(labels, axis, oid)
             span = "none" if info.reached is None else f"{info.reached[0]}–{info.reached[1]}"
-            parts.append(f"{info.name} {span}")
+            parts.append(f"{info.name} {span}" + (f" ({info.window})" if info.window else ""))
         self._show_objects()
         cancelled = " (cancelled)" if result.cancelled else ""
         self.status.setText("slices: " + ", ".join(parts) + cancelled + CHECK_HINT)

@@ -424,7 +424,6 @@ def test_labels_loaded_from_a_file_are_drawn_objects_that_propagate(
         crop.affine[:3, 3] = ct.affine[:3, :3] @ [8, 10, 1] + ct.affine[:3, 3]
         path = write_labels(tmp_path / "drawn.seg.nrrd", crop.array, crop, segments)
         viewer.open(str(src), plugin="napari-sammed2d")
-        w.preset_combo.setCurrentText("abdomen")
         _, _, labels = w.ensure_prompt_layers()
         labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 3)  # gives way
         before = labels.data.copy()
@@ -439,6 +438,9 @@ def test_labels_loaded_from_a_file_are_drawn_objects_that_propagate(
         w.propagate_all()
         with qtbot.waitSignal(w._busy.finished, timeout=120_000):
             pass
+        # Intensity auto: the window its drawn slices asked for is the object's, and shown
+        assert w.table.objects[3].window == "abdomen"
+        assert "tumour 2–5 (abdomen)" in w.status.text()
         for k in (2, 4):  # kept as drawn
             assert np.array_equal(labels.data[k] == 3, layer_drawing[k] == 3)
         assert [k for k in range(8) if (labels.data[k] == 3).any()] == [2, 3, 4, 5]
