@@ -36,6 +36,7 @@ from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QCheckBox,
     QColorDialog,
     QComboBox,
@@ -60,7 +61,7 @@ from sammed2d.errors import Cancelled, SamMed2DError
 from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS
 from sammed2d.io import Volume, atomic_write, dicom_source, weights_output
-from sammed2d.labelfiles import read_labels
+from sammed2d.labelfiles import label_values, read_labels
 from sammed2d.objects import (
     ObjectPrompts,
     PropagationSettings,
@@ -1420,8 +1421,6 @@ class SegmentWidget(QWidget):
 
     def wait_idle(self, timeout: float = 120.0) -> None:
         """Process events until no click is pending (for scripts and tests)."""
-        from qtpy.QtWidgets import QApplication
-
         end = time.monotonic() + timeout
         while self.mailbox.busy and time.monotonic() < end:
             QApplication.processEvents()
@@ -1574,7 +1573,9 @@ class SegmentWidget(QWidget):
                 f"labels {path}: {got} voxels do not fit this image (open the image with this "
                 "plugin's reader to have labels put on its grid)"
             )
-        ids = [int(i) for i in np.unique(data) if i]
+        new = np.nonzero(data)
+        values = data[new]
+        ids = [int(i) for i in label_values(values)]
         if not ids:
             raise SamMed2DError(f"labels {path}: no labelled voxels")
         if ids[-1] > 65535:
@@ -1582,12 +1583,11 @@ class SegmentWidget(QWidget):
         _, _, labels = self.ensure_prompt_layers()
         named = {s.id: s for s in segments}
         with labels.block_history():  # one undo step
-            for oid in ids:
-                old = np.nonzero(labels.data == oid)
+            if labels.data.any():  # objects with the same ids give way
+                old = np.nonzero(np.isin(labels.data, ids))
                 if old[0].size:
                     labels.data_setitem(old, 0)
-            for oid in ids:
-                labels.data_setitem(np.nonzero(data == oid), oid)
+            labels.data_setitem(new, values.astype(labels.data.dtype, copy=False))
         slices = set()
         for oid in ids:
             self._remove_prompts(oid)
@@ -1597,7 +1597,7 @@ class SegmentWidget(QWidget):
             segment = named.get(oid) or default_segment(oid)
             self.table.remove(oid)
             self.table.add(oid, segment.name, segment.color)
-            drawn = labelled_slices(labels.data, oid, axis)
+            drawn = np.unique(new[axis][values == oid])  # from the loaded voxels: no pass
             self._drawn.start(oid, drawn)
             slices |= set(drawn.tolist())
             self._note_reached(labels, axis, oid)
@@ -1615,10 +1615,13 @@ class SegmentWidget(QWidget):
             "Labels (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.dcm);;All files (*)",
         )  # fmt: skip
         if path:
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # ~2 s at 300 slices
             try:
                 self.load_labels(path)
             except SamMed2DError as exc:
                 self._report_error("loading labels", exc)
+            finally:
+                QApplication.restoreOverrideCursor()
 
     # ----- auto-save ------------------------------------------------------------------------
     def set_autosave(self, path) -> None:
