@@ -1189,8 +1189,9 @@ class SegmentWidget(QWidget):
         prompted = slice_prompts(
             image, self._layer(POINTS_NAME), self._layer(SHAPES_NAME), oid, axis
         )
+        given = {k for k in prompted if k is not None} | self._drawn.slices(oid)  # not to check
         ranked = slices_to_check(
-            np.asarray(labels.data), oid, axis, self._scores.get(oid), prompted, limit=None
+            np.asarray(labels.data), oid, axis, self._scores.get(oid), given, limit=None
         )
         if not ranked:
             self.status.setText(f"{name}: nothing to check (labels on fewer than two slices)")

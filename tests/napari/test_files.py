@@ -449,6 +449,12 @@ def test_labels_loaded_from_a_file_are_drawn_objects_that_propagate(
         for k in (3, 5):  # between the drawings, and past the last
             found = labels.data[k] == 3
             assert 2 * (found & block).sum() / (found.sum() + block.sum()) > 0.75  # 0.79 at 5
+        # Check next goes to the slices the model made, not to the drawn ones.
+        seen = set()
+        for _ in range(2):
+            w.check_next()
+            seen.add(int(round(viewer.layers["ct"].world_to_data(viewer.dims.point)[0])))
+        assert seen == {3, 5}, w.status.text()
         # Labels on another grid are refused before anything changes.
         kept = labels.data.copy()
         other = Volume(np.ones((5, 5, 5), np.uint8), np.eye(4))
