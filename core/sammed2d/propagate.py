@@ -925,11 +925,14 @@ def _compose(
     for obj in objects:
         per = np.full(n, np.nan, dtype=np.float32)
         hits = []
+        given = {i for i, p in obj.slices.items() if p.mask is not None}
         for index, (mask_view, score, kept) in results[obj.id].items():
             raw = view.from_view(mask_view)
             if not raw.any():
                 continue
-            per[index] = score
+            # A slice filled between two given masks has no prediction of its own: no score
+            # (review ranks it by its neighbours; its pixels still weigh as given ones).
+            per[index] = score if kept is not None or index in given else np.nan
             hits.append(index)
             sl = [slice(None)] * 3
             sl[axis] = index

@@ -209,6 +209,8 @@ def test_two_drawn_slices_close_together_are_interpolated_not_walked(
     assert np.array_equal(found[..., 2], small) and np.array_equal(found[..., 5], large)
     between = [dice(found[..., z], disc((64, 64), (30, 32), r)) for z, r in ((3, 12), (4, 16))]
     assert (min(between) > 0.95) == interpolated, between
+    # An interpolated slice has no prediction of its own: no score for Check next to show.
+    assert result.scores[1][2] == 1.0 and (np.isnan(result.scores[1][3]) or not interpolated)
     off = PropagationSettings(interpolate_drawn=None)
     walked = propagate(
         volume, [obj], model, affine=affine, preset="none", orientation="array", settings=off
