@@ -26,7 +26,7 @@ from sammed2d.io import (
     Volume,
     dicom_source,
     is_dicom_file,
-    read_volume,
+    read_channels,
     suffix_of,
 )
 from sammed2d.labelfiles import is_seg_nrrd, read_labels, write_labels
@@ -99,7 +99,19 @@ def labels_layer_kwargs(segments: list[Segment]) -> dict:
 
 
 def volume_to_layer_data(path: str | Path, volume: Volume | None = None):
-    volume = read_volume(path) if volume is None else volume
+    if volume is None:
+        volumes = read_channels(path)
+        if len(volumes) > 1:  # a 4D file: one layer per volume, as napari's channel_axis
+            name = Path(path).name.split(".")[0]
+            layers = []
+            for c, v in enumerate(volumes):
+                ((data, kwargs, kind),) = volume_to_layer_data(path, v)
+                kwargs["name"] = f"{name} [{c}]"
+                kwargs["visible"] = c == 0
+                kwargs["metadata"]["sammed2d"]["channel"] = c
+                layers.append((data, kwargs, kind))
+            return layers
+        volume = volumes[0]
     array = volume.array
     name = Path(path).name.split(".")[0]
     meta = {"sammed2d": layer_meta(volume, str(path))}

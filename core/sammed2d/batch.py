@@ -1,8 +1,9 @@
 """Dataset scale: many cases on dask.distributed, and measuring a model on labelled data.
 
-A manifest is a CSV with the header `image,prompts,labels` and optional `case` and `seeds`
-columns (relative paths are relative to the manifest; `seeds`, labels drawn on some slices,
-stands in for a case's prompts, as `sammed2d propagate --seeds` does). Each case is one
+A manifest is a CSV with the header `image,prompts,labels` and optional `case`, `seeds` and
+`channel` columns (relative paths are relative to the manifest; `seeds`, labels drawn on
+some slices, stands in for a case's prompts, as `sammed2d propagate --seeds` does;
+`channel`, which volume of a 4D image, as `--channel`). Each case is one
 task; a failing case is reported and the others go on; outputs are written atomically, so a
 rerun skips what is finished (resume). A case's outputs are named from its `case` value, or
 else from the image's path relative to the manifest (`s0001/ct.nii.gz` ->
@@ -37,6 +38,7 @@ class Case:
     name: str  # unique within the manifest: the `case` column or the image's relative path
     row: int  # line in the manifest, for messages
     seeds: Path | None = None  # labels drawn on some slices, instead of prompts
+    channel: int | None = None  # which volume of a 4D image
 
 
 @dataclass
@@ -60,7 +62,7 @@ def read_manifest(path: str | os.PathLike) -> list[Case]:
             if reader.fieldnames is None or "image" not in reader.fieldnames:
                 raise SamMed2DError(
                     f"manifest {path}: expected a CSV header image,prompts,labels (and optional "
-                    "case, seeds)"
+                    "case, seeds, channel)"
                 )
             rows = [(n, r) for n, r in enumerate(reader, start=2) if (r.get("image") or "").strip()]
     except UnicodeDecodeError as exc:
@@ -87,7 +89,13 @@ def read_manifest(path: str | os.PathLike) -> list[Case]:
                 "output folder"
             )
         prompts, seeds = resolve(r.get("prompts")), resolve(r.get("seeds"))
-        cases.append(Case(image, prompts, resolve(r.get("labels")), name, line, seeds))
+        channel = (r.get("channel") or "").strip()
+        if channel and not channel.isdigit():
+            raise SamMed2DError(
+                f"manifest {path}: row {line}: channel {channel!r} is not a whole number from 0"
+            )
+        channel = int(channel) if channel else None
+        cases.append(Case(image, prompts, resolve(r.get("labels")), name, line, seeds, channel))
     _refuse_clashes(path, cases)
     return cases
 
@@ -188,7 +196,7 @@ def propagate_case(
                 if case.prompts is None
                 else "both a prompts and a seeds file: give one"
             )
-        volume = read_volume(case.image)
+        volume = read_volume(case.image, case.channel)
         if case.seeds is not None:
             record = seed_record(case.seeds, volume)
         else:
@@ -317,9 +325,10 @@ def evaluate_case(
             net = Client(server, api_key)
         else:
             net = _model(model, device, preprocessing, precision)
-        scores = evaluate_volume(
-            case.image, case.labels, prompt, model=net, cache=_cache(cache_dir)
-        )
+        from .io import read_volume
+
+        image = read_volume(case.image, case.channel)
+        scores = evaluate_volume(image, case.labels, prompt, model=net, cache=_cache(cache_dir))
         write_dice_csv(out, scores)
         result.objects = len(scores)
         result.mean_dice = round(float(np.mean(list(scores.values()))), 4) if scores else None

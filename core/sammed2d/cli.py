@@ -119,7 +119,7 @@ def cmd_segment(args) -> int:
                 f"{args.image}: --slice needs a volume (NIfTI, NRRD, MHA or a DICOM series); "
                 "leave it out to segment a 2D image"
             )
-        volume = read_volume(args.image)
+        volume = read_volume(args.image, args.channel)
         if volume.array.ndim != 3:
             raise SamMed2DError(
                 f"{args.image}: --slice needs a 3D volume, got {volume.array.ndim}D"
@@ -169,7 +169,7 @@ def cmd_propagate(args) -> int:
             "and ranges)"
         )
     record = read_prompt_file(args.prompts) if args.prompts is not None else None
-    volume = read_volume(args.volume)
+    volume = read_volume(args.volume, args.channel)
     check_output(args.out, dicom_source(args.volume))  # before the model runs, not after
     if record is None:
         axis = 2 if args.axis is None else args.axis
@@ -290,7 +290,7 @@ def cmd_embed(args) -> int:
     from .predictor import embed_slices
     from .propagate import VolumeSlices
 
-    volume = read_volume(args.volume)
+    volume = read_volume(args.volume, args.channel)
     if volume.array.ndim != 3:
         raise SamMed2DError(f"{args.volume}: expected a 3D volume, got {volume.array.ndim}D")
     model = _model(args)
@@ -381,7 +381,7 @@ def cmd_evaluate(args) -> int:
     from .io import read_volume
     from .labelfiles import names_of, read_labels
 
-    volume = read_volume(args.image)
+    volume = read_volume(args.image, args.channel)
     truth, segments = read_labels(args.labels, reference=volume)
     names = names_of(segments)
     cache = EmbeddingCache(folder=args.cache) if args.cache else None
@@ -573,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice", type=int, help="slice index when IMAGE is a volume")
     p.add_argument("--axis", type=int, default=2, help="slice axis of the volume (default 2)")
     p.add_argument(
+        "--channel",
+        type=int,
+        help="which volume of a 4D file (MR sequences, channels, time points), from 0",
+    )
+    p.add_argument(
         "-o",
         "--out",
         type=Path,
@@ -585,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("propagate", help="segment objects through a volume from prompts")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
+    p.add_argument(
+        "--channel",
+        type=int,
+        help="which volume of a 4D file (MR sequences, channels, time points), from 0",
+    )
     p.add_argument("--prompts", type=Path, help="PROMPTS.json")
     p.add_argument(
         "--seeds",
@@ -644,6 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
+    p.add_argument(
+        "--channel",
+        type=int,
+        help="which volume of a 4D file (MR sequences, channels, time points), from 0",
+    )
     p.add_argument("--cache", type=Path, required=True, help="folder for the embeddings")
     p.add_argument("--axis", type=int, default=2, help="slice axis (default 2)")
     p.add_argument("--batch-size", type=int, default=1, help="slices per encoder call")
@@ -681,6 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
     p.add_argument(
         "labels", type=Path, help="its reference labels (.nii.gz, .seg.nrrd, DICOM SEG, ...)"
+    )
+    p.add_argument(
+        "--channel",
+        type=int,
+        help="which volume of a 4D file (MR sequences, channels, time points), from 0",
     )
     p.add_argument(
         "--prompt",

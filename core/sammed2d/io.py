@@ -80,9 +80,41 @@ def dicom_source(path: str | os.PathLike | None) -> Path | None:
     return path if path.is_dir() or is_dicom_file(path) else None
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
+def read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
     """NIfTI, NRRD, MHA/MHD, a DICOM file (an enhanced multi-frame volume), or a folder
-    of one DICOM series, as a `Volume`."""
+    of one DICOM series, as a `Volume`. A 4D file (several volumes on one grid: MR
+    sequences, channels, time points) gives its volume `channel` (from 0); without one it
+    is refused in one line saying how many it holds (`read_channels` reads them all)."""
+    volume = _read_any(path)
+    count = volume.array.shape[3] if volume.array.ndim == 4 else None
+    if count is None:
+        if channel is not None and channel != 0:
+            raise VolumeIOError(f"volume {path}: --channel {channel}, but it holds one volume")
+        return volume
+    if channel is None:
+        raise VolumeIOError(
+            f"volume {path}: {count} volumes on one grid (a 4D file: sequences, channels or "
+            f"time points); choose one with --channel 0..{count - 1} (in a batch manifest, its "
+            "channel column)"
+        )
+    if not 0 <= channel < count:
+        raise VolumeIOError(f"volume {path}: --channel {channel}; it holds 0..{count - 1}")
+    return _channel(volume, channel)
+
+
+def read_channels(path: str | os.PathLike) -> list[Volume]:
+    """Every volume of a file: the one of a 3D file, or each of a 4D file's."""
+    volume = _read_any(path)
+    if volume.array.ndim != 4:
+        return [volume]
+    return [_channel(volume, c) for c in range(volume.array.shape[3])]
+
+
+def _channel(volume: Volume, channel: int) -> Volume:
+    return Volume(np.ascontiguousarray(volume.array[..., channel]), volume.affine, volume.header)
+
+
+def _read_any(path: str | os.PathLike) -> Volume:
     path = Path(path)
     if not path.exists():
         raise VolumeIOError(f"volume {path}: file not found")
@@ -126,7 +158,9 @@ def _read_nifti(path: Path) -> Volume:
             data = np.asanyarray(proxy)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
         raise VolumeIOError(f"volume {path}: unreadable NIfTI ({_first_line(exc)})") from None
-    data = np.squeeze(data) if data.ndim > 3 else data
+    if data.ndim > 3:  # beyond the three spatial axes: one axis of volumes, or none
+        data = data.reshape(data.shape[:3] + (-1,))
+        data = data[..., 0] if data.shape[3] == 1 else data
     affine = np.asarray(img.affine, dtype=np.float64)
     # nibabel gives the affine in the file's own spatial unit. ITK (SimpleITK, 3D Slicer)
     # reads metres and microns as mm, and every distance here is in mm: a CT stored in
@@ -146,13 +180,22 @@ def _itk_to_volume(image, source: Path) -> Volume:
     import SimpleITK as sitk
 
     array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        raise VolumeIOError(f"volume {source}: multi-component (vector/RGB) voxels not supported")
     dim = image.GetDimension()
-    array = np.transpose(array, tuple(reversed(range(array.ndim))))
+    spatial = tuple(reversed(range(dim)))
+    if image.GetNumberOfComponentsPerPixel() > 1:  # the components are channels, last
+        if dim != 3:
+            raise VolumeIOError(f"volume {source}: {dim}D voxels of several components")
+        array = np.transpose(array, (*spatial, dim))
+    else:
+        array = np.transpose(array, spatial)
     spacing = np.array(image.GetSpacing())
     direction = np.array(image.GetDirection()).reshape(dim, dim)
     origin = np.array(image.GetOrigin())
+    if dim == 4:  # volumes along a fourth axis (time points, sequences): channels, last
+        spacing, origin, direction = spacing[:3], origin[:3], direction[:3, :3]
+        array = array if array.shape[3] > 1 else array[..., 0]
+    elif dim > 4:
+        raise VolumeIOError(f"volume {source}: a {dim}D image; expected 2D, 3D or 4D")
     if dim == 2:
         spacing, origin = np.append(spacing, 1.0), np.append(origin, 0.0)
         direction = np.block([[direction, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])

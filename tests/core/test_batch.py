@@ -85,6 +85,25 @@ def test_a_case_seeded_by_drawn_labels(cases, tmp_path, tiny_checkpoint):
     assert [(s.id, s.name, s.color) for s in segments] == [(2, "lesion", (9, 8, 7))]
 
 
+def test_a_channel_column_picks_a_volume_of_a_4d_case(cases, tmp_path, tiny_checkpoint):
+    import nibabel as nib
+
+    stack = np.random.default_rng(1).normal(0, 50, (20, 18, 4, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(stack, np.diag([0.7, 0.8, 2.0, 1.0])), str(cases / "mr.nii.gz"))
+    (cases / "mr.csv").write_text(
+        "case,image,prompts,labels,channel\nt2,mr.nii.gz,p.json,,2\nall,mr.nii.gz,p.json,,\n"
+    )
+    assert [c.channel for c in read_manifest(cases / "mr.csv")] == [2, None]
+    results = run_batch(cases / "mr.csv", tmp_path / "out", workers=1, model=str(tiny_checkpoint))
+    status = {r.case: r.status for r in results}
+    assert status["t2"] == "done"
+    assert status["all"].startswith("failed: volume") and "--channel 0..2" in status["all"]
+    assert read_volume(tmp_path / "out" / "t2_labels.nii.gz").array.shape == (20, 18, 4)
+    (cases / "bad.csv").write_text("image,prompts,labels,channel\nmr.nii.gz,p.json,,T2\n")
+    with pytest.raises(SamMed2DError, match="row 2: channel 'T2' is not a whole number"):
+        read_manifest(cases / "bad.csv")
+
+
 def test_manifest_paths_are_relative_to_it(cases):
     parsed = read_manifest(cases / "manifest.csv")
     assert parsed[0].image == (cases / "case0.nrrd").resolve() and parsed[0].labels is None

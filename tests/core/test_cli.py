@@ -493,3 +493,34 @@ def test_console_script_runs(tmp_path):
     piped.stdout.close()  # before anything is written: every write meets a closed pipe
     _, err = piped.communicate(timeout=120)
     assert piped.returncode == 0 and "Traceback" not in err, err
+
+
+def test_a_4d_file_is_segmented_on_the_channel_chosen(tmp_path, capsys, prompts_file):
+    """MR sequences in one 4D NIfTI: without --channel one line says how many there are;
+    with it the chosen one is segmented, and the labels are 3D on its grid."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    sequences = rng.normal(-80, 5, (40, 36, 6, 2)).astype(np.float32)
+    sequences[10:25, 8:20, 1:5, 1] = 150  # the block shows in the second sequence only
+    source = tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(sequences, oblique_affine()), str(source))
+    out = tmp_path / "labels.nii.gz"
+    code, _, err = run_cli(capsys, "propagate", source, "--prompts", prompts_file, "-o", out)
+    assert_one_line_error(code, err, "2 volumes on one grid")
+    assert "--channel 0..1" in err and not out.exists()
+    code, _, _ = run_cli(
+        capsys, "propagate", source, "--channel", "1", "--prompts", prompts_file, "-o", out,
+        "--window", "abdomen",
+    )  # fmt: skip
+    assert code == 0
+    labels = read_volume(out)
+    assert labels.array.shape == (40, 36, 6) and np.allclose(labels.affine, oblique_affine())
+    block = np.zeros((40, 36, 6), bool)
+    block[10:25, 8:20, 1:5] = True
+    found = labels.array == 3
+    assert 2 * (found & block).sum() / (found.sum() + block.sum()) > 0.8
+    code, _, err = run_cli(
+        capsys, "evaluate", source, out, "--channel", "5", "--prompt", "box"
+    )  # fmt: skip
+    assert_one_line_error(code, err, "--channel 5; it holds 0..1")

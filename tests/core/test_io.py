@@ -12,6 +12,7 @@ from sammed2d.errors import VolumeIOError
 from sammed2d.io import (
     Volume,
     dicom_source,
+    read_channels,
     read_image,
     read_volume,
     slice_geometry_problem,
@@ -383,3 +384,35 @@ def test_outputs_respect_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "g.nii.gz").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "w.nrrd").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_4d_file_gives_the_volume_asked_for_and_names_the_choice(tmp_path):
+    """MR sequences (or time points) in one 4D file: NIfTI, and NRRD read through ITK."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    stack = rng.normal(0, 1, (6, 5, 4, 3)).astype(np.float32)
+    affine = oblique_affine()
+    nifti = tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(stack, affine), str(nifti))
+    image = sitk.JoinSeries([sitk.GetImageFromArray(stack[..., c].T) for c in range(3)])
+    nrrd = tmp_path / "mr.nrrd"
+    sitk.WriteImage(image, str(nrrd))
+    for path in (nifti, nrrd):
+        with pytest.raises(VolumeIOError, match=r"3 volumes on one grid .* --channel 0\.\.2"):
+            read_volume(path)
+        with pytest.raises(VolumeIOError, match="--channel 3; it holds 0..2"):
+            read_volume(path, 3)
+        second = read_volume(path, 1)
+        assert np.array_equal(second.array, stack[..., 1]), path
+        assert [v.array.shape for v in read_channels(path)] == [(6, 5, 4)] * 3
+    assert np.allclose(read_volume(nifti, 2).affine, affine)
+    # A trailing axis of one volume is no choice to make; a 3D file has no other channel.
+    nib.save(nib.Nifti1Image(stack[..., :1], affine), str(tmp_path / "one.nii.gz"))
+    assert read_volume(tmp_path / "one.nii.gz").array.shape == (6, 5, 4)
+    assert read_volume(tmp_path / "one.nii.gz", 0).array.shape == (6, 5, 4)
+    with pytest.raises(VolumeIOError, match="--channel 1, but it holds one volume"):
+        read_volume(tmp_path / "one.nii.gz", 1)
+    # A spatial axis of one slice stays an axis (it was squeezed with the fourth).
+    nib.save(nib.Nifti1Image(stack[:, :, :1, :1], affine), str(tmp_path / "flat.nii.gz"))
+    assert read_volume(tmp_path / "flat.nii.gz").array.shape == (6, 5, 1)

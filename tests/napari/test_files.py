@@ -464,3 +464,41 @@ def test_labels_loaded_from_a_file_are_drawn_objects_that_propagate(
         assert np.array_equal(labels.data, kept)
     finally:
         w.shutdown()
+
+
+def test_a_4d_file_opens_as_one_layer_per_volume_and_each_can_be_segmented(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """MR sequences in one 4D NIfTI open as napari's channel_axis would: a layer each, named
+    with its index, on the same grid; the widget segments the one chosen, and its labels
+    save as a 3D volume on that grid."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    sequences = rng.normal(-80, 5, (40, 48, 8, 2)).astype(np.float32)
+    sequences[10:26, 12:30, 2:6, 1] = 150
+    source = tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(sequences, lps_affine()), str(source))
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    try:
+        layers = viewer.open(str(source), plugin="napari-sammed2d")
+        assert [layer.name for layer in layers] == ["mr [0]", "mr [1]"]
+        assert [layer.visible for layer in layers] == [True, False]
+        assert np.array_equal(layers[1].data, np.transpose(sequences[..., 1], (2, 1, 0)))
+        assert np.allclose(layers[0].scale, layers[1].scale)
+        w.image_combo.setCurrentText("mr [1]")
+        w.preset_combo.setCurrentText("abdomen")
+        _, shapes, labels = w.ensure_prompt_layers()
+        shapes.add_rectangles(np.array([[3, 11, 9], [3, 11, 26], [3, 30, 26], [3, 30, 9]], float))
+        w.wait_idle()
+        w.propagate_object()
+        with qtbot.waitSignal(w._busy.finished, timeout=120_000):
+            pass
+        assert [z for z in range(8) if (labels.data[z] == 1).any()] == [2, 3, 4, 5]
+        out = tmp_path / "labels.nii.gz"
+        write_labels_layer(str(out), labels.data, labels._get_state())
+        saved = read_volume(out)
+        assert saved.array.shape == (40, 48, 8) and np.allclose(saved.affine, lps_affine())
+    finally:
+        w.shutdown()
