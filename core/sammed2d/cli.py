@@ -430,7 +430,7 @@ def cmd_finetune(args) -> int:
     weights_output(args.out, args.model)  # a wrong --out says so now, not after training
     cases = []
     for image, labels in zip(args.images, args.labels):
-        volume = read_volume(image)
+        volume = read_volume(image, args.channel)
         if volume.array.ndim != 3:
             raise SamMed2DError(f"{image}: expected a 3D volume, got {volume.array.ndim}D")
         truth, _ = read_labels(labels, reference=volume)
@@ -727,6 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="one label file per image, same order (.nii.gz, .seg.nrrd, DICOM SEG, ...)",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="the fine-tuned checkpoint, .pth")
+    p.add_argument(
+        "--channel",
+        type=int,
+        help="which volume of 4D images (MR sequences, channels), from 0, the same for each",
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
     p.add_argument(
