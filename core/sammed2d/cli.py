@@ -113,6 +113,8 @@ def cmd_segment(args) -> int:
     point_labels = np.array(labels) if points else None
     engine = _remote(args) if args.server else None
     model = None if engine else _model(args)
+    if args.channel is not None and args.slice is None:
+        raise SamMed2DError("segment: --channel picks a volume of a 4D file: give --slice N too")
     if args.slice is not None:
         if suffix_of(args.image) in IMAGE_SUFFIXES:
             raise SamMed2DError(
