@@ -1461,6 +1461,8 @@ class SegmentWidget(QWidget):
             sha256=sha,
             window=self.preset_combo.currentText(),
             settings=replace(self._settings, slice_step=self.slice_step()),
+            # the volume of a 4D file the image layer is (our reader's `mr [1]`)
+            channel=(self.image_layer.metadata.get("sammed2d") or {}).get("channel"),
         )
 
     def slice_step(self) -> int | None:

@@ -196,11 +196,12 @@ def propagate_case(
                 if case.prompts is None
                 else "both a prompts and a seeds file: give one"
             )
-        volume = read_volume(case.image, case.channel)
-        if case.seeds is not None:
+        record = read_prompt_file(case.prompts) if case.prompts is not None else None
+        # the volume of a 4D image: the manifest's channel, else the prompts file's
+        channel = case.channel if case.channel is not None or record is None else record.channel
+        volume = read_volume(case.image, channel)
+        if record is None:
             record = seed_record(case.seeds, volume)
-        else:
-            record = read_prompt_file(case.prompts)
         objects = record.objects
         options = dict(
             axis=record.axis,

@@ -171,7 +171,9 @@ def cmd_propagate(args) -> int:
             "and ranges)"
         )
     record = read_prompt_file(args.prompts) if args.prompts is not None else None
-    volume = read_volume(args.volume, args.channel)
+    # the volume of a 4D file: --channel, else the one the prompts file was placed on
+    channel = args.channel if args.channel is not None or record is None else record.channel
+    volume = read_volume(args.volume, channel)
     check_output(args.out, dicom_source(args.volume))  # before the model runs, not after
     if record is None:
         axis = 2 if args.axis is None else args.axis

@@ -3,6 +3,7 @@
     {"axis": 2, "objects": [...],                       # as `objects_from_json` reads
      "model": {"name": "litemedsam", "sha256": "..."},  # the weights the labels came from
      "window": "abdomen",                                # intensity preset
+     "channel": 1,                                       # the volume of a 4D file
      "settings": {"box_margin": 5.0, ...},               # PropagationSettings
      "sammed2d": "0.2.0"}                                # the version that wrote it
 
@@ -39,6 +40,7 @@ class PromptFile:
     window: str | None = None
     settings: PropagationSettings = field(default_factory=PropagationSettings)
     version: str | None = None
+    channel: int | None = None  # which volume of a 4D image the prompts were placed on
 
 
 # Settings that later releases turned on, with the value that reproduces what a release
@@ -91,6 +93,13 @@ def prompt_file_from_json(data, where: str = "prompts") -> PromptFile:
     window = data.get("window")
     if window is not None and not is_window(window):
         raise PromptError(f"{where}: window {window!r} is not {WINDOW_WORDS}")
+    channel = data.get("channel")
+    if isinstance(channel, float) and channel.is_integer():  # 1.0 written by hand
+        channel = int(channel)
+    if channel is not None and (
+        isinstance(channel, bool) or not isinstance(channel, int) or channel < 0
+    ):
+        raise PromptError(f"{where}: channel {channel!r} is not a whole number from 0")
     return PromptFile(
         axis,
         objects,
@@ -99,6 +108,7 @@ def prompt_file_from_json(data, where: str = "prompts") -> PromptFile:
         window=window,
         settings=settings_from_json(data.get("settings"), where, "sammed2d" in data),
         version=data.get("sammed2d"),
+        channel=channel,
     )
 
 
@@ -110,6 +120,8 @@ def prompt_file_to_json(record: PromptFile) -> dict:
         data["model"] = {"name": record.model, "sha256": record.sha256}
     if record.window is not None:
         data["window"] = record.window
+    if record.channel is not None:
+        data["channel"] = record.channel
     data["settings"] = asdict(record.settings)
     data["sammed2d"] = __version__
     return data

@@ -51,6 +51,18 @@ def test_todays_files_round_trip_every_setting():
     assert prompt_file_from_json(prompt_file_to_json(record)).settings.intensity_band == 20.0
 
 
+def test_the_volume_of_a_4d_file_is_recorded_and_checked():
+    record = PromptFile(2, [ObjectPrompts(1, {3: SlicePrompt(box=[1, 2, 10, 12])})], channel=1)
+    data = prompt_file_to_json(record)
+    assert data["channel"] == 1 and prompt_file_from_json(data).channel == 1
+    assert "channel" not in prompt_file_to_json(PromptFile(2, record.objects))
+    assert prompt_file_from_json(OBJECTS).channel is None
+    assert prompt_file_from_json({**OBJECTS, "channel": 2.0}).channel == 2
+    for bad in (-1, 1.5, "T2", True):
+        with pytest.raises(PromptError, match="is not a whole number from 0"):
+            prompt_file_from_json({**OBJECTS, "channel": bad})
+
+
 def test_unknown_settings_are_refused():
     with pytest.raises(PromptError, match="unknown propagation setting"):
         prompt_file_from_json({**OBJECTS, "settings": {"band": 3}})

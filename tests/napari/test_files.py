@@ -500,5 +500,12 @@ def test_a_4d_file_opens_as_one_layer_per_volume_and_each_can_be_segmented(
         write_labels_layer(str(out), labels.data, labels._get_state())
         saved = read_volume(out)
         assert saved.array.shape == (40, 48, 8) and np.allclose(saved.affine, lps_affine())
+        # Saved prompts name the volume they were placed on, and replay on it without flags.
+        w.save_prompts(tmp_path / "prompts.json")
+        assert json.loads((tmp_path / "prompts.json").read_text(encoding="utf-8"))["channel"] == 1
+        replay = tmp_path / "replay.nii.gz"
+        args = ["propagate", str(source), "--prompts", str(tmp_path / "prompts.json")]
+        assert main([*args, "-o", str(replay)]) == 0
+        assert np.array_equal(read_volume(replay).array, saved.array)
     finally:
         w.shutdown()
