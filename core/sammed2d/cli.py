@@ -579,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channel",
         type=int,
+        metavar="N",
         help="which volume of a 4D file (MR sequences, channels, time points), from 0",
     )
     p.add_argument(
@@ -597,7 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channel",
         type=int,
-        help="which volume of a 4D file (MR sequences, channels, time points), from 0",
+        metavar="N",
+        help="which volume of a 4D file (MR sequences, channels, time points), from 0; "
+        "default: the one the prompts file names, if any",
     )
     p.add_argument("--prompts", type=Path, help="PROMPTS.json")
     p.add_argument(
@@ -661,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channel",
         type=int,
+        metavar="N",
         help="which volume of a 4D file (MR sequences, channels, time points), from 0",
     )
     p.add_argument("--cache", type=Path, required=True, help="folder for the embeddings")
@@ -704,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channel",
         type=int,
+        metavar="N",
         help="which volume of a 4D file (MR sequences, channels, time points), from 0",
     )
     p.add_argument(
@@ -734,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channel",
         type=int,
+        metavar="N",
         help="which volume of 4D images (MR sequences, channels), from 0, the same for each",
     )
     p.add_argument("--epochs", type=int, default=5)
