@@ -980,19 +980,11 @@ class SegmentWidget(QWidget):
         ids = [o.id for o in objects]
 
         def land(result):
+            if request.preset == "auto":  # a painted object's, or every one's in Propagate all
+                self._keep_windows(ids if oid is None else [oid] if painted else [], result)
             if oid is not None:
-                info = self.table.objects.get(oid)
-                if painted and request.preset == "auto" and info and info.window is None:
-                    # as a first box does, the window its painted slices asked for stays
-                    self.set_object_window(oid, result.windows.get(oid))
                 self._land(labels, axis, oid, result)
             else:
-                windows = getattr(result, "windows", None) or {}
-                if request.preset == "auto":  # as a first box does, for objects without one
-                    for i in ids:
-                        info = self.table.objects.get(i)
-                        if info is not None and info.window is None and i in windows:
-                            self.set_object_window(i, windows[i])
                 self._land_all(labels, axis, ids, result)
 
         if oid is not None:
@@ -1000,6 +992,15 @@ class SegmentWidget(QWidget):
         else:
             what = f"propagating {len(ids)} objects" if len(ids) > 1 else "propagating"
         self._run_propagation(request, objects, land, what)
+
+    def _keep_windows(self, ids, result) -> None:
+        """Objects of `ids` without a window keep the one the run chose under `auto`, as a
+        first box keeps the one it asked for."""
+        windows = getattr(result, "windows", None) or {}  # an engine from before the field
+        for oid in ids:
+            info = self.table.objects.get(oid)
+            if info is not None and info.window is None and oid in windows:
+                self.set_object_window(oid, windows[oid])
 
     def _object_prompts(self, points, shapes, axis, ids=None, drawn=True) -> list[ObjectPrompts]:
         """The objects (all that have prompts, or those of `ids`) with their prompts, names,
@@ -1209,10 +1210,12 @@ class SegmentWidget(QWidget):
         offset = self.viewer.dims.ndim - image.ndim
         self.viewer.dims.set_point(offset + axis, float(world[axis]))
 
-    def _note_reached(self, labels, axis, oid):
+    def _note_reached(self, labels, axis, oid, present=None):
         """After a run landed: object `oid`'s table row, its first and last slice with labels
-        noted there, and for an object with drawn slices what the run left on each."""
-        present = labelled_slices(labels.data, oid, axis)
+        noted there, and for an object with drawn slices what the run left on each.
+        `present`: its labelled slices, where the caller has them."""
+        if present is None:
+            present = labelled_slices(labels.data, oid, axis)
         info = self.table.add(oid)
         info.reached = (int(present[0]), int(present[-1])) if present.size else None
         if oid in self._drawn:
@@ -1603,7 +1606,7 @@ class SegmentWidget(QWidget):
             drawn = np.unique(new[axis][values == oid])  # from the loaded voxels: no pass
             self._drawn.start(oid, drawn)
             slices |= set(drawn.tolist())
-            self._note_reached(labels, axis, oid)
+            self._note_reached(labels, axis, oid, drawn)
         self.object_spin.setValue(ids[0])
         self._on_object_changed(ids[0])
         self._show_objects()

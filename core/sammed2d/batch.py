@@ -181,9 +181,8 @@ def propagate_case(
     """Propagate one case's prompts, here or on a `sammed2d serve` at `server`; never raises
     (a failure becomes the result's status). `out_format` (an extension of `OUT_FORMATS`)
     names the labels' format; None: the image's own where that is one file, else NIfTI."""
-    from .io import dicom_source, read_volume
-    from .labelfiles import check_output, object_segments, seed_record, write_labels
-    from .prompt_files import read_prompt_file
+    from .io import dicom_source
+    from .labelfiles import check_output, object_segments, propagation_input, write_labels
 
     out = output_path(case, Path(out_dir), ext=out_format)
     source = dicom_source(case.image)
@@ -196,12 +195,7 @@ def propagate_case(
                 if case.prompts is None
                 else "both a prompts and a seeds file: give one"
             )
-        record = read_prompt_file(case.prompts) if case.prompts is not None else None
-        # the volume of a 4D image: the manifest's channel, else the prompts file's
-        channel = case.channel if case.channel is not None or record is None else record.channel
-        volume = read_volume(case.image, channel)
-        if record is None:
-            record = seed_record(case.seeds, volume)
+        volume, record = propagation_input(case.image, case.prompts, case.seeds, case.channel)
         objects = record.objects
         options = dict(
             axis=record.axis,

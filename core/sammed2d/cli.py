@@ -158,9 +158,8 @@ def cmd_segment(args) -> int:
 
 
 def cmd_propagate(args) -> int:
-    from .io import dicom_source, read_volume
-    from .labelfiles import check_output, object_segments, seed_record, write_labels
-    from .prompt_files import read_prompt_file
+    from .io import dicom_source
+    from .labelfiles import check_output, object_segments, propagation_input, write_labels
     from .review import slices_to_check
 
     if (args.prompts is None) == (args.seeds is None):
@@ -170,14 +169,11 @@ def cmd_propagate(args) -> int:
             "propagate: --axis and --between go with --seeds (a prompts file names its axis "
             "and ranges)"
         )
-    record = read_prompt_file(args.prompts) if args.prompts is not None else None
-    # the volume of a 4D file: --channel, else the one the prompts file was placed on
-    channel = args.channel if args.channel is not None or record is None else record.channel
-    volume = read_volume(args.volume, channel)
     check_output(args.out, dicom_source(args.volume))  # before the model runs, not after
-    if record is None:
-        axis = 2 if args.axis is None else args.axis
-        record = seed_record(args.seeds, volume, axis, args.between)
+    axis = 2 if args.axis is None else args.axis
+    volume, record = propagation_input(
+        args.volume, args.prompts, args.seeds, args.channel, axis, args.between
+    )
     settings = record.settings
     if args.slice_step is not None:
         settings = replace(settings, slice_step=args.slice_step)
@@ -531,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
         if cache:
             p.add_argument("--cache", type=Path, help="folder for embeddings kept between runs")
 
+    def channel_option(p, what="a 4D file (MR sequences, channels, time points)", default=""):
+        p.add_argument(
+            "--channel", type=int, metavar="N", help=f"which volume of {what}, from 0{default}"
+        )
+
     def remote_options(p):
         p.add_argument(
             "--server",
@@ -576,12 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--slice", type=int, help="slice index when IMAGE is a volume")
     p.add_argument("--axis", type=int, default=2, help="slice axis of the volume (default 2)")
-    p.add_argument(
-        "--channel",
-        type=int,
-        metavar="N",
-        help="which volume of a 4D file (MR sequences, channels, time points), from 0",
-    )
+    channel_option(p)
     p.add_argument(
         "-o",
         "--out",
@@ -595,13 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("propagate", help="segment objects through a volume from prompts")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
-    p.add_argument(
-        "--channel",
-        type=int,
-        metavar="N",
-        help="which volume of a 4D file (MR sequences, channels, time points), from 0; "
-        "default: the one the prompts file names, if any",
-    )
+    channel_option(p, default="; default: the one the prompts file names, if any")
     p.add_argument("--prompts", type=Path, help="PROMPTS.json")
     p.add_argument(
         "--seeds",
@@ -661,12 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")
-    p.add_argument(
-        "--channel",
-        type=int,
-        metavar="N",
-        help="which volume of a 4D file (MR sequences, channels, time points), from 0",
-    )
+    channel_option(p)
     p.add_argument("--cache", type=Path, required=True, help="folder for the embeddings")
     p.add_argument("--axis", type=int, default=2, help="slice axis (default 2)")
     p.add_argument("--batch-size", type=int, default=1, help="slices per encoder call")
@@ -705,12 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "labels", type=Path, help="its reference labels (.nii.gz, .seg.nrrd, DICOM SEG, ...)"
     )
-    p.add_argument(
-        "--channel",
-        type=int,
-        metavar="N",
-        help="which volume of a 4D file (MR sequences, channels, time points), from 0",
-    )
+    channel_option(p)
     p.add_argument(
         "--prompt",
         default="box3d",
@@ -736,12 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one label file per image, same order (.nii.gz, .seg.nrrd, DICOM SEG, ...)",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="the fine-tuned checkpoint, .pth")
-    p.add_argument(
-        "--channel",
-        type=int,
-        metavar="N",
-        help="which volume of 4D images (MR sequences, channels), from 0, the same for each",
-    )
+    channel_option(p, "4D images (MR sequences, channels)", ", the same for each")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
     p.add_argument(

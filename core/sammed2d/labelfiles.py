@@ -220,5 +220,20 @@ def seed_record(path: str | os.PathLike, volume: Volume, axis: int = 2, between:
     return PromptFile(axis=axis % 3, objects=objects)
 
 
+def propagation_input(image, prompts=None, seeds=None, channel=None, axis=2, between=False):
+    """(volume, prompts record) of a propagation: the prompts file `prompts`, or else a
+    record seeded by the labels `seeds` (`seed_record`, along `axis`). Of a 4D image the
+    volume `channel`, else the one the prompts file names."""
+    from .prompt_files import read_prompt_file
+
+    record = read_prompt_file(prompts) if prompts is not None else None
+    if channel is None and record is not None:
+        channel = record.channel
+    volume = read_volume(image, channel)
+    if record is None:
+        record = seed_record(seeds, volume, axis, between)
+    return volume, record
+
+
 def names_of(segments: list[Segment]) -> dict[int, str]:
     return {s.id: s.name for s in segments}
