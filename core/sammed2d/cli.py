@@ -160,6 +160,7 @@ def cmd_segment(args) -> int:
 def cmd_propagate(args) -> int:
     from .io import dicom_source
     from .labelfiles import check_output, object_segments, propagation_input, write_labels
+    from .measure import voxel_ml
     from .review import slices_to_check
 
     if (args.prompts is None) == (args.seeds is None):
@@ -221,6 +222,7 @@ def cmd_propagate(args) -> int:
         source_series=dicom_source(args.volume),
         algorithm=f"SAM-Med2D suite ({family})",
     )
+    per_voxel = voxel_ml(volume.affine)
     for obj in objects:
         reached = result.reached[obj.id]
         span = (
@@ -228,6 +230,8 @@ def cmd_propagate(args) -> int:
             if reached is None
             else (f"slices {reached[0]}-{reached[1]} ({reached[1] - reached[0] + 1} slices)")
         )
+        if reached is not None:
+            span += f", {np.count_nonzero(result.labels == obj.id) * per_voxel:.1f} mL"
         name = f" {obj.name}" if obj.name else ""
         window = result.windows.get(obj.id)
         shown = f", {window} window" if window else ""
@@ -247,27 +251,56 @@ def cmd_propagate(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from .io import dicom_source, read_volume
-    from .labelfiles import read_labels, write_labels
+def _named_labels(path, reference, names):
+    """A label file read onto `reference`'s grid (if given), its segments renamed by the
+    JSON file `names` (if given)."""
+    from .labelfiles import read_labels
     from .segments import segments_from_json
 
-    reference = read_volume(args.reference) if args.reference else None
-    labels, segments = read_labels(args.labels, reference=reference)
-    if args.names:
+    labels, segments = read_labels(path, reference=reference)
+    if names:
         try:
-            given = segments_from_json(
-                json.loads(args.names.read_text(encoding="utf-8")), str(args.names)
-            )
+            given = segments_from_json(json.loads(names.read_text(encoding="utf-8")), str(names))
         except FileNotFoundError:
-            raise SamMed2DError(f"names {args.names}: file not found") from None
+            raise SamMed2DError(f"names {names}: file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SamMed2DError(f"names {args.names}: malformed JSON ({exc})") from None
+            raise SamMed2DError(f"names {names}: malformed JSON ({exc})") from None
         if not given:
-            raise SamMed2DError(f"{args.names}: no segment names found")
+            raise SamMed2DError(f"{names}: no segment names found")
         segments = [given.get(s.id, s) for s in segments] + [
             s for i, s in given.items() if i not in {t.id for t in segments}
         ]
+    return labels, segments
+
+
+def cmd_measure(args) -> int:
+    from .io import read_volume
+    from .labelfiles import names_of
+    from .measure import object_sizes, size_text, write_sizes_csv
+
+    reference = read_volume(args.reference) if args.reference else None
+    labels, segments = _named_labels(args.labels, reference, args.names)
+    if labels.array.ndim != 3:
+        raise SamMed2DError(f"{args.labels}: expected a 3D label volume, got {labels.array.ndim}D")
+    sizes = object_sizes(labels.array, labels.affine, args.axis)
+    names = names_of(segments)
+    if args.csv:
+        write_sizes_csv(args.csv, sizes, names)
+    for size in sizes:
+        print(size_text(size, names.get(size.id, "")))
+    if not sizes:
+        print(f"{args.labels}: no labelled voxels")
+    if args.csv:
+        print(f"sizes written to {args.csv}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .io import dicom_source, read_volume
+    from .labelfiles import write_labels
+
+    reference = read_volume(args.reference) if args.reference else None
+    labels, segments = _named_labels(args.labels, reference, args.names)
     like = reference if reference is not None else labels
     write_labels(
         args.out,
@@ -648,6 +681,29 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--out", type=Path, required=True, help=".dcm, .rtstruct.dcm, .seg.nrrd, .nii.gz, ..."
     )
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser(
+        "measure",
+        help="each labelled object's volume (mL) and longest in-plane diameter (mm)",
+    )
+    p.add_argument(
+        "labels", type=Path, help="label volume, .seg.nrrd, DICOM SEG or RT Structure Set"
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="the image the labels were made on (needed for an RT Structure Set)",
+    )
+    p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
+    p.add_argument(
+        "--axis",
+        type=int,
+        choices=[0, 1, 2],
+        help="array axis of the slices the diameter is measured on (default: the axial "
+        "slices, from the file's orientation)",
+    )
+    p.add_argument("--csv", type=Path, help="also write the sizes to this CSV file")
+    p.set_defaults(run=cmd_measure)
 
     p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")

@@ -137,6 +137,50 @@ def test_propagate_with_real_model_and_cache(tmp_path, capsys, volume_file, prom
     assert listed and set(listed) <= {1, 3, 4}, block[1]
 
 
+def test_measure_prints_and_writes_each_objects_size(tmp_path, capsys, volume_file):
+    """`measure`: each object's volume and longest axial diameter from any label format,
+    named by the file or by --names; a CSV beside; bad input in one line."""
+    from sammed2d.labelfiles import write_labels
+    from sammed2d.measure import object_sizes
+    from sammed2d.segments import Segment
+
+    volume = read_volume(volume_file)  # 0.8 x 0.9 x 2.5 mm voxels, turned in plane
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[10:25, 8:20, 1:5] = 2
+    labels[30:33, 30:34, 2] = 6
+    seg = write_labels(
+        tmp_path / "l.seg.nrrd",
+        labels,
+        volume,
+        [Segment(2, "block", (200, 40, 40)), Segment(6, "nodule", (40, 200, 40))],
+    )
+    code, out, err = run_cli(capsys, "measure", seg, "--csv", tmp_path / "sizes.csv")
+    assert code == 0, err
+    block, nodule = object_sizes(labels, volume.affine)
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"2 block: {15 * 12 * 4 * 1.8 / 1000:.1f} mL, longest diameter "
+        f"{np.hypot(15 * 0.8, 12 * 0.9):.1f} mm (slice {block.diameter_slice}), slices 1-4"
+    )
+    assert lines[1].startswith("6 nodule: 0.0 mL, longest diameter ")
+    assert lines[2] == f"sizes written to {tmp_path / 'sizes.csv'}"
+    rows = (tmp_path / "sizes.csv").read_text().splitlines()
+    assert rows[1].startswith("2,block,720,1.296,1,4,") and rows[2].startswith("6,nodule,12,")
+
+    nifti = write_volume(tmp_path / "l.nii.gz", labels, volume)
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"6": "nodule"}))
+    code, out, err = run_cli(capsys, "measure", nifti, "--names", names, "--axis", "0")
+    assert code == 0, err
+    assert out.splitlines()[1].startswith("6 nodule: ") and out.splitlines()[1].endswith(
+        "slices 30-32"
+    )
+    code, _, err = run_cli(capsys, "measure", volume_file)
+    assert_one_line_error(code, err, "is not a label")
+    code, _, err = run_cli(capsys, "measure", tmp_path / "none.nii.gz")
+    assert_one_line_error(code, err, "file not found")
+
+
 def test_propagate_from_labels_drawn_on_some_slices(tmp_path, capsys, volume_file):
     """--seeds: labels drawn on a few slices (here a .seg.nrrd, names kept) are taken as
     given there, interpolated between two drawings 5 mm apart, and walked past them until
@@ -166,7 +210,8 @@ def test_propagate_from_labels_drawn_on_some_slices(tmp_path, capsys, volume_fil
     a, b = found[..., 4], truth[..., 4]  # past the last drawing: the model's
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.85
     assert not found[..., 5].any()  # where the block ends, the walk stopped
-    assert "object 4 block: slices 1-4" in stdout
+    ml = found.sum() * 0.8 * 0.9 * 2.5 / 1000  # the oblique affine's voxels
+    assert f"object 4 block: slices 1-4 (4 slices), {ml:.1f} mL," in stdout
 
     code, stdout, err = run_cli(
         capsys, "propagate", volume_file, "--seeds", seeds, "-o", out, "--between",
