@@ -62,6 +62,7 @@ from sammed2d.finetune import summary
 from sammed2d.intensity import PRESETS
 from sammed2d.io import Volume, atomic_write, dicom_source, weights_output
 from sammed2d.labelfiles import label_values, read_labels
+from sammed2d.measure import object_sizes, size_text, write_sizes_csv
 from sammed2d.objects import (
     ObjectPrompts,
     PropagationSettings,
@@ -112,12 +113,14 @@ KEYS = {
     "Shift-T": "toggle_polarity",
     "Shift-C": "clear_prompts",
     "Shift-K": "check_next",
+    "Shift-M": "measure",
 }
 CHECK_HINT = " · Shift+K: the slices to check"  # after a propagation's status
+MEASURED_LINES = 5  # objects whose sizes the status line lists; the rest go to a notification
 AUTOSAVE_SECONDS = 5  # how often the labels are handed to auto-save (written only if changed)
 KEYS_HELP = (
     "Shift+S segment · Shift+R propagate · Shift+G propagate all · N new object · "
-    "Shift+T +/− · Shift+C clear · Shift+K next slice to check"
+    "Shift+T +/− · Shift+C clear · Shift+K next slice to check · Shift+M measure"
 )
 
 
@@ -235,6 +238,14 @@ class SegmentWidget(QWidget):
             "suspect first: the model's predicted IoU there is low, or its mask differs from "
             "its neighbours' (a jump, a slip onto something else, a gap)"
         )
+        self.measure_button = QPushButton("Measure (Shift+M)")
+        self.measure_button.setToolTip(
+            "each object's volume (mL) and longest diameter (mm) on the slices you are "
+            "looking through, as they are now (the diameter between its pixels' farthest "
+            "corners); as `sammed2d measure`"
+        )
+        save_sizes = QPushButton("Save sizes…")
+        save_sizes.setToolTip("measure, and write the sizes to a CSV file")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         clear_button = QPushButton("Clear prompts (Shift+C)")
@@ -259,7 +270,8 @@ class SegmentWidget(QWidget):
             "Cancel keeps the model as it was"
         )
         self._job_buttons = (
-            self.propagate_button, self.propagate_all_button, self.finetune_button
+            self.propagate_button, self.propagate_all_button, self.finetune_button,
+            self.measure_button, save_sizes,
         )  # fmt: skip
         self.autosave_check = QCheckBox("Auto-save")
         self.autosave_check.setToolTip(
@@ -303,6 +315,7 @@ class SegmentWidget(QWidget):
             (self.positive_button, clear_button),
             (self.segment_button, self.propagate_button),
             (self.propagate_all_button, self.check_button),
+            (self.measure_button, save_sizes),
             (clear_slice, clear_object),
             (save_button, load_button),
             (load_labels_button, self.finetune_button),
@@ -327,6 +340,8 @@ class SegmentWidget(QWidget):
         self.propagate_button.clicked.connect(self.propagate_object)
         self.propagate_all_button.clicked.connect(self.propagate_all)
         self.check_button.clicked.connect(self.check_next)
+        self.measure_button.clicked.connect(lambda: self.measure())
+        save_sizes.clicked.connect(self._save_sizes_dialog)
         self.cancel_button.clicked.connect(self.cancel)
         add_object.clicked.connect(self.new_object)
         delete_object.clicked.connect(self.delete_object)
@@ -734,6 +749,13 @@ class SegmentWidget(QWidget):
         and gives no affine."""
         image = self.image_layer
         data = self._voxels_of(image)
+        affine, orientation = self._geometry(image)
+        preset = self.preset_combo.currentText()
+        return data, affine, preset, orientation
+
+    @staticmethod
+    def _geometry(image):
+        """(affine, orientation) of an image layer, as `volume_context` gives them."""
         info = image.metadata.get("sammed2d") or {}
         affine, orientation = info.get("affine"), "radiological"
         if affine is None and image.ndim == 3:
@@ -741,8 +763,7 @@ class SegmentWidget(QWidget):
             scale = scale * mm_per_unit(getattr(image, "units", None), image.ndim)
             if not np.allclose(scale, 1.0):
                 affine, orientation = np.diag([*scale, 1.0]), "array"
-        preset = self.preset_combo.currentText()
-        return data, affine, preset, orientation
+        return affine, orientation
 
     def _voxels_of(self, image) -> np.ndarray:
         """The layer's voxels as a numpy array: of a multiscale layer its full resolution.
@@ -1200,6 +1221,64 @@ class SegmentWidget(QWidget):
         rank, pick = next_to_check(ranked, self._checked.setdefault(oid, set()))
         self._go_to_slice(axis, pick.index)
         self.status.setText(f"{check_status(name, rank, len(ranked), pick)} (Shift+K: the next)")
+
+    def measure(self, path=None) -> None:
+        """Each object's size in SAM labels as they are now (`sammed2d.measure`): volume in
+        mL and longest diameter in mm on the slices the viewer shows (in voxels and pixels
+        for an image without a voxel size), in the status line; with `path`, also written
+        there as CSV. Off the GUI thread (0.6 s for 14 structures over 300 slices)."""
+        labels, image = self._layer(LABELS_NAME), self.image_layer
+        if labels is None or image is None or labels.ndim not in (2, 3):
+            self.status.setText("Measure needs an image and its SAM labels")
+            return
+        data = np.asarray(labels.data)
+        if labels.ndim == 2:  # one image: measured as one slice 1 mm thick, so mL are mm³/1000
+            scale = np.asarray(image.scale[-2:], np.float64)
+            scale = scale * mm_per_unit(getattr(image, "units", None), 2)
+            affine = None if np.allclose(scale, 1.0) else np.diag([1.0, *scale, 1.0])
+            data, axis = data[None], 0
+        else:
+            affine, _ = self._geometry(image)
+            try:
+                axis = self.slice_axis()
+            except SamMed2DError:  # 3D rendering: the axial slices, as `sammed2d measure`
+                axis = None
+        physical = affine is not None
+        grid = np.asarray(affine, float) if physical else np.eye(4)
+        if axis is None and not physical:
+            axis = 0
+        names = {oid: info.name for oid, info in self.table.objects.items()}
+
+        def call(report, should_stop):
+            report("measuring sizes", 0, 0, "")
+            sizes = object_sizes(data, grid, axis)
+            if path is not None and sizes:
+                write_sizes_csv(path, sizes, names)
+            return sizes
+
+        def done(sizes):
+            if not sizes:
+                self.status.setText("nothing to measure: SAM labels are empty")
+                return
+            if labels.ndim == 2:  # an area, and no slices to name
+                sizes = [replace(s, diameter_slice=None) for s in sizes]
+            lines = {s.id: size_text(s, self._name_of(s.id), physical) for s in sizes}
+            saved = f"\nwritten to {Path(path).name}" if path is not None else ""
+            shown = list(lines.values())
+            if len(shown) > MEASURED_LINES:  # the current object, and where the rest are
+                oid = self.object_spin.value()
+                first = lines.get(oid, shown[0])
+                shown = [first, f"and {len(lines) - 1} more in the notification"]
+            self.status.setText("sizes now:\n" + "\n".join(shown) + saved)
+            # napari's notification list keeps them all
+            show_info("sizes: " + "; ".join(lines.values()) + saved.replace("\n", " · "))
+
+        self._run_job(call, done, "measuring")
+
+    def _save_sizes_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save sizes", "sizes.csv", "CSV (*.csv)")
+        if path:
+            self.measure(path)
 
     def _go_to_slice(self, axis: int, index: int) -> None:
         """Move the viewer to slice `index` along the image's data axis `axis`."""

@@ -287,7 +287,7 @@ def cmd_measure(args) -> int:
     if args.csv:
         write_sizes_csv(args.csv, sizes, names)
     for size in sizes:
-        print(size_text(size, names.get(size.id, "")))
+        print(size_text(size, f"{size.id} {names.get(size.id, '')}".strip()))
     if not sizes:
         print(f"{args.labels}: no labelled voxels")
     if args.csv:

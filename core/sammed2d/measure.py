@@ -27,7 +27,7 @@ class ObjectSize:
     volume_ml: float
     slices: tuple[int, int]  # first and last slice along the measured axis
     diameter_mm: float  # longest in-plane diameter
-    diameter_slice: int  # the slice where it is longest
+    diameter_slice: int | None  # the slice where it is longest
 
 
 def slice_axis_across(affine: np.ndarray, world: int = 2) -> int:
@@ -104,12 +104,14 @@ def _longest_section(inside: np.ndarray, steps: np.ndarray) -> tuple[float, int]
     bound = np.maximum(np.linalg.norm(a + b, axis=1), np.linalg.norm(a - b, axis=1))
     bound[~present] = -1.0
     best, where = 0.0, int(np.argmax(present))
+    tie = 1e-9  # equal lengths measured through another axis order differ in the last bits
     for k in np.argsort(-bound, kind="stable"):
-        if bound[k] <= best:
+        if bound[k] < best - tie * best:
             break
         length = longest_diameter(inside[k], steps)
-        if length > best:
-            best, where = length, int(k)
+        # of sections as long, the first slice: the same whichever way the array is held
+        if length > best + tie * best or (length >= best - tie * best and k < where):
+            best, where = max(length, best), int(k)
     return best, where
 
 
@@ -185,10 +187,18 @@ def write_sizes_csv(
     return atomic_write(Path(path), write)
 
 
-def size_text(size: ObjectSize, name: str = "") -> str:
-    """One line: 'liver: 1523.4 mL, longest diameter 187.3 mm (slice 15), slices 3-28'."""
-    label = f"{size.id} {name}".strip() if name else str(size.id)
-    return (
-        f"{label}: {size.volume_ml:.1f} mL, longest diameter {size.diameter_mm:.1f} mm "
-        f"(slice {size.diameter_slice}), slices {size.slices[0]}-{size.slices[1]}"
+def size_text(size: ObjectSize, label: str, physical: bool = True) -> str:
+    """One line: 'liver: 1523.4 mL, longest diameter 187.3 mm (slice 15), slices 3-28',
+    the object named `label`. `physical`: False where the affine was a stand-in (no voxel
+    size known), in voxels and pixels. A size without a `diameter_slice` is of one 2D
+    image, measured as a slice 1 mm thick: its area."""
+    flat = size.diameter_slice is None
+    if flat:
+        amount = f"{size.volume_ml * 1000:.1f} mm²" if physical else f"{size.voxels} pixels"
+    else:
+        amount = f"{size.volume_ml:.1f} mL" if physical else f"{size.voxels} voxels"
+    length = f"{size.diameter_mm:.1f} {'mm' if physical else 'pixels'}"
+    where = (
+        "" if flat else f" (slice {size.diameter_slice}), slices {size.slices[0]}-{size.slices[1]}"
     )
+    return f"{label}: {amount}, longest diameter {length}{where}"

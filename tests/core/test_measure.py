@@ -147,3 +147,18 @@ def test_the_longest_section_is_found_however_the_sections_are_ordered():
         ]
         assert size.diameter_mm == pytest.approx(max(each))
         assert each[size.diameter_slice] == pytest.approx(max(each))
+
+
+def test_the_same_labels_held_transposed_measure_the_same():
+    """napari holds a volume's axes reversed: sizes, and the slice named for the longest
+    diameter where several sections are as long, do not depend on it."""
+    labels = np.zeros((30, 26, 9), np.uint8)
+    labels[5:20, 4:18, 2:8] = 1  # six equal sections
+    labels[3:9, 3:9, 1:7] = 2
+    affine = oblique_affine()
+    turned = np.transpose(labels, (2, 1, 0))
+    flipped = affine[:, [2, 1, 0, 3]]
+    for a, b in zip(object_sizes(labels, affine), object_sizes(turned, flipped)):
+        assert (a.voxels, a.slices, a.diameter_slice) == (b.voxels, b.slices, b.diameter_slice)
+        assert a.diameter_mm == pytest.approx(b.diameter_mm)
+    assert object_sizes(labels, affine)[0].diameter_slice == 2

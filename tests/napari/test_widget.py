@@ -643,3 +643,76 @@ def test_object_table_shows_each_colour_and_whole_window_names_in_napari_style(
             assert view.columnWidth(3) >= combo.sizeHint().width()
     finally:
         w.shutdown()
+
+
+def test_measure_gives_each_objects_size_as_it_is_now(widget, qtbot, tmp_path):
+    """Measure: volume and longest diameter of each object in SAM labels, on the slices
+    the viewer shows, from the image's voxel size (in voxels without one); Save sizes
+    writes them as CSV; a 2D image gets areas."""
+    viewer, w = widget
+    _, _, labels = setup_volume(viewer, w, scale=(2.5, 0.8, 0.5))
+    qtbot.waitUntil(lambda: "loaded" in w.status.text(), timeout=60_000)  # its own line first
+    w.rename_object(1, "block")
+    labels.data[2:6, 12:30, 10:26] = 1  # 4 slices of 18 x 16 pixels, painted
+    labels.data[4, 40:42, 30:33] = 3
+    w.measure(tmp_path / "sizes.csv")
+    qtbot.waitUntil(lambda: w._busy is None, timeout=30_000)
+    ml = 4 * 18 * 16 * 2.5 * 0.8 * 0.5 / 1000
+    longest = np.hypot(18 * 0.8, 16 * 0.5)
+    assert w.status.text() == (
+        f"sizes now:\nblock: {ml:.1f} mL, longest diameter {longest:.1f} mm (slice 2), "
+        f"slices 2-5\nobject 3: 0.0 mL, longest diameter {np.hypot(1.6, 1.5):.1f} mm (slice 4), "
+        "slices 4-4\nwritten to sizes.csv"
+    )
+    rows = (tmp_path / "sizes.csv").read_text().splitlines()
+    assert rows[1].startswith(f"1,block,{4 * 18 * 16},{ml:.3f},2,5,{longest:.1f},2")
+
+    labels.data[2:6, 12:30, 10:26] = 0  # a change is measured at the next press
+    labels.data[2, 12:14, 10:12] = 1
+    w.measure()
+    qtbot.waitUntil(lambda: w._busy is None, timeout=30_000)
+    assert w.status.text().startswith("sizes now:\nblock: 0.0 mL, longest diameter ")
+    assert "slices 2-2" in w.status.text()
+
+    viewer.layers.clear()  # no voxel size: voxels and pixels
+    _, _, labels = setup_volume(viewer, w)
+    labels.data[2:6, 12:30, 10:26] = 1
+    w.measure()
+    qtbot.waitUntil(lambda: w._busy is None, timeout=30_000)
+    assert w.status.text() == (
+        f"sizes now:\nblock: {4 * 18 * 16} voxels, longest diameter "
+        f"{np.hypot(18, 16):.1f} pixels (slice 2), slices 2-5"
+    )
+
+
+def test_measure_a_2d_image_gives_areas(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(block_volume()[3], name="xray", scale=(0.2, 0.2))
+    _, _, labels = w.ensure_prompt_layers()
+    qtbot.waitUntil(lambda: "loaded" in w.status.text(), timeout=60_000)
+    labels.data[12:30, 10:26] = 1
+    w.measure()
+    qtbot.waitUntil(lambda: w._busy is None, timeout=30_000)
+    assert w.status.text() == (
+        f"sizes now:\nobject 1: {18 * 16 * 0.04:.1f} mm², longest diameter "
+        f"{np.hypot(18 * 0.2, 16 * 0.2):.1f} mm"
+    )
+
+
+def test_measure_lists_many_objects_in_a_notification(widget, qtbot, monkeypatch):
+    viewer, w = widget
+    _, _, labels = setup_volume(viewer, w, scale=(2.0, 1.0, 1.0))
+    qtbot.waitUntil(lambda: "loaded" in w.status.text(), timeout=60_000)
+    shown = []
+    monkeypatch.setattr("napari_sammed2d._widget.show_info", shown.append)
+    for oid in range(1, 7):
+        labels.data[1, 4 * oid : 4 * oid + 2, 2:4] = oid
+    w.object_spin.setValue(4)
+    w.measure()
+    qtbot.waitUntil(lambda: w._busy is None, timeout=30_000)
+    assert w.status.text().splitlines() == [
+        "sizes now:",
+        f"object 4: 0.0 mL, longest diameter {np.hypot(2, 2):.1f} mm (slice 1), slices 1-1",
+        "and 5 more in the notification",
+    ]
+    assert len(shown) == 1 and all(f"object {i}: " in shown[0] for i in range(1, 7))
