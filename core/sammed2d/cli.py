@@ -274,8 +274,9 @@ def _named_labels(path, reference, names):
 
 
 def cmd_measure(args) -> int:
-    from .io import read_volume
-    from .labelfiles import names_of
+    from .dicom_seg import dicom_modality
+    from .io import is_dicom_file, read_volume
+    from .labelfiles import is_seg_nrrd, names_of
     from .measure import object_sizes, size_text, write_sizes_csv
 
     reference = read_volume(args.reference) if args.reference else None
@@ -284,6 +285,14 @@ def cmd_measure(args) -> int:
         raise SamMed2DError(f"{args.labels}: expected a 3D label volume, got {labels.array.ndim}D")
     sizes = object_sizes(labels.array, labels.affine, args.axis)
     names = names_of(segments)
+    if reference is None and (
+        is_seg_nrrd(args.labels)
+        or (is_dicom_file(args.labels) and dicom_modality(args.labels) == "SEG")
+    ):
+        _warn(
+            f"slices are numbered on {args.labels.name}'s own grid, which may hold only the "
+            "labelled slices: give --reference IMAGE to number them as the image's"
+        )
     if args.csv:
         write_sizes_csv(args.csv, sizes, names)
     for size in sizes:

@@ -69,8 +69,7 @@ def read_labels(
         if reference is None:
             raise VolumeIOError(
                 f"labels {path}: an RT Structure Set holds contours in mm, read onto the image "
-                "they were drawn on (`sammed2d export` with --reference IMAGE; evaluate and "
-                "finetune read it onto their image)"
+                "they were drawn on: give that image with --reference IMAGE"
             )
         from .rtstruct import read_rtstruct
 
