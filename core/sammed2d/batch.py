@@ -180,11 +180,14 @@ def propagate_case(
 ) -> CaseResult:
     """Propagate one case's prompts, here or on a `sammed2d serve` at `server`; never raises
     (a failure becomes the result's status). `out_format` (an extension of `OUT_FORMATS`)
-    names the labels' format; None: the image's own where that is one file, else NIfTI."""
+    names the labels' format; None: the image's own where that is one file, else NIfTI.
+    Each object's size (`sammed2d measure`) goes beside, to NAME_sizes.csv."""
     from .io import dicom_source
     from .labelfiles import check_output, object_segments, propagation_input, write_labels
+    from .measure import object_sizes, write_sizes_csv
 
     out = output_path(case, Path(out_dir), ext=out_format)
+    sizes = output_path(case, Path(out_dir), "_sizes", ".csv")
     source = dicom_source(case.image)
 
     def work(result: CaseResult) -> None:
@@ -212,7 +215,14 @@ def propagate_case(
 
             net = _model(model, device, preprocessing, precision)
             run = propagate(volume.array, objects, net, cache=_cache(cache_dir), **options)
-        write_labels(out, run.labels, volume, object_segments(objects), source_series=source)
+        segments = object_segments(objects)
+        # the sizes first: a case counts as done once its labels exist
+        write_sizes_csv(
+            sizes,
+            object_sizes(run.labels, volume.affine),
+            {s.id: s.name for s in segments},
+        )
+        write_labels(out, run.labels, volume, segments, source_series=source)
         result.objects = len(objects)
         result.slices = sum(hi - lo + 1 for r in run.reached.values() if r for lo, hi in [r])
 

@@ -53,6 +53,13 @@ def test_batch_on_local_cluster_with_failure_and_resume(cases, tmp_path, tiny_ch
         assert np.allclose(src.affine, lab.affine, atol=1e-4)
     assert not (out / "broken_labels.nii.gz").exists()
     assert (out / "summary.csv").read_text(encoding="utf-8").count("\n") == 5
+    for n in range(1, 3):  # each case's sizes beside its labels, from its own voxel size
+        labels = read_volume(out / f"case{n}_labels.nrrd").array
+        row = (out / f"case{n}_sizes.csv").read_text().splitlines()[1].split(",")
+        voxels = int((labels == 1).sum())
+        assert row[:3] == ["1", "Segment_1", str(voxels)]  # the name its labels file gives it
+        assert float(row[3]) == pytest.approx(voxels * (0.7 + n) * 0.8 * 2.0 / 1000, abs=1e-3)
+    assert not (out / "broken_sizes.csv").exists()
 
 
 def test_a_case_seeded_by_drawn_labels(cases, tmp_path, tiny_checkpoint):
