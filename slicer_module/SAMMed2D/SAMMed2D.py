@@ -801,6 +801,7 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
         """(work, finish): `work(progress, shouldStop)` runs the model and touches no Slicer
         object, so it may run on another thread; `finish(result)` writes the segment on the
         GUI thread and returns a status line."""
+        from sammed2d.measure import voxel_ml
         from sammed2d.objects import ObjectPrompts, SlicePrompt
         from sammed2d.orientation import slice_of
         from sammed2d.review import slices_to_check
@@ -836,7 +837,8 @@ class SAMMed2DLogic(ScriptedLoadableModuleLogic):
             self.drawn.note_landed(key, after, True, axis)
             reached = result.reached[1]
             text = "no slices" if reached is None else f"slices {reached[0]}-{reached[1]}"
-            text += f" ({written} written), {result.windows.get(1, preset)} window"
+            text += f" ({written} written), {np.count_nonzero(after) * voxel_ml(affine):.1f} mL"
+            text += f", {result.windows.get(1, preset)} window"
             drawnKept = len(set(seeds) - {index})
             if drawnKept:
                 text += f", {drawnKept} drawn slice(s) kept as drawn"

@@ -135,6 +135,8 @@ def test_propagate_keeps_slices_drawn_in_the_segment(scene, phantom):
     status = logic.propagateSegment(volume, segmentation, "S1", "Red", NO_MARKUPS)
     assert "2 drawn slice(s) kept as drawn" in status
     result = logic._readSegment(segmentation, "S1", volume)
+    ml = result.sum() * abs(np.linalg.det(phantom[2][:3, :3])) / 1000
+    assert f" written), {ml:.1f} mL, " in status  # the segment's volume as it now is
     for k in (z - 3, z + 3):
         assert np.array_equal(result[:, :, k], liver[:, :, k])
     assert dice(result, liver) > 0.9
