@@ -55,6 +55,15 @@ def write_dicom_seg(
         )
     depth = frames[0] if len(sources) == 1 else len(sources)
     present = labelled_segments(labels, segments, sources, depth, source)
+    if len(sources) > 1:
+        # highdicom copies a series' Spacing Between Slices into the SEG, where readers take
+        # it for the frames' spacing; series whose tag disagrees with their slices'
+        # positions exist (it read 1 where the slices lay 2 mm apart, and the SEG read back
+        # on a 1 mm grid). Without it the spacing comes from the positions, as the series
+        # is read here.
+        for ds in sources:
+            if "SpacingBetweenSlices" in ds:
+                del ds.SpacingBetweenSlices
     by_frame = np.transpose(labels, (2, 1, 0))  # (slice, row, column), as the source frames
     numbered = np.zeros(by_frame.shape, np.uint8 if len(present) < 256 else np.uint16)
     descriptions = []

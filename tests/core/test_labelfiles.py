@@ -387,6 +387,31 @@ def test_propagation_written_as_dicom_seg(tmp_path, capsys):
     assert validator_errors(tmp_path / "result.dcm") == []
 
 
+def test_a_seg_takes_its_frames_spacing_from_the_slices_not_a_wrong_tag(tmp_path):
+    """A series whose Spacing Between Slices says 1 mm where its slices lie 2 mm apart: the
+    SEG of two of its slices holds them 2 mm apart (highdicom copied the tag, and the SEG
+    read back on a 1 mm grid with an empty slice between, half the volume in mm³, and off
+    the series' grid)."""
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    array = np.zeros((20, 16, 6), np.int16)
+    series = write_dicom_series(tmp_path / "series", array)
+    for path in series.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.SpacingBetweenSlices = 1
+        ds.save_as(path)
+    volume = read_volume(series)
+    assert volume.spacing[2] == pytest.approx(2.0)  # read from the positions
+    labels = np.zeros(array.shape, np.uint8)
+    labels[4:9, 3:7, 3:5] = 1
+    seg = write_labels(tmp_path / "l.dcm", labels, volume, [Segment(1, "a", (9, 8, 7))], series)
+    alone, _ = read_labels(seg)
+    assert alone.array.shape == (20, 16, 2)
+    assert np.linalg.norm(alone.affine[:3, 2]) == pytest.approx(2.0)
+    back, _ = read_labels(seg, reference=volume)
+    assert np.array_equal(back.array, labels)
+
+
 def enhanced_ct(tmp_path, array, frames: str):
     """`array` as one Legacy Converted Enhanced CT file (what converters and newer scanners
     write instead of a file per slice), its frames stored as highdicom sorts them
