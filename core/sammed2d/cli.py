@@ -304,6 +304,30 @@ def cmd_measure(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .io import Volume, read_volume
+    from .labelfiles import names_of
+    from .measure import agreement_text, agreements, write_agreements_csv
+
+    reference = read_volume(args.reference) if args.reference else None
+    first, segments = _named_labels(args.first, reference, args.names)
+    if first.array.ndim != 3:
+        raise SamMed2DError(f"{args.first}: expected a 3D label volume, got {first.array.ndim}D")
+    # the second onto the first's grid: a SEG or cropped .seg.nrrd of the same image fits
+    second, more = _named_labels(args.second, Volume(first.array, first.affine), None)
+    names = {**names_of(more), **names_of(segments)}
+    items = agreements(first.array, second.array, first.affine)
+    if args.csv:
+        write_agreements_csv(args.csv, items, names)
+    for item in items:
+        print(agreement_text(item, f"{item.id} {names.get(item.id, '')}".strip()))
+    if not items:
+        print("no labelled voxels in either")
+    if args.csv:
+        print(f"agreement written to {args.csv}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .io import dicom_source, read_volume
     from .labelfiles import write_labels
@@ -713,6 +737,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--csv", type=Path, help="also write the sizes to this CSV file")
     p.set_defaults(run=cmd_measure)
+
+    p = sub.add_parser(
+        "compare",
+        help="how two segmentations of one image agree, per object: Dice, volumes, HD95 and "
+        "mean surface distance (mm)",
+    )
+    p.add_argument("first", type=Path, help="labels (e.g. the model's)")
+    p.add_argument("second", type=Path, help="labels of the same image (e.g. a reader's)")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="the image both were made on (needed for an RT Structure Set or a SEG first)",
+    )
+    p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
+    p.add_argument("--csv", type=Path, help="also write the figures to this CSV file")
+    p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("embed", help="precompute a volume's embeddings into a cache folder")
     p.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA or a DICOM series folder")

@@ -181,6 +181,40 @@ def test_measure_prints_and_writes_each_objects_size(tmp_path, capsys, volume_fi
     assert_one_line_error(code, err, "file not found")
 
 
+def test_compare_two_segmentations_of_one_image(tmp_path, capsys, volume_file):
+    """`compare`: per object, Dice, both volumes and surface distances of two label files of
+    one image, the second put on the first's grid (here a crop of it); a CSV beside."""
+    from sammed2d.labelfiles import write_labels
+    from sammed2d.segments import Segment
+
+    volume = read_volume(volume_file)  # 0.8 x 0.9 x 2.5 mm voxels
+    model = np.zeros(volume.array.shape, np.uint8)
+    model[10:25, 8:20, 1:5] = 2
+    reader = np.zeros_like(model)
+    reader[10:25, 8:22, 1:5] = 2  # two columns wider
+    reader[30:33, 30:34, 2] = 6
+    first = write_labels(tmp_path / "model.nii.gz", model, volume, [Segment(2, "block", (9, 9, 9))])
+    crop = (slice(5, 36), slice(4, 36), slice(0, 6))
+    shift = volume.affine.copy()
+    shift[:3, 3] = volume.affine[:3, :3] @ [5, 4, 0] + volume.affine[:3, 3]
+    second = write_volume(tmp_path / "reader.nii.gz", reader[crop], Volume(reader[crop], shift))
+    code, out, err = run_cli(capsys, "compare", first, second, "--csv", tmp_path / "c.csv")
+    assert code == 0, err
+    lines = out.splitlines()
+    dice = 2 * 15 * 12 * 4 / (15 * 12 * 4 + 15 * 14 * 4)
+    assert lines[0].startswith(
+        f"2 block: Dice {dice:.3f}, {15 * 12 * 4 * 1.8 / 1000:.1f} / "
+        f"{15 * 14 * 4 * 1.8 / 1000:.1f} mL (+16.7 %), HD95 1.8 mm, mean surface distance "
+    )
+    assert lines[1] == "6 Segment_6: Dice 0.000, 0.0 / 0.0 mL, only in the second"
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert rows[1].startswith(f"2,block,{dice:.4f},") and rows[2].startswith(
+        "6,Segment_6,0.0000,0.000,0.022,,"
+    )
+    code, _, err = run_cli(capsys, "compare", first, volume_file)
+    assert_one_line_error(code, err, "is not a label")
+
+
 def test_measure_numbers_a_dicom_segs_slices_as_its_series(tmp_path, capsys):
     """A DICOM SEG holds only its labelled frames: measured alone its slices are its own
     (and it says so); with --reference, the series' slices."""
