@@ -273,18 +273,44 @@ def _named_labels(path, reference, names):
     return labels, segments
 
 
+def label_file_options(p, reference_help: str) -> None:
+    """--reference and --names, for the commands that read a label file."""
+    p.add_argument("--reference", type=Path, help=reference_help)
+    p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
+
+
+def _labels_3d(path, reference_path, names):
+    """(labels, segments, reference) for `measure` and `compare`: a 3D label file, on the
+    grid of the image at `reference_path` where one is given."""
+    from .io import read_volume
+
+    reference = read_volume(reference_path) if reference_path else None
+    labels, segments = _named_labels(path, reference, names)
+    if labels.array.ndim != 3:
+        raise SamMed2DError(f"{path}: expected a 3D label volume, got {labels.array.ndim}D")
+    return labels, segments, reference
+
+
+def _print_per_object(items, line, names, csv_path, write_csv, empty: str, what: str) -> None:
+    """One line per object (`line(item, "3 liver")`), the CSV first where asked."""
+    if csv_path:
+        write_csv(csv_path, items, names)
+    for item in items:
+        print(line(item, f"{item.id} {names.get(item.id, '')}".strip()))
+    if not items:
+        print(empty)
+    if csv_path:
+        print(f"{what} written to {csv_path}")
+
+
 def cmd_measure(args) -> int:
     from .dicom_seg import dicom_modality
-    from .io import is_dicom_file, read_volume
+    from .io import is_dicom_file
     from .labelfiles import is_seg_nrrd, names_of
     from .measure import object_sizes, size_text, write_sizes_csv
 
-    reference = read_volume(args.reference) if args.reference else None
-    labels, segments = _named_labels(args.labels, reference, args.names)
-    if labels.array.ndim != 3:
-        raise SamMed2DError(f"{args.labels}: expected a 3D label volume, got {labels.array.ndim}D")
+    labels, segments, reference = _labels_3d(args.labels, args.reference, args.names)
     sizes = object_sizes(labels.array, labels.affine, args.axis)
-    names = names_of(segments)
     if reference is None and (
         is_seg_nrrd(args.labels)
         or (is_dicom_file(args.labels) and dicom_modality(args.labels) == "SEG")
@@ -293,38 +319,26 @@ def cmd_measure(args) -> int:
             f"slices are numbered on {args.labels.name}'s own grid, which may hold only the "
             "labelled slices: give --reference IMAGE to number them as the image's"
         )
-    if args.csv:
-        write_sizes_csv(args.csv, sizes, names)
-    for size in sizes:
-        print(size_text(size, f"{size.id} {names.get(size.id, '')}".strip()))
-    if not sizes:
-        print(f"{args.labels}: no labelled voxels")
-    if args.csv:
-        print(f"sizes written to {args.csv}")
+    _print_per_object(
+        sizes, size_text, names_of(segments), args.csv, write_sizes_csv,
+        f"{args.labels}: no labelled voxels", "sizes",
+    )  # fmt: skip
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .io import Volume, read_volume
+    from .io import Volume
     from .labelfiles import names_of
     from .measure import agreement_text, agreements, write_agreements_csv
 
-    reference = read_volume(args.reference) if args.reference else None
-    first, segments = _named_labels(args.first, reference, args.names)
-    if first.array.ndim != 3:
-        raise SamMed2DError(f"{args.first}: expected a 3D label volume, got {first.array.ndim}D")
+    first, segments, _ = _labels_3d(args.first, args.reference, args.names)
     # the second onto the first's grid: a SEG or cropped .seg.nrrd of the same image fits
     second, more = _named_labels(args.second, Volume(first.array, first.affine), None)
-    names = {**names_of(more), **names_of(segments)}
     items = agreements(first.array, second.array, first.affine)
-    if args.csv:
-        write_agreements_csv(args.csv, items, names)
-    for item in items:
-        print(agreement_text(item, f"{item.id} {names.get(item.id, '')}".strip()))
-    if not items:
-        print("no labelled voxels in either")
-    if args.csv:
-        print(f"agreement written to {args.csv}")
+    _print_per_object(
+        items, agreement_text, {**names_of(more), **names_of(segments)}, args.csv,
+        write_agreements_csv, "no labelled voxels in either", "agreement",
+    )  # fmt: skip
     return 0
 
 
@@ -703,13 +717,11 @@ def build_parser() -> argparse.ArgumentParser:
         "colours",
     )
     p.add_argument("labels", type=Path, help="label volume, .seg.nrrd or DICOM SEG")
-    p.add_argument(
-        "--reference",
-        type=Path,
-        help="the image the labels were made on (for .dcm output: a DICOM series folder or "
+    label_file_options(
+        p,
+        "the image the labels were made on (for .dcm output: a DICOM series folder or "
         "multi-frame file; for .rtstruct.dcm: a series folder)",
     )
-    p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
     p.add_argument(
         "-o", "--out", type=Path, required=True, help=".dcm, .rtstruct.dcm, .seg.nrrd, .nii.gz, ..."
     )
@@ -722,12 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "labels", type=Path, help="label volume, .seg.nrrd, DICOM SEG or RT Structure Set"
     )
-    p.add_argument(
-        "--reference",
-        type=Path,
-        help="the image the labels were made on (needed for an RT Structure Set)",
-    )
-    p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
+    label_file_options(p, "the image the labels were made on (needed for an RT Structure Set)")
     p.add_argument(
         "--axis",
         type=int,
@@ -745,12 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("first", type=Path, help="labels (e.g. the model's)")
     p.add_argument("second", type=Path, help="labels of the same image (e.g. a reader's)")
-    p.add_argument(
-        "--reference",
-        type=Path,
-        help="the image both were made on (needed for an RT Structure Set or a SEG first)",
+    label_file_options(
+        p, "the image both were made on (needed for an RT Structure Set or a SEG first)"
     )
-    p.add_argument("--names", type=Path, help='JSON {"1": "liver"} or {"1": {name, color}}')
     p.add_argument("--csv", type=Path, help="also write the figures to this CSV file")
     p.set_defaults(run=cmd_compare)
 
