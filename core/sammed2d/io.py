@@ -481,6 +481,10 @@ def onto_grid(array: np.ndarray, affine: np.ndarray, reference: Volume, what: st
     signs = np.sign(rot[targets, range(3)])
     expected = np.zeros((3, 3))
     expected[targets, range(3)] = signs
+    finer = _finer_axis(rot, expected, np.shape(array))
+    if finer is not None and sorted(targets) == [0, 1, 2]:
+        array, affine = _labelled_planes(np.asarray(array), affine, finer, rot, what)
+        return onto_grid(array, affine, reference, what)
     if (
         sorted(targets) != [0, 1, 2]
         or not np.allclose(rot, expected, atol=1e-3)
@@ -520,6 +524,50 @@ def onto_grid(array: np.ndarray, affine: np.ndarray, reference: Volume, what: st
     if outside:
         raise VolumeIOError(f"{what}: labelled voxels lie outside the image")
     return out
+
+
+def _finer_axis(rot: np.ndarray, expected: np.ndarray, shape) -> int | None:
+    """The one axis along which a grid's voxels are thinner than the reference's (the
+    others matching it), or None."""
+    norms = np.linalg.norm(rot, axis=0)
+    unit = rot / np.where(norms > 0, norms, 1.0)
+    if not np.allclose(unit, expected, atol=1e-3):
+        return None
+    thinner = [a for a in range(3) if norms[a] < 1 - 1e-3 and shape[a] > 1]
+    others = [a for a in range(3) if a not in thinner]
+    if len(thinner) != 1 or not np.allclose(norms[others], 1.0, atol=1e-3):
+        return None
+    return thinner[0]
+
+
+def _labelled_planes(array: np.ndarray, affine: np.ndarray, axis: int, rot, what: str):
+    """A grid thinner than the reference along `axis` whose labelled slices each lie on a
+    reference slice, as the same slices on a grid of the reference's spacing. A DICOM SEG's
+    frames are planes at their own positions, but its grid's spacing is the Spacing Between
+    Slices it records, which writers copy from the source's headers (highdicom does), where
+    it can be untrue: 1 mm on a series of 2 mm slices put two frames 2 mm apart on a 1 mm
+    grid with an empty slice between. Labels on slices between the reference's need
+    resampling and are refused."""
+    others = tuple(a for a in range(3) if a != axis)
+    labelled = np.flatnonzero(np.any(array, axis=others))
+    if labelled.size == 0:
+        labelled = np.array([0])
+    ratio = float(np.linalg.norm(rot[:, axis]))  # our spacing in the reference's slices
+    at = (labelled - labelled[0]) * ratio
+    if not np.allclose(at, np.round(at), atol=1e-2):
+        raise VolumeIOError(
+            f"{what}: not on the image's voxel grid (labelled slices between the image's "
+            "slices); resample it onto the image first"
+        )
+    shape = list(array.shape)
+    shape[axis] = int(round(at[-1])) + 1
+    planes = np.zeros(shape, array.dtype)
+    for k, m in zip(labelled, np.round(at).astype(int)):
+        planes[(slice(None),) * axis + (m,)] = np.take(array, k, axis=axis)
+    moved = np.asarray(affine, float).copy()
+    moved[:3, 3] += moved[:3, axis] * labelled[0]
+    moved[:3, axis] /= ratio
+    return planes, moved
 
 
 def write_volume(path: str | os.PathLike, array: np.ndarray, like: Volume) -> Path:

@@ -160,6 +160,50 @@ def test_onto_grid_refuses_what_needs_resampling():
         onto_grid(np.ones((3, 2, 2)), outside, ref, "labels x")
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)])
+def test_onto_grid_places_slices_of_a_thinner_grid_that_lie_on_the_images(order):
+    """Labels on a grid of half the image's slice spacing (as a SEG that records a wrong
+    Spacing Between Slices reads) are placed where every labelled slice lies on one of the
+    image's slices; one between two of them is refused, and a thicker grid still is."""
+    ref = Volume(np.zeros((10, 8, 6)), oblique_affine())
+    truth = np.zeros(ref.array.shape, np.uint8)
+    truth[2:6, 1:5, 2] = 1
+    truth[3:7, 2:6, 4] = 2
+    half = np.zeros((10, 8, 7), np.uint8)  # slices 0.5 of the image's apart, from its 1
+    half[..., 2] = truth[..., 2]
+    half[..., 6] = truth[..., 4]
+    affine = ref.affine.copy()
+    affine[:3, 3] += ref.affine[:3, 2]  # starts at the image's slice 1
+    affine[:3, 2] *= 0.5
+    stored, moved = np.transpose(half, order), affine[:, [*order, 3]]
+    assert np.array_equal(onto_grid(stored, moved, ref, "t"), truth)
+    half[0, 0, 3] = 1  # a labelled voxel between the image's slices 2 and 3
+    with pytest.raises(VolumeIOError, match="between the image's slices"):
+        onto_grid(np.transpose(half, order), moved, ref, "t")
+
+
+def test_a_seg_recording_a_wrong_spacing_is_placed_by_its_frames(tmp_path):
+    """A SEG of two slices whose Spacing Between Slices says 1 mm for slices 2 mm apart (as
+    another writer, or this one before it dropped the tag, copied it from its series):
+    read onto its series, each frame lands on its slice."""
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    array = np.zeros((18, 20, 6), np.int16)
+    series = write_dicom_series(tmp_path / "series", array)  # slices 2 mm apart
+    volume = read_volume(series)
+    labels = np.zeros(array.shape, np.uint8)
+    labels[4:12, 5:14, 2] = 1
+    labels[6:10, 7:12, 4] = 1
+    seg = write_labels(tmp_path / "two.dcm", labels, volume, source_series=series)
+    ds = pydicom.dcmread(seg)
+    ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices = 1
+    ds.save_as(seg)
+    alone, _ = read_labels(seg)
+    assert alone.array.shape[2] == 5  # frames at 2 and 6 mm past the first, on a 1 mm grid
+    back, _ = read_labels(seg, reference=volume)
+    assert np.array_equal(back.array, labels)
+
+
 def test_a_one_slice_segmentation_is_placed_whatever_spacing_it_records(tmp_path):
     """A DICOM SEG with one labelled slice has no second frame to give the spacing between
     slices; it records the source's Spacing Between Slices, which scanners and ITK's writer
