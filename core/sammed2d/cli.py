@@ -317,7 +317,8 @@ def cmd_measure(args) -> int:
     ):
         _warn(
             f"slices are numbered on {args.labels.name}'s own grid, which may hold only the "
-            "labelled slices: give --reference IMAGE to number them as the image's"
+            "labelled slices, at the spacing it records: give --reference IMAGE to number "
+            "them as the image's and measure at its spacing"
         )
     _print_per_object(
         sizes, size_text, names_of(segments), args.csv, write_sizes_csv,
