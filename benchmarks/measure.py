@@ -5,7 +5,8 @@
 The fourteen structures of the TotalSegmentator example CT (../shared/data/abdomen_ct),
 each voxel repeated 4 times in-plane and the slices stacked 10 times (488 x 404 x 300,
 held in Fortran order as a DICOM series or NIfTI is read): how long `object_sizes` takes
-for all of them, as `sammed2d measure` and napari's Measure compute them. Median of 3.
+for all of them, as `sammed2d measure` and napari's Measure compute them (median of 3),
+and how long `compare` takes for them against themselves moved one voxel.
 Before that, the fourteen as they are beside SimpleITK's LabelShapeStatisticsImageFilter
 on the same file: its physical size (mL) and its Feret diameter on the slice where ours is
 longest (ITK's is taken between pixel centres, ours between the pixels' outer corners).
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sammed2d.io import read_volume
-from sammed2d.measure import object_sizes
+from sammed2d.measure import agreements, object_sizes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -52,8 +53,6 @@ def beside_monai(path: Path) -> None:
     except ImportError:
         print("MONAI not installed: compare's distances not checked against it")
         return
-    from sammed2d.measure import agreements
-
     labels = read_volume(path)
     spacing = tuple(float(v) for v in np.linalg.norm(labels.affine[:3, :3], axis=0))
     print("id  HD95 mm ours / MONAI   mean surface distance mm ours / MONAI (moved along i, j, k)")
@@ -97,6 +96,12 @@ def main() -> int:
         f"{len(sizes)} objects on {slices} object-slices of a {big.shape[0]} x {big.shape[1]} x "
         f"{big.shape[2]} {big.dtype} volume: sizes in {np.median(times):.2f} s (median of 3)"
     )
+    moved = np.zeros_like(big)  # the same labels one voxel on along the first axis
+    moved[1:] = big[:-1]
+    start = time.perf_counter()
+    agreements(big, moved, affine)
+    seconds = time.perf_counter() - start
+    print(f"compare of the same {len(sizes)} objects moved one voxel: {seconds:.1f} s")
     return 0
 
 

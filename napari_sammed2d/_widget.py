@@ -758,11 +758,9 @@ class SegmentWidget(QWidget):
         """(affine, orientation) of an image layer, as `volume_context` gives them."""
         info = image.metadata.get("sammed2d") or {}
         affine, orientation = info.get("affine"), "radiological"
-        if affine is None and image.ndim == 3:
-            scale = np.asarray(image.scale[-image.ndim :], np.float64)
-            scale = scale * mm_per_unit(getattr(image, "units", None), image.ndim)
-            if not np.allclose(scale, 1.0):
-                affine, orientation = np.diag([*scale, 1.0]), "array"
+        scale = _scale_mm(image) if affine is None and image.ndim == 3 else None
+        if scale is not None:
+            affine, orientation = np.diag([*scale, 1.0]), "array"
         return affine, orientation
 
     def _voxels_of(self, image) -> np.ndarray:
@@ -1233,9 +1231,8 @@ class SegmentWidget(QWidget):
             return
         data = np.asarray(labels.data)
         if labels.ndim == 2:  # one image: measured as one slice 1 mm thick, so mL are mm³/1000
-            scale = np.asarray(image.scale[-2:], np.float64)
-            scale = scale * mm_per_unit(getattr(image, "units", None), 2)
-            affine = None if np.allclose(scale, 1.0) else np.diag([1.0, *scale, 1.0])
+            scale = _scale_mm(image)
+            affine = None if scale is None else np.diag([1.0, *scale, 1.0])
             data, axis = data[None], 0
         else:
             affine, _ = self._geometry(image)
@@ -1260,9 +1257,8 @@ class SegmentWidget(QWidget):
             if not sizes:
                 self.status.setText("nothing to measure: SAM labels are empty")
                 return
-            if labels.ndim == 2:  # an area, and no slices to name
-                sizes = [replace(s, diameter_slice=None) for s in sizes]
-            lines = {s.id: size_text(s, self._name_of(s.id), physical) for s in sizes}
+            flat = labels.ndim == 2
+            lines = {s.id: size_text(s, self._name_of(s.id), physical, flat) for s in sizes}
             saved = f"\nwritten to {Path(path).name}" if path is not None else ""
             shown = list(lines.values())
             if len(shown) > MEASURED_LINES:  # the current object, and where the rest are
@@ -1905,3 +1901,11 @@ def _show_window(combo, window: str | None) -> None:
     if combo.findText(text) < 0:
         combo.addItem(text)
     combo.setCurrentText(text)
+
+
+def _scale_mm(image) -> np.ndarray | None:
+    """A layer's voxel size in mm from its scale (in its units where they are a length), or
+    None where the scale is all ones: it says nothing."""
+    scale = np.asarray(image.scale[-image.ndim :], np.float64)
+    scale = scale * mm_per_unit(getattr(image, "units", None), image.ndim)
+    return None if np.allclose(scale, 1.0) else scale

@@ -183,7 +183,13 @@ def propagate_case(
     names the labels' format; None: the image's own where that is one file, else NIfTI.
     Each object's size (`sammed2d measure`) goes beside, to NAME_sizes.csv."""
     from .io import dicom_source
-    from .labelfiles import check_output, object_segments, propagation_input, write_labels
+    from .labelfiles import (
+        check_output,
+        names_of,
+        object_segments,
+        propagation_input,
+        write_labels,
+    )  # fmt: skip
     from .measure import object_sizes, write_sizes_csv
 
     out = output_path(case, Path(out_dir), ext=out_format)
@@ -217,11 +223,7 @@ def propagate_case(
             run = propagate(volume.array, objects, net, cache=_cache(cache_dir), **options)
         segments = object_segments(objects)
         # the sizes first: a case counts as done once its labels exist
-        write_sizes_csv(
-            sizes,
-            object_sizes(run.labels, volume.affine),
-            {s.id: s.name for s in segments},
-        )
+        write_sizes_csv(sizes, object_sizes(run.labels, volume.affine), names_of(segments))
         write_labels(out, run.labels, volume, segments, source_series=source)
         result.objects = len(objects)
         result.slices = sum(hi - lo + 1 for r in run.reached.values() if r for lo, hi in [r])

@@ -27,7 +27,7 @@ class ObjectSize:
     volume_ml: float
     slices: tuple[int, int]  # first and last slice along the measured axis
     diameter_mm: float  # longest in-plane diameter
-    diameter_slice: int | None  # the slice where it is longest
+    diameter_slice: int  # the slice where it is longest
 
 
 def slice_axis_across(affine: np.ndarray, world: int = 2) -> int:
@@ -58,8 +58,7 @@ def object_sizes(
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise SamMed2DError("measuring needs the labels' voxel-to-mm affine (4 x 4, finite)")
     axis = slice_axis_across(affine) if axis is None else axis % 3
-    if not np.issubdtype(labels.dtype, np.integer):
-        labels = labels.astype(np.int64)  # whole numbers stored as floats (a NIfTI may)
+    labels = _whole(labels)
     wanted = None if ids is None else {int(i) for i in ids}
     top = int(labels.max(initial=0)) if wanted is None else max(wanted, default=0)
     boxes = ndimage.find_objects(labels, max_label=top) if top > 0 else []
@@ -152,9 +151,14 @@ def _hull(points: np.ndarray) -> np.ndarray:
         return points
 
 
+SIZE_FIELDS = (
+    "id", "name", "voxels", "volume_ml", "first_slice", "last_slice", "diameter_mm",
+    "diameter_slice",
+)  # fmt: skip
+
+
 def size_rows(sizes: list[ObjectSize], names: dict[int, str] | None = None) -> list[dict]:
-    """Rows for a table or CSV: id, name, voxels, volume_ml, first_slice, last_slice,
-    diameter_mm, diameter_slice."""
+    """Rows for a table or CSV, with the keys of SIZE_FIELDS."""
     return [
         {
             "id": s.id,
@@ -176,23 +180,20 @@ def write_sizes_csv(
     """The sizes as CSV, written to a temporary file and renamed."""
     from .io import atomic_write
 
-    fields = list(size_rows([ObjectSize(0, 0, 0.0, (0, 0), 0.0, 0)])[0])
-
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
+            writer = csv.DictWriter(f, fieldnames=SIZE_FIELDS)
             writer.writeheader()
             writer.writerows(size_rows(sizes, names))
 
     return atomic_write(Path(path), write)
 
 
-def size_text(size: ObjectSize, label: str, physical: bool = True) -> str:
+def size_text(size: ObjectSize, label: str, physical: bool = True, flat: bool = False) -> str:
     """One line: 'liver: 1523.4 mL, longest diameter 187.3 mm (slice 15), slices 3-28',
     the object named `label`. `physical`: False where the affine was a stand-in (no voxel
-    size known), in voxels and pixels. A size without a `diameter_slice` is of one 2D
-    image, measured as a slice 1 mm thick: its area."""
-    flat = size.diameter_slice is None
+    size known), in voxels and pixels. `flat`: the size of one 2D image, measured as a
+    slice 1 mm thick: its area, and no slices to name."""
     if flat:
         amount = f"{size.volume_ml * 1000:.1f} mm²" if physical else f"{size.voxels} pixels"
     else:
@@ -223,6 +224,8 @@ def agreements(first: np.ndarray, second: np.ndarray, affine: np.ndarray) -> lis
     the mean of both (the average symmetric surface distance). A surface is an object's
     voxels with a face neighbour outside it; distances are between voxel centres, along the
     grid's axes at their spacing."""
+    from scipy import ndimage
+
     first, second = np.asarray(first), np.asarray(second)
     affine = np.asarray(affine, float)
     if first.shape != second.shape or first.ndim != 3:
@@ -232,45 +235,47 @@ def agreements(first: np.ndarray, second: np.ndarray, affine: np.ndarray) -> lis
         )
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     per_voxel = voxel_ml(affine)
-    from .labelfiles import label_values
-
-    ids = sorted({int(v) for v in np.union1d(label_values(first), label_values(second)) if v})
+    first, second = _whole(first), _whole(second)
+    top = int(max(first.max(initial=0), second.max(initial=0)))
+    boxes = [ndimage.find_objects(v, max_label=top) if top > 0 else [] for v in (first, second)]
     found = []
-    for oid in ids:
-        a, b = first == oid, second == oid
+    for oid, (in_first, in_second) in enumerate(zip(*boxes), start=1):
+        if in_first is None and in_second is None:
+            continue
+        # each object within the box of both (a voxel of margin, for its surface)
+        box = tuple(
+            slice(max(min(b.start for b in pair if b) - 1, 0), max(b.stop for b in pair if b) + 1)
+            for pair in zip(in_first or (None,) * 3, in_second or (None,) * 3)
+        )
+        a, b = first[box] == oid, second[box] == oid
         na, nb = int(np.count_nonzero(a)), int(np.count_nonzero(b))
-        overlap = int(np.count_nonzero(a & b))
         hd95 = mean = None
         if na and nb:
             there, back = _surface_distances(a, b, spacing)
             hd95 = float(max(np.percentile(there, 95), np.percentile(back, 95)))
             mean = float(np.concatenate([there, back]).mean())
-        found.append(
-            Agreement(oid, 2 * overlap / (na + nb), (na * per_voxel, nb * per_voxel), hd95, mean)
-        )
+        dice = 2 * int(np.count_nonzero(a & b)) / (na + nb)
+        found.append(Agreement(oid, dice, (na * per_voxel, nb * per_voxel), hd95, mean))
     return found
 
 
-def _surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
-    """The distances in mm from each surface voxel of `a` to the nearest of `b`'s, and back,
-    taken inside the two masks' common box (with a voxel of margin)."""
-    from scipy import ndimage
+def _whole(labels: np.ndarray) -> np.ndarray:
+    """Labels as integers (whole numbers stored as floats, as a NIfTI may hold them)."""
+    return labels if np.issubdtype(labels.dtype, np.integer) else labels.astype(np.int64)
 
-    both = a | b
-    box = tuple(
-        slice(max(int(idx.min()) - 1, 0), int(idx.max()) + 2)
-        for idx in (np.flatnonzero(both.any(axis=tuple(o for o in range(3) if o != ax)))
-                    for ax in range(3))
-    )  # fmt: skip
-    a, b = a[box], b[box]
+
+def _surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """The distances in mm from each surface voxel of `a` to the nearest of `b`'s, and back
+    (a nearest-neighbour search among the surface voxels' centres: the distance transform
+    of the whole box gave the same figures 20 times slower)."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
 
     def surface(mask):
-        return mask & ~ndimage.binary_erosion(mask, border_value=0)
+        return np.argwhere(mask & ~ndimage.binary_erosion(mask, border_value=0)) * spacing
 
     sa, sb = surface(a), surface(b)
-    to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
-    to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
-    return to_b[sa], to_a[sb]
+    return cKDTree(sb).query(sa)[0], cKDTree(sa).query(sb)[0]
 
 
 def agreement_text(item: Agreement, label: str) -> str:

@@ -167,6 +167,21 @@ def test_the_same_labels_held_transposed_measure_the_same():
     assert object_sizes(labels, affine)[0].diameter_slice == 2
 
 
+def test_the_example_cts_structures_held_as_napari_holds_them_name_the_same_slices():
+    """On the example CT's fourteen structures, measured as the file holds them and as
+    napari's layer does (axes reversed), the liver's longest sections (equally long to the
+    last bits) were named slice 16 and slice 17: the first of equally long ones is named."""
+    from sammed2d.io import read_volume
+
+    from ..conftest import ABDOMEN_CT, need
+
+    labels = read_volume(need(ABDOMEN_CT / "structures.nii.gz"))
+    held = object_sizes(labels.array, labels.affine)
+    layer = object_sizes(np.transpose(labels.array, (2, 1, 0)), labels.affine[:, [2, 1, 0, 3]])
+    assert [s.diameter_slice for s in held] == [s.diameter_slice for s in layer]
+    assert held[0].diameter_slice == 16
+
+
 def brute_force_surface_distances(a, b, spacing):
     """Every surface voxel of each against every one of the other, in mm."""
     from scipy import ndimage

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,32 +30,13 @@ def test_building_a_model_leaves_malloc_alone_in_a_host_process():
     assert out.stdout.strip() == "None", out.stderr
 
 
-# A convolution whose 256 x 256 x 256 activation (64 MB, above glibc's largest automatic
-# mmap threshold) is made and freed on every pass, as the encoders' are; the page faults of
-# three passes after two to warm up, printed by a fresh process.
-PASSES = """
-import resource, torch
-from sammed2d.memory import reuse_freed_memory
-reuse_freed_memory()
-net = torch.nn.Sequential(
-    torch.nn.Conv2d(3, 256, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(256, 8, 1)
+# The convolution of benchmarks/page_faults.py: a 64 MB activation made and freed on every
+# pass, as the encoders' are, its page faults counted in a fresh process.
+_spec = importlib.util.spec_from_file_location(
+    "page_faults_benchmark", Path(__file__).resolve().parents[2] / "benchmarks" / "page_faults.py"
 )
-x = torch.rand(1, 3, 256, 256)
-with torch.no_grad():
-    for _ in range(2):
-        net(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        net(x)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-def faults_of_passes(tune: str) -> int:
-    env = {**os.environ, "SAMMED2D_TUNE_MALLOC": tune}
-    out = subprocess.run([sys.executable, "-c", PASSES], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return int(out.stdout.split()[-1])
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 @linux_glibc
@@ -64,7 +47,10 @@ def test_tuning_keeps_freed_pages_for_reuse():
     own: within the test session the heap's state depended on the tests run before (a
     bare loop of 64 MB tensors grew the heap on every tensor after other tests had run)."""
     assert reuse_freed_memory()
-    untuned, tuned = faults_of_passes("0"), faults_of_passes("")
+    (untuned,), (tuned,) = (
+        bench.faults(bench.CONVOLUTION, False),
+        bench.faults(bench.CONVOLUTION, True),
+    )
     assert untuned > 3 * 16_384, untuned
     assert tuned < untuned / 4, (tuned, untuned)
 
